@@ -1,0 +1,35 @@
+"""Configuration: the settings tree and how it is loaded (protocol.md §4).
+
+Owns :class:`Settings` and :func:`load_settings`. Imports nothing of chatd but
+``chatd.exceptions``; every other part receives its settings from here.
+"""
+
+from chatd.config.loader import ENV_PREFIX, env_keys, load_settings
+from chatd.config.settings import (
+    InvalidSetting,
+    KBSettings,
+    LimitsSettings,
+    LLMSettings,
+    LLMTimeouts,
+    LogSettings,
+    RedisSettings,
+    ServerSettings,
+    Settings,
+    SimSettings,
+)
+
+__all__ = [
+    "ENV_PREFIX",
+    "InvalidSetting",
+    "KBSettings",
+    "LLMSettings",
+    "LLMTimeouts",
+    "LimitsSettings",
+    "LogSettings",
+    "RedisSettings",
+    "ServerSettings",
+    "Settings",
+    "SimSettings",
+    "env_keys",
+    "load_settings",
+]

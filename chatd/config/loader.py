@@ -1,0 +1,214 @@
+"""Loading settings: one TOML file, then ``CHATD_*`` variables, then CLI flags.
+
+Later sources win. cattrs structures the merged tree into :class:`Settings`
+with strict scalar hooks (``"5"`` from the environment is an int, ``5.5`` in
+the file is not), and any failure becomes one :class:`ConfigError` line that
+names the key, the value, where it came from and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import orjson
+from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError
+
+from chatd.config.settings import InvalidSetting, Settings
+from chatd.exceptions import ConfigError
+
+__all__ = ["ENV_PREFIX", "env_keys", "load_settings"]
+
+ENV_PREFIX = "CHATD_"
+_INT = re.compile(r"[+-]?\d+")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+KeyPath = tuple[str, ...]
+
+
+def _strict_int(value: object, _type: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(value)
+    raise ValueError(value)
+
+
+def _strict_float(value: object, _type: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        return float(value)
+    raise ValueError(value)
+
+
+def _strict_bool(value: object, _type: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(value)
+
+
+def _strict_str(value: object, _type: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError(value)
+
+
+def _str_table(value: object, _type: object) -> dict[str, str]:
+    if isinstance(value, str):  # from the environment: a JSON object
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(value) from exc
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return dict(value)
+    raise ValueError(value)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook_func(lambda tp: tp == dict[str, str], _str_table)
+    return conv
+
+
+_converter = _make_converter()
+
+
+def _leaf_fields(cls: type, prefix: KeyPath = ()) -> Iterator[tuple[KeyPath, Any]]:
+    """Every settable key of ``cls`` with its type, nested tables flattened."""
+    hints = typing.get_type_hints(cls)
+    for field in attrs.fields(cls):
+        tp = hints[field.name]
+        if attrs.has(tp):
+            yield from _leaf_fields(tp, (*prefix, field.name))
+        else:
+            yield (*prefix, field.name), tp
+
+
+def env_keys() -> dict[str, KeyPath]:
+    """Environment variable name -> key path, e.g. CHATD_LLM_URL -> (llm, url)."""
+    return {
+        ENV_PREFIX + "_".join(path).upper(): path for path, _tp in _leaf_fields(Settings)
+    }
+
+
+def _describe(tp: Any) -> str:
+    """What a value of type ``tp`` should look like, for people."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is dict:
+        return "a table of strings (a JSON object in the environment)"
+    if attrs.has(tp):
+        return "a table"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _set(tree: dict[str, Any], path: KeyPath, value: object) -> None:
+    for key in path[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config: {'.'.join(path)}: {key} is not a table")
+        tree = node
+    tree[path[-1]] = value
+
+
+def _get(tree: Mapping[str, Any], path: KeyPath) -> object:
+    node: object = tree
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _failures(
+    exc: BaseException, path: KeyPath, tp: Any
+) -> Iterator[tuple[KeyPath, Any, BaseException]]:
+    """Flatten cattrs' exception groups into (key path, expected type, error)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            sub_path, sub_tp = path, tp
+            for note in getattr(sub, "__notes__", []):
+                if isinstance(note, AttributeValidationNote):
+                    sub_path, sub_tp = (*path, note.name), note.type
+            yield from _failures(sub, sub_path, sub_tp)
+    else:
+        yield path, tp, exc
+
+
+def _message(raw: Mapping[str, Any], sources: Mapping[KeyPath, str], exc: BaseException) -> str:
+    path, tp, err = next(_failures(exc, (), Settings))
+    if isinstance(err, ForbiddenExtraKeysError):
+        keys = ", ".join(".".join((*path, k)) for k in sorted(err.extra_fields))
+        known = ", ".join(f.name for f in attrs.fields(tp)) if attrs.has(tp) else "none"
+        return f"config: unknown key {keys}: expected one of {known}"
+    if isinstance(err, InvalidSetting):
+        path = (*path, err.name) if path[-1:] != (err.name,) else path
+        value, expected = err.value, err.expected
+    else:
+        value, expected = _get(raw, path), _describe(tp)
+    where = sources.get(path)
+    origin = f" (from {where})" if where else ""
+    return f"config: {'.'.join(path)} = {value!r}{origin}: expected {expected}"
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Read the TOML file, then ``CHATD_*`` variables, then ``overrides``.
+
+    ``overrides`` maps dotted keys (``"server.port"``) to values, for CLI flags;
+    ``None`` values are ignored so unset flags do not override anything.
+    Raises :class:`ConfigError` with one line naming the bad key.
+    """
+    raw: dict[str, Any] = {}
+    sources: dict[KeyPath, str] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from exc
+        for key_path, _tp in _leaf_fields(Settings):
+            if _get(raw, key_path) is not None:
+                sources[key_path] = str(path)
+    env = os.environ if env is None else env
+    for name, key_path in env_keys().items():
+        if name in env:
+            _set(raw, key_path, env[name] if env[name] != "" else None)
+            sources[key_path] = f"environment {name}"
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            key_path = tuple(dotted.split("."))
+            _set(raw, key_path, value)
+            sources[key_path] = "the command line"
+    try:
+        return _converter.structure(raw, Settings)
+    except (cattrs.BaseValidationError, InvalidSetting) as exc:
+        raise ConfigError(_message(raw, sources, exc)) from exc

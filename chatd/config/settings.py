@@ -1,0 +1,144 @@
+"""The settings tree: one frozen attrs class per TOML table.
+
+Defaults run chatd on one machine with nothing else installed: the built-in
+simulated LLM, a SQLite knowledge base, in-process memory for everything else.
+Validators raise :class:`InvalidSetting` so the loader can name the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+
+class InvalidSetting(ValueError):
+    """A value that has the right type but is out of range or not allowed."""
+
+    def __init__(self, name: str, value: object, expected: str) -> None:
+        super().__init__(f"{name} = {value!r}: expected {expected}")
+        self.name = name
+        self.value = value
+        self.expected = expected
+
+
+def _positive(_inst: object, attr: attrs.Attribute[Any], value: float | int) -> None:
+    if value <= 0:
+        raise InvalidSetting(attr.name, value, "a number greater than 0")
+
+
+def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float | int) -> None:
+    if value < 0:
+        raise InvalidSetting(attr.name, value, "a number of 0 or more")
+
+
+def _port(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise InvalidSetting(attr.name, value, "a port number from 0 to 65535")
+
+
+def _http_url(_inst: object, attr: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise InvalidSetting(attr.name, value, "an http:// or https:// URL")
+
+
+def _redis_url(_inst: object, attr: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidSetting(attr.name, value, "a redis:// URL")
+
+
+@attrs.frozen
+class ServerSettings:
+    """Where and how the chat server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=_port)
+    shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
+    websocket_ping_interval_s: float = attrs.field(default=20.0, validator=_positive)
+
+
+@attrs.frozen
+class LLMTimeouts:
+    """Per-phase limits on one LLM call, in seconds."""
+
+    connect_s: float = attrs.field(default=5.0, validator=_positive)
+    ttft_s: float = attrs.field(default=30.0, validator=_positive)
+    gap_s: float = attrs.field(default=30.0, validator=_positive)
+    total_s: float = attrs.field(default=300.0, validator=_positive)
+
+
+@attrs.frozen
+class LLMSettings:
+    """The OpenAI-compatible endpoint; no ``url`` means the built-in simulator."""
+
+    url: str | None = attrs.field(default=None, validator=_http_url)
+    model: str = "chatd-sim"
+    api_key: str | None = attrs.field(default=None, repr=False)
+    extra_headers: dict[str, str] = attrs.field(factory=dict)
+    timeouts: LLMTimeouts = attrs.field(factory=LLMTimeouts)
+    max_connections: int = attrs.field(default=1000, validator=_positive)
+
+
+@attrs.frozen
+class SimSettings:
+    """The built-in simulated LLM's timing and rules (protocol.md §3)."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=0, validator=_port)
+    ttft_ms: float = attrs.field(default=300.0, validator=_non_negative)
+    tokens_per_s: float = attrs.field(default=40.0, validator=_positive)
+    rules: str | None = None
+
+
+@attrs.frozen
+class KBSettings:
+    """The knowledge base behind ``frequently_asked``."""
+
+    backend: Literal["sqlite", "arango"] = "sqlite"
+    path: str = "chatd-kb.sqlite3"
+    arango_url: str | None = attrs.field(default=None, validator=_http_url)
+
+
+@attrs.frozen
+class RedisSettings:
+    """Shared state; no ``url`` means in-process memory."""
+
+    url: str | None = attrs.field(default=None, validator=_redis_url)
+
+
+@attrs.frozen
+class LimitsSettings:
+    """Capacity and admission."""
+
+    prepare: int = attrs.field(default=64, validator=_positive)
+    llm_streams: int = attrs.field(default=1000, validator=_positive)
+    max_queue: int = attrs.field(default=1000, validator=_non_negative)
+    queue_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    max_message_chars: int = attrs.field(default=8000, validator=_positive)
+    max_frame_bytes: int = attrs.field(default=65536, validator=_positive)
+
+
+@attrs.frozen
+class LogSettings:
+    """Where logs go and what they may contain."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    file: str | None = None
+    include_text: bool = False
+
+
+@attrs.frozen
+class Settings:
+    """Everything chatd reads at start-up."""
+
+    server: ServerSettings = attrs.field(factory=ServerSettings)
+    llm: LLMSettings = attrs.field(factory=LLMSettings)
+    sim: SimSettings = attrs.field(factory=SimSettings)
+    kb: KBSettings = attrs.field(factory=KBSettings)
+    redis: RedisSettings = attrs.field(factory=RedisSettings)
+    limits: LimitsSettings = attrs.field(factory=LimitsSettings)
+    log: LogSettings = attrs.field(factory=LogSettings)
+    system_prompt: str = (
+        "You are chatd's assistant. Answer briefly and use the tools you are given."
+    )

@@ -1,0 +1,123 @@
+"""The one exception tree of chatd, split by cause.
+
+Every failure that crosses a module boundary is one of these; third-party
+errors (httpx, redis, sqlite) are translated where they are caught, with
+``raise ... from exc``. Each class maps to exactly one protocol error code
+(protocol.md §1) through its ``code`` attribute, so the mapping lives here::
+
+    ChatdError                      internal
+    ├── ConfigError                 (start-up only, never on the wire)
+    ├── ClientError                 bad_request
+    │   ├── TooLarge                too_large
+    │   ├── Unauthorized            unauthorized
+    │   └── RateLimited             rate_limited       (retry_after_ms)
+    ├── Overloaded                  overloaded         (retry_after_ms)
+    ├── ShuttingDown                shutting_down      (retry_after_ms)
+    ├── UpstreamUnavailable         upstream_unavailable (retry_after_ms)
+    │   └── BreakerOpen
+    ├── UpstreamError               upstream_error
+    │   ├── UpstreamHTTPError       (status, provider's error body kept)
+    │   └── UpstreamProtocolError   (malformed stream)
+    └── DeadlineExceeded            timeout
+        └── UpstreamTimeout         (phase: connect, ttft, gap, total)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ChatdError(Exception):
+    """Base of every error chatd raises on purpose."""
+
+    code: ClassVar[str] = "internal"
+    retry_after_ms: int | None = None
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retry_after_ms is not None:
+            self.retry_after_ms = retry_after_ms
+
+
+class ConfigError(ChatdError):
+    """A configuration key has a bad value; start-up stops with this one line."""
+
+
+class ClientError(ChatdError):
+    """The client sent something malformed or not allowed."""
+
+    code = "bad_request"
+
+
+class TooLarge(ClientError):
+    """A message or frame is over its configured limit."""
+
+    code = "too_large"
+
+
+class Unauthorized(ClientError):
+    """Missing or wrong credentials."""
+
+    code = "unauthorized"
+
+
+class RateLimited(ClientError):
+    """The caller's rate limit is spent."""
+
+    code = "rate_limited"
+
+
+class Overloaded(ChatdError):
+    """The admission queue is full or the wait for capacity ran out."""
+
+    code = "overloaded"
+
+
+class ShuttingDown(ChatdError):
+    """The server is draining and takes no new work."""
+
+    code = "shutting_down"
+
+
+class UpstreamUnavailable(ChatdError):
+    """A dependency refused us, could not be reached, or its breaker is open."""
+
+    code = "upstream_unavailable"
+
+
+class BreakerOpen(UpstreamUnavailable):
+    """A circuit breaker is open: failing fast without calling the dependency."""
+
+
+class UpstreamError(ChatdError):
+    """A dependency answered, but with an error or with garbage."""
+
+    code = "upstream_error"
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The dependency answered with an HTTP error status; its body is kept."""
+
+    def __init__(self, message: str, *, status: int, body: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The dependency's stream could not be parsed or ended too early."""
+
+
+class DeadlineExceeded(ChatdError):
+    """Work ran past its deadline."""
+
+    code = "timeout"
+
+
+class UpstreamTimeout(DeadlineExceeded):
+    """A dependency took too long in one phase of a call."""
+
+    def __init__(self, message: str, *, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
