@@ -14,7 +14,8 @@ errors (httpx, redis, sqlite) are translated where they are caught, with
     ├── Overloaded                  overloaded         (retry_after_ms)
     ├── ShuttingDown                shutting_down      (retry_after_ms)
     ├── UpstreamUnavailable         upstream_unavailable (retry_after_ms)
-    │   └── BreakerOpen
+    │   ├── BreakerOpen
+    │   └── UpstreamRefused         (429 or 503: status and body kept)
     ├── UpstreamError               upstream_error
     │   ├── UpstreamHTTPError       (status, provider's error body kept)
     │   └── UpstreamProtocolError   (malformed stream)
@@ -88,6 +89,17 @@ class UpstreamUnavailable(ChatdError):
 
 class BreakerOpen(UpstreamUnavailable):
     """A circuit breaker is open: failing fast without calling the dependency."""
+
+
+class UpstreamRefused(UpstreamUnavailable):
+    """The dependency said it cannot take the call now (HTTP 429 or 503)."""
+
+    def __init__(
+        self, message: str, *, status: int, body: str, retry_after_ms: int | None = None
+    ) -> None:
+        super().__init__(message, retry_after_ms=retry_after_ms)
+        self.status = status
+        self.body = body
 
 
 class UpstreamError(ChatdError):

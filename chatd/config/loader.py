@@ -104,9 +104,7 @@ def _leaf_fields(cls: type, prefix: KeyPath = ()) -> Iterator[tuple[KeyPath, Any
 
 def env_keys() -> dict[str, KeyPath]:
     """Environment variable name -> key path, e.g. CHATD_LLM_URL -> (llm, url)."""
-    return {
-        ENV_PREFIX + "_".join(path).upper(): path for path, _tp in _leaf_fields(Settings)
-    }
+    return {ENV_PREFIX + "_".join(path).upper(): path for path, _tp in _leaf_fields(Settings)}
 
 
 def _describe(tp: Any) -> str:

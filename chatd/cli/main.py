@@ -1,0 +1,104 @@
+"""``chatd``'s entry point: subcommands ``serve`` and ``sim-llm``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import structlog
+import trio
+
+from chatd import __version__
+from chatd.config import Settings, load_settings
+from chatd.exceptions import ConfigError
+from chatd.observability import configure_logging
+
+__all__ = ["main"]
+
+log = structlog.get_logger("chatd.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatd", description="A chatbot backend on trio: tools, streaming answers."
+    )
+    parser.add_argument("--version", action="version", version=f"chatd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the chat server")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--config", help="a TOML configuration file")
+    serve.add_argument("--llm-url", help="OpenAI-style base URL ending in /v1")
+
+    sim = commands.add_parser("sim-llm", help="run the simulated LLM alone")
+    sim.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=8081, help="port (default 8081)")
+    sim.add_argument("--config", help="a TOML configuration file")
+    sim.add_argument("--ttft-ms", type=float, help="time to first token (default 300)")
+    sim.add_argument("--tokens-per-s", type=float, help="tokens per second (default 40)")
+    sim.add_argument("--rules", help="a TOML or JSON rules file replacing the default rules")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if args.command == "serve":
+        overrides = {"server.host": args.host, "server.port": args.port, "llm.url": args.llm_url}
+    else:
+        overrides = {
+            "sim.host": args.host,
+            "sim.port": args.port,
+            "sim.ttft_ms": args.ttft_ms,
+            "sim.tokens_per_s": args.tokens_per_s,
+            "sim.rules": args.rules,
+        }
+    return load_settings(args.config, overrides=overrides)
+
+
+async def _run_sim(settings: Settings) -> None:
+    from chatd.llm.sim import serve_sim_llm
+
+    async with trio.open_nursery() as nursery:
+        sim = await nursery.start(serve_sim_llm, settings.sim)
+        log.info(
+            "simulated LLM listening",
+            url=sim.base_url,
+            ttft_ms=settings.sim.ttft_ms,
+            tokens_per_s=settings.sim.tokens_per_s,
+            rules=settings.sim.rules or "default",
+        )
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside nurseries' exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``chatd``; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        configure_logging(settings.log)
+        if args.command == "serve":
+            from chatd.server import serve
+
+            trio.run(serve, settings)
+        else:
+            trio.run(_run_sim, settings)
+    except (ConfigError, BaseExceptionGroup, KeyboardInterrupt) as exc:
+        error = _leaf(exc)
+        if isinstance(error, KeyboardInterrupt):
+            return 0
+        if not isinstance(error, ConfigError):
+            raise
+        print(f"chatd: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""structlog set-up: JSON lines, or a readable console form on a terminal.
+
+``request_id`` and connection ids reach every line through contextvars
+(``structlog.contextvars.bind_contextvars``), so nothing passes loggers around.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Any
+
+import orjson
+import structlog
+
+from chatd.config import LogSettings
+
+__all__ = ["configure_logging"]
+
+
+def _dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(settings: LogSettings, stream: IO[str] | None = None) -> None:
+    """Send structlog's output to ``stream`` (or ``settings.file``, or stdout)."""
+    if stream is None:
+        stream = (
+            open(settings.file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            if settings.file
+            else sys.stdout
+        )
+    console = settings.format == "console" or (settings.format == "auto" and stream.isatty())
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if console
+        else structlog.processors.JSONRenderer(serializer=_dumps)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, settings.level.upper())
+        ),
+        logger_factory=structlog.WriteLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

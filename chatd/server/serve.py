@@ -1,0 +1,113 @@
+"""Running chatd: one nursery for the process's lifetime.
+
+``serve()`` starts the built-in simulated LLM when no LLM URL is configured,
+then hypercorn with the app, and drains on SIGINT or SIGTERM: ``/readyz``
+turns 503, hypercorn stops accepting and gives in-flight requests
+``server.shutdown_grace_s``; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import NoReturn
+
+import attrs
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from chatd.config import Settings
+from chatd.llm.sim import serve_sim_llm
+from chatd.server.app import AppState, create_app
+
+__all__ = ["Running", "serve"]
+
+log = structlog.get_logger("chatd.server")
+
+
+@attrs.frozen
+class Running:
+    """What ``nursery.start(serve, ...)`` hands back: where chatd listens."""
+
+    url: str
+    llm_url: str
+    state: AppState
+
+
+def _hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"{settings.server.host}:{settings.server.port}"]
+    config.graceful_timeout = settings.server.shutdown_grace_s
+    config.websocket_ping_interval = settings.server.websocket_ping_interval_s
+    config.accesslog = None
+    # hypercorn's own "Running on" line would come first; ours names the address.
+    quiet = logging.getLogger("chatd.hypercorn")
+    quiet.setLevel(logging.WARNING)
+    config.errorlog = quiet
+    return config
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run chatd until drained by a signal (or cancelled)."""
+    drain, stopped = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        llm_url = settings.llm.url
+        if llm_url is None:
+            sim = await nursery.start(serve_sim_llm, settings.sim)
+            llm_url = sim.base_url
+        state = AppState(llm_url=llm_url, llm_simulated=settings.llm.url is None)
+        binds = await nursery.start(
+            _serve_app, create_app(state), _hypercorn_config(settings), drain, stopped
+        )
+        url = binds[0]
+        log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws")
+        if settings.llm.url is None:
+            log.info("simulated LLM started in-process", llm_url=llm_url)
+        else:
+            log.info("using LLM", llm_url=llm_url, model=settings.llm.model)
+        if handle_signals:
+            nursery.start_soon(_watch_signals, state, drain, nursery.cancel_scope)
+        task_status.started(Running(url, llm_url, state))
+        # hypercorn returns once a drain's in-flight work is done or its grace is up.
+        await stopped.wait()
+        nursery.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _serve_app(
+    app: object,
+    config: HypercornConfig,
+    drain: trio.Event,
+    stopped: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await hypercorn_serve(
+            app,  # type: ignore[arg-type]
+            config,
+            shutdown_trigger=drain.wait,  # type: ignore[arg-type]
+            task_status=task_status,
+        )
+    finally:
+        stopped.set()
+
+
+async def _watch_signals(state: AppState, drain: trio.Event, scope: trio.CancelScope) -> NoReturn:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not drain.is_set():
+                log.info("draining", signal=signal.Signals(signum).name)
+                state.draining = True
+                drain.set()
+            else:
+                log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
+                scope.cancel()
+    raise AssertionError("signal receiver ended")  # pragma: no cover
