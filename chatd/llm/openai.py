@@ -91,7 +91,7 @@ class ChunkAssembler:
                 if isinstance(content, str) and content:
                     self._text.append(content)
                     pending.append(content)
-                if delta.get("tool_calls"):
+                if delta.get("tool_calls") is not None:
                     begun = self._feed_tool_calls(delta["tool_calls"], event.data)
                     if begun:
                         if pending:

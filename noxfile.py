@@ -1,0 +1,45 @@
+"""The one entry point for tests, lint, typing and benchmarks.
+
+``nox`` runs tests, lint and typing (what CI runs); ``nox -s bench`` runs the
+short benchmarks, ``nox -s bench -- --full`` the full ones.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Every test, unit and end-to-end on real loopback servers."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "chatd", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "chatd", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typing(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[test]", "mypy>=1.11")
+    session.run("mypy", "chatd")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: short by default (under two minutes); ``-- --full`` for the targets."""
+    session.install("-e", ".[test]")
+    full = "--full" in session.posargs
+    for script in ("bench_sim.py", "bench_client.py"):
+        session.run("python", f"benchmarks/{script}", *([] if full else ["--quick"]))
