@@ -47,9 +47,7 @@ def tool_call_stream(calls: list[tuple[str, str]], piece: int) -> list[bytes]:
             part = {"index": index, "function": {"arguments": args[i : i + piece]}}
             out.append(chunk({"tool_calls": [part]}))
     out.append(chunk({}, "tool_calls"))
-    out.append(
-        b'data: {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}\n\n'
-    )
+    out.append(b'data: {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}\n\n')
     out.append(b"data: [DONE]\n\n")
     return out
 

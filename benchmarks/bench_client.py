@@ -1,0 +1,142 @@
+"""CPU per streamed token of the LLM client's parse path.
+
+Two measurements in one run:
+- ``parse``: SSE decoding and chunk assembly alone, on OpenAI-shaped chunks
+  arriving ``--per-read`` chunks per network read;
+- ``client``: the whole ``LLMClient.stream`` path (httpx, deadlines, events)
+  over an in-memory transport that replays the same bytes, so the number is
+  the client's own cost, not the server's or the network's.
+Results go to benchmarks/results/client-cpu-per-token.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import orjson
+import trio
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe_machine, machine_markdown
+
+from chatd.config import LLMSettings
+from chatd.llm import ChatRequest, open_llm_client
+from chatd.llm.openai import ChunkAssembler
+from chatd.llm.sse import SSEDecoder
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_chunks(tokens: int) -> list[bytes]:
+    """A realistic streamed answer: one chunk per word-sized token."""
+    out = []
+    for i in range(tokens):
+        body = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "chatd-sim",
+            "choices": [
+                {"index": 0, "delta": {"content": f" word{i % 97}"}, "finish_reason": None}
+            ],
+        }
+        out.append(b"data: " + orjson.dumps(body) + b"\n\n")
+    out.append(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def reads(chunks: list[bytes], per_read: int) -> list[bytes]:
+    return [b"".join(chunks[i : i + per_read]) for i in range(0, len(chunks), per_read)]
+
+
+def bench_parse(tokens: int, per_read: int, repeat: int) -> float:
+    data = reads(make_chunks(tokens), per_read)
+    start = time.process_time()
+    for _ in range(repeat):
+        decoder, assembler = SSEDecoder(), ChunkAssembler()
+        for piece in data:
+            assembler.feed(decoder.feed(piece))
+        assembler.finish()
+    return (time.process_time() - start) / (tokens * repeat) * 1e6
+
+
+class _Replay(httpx.AsyncByteStream):
+    def __init__(self, data: list[bytes]) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.data:
+            yield piece
+
+
+def bench_client(tokens: int, per_read: int, repeat: int) -> float:
+    data = reads(make_chunks(tokens), per_read)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=_Replay(data)
+        )
+
+    async def run() -> float:
+        settings = LLMSettings(url="http://bench.invalid/v1")
+        request = ChatRequest([{"role": "user", "content": "hello"}])
+        async with open_llm_client(settings, transport=httpx.MockTransport(handler)) as client:
+            start = time.process_time()
+            for _ in range(repeat):
+                async with client.stream(request) as events:
+                    async for _event in events:
+                        pass
+            return (time.process_time() - start) / (tokens * repeat) * 1e6
+
+    return trio.run(run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--tokens", type=int, default=500)
+    args = parser.parse_args()
+    repeat = 20 if args.quick else 200
+    rows = []
+    for per_read in (1, 4, 16):
+        rows.append(
+            {
+                "per_read": per_read,
+                "parse_us_per_token": round(bench_parse(args.tokens, per_read, repeat), 2),
+                "client_us_per_token": round(bench_client(args.tokens, per_read, repeat), 2),
+            }
+        )
+    result = {
+        "benchmark": "client CPU per streamed token",
+        "tokens_per_answer": args.tokens,
+        "answers": repeat,
+        "rows": rows,
+        "machine": describe_machine(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    (RESULTS / f"client-cpu-per-token{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = "\n".join(
+        f"| {r['per_read']} | {r['parse_us_per_token']} | {r['client_us_per_token']} |"
+        for r in rows
+    )
+    md = (
+        "# LLM client: CPU per streamed token\n\n"
+        f"{repeat} answers of {args.tokens} tokens; one OpenAI chunk per token.\n\n"
+        "| chunks per read | parse only (µs/token) | whole client (µs/token) |\n"
+        "|---|---|---|\n"
+        f"{table}\n\n## Machine\n\n{machine_markdown(result['machine'])}\n"
+    )
+    (RESULTS / f"client-cpu-per-token{suffix}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

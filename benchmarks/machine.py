@@ -1,0 +1,38 @@
+"""A description of the machine a benchmark ran on, for its results file."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from importlib.metadata import version
+from typing import Any
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU model, cores, memory, Python and key library versions, date."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "trio": version("trio"),
+        "httpx": version("httpx"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def machine_markdown(machine: dict[str, Any]) -> str:
+    """The machine as a Markdown list."""
+    return "\n".join(f"- {key}: {value}" for key, value in machine.items())
