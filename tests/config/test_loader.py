@@ -128,7 +128,7 @@ def test_bad_file_value(tmp_path: Path) -> None:
 def test_wrong_type_in_file(tmp_path: Path) -> None:
     """A number where a string belongs is refused."""
     path = write(tmp_path, "[llm]\nmodel = 5\n")
-    with pytest.raises(ConfigError, match="llm.model = 5 .*expected a string"):
+    with pytest.raises(ConfigError, match=r"llm\.model = 5 .*expected a string"):
         load_settings(path, env={})
 
 
