@@ -20,7 +20,11 @@ from typing import Any
 import attrs
 import cattrs
 import orjson
-from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError
+from cattrs.errors import (
+    AttributeValidationNote,
+    ForbiddenExtraKeysError,
+    IterableValidationNote,
+)
 
 from chatd.config.settings import InvalidSetting, Settings
 from chatd.exceptions import ConfigError
@@ -78,6 +82,11 @@ def _str_table(value: object, _type: object) -> dict[str, str]:
     raise ValueError(value)
 
 
+def _is_json_leaf(tp: Any) -> bool:
+    """Lists and tables of tables: set from the environment as JSON text."""
+    return typing.get_origin(tp) in (list, dict) and tp != dict[str, str]
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(int, _strict_int)
@@ -85,6 +94,36 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook_func(lambda tp: tp == dict[str, str], _str_table)
+
+    def json_leaf(tp: Any) -> Any:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+        def structure(value: object, _type: object) -> Any:
+            if isinstance(value, str):  # from the environment
+                try:
+                    value = orjson.loads(value)
+                except orjson.JSONDecodeError as exc:
+                    raise ValueError(value) from exc
+            if origin is dict:
+                if not isinstance(value, dict):
+                    raise ValueError(value)
+                return {k: conv.structure(v, args[1]) for k, v in value.items()}
+            if not isinstance(value, list):
+                raise ValueError(value)
+            items, errors = [], []
+            for index, item in enumerate(value):
+                try:
+                    items.append(conv.structure(item, args[0]))
+                except Exception as exc:  # collected, re-raised as one group
+                    exc.add_note(IterableValidationNote(f"item {index}", index, args[0]))
+                    errors.append(exc)
+            if errors:
+                raise cattrs.IterableValidationError("bad list items", errors, tp)
+            return items
+
+        return structure
+
+    conv.register_structure_hook_factory(_is_json_leaf, json_leaf)
     return conv
 
 
@@ -114,8 +153,12 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
-    if origin is dict:
+    if tp == dict[str, str]:
         return "a table of strings (a JSON object in the environment)"
+    if origin is dict:
+        return "a table"
+    if origin is list:
+        return "a list (JSON in the environment)"
     if attrs.has(tp):
         return "a table"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
@@ -135,9 +178,13 @@ def _set(tree: dict[str, Any], path: KeyPath, value: object) -> None:
 def _get(tree: Mapping[str, Any], path: KeyPath) -> object:
     node: object = tree
     for key in path:
-        if not isinstance(node, Mapping) or key not in node:
+        if key.startswith("[") and isinstance(node, list):
+            index = int(key[1:-1])
+            node = node[index] if index < len(node) else None
+        elif isinstance(node, Mapping) and key in node:
+            node = node[key]
+        else:
             return None
-        node = node[key]
     return node
 
 
@@ -151,6 +198,8 @@ def _failures(
             for note in getattr(sub, "__notes__", []):
                 if isinstance(note, AttributeValidationNote):
                     sub_path, sub_tp = (*path, note.name), note.type
+                elif isinstance(note, IterableValidationNote):
+                    sub_path, sub_tp = (*path, f"[{note.index}]"), note.type
             yield from _failures(sub, sub_path, sub_tp)
     else:
         yield path, tp, exc
@@ -159,17 +208,21 @@ def _failures(
 def _message(raw: Mapping[str, Any], sources: Mapping[KeyPath, str], exc: BaseException) -> str:
     path, tp, err = next(_failures(exc, (), Settings))
     if isinstance(err, ForbiddenExtraKeysError):
-        keys = ", ".join(".".join((*path, k)) for k in sorted(err.extra_fields))
+        keys = ", ".join(".".join((*path, k)).replace(".[", "[") for k in sorted(err.extra_fields))
         known = ", ".join(f.name for f in attrs.fields(tp)) if attrs.has(tp) else "none"
         return f"config: unknown key {keys}: expected one of {known}"
     if isinstance(err, InvalidSetting):
         path = (*path, err.name) if path[-1:] != (err.name,) else path
         value, expected = err.value, err.expected
+    elif isinstance(err, KeyError):
+        key = ".".join(path).replace(".[", "[")
+        return f"config: {key} is missing: expected {_describe(tp)}"
     else:
         value, expected = _get(raw, path), _describe(tp)
-    where = sources.get(path)
+    where = next((sources[path[:i]] for i in range(len(path), 0, -1) if path[:i] in sources), None)
     origin = f" (from {where})" if where else ""
-    return f"config: {'.'.join(path)} = {value!r}{origin}: expected {expected}"
+    key = ".".join(path).replace(".[", "[")
+    return f"config: {key} = {value!r}{origin}: expected {expected}"
 
 
 def load_settings(

@@ -119,6 +119,35 @@ class LimitsSettings:
 
 
 @attrs.frozen
+class HTTPToolSettings:
+    """A declarative HTTP tool: the LLM fills ``parameters``; chatd calls ``url``.
+
+    ``url`` and header values are templates: ``{name}`` is replaced by the
+    URL-quoted argument ``name``. With ``method`` POST the arguments are sent
+    as the JSON body.
+    """
+
+    name: str
+    description: str
+    url: str = attrs.field(validator=_http_url)
+    method: Literal["GET", "POST", "PUT", "DELETE"] = "GET"
+    parameters: dict[str, Any] = attrs.field(factory=lambda: {"type": "object", "properties": {}})
+    headers: dict[str, str] = attrs.field(factory=dict)
+    timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    time_bound: bool = False
+    user_bound: bool = False
+
+
+@attrs.frozen
+class ToolsSettings:
+    """Tool timeouts and the declarative HTTP tools."""
+
+    timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    faq_min_confidence: float = attrs.field(default=0.5, validator=_non_negative)
+    http: list[HTTPToolSettings] = attrs.field(factory=list)
+
+
+@attrs.frozen
 class LogSettings:
     """Where logs go and what they may contain."""
 
@@ -138,6 +167,7 @@ class Settings:
     kb: KBSettings = attrs.field(factory=KBSettings)
     redis: RedisSettings = attrs.field(factory=RedisSettings)
     limits: LimitsSettings = attrs.field(factory=LimitsSettings)
+    tools: ToolsSettings = attrs.field(factory=ToolsSettings)
     log: LogSettings = attrs.field(factory=LogSettings)
     system_prompt: str = (
         "You are chatd's assistant. Answer briefly and use the tools you are given."

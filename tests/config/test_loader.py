@@ -154,3 +154,39 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.toml", env={})
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_settings(write(tmp_path, "[server\n"), env={})
+
+
+def test_http_tools_from_file_and_env(tmp_path: Path) -> None:
+    """Declarative HTTP tools load from ``[[tools.http]]`` or as JSON from the environment."""
+    path = write(
+        tmp_path,
+        '[[tools.http]]\nname = "weather"\ndescription = "Weather for a city"\n'
+        'url = "https://wx.example/v1/{city}"\n'
+        'parameters = {type = "object", properties = {city = {type = "string"}}}\n',
+    )
+    tool = load_settings(path, env={}).tools.http[0]
+    assert (tool.name, tool.method, tool.url) == ("weather", "GET", "https://wx.example/v1/{city}")
+    assert tool.parameters["properties"] == {"city": {"type": "string"}}
+    env = {"CHATD_TOOLS_HTTP": '[{"name": "a", "description": "b", "url": "http://h/x"}]'}
+    assert load_settings(env=env).tools.http[0].name == "a"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[[tools.http]]\nname = "w"\nurl = "http://x"\n',
+            "config: tools.http[0].description is missing: expected a string",
+        ),
+        (
+            '[[tools.http]]\nname = "w"\ndescription = "d"\nurl = "http://x"\n'
+            '[[tools.http]]\nname = "v"\ndescription = "d"\nurl = "x"\n',
+            "config: tools.http[1].url = 'x' (from ",
+        ),
+    ],
+)
+def test_bad_http_tool_names_its_index(tmp_path: Path, text: str, message: str) -> None:
+    """An error inside a list of tables names the item by index."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env={})
+    assert str(info.value).startswith(message)
