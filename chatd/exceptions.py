@@ -7,6 +7,7 @@ errors (httpx, redis, sqlite) are translated where they are caught, with
 
     ChatdError                      internal
     ├── ConfigError                 (start-up only, never on the wire)
+    ├── ToolFailed                  (a tool_end with ok false, never terminal)
     ├── ClientError                 bad_request
     │   ├── TooLarge                too_large
     │   ├── Unauthorized            unauthorized
@@ -43,6 +44,10 @@ class ChatdError(Exception):
 
 class ConfigError(ChatdError):
     """A configuration key has a bad value; start-up stops with this one line."""
+
+
+class ToolFailed(ChatdError):
+    """A tool could not do its work; the message is shown to the LLM and client."""
 
 
 class ClientError(ChatdError):
