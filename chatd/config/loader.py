@@ -51,7 +51,10 @@ def _strict_float(value: object, _type: object) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
-        return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            pass
     raise ValueError(value)
 
 
@@ -219,6 +222,8 @@ def _message(raw: Mapping[str, Any], sources: Mapping[KeyPath, str], exc: BaseEx
         return f"config: {key} is missing: expected {_describe(tp)}"
     else:
         value, expected = _get(raw, path), _describe(tp)
+        if value is None and isinstance(err, ValueError) and err.args:
+            value = err.args[0]  # inside a list from the environment: the hook saw it
     where = next((sources[path[:i]] for i in range(len(path), 0, -1) if path[:i] in sources), None)
     origin = f" (from {where})" if where else ""
     key = ".".join(path).replace(".[", "[")

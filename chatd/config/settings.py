@@ -49,10 +49,19 @@ def _redis_url(_inst: object, attr: attrs.Attribute[Any], value: str | None) -> 
 
 @attrs.frozen
 class ServerSettings:
-    """Where and how the chat server listens."""
+    """Where and how the chat server listens.
+
+    ``api_keys`` empty means no authentication; otherwise clients send one as
+    ``Authorization: Bearer KEY`` (or ``?api_key=KEY`` on the WebSocket URL).
+    ``token_merge_ms`` is the window in which an answer's tokens are merged
+    into one frame (the first token of an answer always goes out at once).
+    """
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=_port)
+    api_keys: list[str] = attrs.field(factory=list)
+    token_merge_ms: float = attrs.field(default=20.0, validator=_non_negative)
+    send_queue: int = attrs.field(default=256, validator=_positive)
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
     websocket_ping_interval_s: float = attrs.field(default=20.0, validator=_positive)
 
@@ -116,6 +125,12 @@ class LimitsSettings:
     queue_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     max_message_chars: int = attrs.field(default=8000, validator=_positive)
     max_frame_bytes: int = attrs.field(default=65536, validator=_positive)
+    request_timeout_s: float = attrs.field(default=120.0, validator=_positive)
+    prompt_token_budget: int = attrs.field(default=6000, validator=_positive)
+    max_requests_per_connection: int = attrs.field(default=64, validator=_positive)
+    rate_per_minute: float = attrs.field(default=0.0, validator=_non_negative)
+    """Chat requests a client (its API key, else its address) may start per
+    minute, with bursts of up to one minute's worth; 0 means no limit."""
 
 
 @attrs.frozen

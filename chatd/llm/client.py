@@ -12,9 +12,11 @@ so the provider stops generating.
 from __future__ import annotations
 
 import collections
+import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Mapping
+import typing
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import attrs
@@ -78,13 +80,31 @@ class LLMStream:
     _started_at: float
     _total_deadline: float
     _pending: collections.deque[ChatEvent] = attrs.field(factory=collections.deque)
-    _chunks: AsyncIterator[bytes] | None = None
+    _chunks: AsyncGenerator[bytes, None] | None = None
     _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
     _assembler: ChunkAssembler = attrs.field(factory=ChunkAssembler)
     _last_output: float | None = None
     _finished: bool = False
     completion: Completion | None = None
     """Set once the stream has ended well."""
+
+    async def aclose(self) -> None:
+        """Close the body iterator (the caller closes the response).
+
+        httpx's body iterators are async generators nested three deep; closing
+        only the outermost leaves the inner ones to the garbage collector (a
+        ResourceWarning under trio). Resuming the chain in a cancelled scope
+        unwinds every level at its next checkpoint.
+        """
+        chunks, self._chunks = self._chunks, None
+        if chunks is None:
+            return
+        with trio.CancelScope() as unwind:
+            unwind.cancel()
+            with contextlib.suppress(StopAsyncIteration, httpx.HTTPError):
+                while True:
+                    await chunks.__anext__()
+        await chunks.aclose()
 
     def __aiter__(self) -> LLMStream:
         return self
@@ -109,12 +129,14 @@ class LLMStream:
 
     async def _read(self) -> None:
         if self._chunks is None:
-            self._chunks = self._response.aiter_raw()
+            # httpx types it as an iterator; it is an async generator
+            self._chunks = typing.cast(AsyncGenerator[bytes, None], self._response.aiter_raw())
+        chunks = self._chunks
         deadline, phase = self._deadline()
         chunk: bytes | None = None
         with trio.CancelScope(deadline=deadline) as scope:
             try:
-                chunk = await self._chunks.__anext__()
+                chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 chunk = None
             except httpx.HTTPError as exc:
@@ -194,6 +216,7 @@ class LLMClient:
         body = orjson.dumps(request.to_json(self.model, stream=stream))
         http_request = self._http.build_request("POST", "chat/completions", content=body)
         response = None
+        opened: LLMStream | None = None
         try:
             with trio.CancelScope(deadline=first_deadline) as scope:
                 response = await self._send(http_request)
@@ -201,7 +224,7 @@ class LLMClient:
                     await self._raise_for_status(response)
                 content_type = response.headers.get("content-type", "")
                 if "text/event-stream" in content_type:
-                    events = LLMStream(response, self.timeouts, started, total_deadline)
+                    events = opened = LLMStream(response, self.timeouts, started, total_deadline)
                 elif "json" in content_type:
                     events = LLMStream.of_completion(
                         response, self.timeouts, await self._read(response)
@@ -219,6 +242,8 @@ class LLMClient:
             if response is not None:
                 with trio.move_on_after(_CLOSE_TIMEOUT_S) as cleanup:
                     cleanup.shield = True
+                    if opened is not None:
+                        await opened.aclose()
                     await response.aclose()
 
     async def _send(self, request: httpx.Request) -> httpx.Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -22,7 +22,7 @@ def _dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
-def configure_logging(settings: LogSettings, stream: IO[str] | None = None) -> None:
+def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> None:
     """Send structlog's output to ``stream`` (or ``settings.file``, or stdout)."""
     if stream is None:
         stream = (

@@ -20,7 +20,9 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from chatd.config import Settings
 from chatd.llm.sim import serve_sim_llm
+from chatd.pipeline import Pipeline
 from chatd.server.app import AppState, create_app
+from chatd.server.services import open_pipeline
 
 __all__ = ["Running", "serve"]
 
@@ -62,7 +64,8 @@ async def serve(
         if llm_url is None:
             sim = await nursery.start(serve_sim_llm, settings.sim)
             llm_url = sim.base_url
-        state = AppState(llm_url=llm_url, llm_simulated=settings.llm.url is None)
+        pipeline = await nursery.start(_run_pipeline, settings, llm_url)
+        state = AppState(pipeline, llm_url=llm_url, llm_simulated=settings.llm.url is None)
         binds = await nursery.start(
             _serve_app, create_app(state), _hypercorn_config(settings), drain, stopped
         )
@@ -81,6 +84,17 @@ async def serve(
     log.info("stopped")
 
 
+async def _run_pipeline(
+    settings: Settings, llm_url: str, *, task_status: trio.TaskStatus[Pipeline]
+) -> NoReturn:
+    """Own the pipeline's resources and its background tasks for the process's life."""
+    async with open_pipeline(settings, llm_url) as pipeline, trio.open_nursery() as nursery:
+        nursery.start_soon(pipeline.admission.run_position_updates)
+        task_status.started(pipeline)
+        await trio.sleep_forever()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def _serve_app(
     app: object,
     config: HypercornConfig,
@@ -93,7 +107,7 @@ async def _serve_app(
         await hypercorn_serve(
             app,  # type: ignore[arg-type]
             config,
-            shutdown_trigger=drain.wait,  # type: ignore[arg-type]
+            shutdown_trigger=drain.wait,
             task_status=task_status,
         )
     finally:
@@ -105,7 +119,7 @@ async def _watch_signals(state: AppState, drain: trio.Event, scope: trio.CancelS
         async for signum in signals:
             if not drain.is_set():
                 log.info("draining", signal=signal.Signals(signum).name)
-                state.draining = True
+                state.pipeline.draining = True
                 drain.set()
             else:
                 log.warning("second signal: exiting now", signal=signal.Signals(signum).name)

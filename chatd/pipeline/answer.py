@@ -1,0 +1,165 @@
+"""Route and answer: the first LLM call decides the path, the path streams.
+
+- ``direct``: the router call answered in text; its stream is the answer.
+- ``tool_stream`` (Path B): it called exactly one natural-answer tool, and
+  that tool was confident; the tool streams its answer through a memory
+  channel straight to the client, and no second LLM call is made.
+- ``tools`` (Path A): otherwise the tools run side by side, each under its own
+  timeout, failures reported to the LLM as tool errors, and a second LLM call
+  streams the answer.
+
+The path is decided by what the router streams first: text means ``direct``
+(tool calls after text are ignored, as the text is already on its way); a
+tool call means a tool path. ``route`` is sent once the path is final, so a
+single natural-answer tool's ``tool_start``/``tool_end`` come before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from chatd.llm import ChatRequest, Completion, LLMClient, Message, TextDelta, ToolCall
+from chatd.pipeline.events import Event, Route, Token, ToolEnd, ToolStart
+from chatd.tools.base import ToolContext
+from chatd.tools.registry import ToolOutcome, ToolRegistry
+
+__all__ = ["Turn", "answer"]
+
+log = structlog.get_logger("chatd.pipeline")
+
+
+@attrs.define
+class Turn:
+    """One request's answer in the making: sends its events, keeps the tally."""
+
+    send: Callable[[Event], Awaitable[None]]
+    context: ToolContext
+    path: str | None = None
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    queue_s: float = 0.0
+    tools_used: tuple[str, ...] = ()
+    _text: list[str] = attrs.field(factory=list)
+
+    @property
+    def text(self) -> str:
+        """The answer so far."""
+        return "".join(self._text)
+
+    async def route(self, path: str, tools: Sequence[str] = ()) -> None:
+        """The path is final: say so once."""
+        self.path, self.tools_used = path, tuple(tools)
+        await self.send(Route(path, tuple(tools)))
+
+    async def token(self, text: str) -> None:
+        """Send the next piece of the answer."""
+        if not text:
+            return
+        if self.first_token_at is None:
+            self.first_token_at = trio.current_time()
+        self._text.append(text)
+        await self.send(Token(text))
+
+    def count(self, completion: Completion) -> None:
+        """Add one LLM call's usage."""
+        if completion.usage is not None:
+            self.prompt_tokens += completion.usage.prompt_tokens
+            self.completion_tokens += completion.usage.completion_tokens
+
+
+async def _stream_text(turn: Turn, llm: LLMClient, request: ChatRequest) -> Completion | None:
+    """Stream a call's text to the client; return its completion, or ``None``
+    as soon as it turns out to be calling tools (the caller reads those)."""
+    async with llm.stream(request) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if turn.path is None:
+                    await turn.route("direct")
+                await turn.token(event.text)
+            elif isinstance(event, Completion):
+                turn.count(event)
+                return event
+    return None  # pragma: no cover - a stream always ends with its completion
+
+
+def _tool_messages(calls: Sequence[ToolCall], outcomes: Sequence[ToolOutcome]) -> list[Message]:
+    """The assistant's tool calls and each tool's result, for the answer call."""
+    assistant: Message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in calls
+        ],
+    }
+    results: list[Message] = [
+        {
+            "role": "tool",
+            "tool_call_id": o.call_id,
+            "content": o.result.content if o.ok and o.result else f"error: {o.error}",
+        }
+        for o in outcomes
+    ]
+    return [assistant, *results]
+
+
+async def answer(
+    turn: Turn, llm: LLMClient, registry: ToolRegistry, messages: Sequence[Message]
+) -> None:
+    """Answer the prompt down whichever path the router picks."""
+    router = ChatRequest(list(messages), tools=registry.openai_tools())
+    completion = await _stream_text(turn, llm, router)
+    if completion is None or turn.path == "direct" or not completion.tool_calls:
+        if turn.path is None:
+            await turn.route("direct")
+        if completion is not None:
+            turn.finish_reason = completion.finish_reason
+        return
+    calls = completion.tool_calls
+
+    async def started(call: ToolCall, arguments: Mapping[str, Any]) -> None:
+        await turn.send(ToolStart(call.id, call.name, arguments))
+
+    async def ended(outcome: ToolOutcome) -> None:
+        await turn.send(
+            ToolEnd(
+                outcome.call_id, outcome.tool, outcome.ok, round(outcome.duration_ms), outcome.error
+            )
+        )
+
+    tool = registry.get(calls[0].name)
+    if len(calls) == 1 and tool is not None and tool.natural_answer:
+        outcomes = await registry.run_all(calls, turn.context, on_start=started, on_end=ended)
+        result = outcomes[0].result
+        if outcomes[0].ok and result is not None and result.answer is not None:
+            await turn.route("tool_stream", [tool.name])
+            send, receive = trio.open_memory_channel[str](0)
+            async with trio.open_nursery() as nursery:
+
+                async def produce() -> None:
+                    async with send:
+                        await tool.stream(result, send)
+
+                nursery.start_soon(produce)
+                async with receive:
+                    async for piece in receive:
+                        await turn.token(piece)
+            return
+        await turn.route("tools", [c.name for c in calls])
+    else:
+        await turn.route("tools", [c.name for c in calls])
+        outcomes = await registry.run_all(calls, turn.context, on_start=started, on_end=ended)
+    failed = [o.tool for o in outcomes if not o.ok]
+    if failed:
+        log.info("tools failed", tools=failed)
+    followup = ChatRequest([*messages, *_tool_messages(calls, outcomes)])
+    final = await _stream_text(turn, llm, followup)
+    if final is not None:
+        turn.finish_reason = final.finish_reason if final.finish_reason == "length" else "stop"

@@ -1,0 +1,156 @@
+"""The events a request sends its client (protocol.md §1), and their encoding.
+
+Each event is a frozen attrs class whose fields are the wire fields; the
+request's ``id`` is added when it is encoded. :data:`TERMINAL` names the two
+that end a request. Encoding uses orjson and drops optional fields that are
+unset, so the wire carries exactly what protocol.md lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+import orjson
+
+from chatd.exceptions import ChatdError
+
+__all__ = [
+    "Accepted",
+    "Done",
+    "Error",
+    "Event",
+    "Pong",
+    "Queued",
+    "Route",
+    "Token",
+    "ToolEnd",
+    "ToolStart",
+    "encode",
+    "error_event",
+    "is_terminal",
+]
+
+
+@attrs.frozen
+class Accepted:
+    """The request passed validation, auth and rate limits."""
+
+    type: ClassVar[str] = "accepted"
+    request_id: str
+
+
+@attrs.frozen
+class Queued:
+    """It waits for capacity; ``position`` 1 is next."""
+
+    type: ClassVar[str] = "queued"
+    position: int
+
+
+@attrs.frozen
+class Route:
+    """The path is final."""
+
+    type: ClassVar[str] = "route"
+    path: str
+    tools: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ToolStart:
+    """A tool began."""
+
+    type: ClassVar[str] = "tool_start"
+    call_id: str
+    tool: str
+    arguments: Mapping[str, Any]
+
+
+@attrs.frozen
+class ToolEnd:
+    """A tool finished."""
+
+    type: ClassVar[str] = "tool_end"
+    call_id: str
+    tool: str
+    ok: bool
+    duration_ms: int
+    error: str | None = None
+
+
+@attrs.frozen
+class Token:
+    """The next piece of the answer."""
+
+    type: ClassVar[str] = "token"
+    text: str
+
+
+@attrs.frozen
+class Done:
+    """Terminal: the answer is complete, or was cancelled."""
+
+    type: ClassVar[str] = "done"
+    request_id: str
+    finish_reason: str
+    path: str | None
+    shared: bool
+    cached: bool
+    usage: Mapping[str, int]
+    timings: Mapping[str, int | None]
+
+
+@attrs.frozen
+class Error:
+    """Terminal: the request failed (or, for a frame, was refused)."""
+
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    retry_after_ms: int | None = None
+
+
+@attrs.frozen
+class Pong:
+    """The answer to ``ping``."""
+
+    type: ClassVar[str] = "pong"
+
+
+Event = Accepted | Queued | Route | ToolStart | ToolEnd | Token | Done | Error | Pong
+
+
+def is_terminal(event: Event) -> bool:
+    """``done`` and ``error`` end a request."""
+    return isinstance(event, Done | Error)
+
+
+def error_event(exc: ChatdError) -> Error:
+    """The wire form of one of chatd's errors: its code, words and retry hint."""
+    return Error(exc.code, exc.message, exc.retry_after_ms)
+
+
+_OPTIONAL = frozenset({"error", "retry_after_ms"})
+
+
+def _fields(event: Event) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in attrs.fields(type(event)):
+        value = getattr(event, field.name)
+        if value is None and field.name in _OPTIONAL:
+            continue
+        out[field.name] = value
+    return out
+
+
+def encode(event: Event, request_id: str | None) -> bytes:
+    """One JSON frame: ``type``, the request's ``id`` (when known), the fields."""
+    if type(event) is Token:  # the hot path: one per streamed piece
+        return orjson.dumps({"type": "token", "id": request_id, "text": event.text})
+    frame: dict[str, Any] = {"type": event.type}
+    if request_id is not None:
+        frame["id"] = request_id
+    frame.update(_fields(event))
+    return orjson.dumps(frame)

@@ -1,0 +1,25 @@
+"""Credentials: who a client is, and whether it may chat."""
+
+from __future__ import annotations
+
+import hmac
+
+__all__ = ["identify"]
+
+
+def identify(
+    api_keys: list[str], authorization: str | None, api_key_arg: str | None, remote: str
+) -> tuple[str, bool]:
+    """Who the client is (for rate limits) and whether its credentials are good.
+
+    The key comes from ``Authorization: Bearer KEY`` or else ``?api_key=KEY``.
+    With no ``api_keys`` configured everyone is let in and told apart by key
+    or address; otherwise the key must be one of them (compared in constant
+    time), and a client without a good key is known by its address only.
+    """
+    auth = authorization or ""
+    supplied = auth[7:].strip() if auth.lower().startswith("bearer ") else (api_key_arg or "")
+    if not api_keys:
+        return (f"key:{supplied}" if supplied else f"addr:{remote}"), True
+    ok = any(hmac.compare_digest(supplied.encode(), key.encode()) for key in api_keys)
+    return (f"key:{supplied}" if ok else f"addr:{remote}"), ok

@@ -1,0 +1,221 @@
+"""One WebSocket connection: frames in, requests run, events out.
+
+Three kinds of task share the connection's nursery: the reader (always
+reading, so a disconnect is seen at once and ``cancel`` is never stuck
+behind a busy answer), one task per ``chat``, and the writer. Requests hand
+their events to the writer through one bounded channel; the writer merges an
+answer's tokens into fewer frames, both when the client lags (everything
+already queued goes out together) and within ``server.token_merge_ms`` of an
+answer's previous token frame (the first token always goes out at once).
+
+The connection does not know how frames travel: :class:`FrameTransport` is
+quart-trio's websocket today and could be any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import attrs
+import orjson
+import structlog
+import trio
+
+from chatd.exceptions import ChatdError, ClientError, Overloaded, TooLarge, Unauthorized
+from chatd.pipeline import ChatInput, Event, Pipeline, encode, is_terminal
+from chatd.pipeline.events import Pong, Token, error_event
+
+__all__ = ["Connection", "FrameTransport"]
+
+log = structlog.get_logger("chatd.server")
+
+Outgoing = tuple[str | None, Event]
+
+
+class FrameTransport(Protocol):
+    """Text frames to and from one client."""
+
+    async def receive(self) -> str | bytes:
+        """The next frame; a closed connection cancels the caller instead."""
+        ...
+
+    async def send(self, frame: str) -> None:
+        """Send one text frame."""
+        ...
+
+
+@attrs.frozen
+class _Output:
+    """A request's view of the writer: its events tagged with its id."""
+
+    id: str
+    channel: trio.MemorySendChannel[Outgoing]
+
+    async def send(self, event: Event) -> None:
+        await self.channel.send((self.id, event))
+
+    def send_nowait(self, event: Event) -> None:
+        # Advisory only (queue positions): a lagging client skips one.
+        with contextlib.suppress(trio.WouldBlock):
+            self.channel.send_nowait((self.id, event))
+
+
+def _valid_id(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 128 and value.isprintable()
+
+
+def _string(frame: Mapping[str, Any], key: str, *, required: bool) -> str | None:
+    value = frame.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise ClientError(f"'{key}' must be a non-empty string")
+    return value
+
+
+@attrs.define
+class Connection:
+    """Serves one client's frames until it goes away."""
+
+    pipeline: Pipeline
+    client: str
+    authorized: bool = True
+    _requests: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False)
+    _out: trio.MemorySendChannel[Outgoing] | None = attrs.field(default=None, init=False)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests under way on this connection."""
+        return len(self._requests)
+
+    async def serve(self, transport: FrameTransport) -> None:
+        """Read, run and write until the transport closes (which cancels us)."""
+        settings = self.pipeline.settings.server
+        send, receive = trio.open_memory_channel[Outgoing](settings.send_queue)
+        self._out = send
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write, receive, transport, settings.token_merge_ms / 1000)
+            while True:
+                frame = await transport.receive()
+                self._handle(frame, nursery)
+
+    def _reply(self, request_id: str | None, event: Event, nursery: trio.Nursery) -> None:
+        """A reply to a frame itself (pong, refusals). Sent from its own task, so
+        the reader never waits on a lagging client and a refusal is never lost."""
+        assert self._out is not None
+        nursery.start_soon(self._out.send, (request_id, event))
+
+    def _handle(self, raw: str | bytes, nursery: trio.Nursery) -> None:
+        limits = self.pipeline.settings.limits
+        request_id: str | None = None
+        try:
+            if isinstance(raw, bytes):
+                raise ClientError("frames must be text (JSON), not binary")
+            if len(raw) > limits.max_frame_bytes:
+                raise TooLarge(f"frame is {len(raw)} bytes; the limit is {limits.max_frame_bytes}")
+            try:
+                frame = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise ClientError("frame is not valid JSON") from None
+            if not isinstance(frame, dict):
+                raise ClientError("frame must be a JSON object")
+            if _valid_id(frame.get("id")):
+                request_id = frame["id"]
+            kind = frame.get("type")
+            if kind == "chat":
+                self._chat(frame, request_id, nursery)
+            elif kind == "cancel":
+                if request_id is None:
+                    raise ClientError("'cancel' needs the 'id' of a request")
+                scope = self._requests.get(request_id)
+                if scope is not None:
+                    scope.cancel()
+            elif kind == "ping":
+                self._reply(request_id, Pong(), nursery)
+            elif kind is None:
+                raise ClientError("frame has no 'type'")
+            else:
+                raise ClientError(f"unknown frame type {kind!r}")
+        except ChatdError as exc:
+            self._reply(request_id, error_event(exc), nursery)
+
+    def _chat(
+        self, frame: Mapping[str, Any], request_id: str | None, nursery: trio.Nursery
+    ) -> None:
+        if request_id is None:
+            raise ClientError("'id' must be a string of 1 to 128 printable characters")
+        if request_id in self._requests:
+            raise ClientError(f"a request with id {request_id!r} is already in flight")
+        message = _string(frame, "message", required=True)
+        session = _string(frame, "session", required=False)
+        metadata = frame.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ClientError("'metadata' must be an object")
+        if not self.authorized:
+            raise Unauthorized("missing or wrong API key")
+        limit = self.pipeline.settings.limits.max_requests_per_connection
+        if len(self._requests) >= limit:
+            raise Overloaded(f"{limit} requests already in flight on this connection")
+        assert message is not None and self._out is not None
+        chat = ChatInput(request_id, message, session, metadata, self.client)
+        scope = self._requests[request_id] = trio.CancelScope()
+        nursery.start_soon(self._run, chat, scope, _Output(request_id, self._out.clone()))
+
+    async def _run(self, chat: ChatInput, scope: trio.CancelScope, out: _Output) -> None:
+        try:
+            async with out.channel:
+                await self.pipeline.run(chat, out, scope)
+        finally:
+            del self._requests[chat.id]
+
+    async def _write(
+        self, receive: trio.MemoryReceiveChannel[Outgoing], transport: FrameTransport, window: float
+    ) -> None:
+        """Send events in order per request, merging each answer's tokens."""
+        pending: dict[str, list[str]] = {}  # request id -> token texts not yet sent
+        due: dict[str, float] = {}  # request id -> when its pending tokens go out
+        last: dict[str, float] = {}  # request id -> when its last token frame went out
+        async with receive:
+            while True:
+                batch: list[Outgoing] = []
+                with trio.move_on_at(min(due.values(), default=math.inf)):
+                    batch.append(await receive.receive())
+                while True:  # whatever else is queued goes out with it
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                now = trio.current_time()
+                frames: list[bytes] = []
+                for request_id, event in batch:
+                    if type(event) is Token and request_id is not None:
+                        if request_id not in pending:
+                            pending[request_id] = []
+                            due[request_id] = max(now, last.get(request_id, -math.inf) + window)
+                        pending[request_id].append(event.text)
+                        continue
+                    if request_id in pending:
+                        frames.append(self._flush(request_id, pending, due, last, now))
+                    if is_terminal(event) and request_id is not None:
+                        last.pop(request_id, None)
+                    frames.append(encode(event, request_id))
+                for request_id in [r for r, t in due.items() if t <= now]:
+                    frames.append(self._flush(request_id, pending, due, last, now))
+                for frame in frames:
+                    await transport.send(frame.decode())
+
+    @staticmethod
+    def _flush(
+        request_id: str,
+        pending: dict[str, list[str]],
+        due: dict[str, float],
+        last: dict[str, float],
+        now: float,
+    ) -> bytes:
+        texts = pending.pop(request_id)
+        del due[request_id]
+        last[request_id] = now
+        return encode(Token("".join(texts)), request_id)
