@@ -6,6 +6,7 @@ Owns :class:`Settings` and :func:`load_settings`. Imports nothing of chatd but
 
 from chatd.config.loader import ENV_PREFIX, env_keys, load_settings
 from chatd.config.settings import (
+    HTTPToolSettings,
     InvalidSetting,
     KBSettings,
     LimitsSettings,
@@ -16,10 +17,12 @@ from chatd.config.settings import (
     ServerSettings,
     Settings,
     SimSettings,
+    ToolsSettings,
 )
 
 __all__ = [
     "ENV_PREFIX",
+    "HTTPToolSettings",
     "InvalidSetting",
     "KBSettings",
     "LLMSettings",
@@ -30,6 +33,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "SimSettings",
+    "ToolsSettings",
     "env_keys",
     "load_settings",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Sequence
 from typing import NoReturn
 
 import attrs
@@ -23,6 +24,7 @@ from chatd.llm.sim import serve_sim_llm
 from chatd.pipeline import Pipeline
 from chatd.server.app import AppState, create_app
 from chatd.server.services import open_pipeline
+from chatd.tools.base import Tool
 
 __all__ = ["Running", "serve"]
 
@@ -55,6 +57,7 @@ async def serve(
     settings: Settings,
     *,
     handle_signals: bool = True,
+    extra_tools: Sequence[Tool] = (),
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run chatd until drained by a signal (or cancelled)."""
@@ -64,7 +67,7 @@ async def serve(
         if llm_url is None:
             sim = await nursery.start(serve_sim_llm, settings.sim)
             llm_url = sim.base_url
-        pipeline = await nursery.start(_run_pipeline, settings, llm_url)
+        pipeline = await nursery.start(_run_pipeline, settings, llm_url, extra_tools)
         state = AppState(pipeline, llm_url=llm_url, llm_simulated=settings.llm.url is None)
         binds = await nursery.start(
             _serve_app, create_app(state), _hypercorn_config(settings), drain, stopped
@@ -85,10 +88,17 @@ async def serve(
 
 
 async def _run_pipeline(
-    settings: Settings, llm_url: str, *, task_status: trio.TaskStatus[Pipeline]
+    settings: Settings,
+    llm_url: str,
+    extra_tools: Sequence[Tool],
+    *,
+    task_status: trio.TaskStatus[Pipeline],
 ) -> NoReturn:
     """Own the pipeline's resources and its background tasks for the process's life."""
-    async with open_pipeline(settings, llm_url) as pipeline, trio.open_nursery() as nursery:
+    async with (
+        open_pipeline(settings, llm_url, extra_tools) as pipeline,
+        trio.open_nursery() as nursery,
+    ):
         nursery.start_soon(pipeline.admission.run_position_updates)
         task_status.started(pipeline)
         await trio.sleep_forever()

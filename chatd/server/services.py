@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import httpx
@@ -33,15 +33,19 @@ def builtin_tools(settings: Settings, kb: KnowledgeBase, http: httpx.AsyncClient
 
 
 @asynccontextmanager
-async def open_pipeline(settings: Settings, llm_url: str) -> AsyncIterator[Pipeline]:
-    """A :class:`Pipeline` over the configured LLM, knowledge base and tools."""
+async def open_pipeline(
+    settings: Settings, llm_url: str, extra_tools: Sequence[Tool] = ()
+) -> AsyncIterator[Pipeline]:
+    """A :class:`Pipeline` over the configured LLM, knowledge base and tools
+    (plus ``extra_tools``, for tests and embedders)."""
     async with (
         open_llm_client(settings.llm, base_url=llm_url) as llm,
         open_knowledge_base(settings.kb) as kb,
         httpx.AsyncClient() as tool_http,
     ):
         registry = ToolRegistry(
-            builtin_tools(settings, kb, tool_http), default_timeout_s=settings.tools.timeout_s
+            [*builtin_tools(settings, kb, tool_http), *extra_tools],
+            default_timeout_s=settings.tools.timeout_s,
         )
         yield Pipeline(
             settings=settings,

@@ -104,7 +104,7 @@ def test_bad_config_stops_with_one_line(
 def test_bad_rules_file_stops_sim_llm(tmp_path: Path) -> None:
     """``chatd sim-llm`` with a broken rules file exits 2 naming the file."""
     rules = tmp_path / "rules.toml"
-    rules.write_text("[[rule]]\npattern = '('\nreply = 'x'\n")
+    rules.write_text("[[rules]]\npattern = '('\nreply = 'x'\n")
     result = subprocess.run(
         [*CHATD, "sim-llm", "--port", "0", "--rules", str(rules)],
         capture_output=True,

@@ -23,9 +23,7 @@ events_st = st.lists(
 )
 
 
-def encode(
-    events: list[tuple[list[str], str]], newline: str, bom: bool, comments: bool
-) -> bytes:
+def encode(events: list[tuple[list[str], str]], newline: str, bom: bool, comments: bool) -> bytes:
     out = ["\ufeff"] if bom else []
     for lines, name in events:
         if comments:

@@ -1,0 +1,229 @@
+"""CPU per streamed token of the simulated LLM, measured from outside its process.
+
+The simulator runs alone in a subprocess (``serve_sim_llm`` under
+``trio.run``); this process drives ``--streams`` concurrent streamed
+completions of ``--tokens`` content tokens each over raw loopback sockets,
+with a client kept lean so it is not the bottleneck. The simulator's CPU
+(user + system, from /proc/PID/stat) over the whole run, divided by the
+tokens streamed, is the number: it includes accepting connections and
+parsing requests, spread over the tokens of each answer.
+
+Each ``--tokens-per-s`` value is one scenario. At a rate the simulator keeps
+up with, every token is its own write; far beyond it, due-time pacing sends
+several tokens per write and the cost per token falls: both are worth
+knowing. Results go to benchmarks/results/sim-cpu-per-token{,-quick}.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe_machine, machine_markdown
+
+RESULTS = Path(__file__).parent / "results"
+TTFT_MS = 50.0
+END = b"data: [DONE]\n\n\r\n0\r\n\r\n"  # the last SSE event, then the chunked terminator
+
+SIM_CODE = """
+import sys, trio
+from chatd.config import SimSettings
+from chatd.llm.sim import serve_sim_llm
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        settings = SimSettings(ttft_ms=float(sys.argv[1]), tokens_per_s=float(sys.argv[2]))
+        sim = await nursery.start(serve_sim_llm, settings)
+        print(sim.port, flush=True)
+
+trio.run(main)
+"""
+
+
+def request_bytes(port: int, tokens: int) -> bytes:
+    """A streamed completion whose answer is exactly ``tokens`` content tokens.
+
+    The conversation ends in a tool result of plenty of words, which the
+    simulator quotes verbatim; ``max_tokens`` cuts the quote to length.
+    """
+    words = " ".join(f"word{i % 97}" for i in range(tokens + 10))
+    body = orjson.dumps(
+        {
+            "model": "bench",
+            "stream": True,
+            "max_tokens": tokens,
+            "messages": [
+                {"role": "user", "content": "look it up"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "lookup"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": words},
+            ],
+        }
+    )
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def one_stream(port: int, request: bytes, totals: dict[str, int]) -> None:
+    """Send one request and read its answer to the end, looking only at the tail."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(request)
+        tail = b""
+        while not tail.endswith(END):
+            data = await stream.receive_some(65536)
+            if not data:
+                raise RuntimeError("the simulator closed a stream early")
+            totals["reads"] += 1
+            totals["bytes"] += len(data)
+            tail = (tail + data)[-64:]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid``, in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_scenario(
+    sim: subprocess.Popen[bytes], port: int, streams: int, tokens: int, rate: float
+) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as control:
+        await control.post("/_sim/timing", json={"ttft_ms": TTFT_MS, "tokens_per_s": rate})
+        await control.post("/_sim/reset")
+        request = request_bytes(port, tokens)
+        totals = {"reads": 0, "bytes": 0}
+        cpu_before, wall_before = cpu_seconds(sim.pid), time.perf_counter()
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                for _ in range(streams):
+                    nursery.start_soon(one_stream, port, request, totals)
+        wall = time.perf_counter() - wall_before
+        cpu = cpu_seconds(sim.pid) - cpu_before
+        stats = (await control.get("/_sim/stats")).json()
+    if stats["completed"] != streams:
+        raise RuntimeError(f"expected {streams} completed answers, the simulator says {stats}")
+    total_tokens = streams * tokens
+    ideal_s = TTFT_MS / 1000 + (tokens - 1) / rate
+    return {
+        "streams": streams,
+        "tokens_per_stream": tokens,
+        "tokens_per_s_per_stream": rate,
+        "demanded_tokens_per_s": round(streams * rate),
+        "total_tokens": total_tokens,
+        "wall_s": round(wall, 3),
+        "ideal_wall_s": round(ideal_s, 3),
+        "throughput_tokens_per_s": round(total_tokens / wall),
+        "sim_cpu_s": round(cpu, 3),
+        "sim_cpu_busy": round(cpu / wall, 3),
+        "sim_cpu_us_per_token": round(cpu / total_tokens * 1e6, 2),
+        "client_reads_per_token": round(totals["reads"] / total_tokens, 3),
+        "bytes_per_token": round(totals["bytes"] / total_tokens, 1),
+    }
+
+
+def start_sim() -> tuple[subprocess.Popen[bytes], int]:
+    root = Path(__file__).resolve().parent.parent
+    sim = subprocess.Popen(
+        [sys.executable, "-c", SIM_CODE, str(TTFT_MS), "100"],
+        stdout=subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert sim.stdout is not None
+    line = sim.stdout.readline()
+    if not line:
+        sim.wait(10)
+        raise RuntimeError("the simulator did not start")
+    return sim, int(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=200, help="content tokens per stream")
+    parser.add_argument(
+        "--tokens-per-s",
+        type=float,
+        nargs="+",
+        default=[50.0, 200.0, 100_000.0],
+        help="per-stream token rates, one scenario each",
+    )
+    parser.add_argument(
+        "--slow-streams",
+        type=int,
+        default=1000,
+        help="streams of the many-slow-streams scenario (5 tokens/s each); 0 skips it",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter streams")
+    args = parser.parse_args()
+    streams, tokens = (50, 100) if args.quick else (args.streams, args.tokens)
+    scenarios = [(streams, tokens, rate) for rate in args.tokens_per_s]
+    if args.slow_streams:
+        slow = min(args.slow_streams, 200) if args.quick else args.slow_streams
+        scenarios.append((slow, 20 if args.quick else 50, 5.0))
+
+    sim, port = start_sim()
+    try:
+        trio.run(run_scenario, sim, port, 20, 20, 1000.0)  # warm-up, not reported
+        rows = [trio.run(run_scenario, sim, port, *scenario) for scenario in scenarios]
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+    machine = describe_machine()
+    machine["nproc"] = len(os.sched_getaffinity(0))
+    result = {
+        "benchmark": "simulated LLM: CPU per streamed token",
+        "rows": rows,
+        "machine": machine,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    name = "sim-cpu-per-token" + ("-quick" if args.quick else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = "\n".join(
+        f"| {r['streams']} | {r['tokens_per_stream']} | {r['tokens_per_s_per_stream']:g} "
+        f"| {r['demanded_tokens_per_s']} | {r['throughput_tokens_per_s']} "
+        f"| {r['wall_s']} ({r['ideal_wall_s']}) | {r['sim_cpu_busy']:.0%} "
+        f"| **{r['sim_cpu_us_per_token']}** | {r['client_reads_per_token']} |"
+        for r in rows
+    )
+    md = (
+        "# Simulated LLM: CPU per streamed token\n\n"
+        f"Concurrent streamed completions, ttft {TTFT_MS:g} ms, over loopback from a "
+        "raw-socket trio client in another process. CPU is the simulator process's "
+        "user + system time over the run (connection set-up and request parsing "
+        "included), divided by the content tokens streamed.\n\n"
+        "| streams | tokens each | tokens/s each | demanded tokens/s | achieved tokens/s "
+        "| wall s (ideal) | sim CPU busy | sim CPU µs/token | client reads/token |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        f"{table}\n\n"
+        "Client reads per token near 1 mean one write per token; well below 1, the "
+        "simulator was behind and sent every due token in one write.\n\n"
+        f"## Machine\n\n{machine_markdown(machine)}\n"
+    )
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

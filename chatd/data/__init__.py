@@ -1,0 +1,1 @@
+"""Data shipped with chatd: ``faq.jsonl``, the sample FAQ of the "chatd demo store"."""

@@ -1,0 +1,32 @@
+"""Backends that hold state: the knowledge base (``kb``) and session history
+(``sessions``), each a :class:`typing.Protocol` with an embedded
+implementation and, later, a production sibling tested by the same contract.
+
+Blocking clients (sqlite3, redis-py, python-arango) run in worker threads
+through ``trio.to_thread.run_sync`` under the store's own CapacityLimiter, and
+their errors become :mod:`chatd.exceptions` at the store's boundary. Imports
+only ``chatd.config``, ``chatd.exceptions`` and ``chatd.llm.types``.
+"""
+
+from chatd.stores.kb import (
+    FAQEntry,
+    KBStatistics,
+    KnowledgeBase,
+    Passage,
+    load_faq_file,
+    open_knowledge_base,
+    sample_faq,
+)
+from chatd.stores.kb_sqlite import SQLiteKnowledgeBase, open_sqlite_knowledge_base
+
+__all__ = [
+    "FAQEntry",
+    "KBStatistics",
+    "KnowledgeBase",
+    "Passage",
+    "SQLiteKnowledgeBase",
+    "load_faq_file",
+    "open_knowledge_base",
+    "open_sqlite_knowledge_base",
+    "sample_faq",
+]

@@ -1,0 +1,138 @@
+"""Test support, like ``trio.testing``: run chatd for real and talk to it.
+
+:func:`open_chatd` starts the simulated LLM and chatd on free loopback ports
+inside the caller's nursery, with any extra tools you want to test;
+:class:`ChatClient` is a small WebSocket client that sorts events by request
+id. Tests of chatd use them, and so can tests of your own tools.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import orjson
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from chatd.config import Settings
+from chatd.llm.sim import SimServer, serve_sim_llm
+from chatd.pipeline import Pipeline
+from chatd.server import Running, serve
+from chatd.tools.base import Tool
+
+__all__ = ["ChatClient", "Chatd", "open_chat_client", "open_chatd"]
+
+TERMINAL = frozenset({"done", "error"})
+
+
+@attrs.frozen
+class Chatd:
+    """A running chatd and its simulated LLM."""
+
+    running: Running
+    sim: SimServer | None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return self.running.url
+
+    @property
+    def ws_url(self) -> str:
+        """The chat WebSocket's URL."""
+        return self.running.url.replace("http", "ws", 1) + "/v1/ws"
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The server's pipeline, to look inside."""
+        return self.running.state.pipeline
+
+
+@asynccontextmanager
+async def open_chatd(
+    settings: Settings, *, extra_tools: Sequence[Tool] = ()
+) -> AsyncIterator[Chatd]:
+    """chatd on a free port with its own simulator (unless ``llm.url`` is set)."""
+    settings = attrs.evolve(settings, server=attrs.evolve(settings.server, port=0))
+    async with trio.open_nursery() as nursery:
+        sim: SimServer | None = None
+        if settings.llm.url is None:
+            sim = await nursery.start(serve_sim_llm, settings.sim)
+            settings = attrs.evolve(settings, llm=attrs.evolve(settings.llm, url=sim.base_url))
+        running: Running = await nursery.start(
+            lambda task_status: serve(
+                settings, handle_signals=False, extra_tools=extra_tools, task_status=task_status
+            )
+        )
+        yield Chatd(running, sim)
+        nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class ChatClient:
+    """A WebSocket client that keeps every event, sorted by request id."""
+
+    ws: WebSocketConnection
+    events: dict[str | None, list[dict[str, Any]]] = attrs.field(
+        factory=lambda: collections.defaultdict(list)
+    )
+    _arrived: trio.Event = attrs.field(factory=trio.Event)
+
+    async def send(self, frame: Mapping[str, Any] | str) -> None:
+        """Send a frame (an object is JSON-encoded; a string goes as is)."""
+        text = frame if isinstance(frame, str) else orjson.dumps(frame).decode()
+        await self.ws.send_message(text)
+
+    async def chat(self, request_id: str, message: str, **fields: Any) -> None:
+        """Send a ``chat``."""
+        await self.send({"type": "chat", "id": request_id, "message": message, **fields})
+
+    async def receive_forever(self) -> None:
+        """Read frames until the connection closes (run it in a nursery)."""
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            event = orjson.loads(message)
+            self.events[event.get("id")].append(event)
+            self._arrived.set()
+            self._arrived = trio.Event()
+
+    async def wait_for(self, request_id: str | None, event_type: str) -> dict[str, Any]:
+        """The first event of ``event_type`` for ``request_id``, once it has come."""
+        while True:
+            for event in self.events[request_id]:
+                if event["type"] == event_type:
+                    return event
+            await self._arrived.wait()
+
+    async def finish(self, request_id: str) -> dict[str, Any]:
+        """The request's terminal event, once it has come."""
+        while True:
+            for event in self.events[request_id]:
+                if event["type"] in TERMINAL:
+                    return event
+            await self._arrived.wait()
+
+    def answer(self, request_id: str) -> str:
+        """The request's answer so far: its tokens joined."""
+        return "".join(e["text"] for e in self.events[request_id] if e["type"] == "token")
+
+    def types(self, request_id: str | None) -> list[str]:
+        """The types of the request's events, in order."""
+        return [e["type"] for e in self.events[request_id]]
+
+
+@asynccontextmanager
+async def open_chat_client(url: str, **kwargs: Any) -> AsyncIterator[ChatClient]:
+    """A :class:`ChatClient` connected to ``url``, reading in the background."""
+    async with open_websocket_url(url, **kwargs) as ws, trio.open_nursery() as nursery:
+        client = ChatClient(ws)
+        nursery.start_soon(client.receive_forever)
+        yield client
+        nursery.cancel_scope.cancel()

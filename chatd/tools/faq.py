@@ -1,0 +1,92 @@
+"""The ``frequently_asked`` tool: answers from the FAQ knowledge base.
+
+It is the one natural-answer tool: when the best FAQ entry's confidence
+reaches ``min_confidence`` (``tools.faq_min_confidence``) its answer goes to
+the client as is (Path B), with no second LLM call. Below that, the LLM gets
+the closest entries, marked as uncertain, or a plain "no matching FAQ entry",
+and composes the answer itself (Path A).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import trio
+
+from chatd.exceptions import ToolFailed, UpstreamError, UpstreamUnavailable
+from chatd.stores.kb import KnowledgeBase, Passage
+from chatd.tools.base import ToolContext, ToolResult, stream_text
+
+__all__ = ["FrequentlyAsked", "describe_passages"]
+
+
+def _entry(passage: Passage) -> str:
+    return f"Q: {passage.question}\nA: {passage.answer}\n(confidence {passage.confidence:.2f})"
+
+
+def describe_passages(question: str, passages: Sequence[Passage], min_confidence: float) -> str:
+    """The tool message the LLM reads: the confident answer first, then any
+    other confident entries; or, when none is confident, the closest entries
+    flagged as uncertain; or that nothing matched."""
+    if not passages:
+        return f"No matching FAQ entry for {question!r}."
+    best, *others = passages
+    if best.confidence >= min_confidence:
+        related = [p for p in others if p.confidence >= min_confidence]
+        text = f"FAQ answer:\n{_entry(best)}"
+        if related:
+            text += "\n\nRelated FAQ entries:\n" + "\n\n".join(_entry(p) for p in related)
+        return text
+    return (
+        f"No FAQ entry answers {question!r} with confidence (best {best.confidence:.2f}, "
+        f"needed {min_confidence:.2f}). The closest entries, which may not apply:\n"
+        + "\n\n".join(_entry(p) for p in passages)
+    )
+
+
+@attrs.frozen
+class FrequentlyAsked:
+    """Looks the user's question up in a :class:`~chatd.stores.kb.KnowledgeBase`."""
+
+    name: ClassVar[str] = "frequently_asked"
+    description: ClassVar[str] = (
+        "Look up the store's FAQ: orders, shipping, returns, refunds, payments, "
+        "accounts and passwords, privacy, subscriptions, support hours, warranty, "
+        "gift cards and discounts. Pass the customer's question as they asked it."
+    )
+    parameters: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "question": {
+                "type": "string",
+                "description": "The customer's question, in their own words.",
+            }
+        },
+        "required": ["question"],
+        "additionalProperties": False,
+    }
+    natural_answer: ClassVar[bool] = True
+    time_bound: ClassVar[bool] = False
+    user_bound: ClassVar[bool] = False
+    timeout_s: ClassVar[float | None] = None
+
+    kb: KnowledgeBase
+    min_confidence: float = 0.5
+
+    async def execute(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        """Search (three passages); a confident best passage's answer is the answer."""
+        question = str(arguments["question"])
+        try:
+            passages = await self.kb.search(question, limit=3)
+        except (UpstreamUnavailable, UpstreamError) as exc:
+            raise ToolFailed(f"the FAQ is not available right now ({exc.message})") from exc
+        content = describe_passages(question, passages, self.min_confidence)
+        if passages and passages[0].confidence >= self.min_confidence:
+            return ToolResult(content=content, answer=passages[0].answer)
+        return ToolResult(content=content)
+
+    async def stream(self, result: ToolResult, send: trio.MemorySendChannel[str]) -> None:
+        """Send the confident answer (or, failing that, the content) in pieces."""
+        await stream_text(result.answer or result.content, send)

@@ -1,0 +1,167 @@
+"""Cancelling: a cancel frame, a closed socket, a slow tool; nothing left running."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from chatd.config import SimSettings, ToolsSettings
+from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd
+from chatd.tools.base import ToolContext, ToolResult, stream_text
+from tests.e2e.conftest import MakeSettings
+
+
+async def wait_for_disconnects(chatd: Chatd, count: int) -> None:
+    """The simulator saw ``count`` clients leave within 100 ms."""
+    assert chatd.sim is not None
+    with trio.fail_after(0.1):
+        while chatd.sim.statistics().client_disconnects < count:
+            await trio.sleep(0.002)
+
+
+async def wait_idle(chatd: Chatd) -> None:
+    """Every LLM slot is free again and the simulator has nothing under way."""
+    assert chatd.sim is not None
+    with trio.fail_after(2):
+        while (
+            chatd.pipeline.admission.statistics().llm_streams_in_use
+            or chatd.sim.statistics().active
+        ):
+            await trio.sleep(0.005)
+
+
+async def test_cancel_mid_stream(chatd: Chatd, client: ChatClient) -> None:
+    """cancel ends the request with done/cancelled and closes the upstream call."""
+    assert chatd.sim is not None
+    chatd.sim.set_timing(ttft_ms=10, tokens_per_s=20)
+    with trio.fail_after(10):
+        await client.chat("a", "tell me a long story about the sea")
+        await client.wait_for("a", "token")
+        await client.send({"type": "cancel", "id": "a"})
+        done = await client.finish("a")
+    assert done["type"] == "done"
+    assert done["finish_reason"] == "cancelled"
+    assert done["path"] == "direct"
+    await wait_for_disconnects(chatd, 1)
+    await wait_idle(chatd)
+    await trio.sleep(0.1)
+    assert client.types("a")[-1] == "done", "nothing follows the terminal event"
+
+
+async def test_cancel_while_queued_for_first_token(chatd: Chatd, client: ChatClient) -> None:
+    """A cancel before the first token also closes the upstream call."""
+    assert chatd.sim is not None
+    chatd.sim.set_timing(ttft_ms=2000)
+    with trio.fail_after(10):
+        await client.chat("b", "hello there")
+        await client.wait_for("b", "accepted")
+        while chatd.sim.statistics().active < 1:
+            await trio.sleep(0.005)
+        await client.send({"type": "cancel", "id": "b"})
+        done = await client.finish("b")
+    assert done["finish_reason"] == "cancelled"
+    assert done["path"] is None
+    await wait_for_disconnects(chatd, 1)
+
+
+async def test_cancel_unknown_id_is_ignored(client: ChatClient) -> None:
+    """Cancelling an unknown or finished id sends nothing back."""
+    with trio.fail_after(10):
+        await client.send({"type": "cancel", "id": "nobody"})
+        await client.send({"type": "ping", "id": "after"})
+        await client.wait_for("after", "pong")
+    assert client.events["nobody"] == []
+
+
+async def test_socket_close_cancels_everything(chatd: Chatd) -> None:
+    """Closing the socket mid-answer cancels its requests and their upstream calls."""
+    assert chatd.sim is not None
+    chatd.sim.set_timing(ttft_ms=10, tokens_per_s=20)
+    async with open_chat_client(chatd.ws_url) as client:
+        with trio.fail_after(10):
+            await client.chat("a", "tell me a long story about the sea")
+            await client.chat("b", "tell me another story about ships")
+            await client.wait_for("a", "token")
+            await client.wait_for("b", "token")
+    await wait_for_disconnects(chatd, 2)
+    await wait_idle(chatd)
+
+
+@attrs.frozen
+class SlowTool:
+    """A tool that takes ``seconds``, and notes whether it was cancelled."""
+
+    seconds: float
+    cancelled: list[bool] = attrs.field(factory=list)
+    name: str = "slow_lookup"
+    description: str = "Looks something up, slowly."
+    parameters: Mapping[str, Any] = attrs.field(
+        factory=lambda: {"type": "object", "properties": {}}
+    )
+    natural_answer: bool = False
+    time_bound: bool = False
+    user_bound: bool = False
+    timeout_s: float | None = None
+
+    async def execute(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        try:
+            await trio.sleep(self.seconds)
+        except BaseException:
+            self.cancelled.append(True)
+            raise
+        return ToolResult("looked it up")
+
+    async def stream(self, result: ToolResult, send: trio.MemorySendChannel[str]) -> None:
+        await stream_text(result.answer or "", send)
+
+
+def slow_rules(tmp_path: Path) -> str:
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        '[[rules]]\npattern = "slow"\ntool_calls = [{name = "slow_lookup", arguments = {}}]\n'
+    )
+    return str(path)
+
+
+async def test_tool_timeout(make_settings: MakeSettings, tmp_path: Path) -> None:
+    """A tool past its timeout ends ok false, and the answer still comes."""
+    settings = make_settings(
+        sim=SimSettings(ttft_ms=10, tokens_per_s=1000, rules=slow_rules(tmp_path)),
+        tools=ToolsSettings(timeout_s=0.2),
+    )
+    tool = SlowTool(seconds=5)
+    async with (
+        open_chatd(settings, extra_tools=[tool]) as server,
+        open_chat_client(server.ws_url) as client,
+    ):
+        with trio.fail_after(5):
+            await client.chat("t", "do the slow thing")
+            done = await client.finish("t")
+        assert done["type"] == "done" and done["path"] == "tools"
+        end = await client.wait_for("t", "tool_end")
+        assert end["ok"] is False
+        assert "timed out" in end["error"]
+        assert tool.cancelled == [True]
+
+
+async def test_cancel_stops_running_tools(make_settings: MakeSettings, tmp_path: Path) -> None:
+    """A cancel while a tool runs stops the tool too."""
+    settings = make_settings(
+        sim=SimSettings(ttft_ms=10, tokens_per_s=1000, rules=slow_rules(tmp_path))
+    )
+    tool = SlowTool(seconds=5)
+    async with (
+        open_chatd(settings, extra_tools=[tool]) as server,
+        open_chat_client(server.ws_url) as client,
+    ):
+        with trio.fail_after(5):
+            await client.chat("t", "do the slow thing")
+            await client.wait_for("t", "tool_start")
+            await client.send({"type": "cancel", "id": "t"})
+            done = await client.finish("t")
+        assert done["finish_reason"] == "cancelled"
+        assert tool.cancelled == [True]

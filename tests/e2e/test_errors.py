@@ -1,0 +1,228 @@
+"""Every row of protocol.md's error table, and bad frames, end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from chatd.config import LimitsSettings, LLMSettings, ServerSettings
+from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd
+from tests.e2e.conftest import MakeSettings
+
+
+async def ask(client: ChatClient, request_id: str, message: str, **fields: Any) -> dict[str, Any]:
+    with trio.fail_after(10):
+        await client.chat(request_id, message, **fields)
+        return await client.finish(request_id)
+
+
+@pytest.mark.parametrize(
+    ("frame", "request_id", "words"),
+    [
+        ("{not json", None, "not valid JSON"),
+        ("[1, 2]", None, "JSON object"),
+        ('{"id": "x1", "message": "hi"}', "x1", "no 'type'"),
+        ('{"type": "teleport", "id": "x2"}', "x2", "unknown frame type 'teleport'"),
+        ('{"type": "chat", "id": "x3", "message": 5}', "x3", "'message' must be"),
+        ('{"type": "chat", "id": "x4", "message": ""}', "x4", "'message' must be"),
+        ('{"type": "chat", "id": "x5", "message": "hi", "session": 3}', "x5", "'session'"),
+        ('{"type": "chat", "id": "x6", "message": "hi", "metadata": []}', "x6", "'metadata'"),
+        ('{"type": "chat", "message": "hi"}', None, "'id' must be"),
+        ('{"type": "chat", "id": "", "message": "hi"}', None, "'id' must be"),
+        ('{"type": "cancel"}', None, "'cancel' needs"),
+    ],
+)
+async def test_bad_frames_get_bad_request(
+    client: ChatClient, frame: str, request_id: str | None, words: str
+) -> None:
+    """Each malformed frame gets bad_request (with its id when readable); the socket lives on."""
+    with trio.fail_after(10):
+        await client.send(frame)
+        error = await client.wait_for(request_id, "error")
+    assert error["code"] == "bad_request"
+    assert words in error["message"]
+    assert (error.get("id")) == request_id
+    done = await ask(client, "after", "hello there")
+    assert done["type"] == "done"
+
+
+async def test_binary_frame_is_bad_request(chatd: Chatd, client: ChatClient) -> None:
+    """A binary frame is refused as bad_request."""
+    with trio.fail_after(10):
+        await client.ws.send_message(b'{"type": "ping"}')
+        error = await client.wait_for(None, "error")
+    assert error["code"] == "bad_request"
+
+
+async def test_duplicate_id_leaves_the_first_alone(chatd: Chatd, client: ChatClient) -> None:
+    """A second chat under an id in flight is refused; the first finishes undisturbed."""
+    assert chatd.sim is not None
+    chatd.sim.set_timing(ttft_ms=200)
+    with trio.fail_after(10):
+        await client.chat("dup", "hello there")
+        await client.wait_for("dup", "accepted")
+        await client.chat("dup", "hello again")
+        error = await client.wait_for("dup", "error")
+        assert error["code"] == "bad_request"
+        assert "already in flight" in error["message"]
+        done = await client.wait_for("dup", "done")
+    assert done["finish_reason"] == "stop"
+    assert client.answer("dup")
+
+
+async def test_too_large(make_settings: MakeSettings) -> None:
+    """A frame over max_frame_bytes or a message over max_message_chars is too_large."""
+    settings = make_settings(limits=LimitsSettings(max_frame_bytes=2000, max_message_chars=100))
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        with trio.fail_after(10):
+            await client.send({"type": "chat", "id": "big", "message": "x" * 3000})
+            error = await client.wait_for(None, "error")
+            assert error["code"] == "too_large"
+            done = await ask(client, "long", "y" * 101)
+            assert done["code"] == "too_large"
+            assert "limit is 100" in done["message"]
+
+
+async def test_unauthorized(make_settings: MakeSettings) -> None:
+    """With API keys set, a chat without a good key is unauthorized; with one it runs."""
+    settings = make_settings(server=ServerSettings(api_keys=["sesame"]))
+    async with open_chatd(settings) as server:
+        async with open_chat_client(server.ws_url) as client:
+            assert (await ask(client, "a", "hello"))["code"] == "unauthorized"
+        async with open_chat_client(server.ws_url + "?api_key=wrong") as client:
+            assert (await ask(client, "b", "hello"))["code"] == "unauthorized"
+        async with open_chat_client(server.ws_url + "?api_key=sesame") as client:
+            assert (await ask(client, "c", "hello"))["type"] == "done"
+        headers = [("Authorization", "Bearer sesame")]
+        async with open_chat_client(server.ws_url, extra_headers=headers) as client:
+            assert (await ask(client, "d", "hello"))["type"] == "done"
+
+
+async def test_rate_limited(make_settings: MakeSettings) -> None:
+    """Past the per-client rate, chats are refused with a retry hint."""
+    settings = make_settings(limits=LimitsSettings(rate_per_minute=2))
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        assert (await ask(client, "a", "hello"))["type"] == "done"
+        assert (await ask(client, "b", "hello"))["type"] == "done"
+        error = await ask(client, "c", "hello")
+        assert error["code"] == "rate_limited"
+        assert error["retry_after_ms"] > 0
+
+
+async def test_overloaded_when_queue_full(make_settings: MakeSettings) -> None:
+    """With every LLM slot taken and no queue room, a chat is refused at once."""
+    settings = make_settings(limits=LimitsSettings(llm_streams=1, max_queue=0))
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        assert server.sim is not None
+        server.sim.set_timing(ttft_ms=500)
+        await client.chat("slow", "hello there")
+        await client.wait_for("slow", "accepted")
+        with trio.fail_after(0.4):  # refused before the first request even starts streaming
+            error = await ask(client, "shed", "hello")
+        assert error["code"] == "overloaded"
+        assert error["retry_after_ms"] > 0
+        assert (await client.finish("slow"))["type"] == "done"
+
+
+async def test_overloaded_after_queue_timeout(make_settings: MakeSettings) -> None:
+    """A queued chat hears its position, then is refused when the wait passes the limit."""
+    settings = make_settings(
+        limits=LimitsSettings(llm_streams=1, max_queue=5, queue_timeout_s=0.2)
+    )
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        assert server.sim is not None
+        server.sim.set_timing(ttft_ms=1000)
+        await client.chat("slow", "hello there")
+        await client.wait_for("slow", "accepted")
+        error = await ask(client, "waits", "hello")
+        assert client.types("waits") == ["accepted", "queued", "error"]
+        assert client.events["waits"][1]["position"] == 1
+        assert error["code"] == "overloaded"
+
+
+async def test_queued_then_served(make_settings: MakeSettings) -> None:
+    """A chat queued behind another is served when the slot frees."""
+    settings = make_settings(limits=LimitsSettings(llm_streams=1, max_queue=5))
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        await client.chat("first", "hello there")
+        done = await ask(client, "second", "hello again")
+        assert done["type"] == "done"
+        assert "queued" in client.types("second")
+        assert done["timings"]["queue_ms"] >= 0
+
+
+async def test_upstream_unavailable(make_settings: MakeSettings) -> None:
+    """An LLM that cannot be reached is upstream_unavailable."""
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = make_settings(llm=LLMSettings(url=f"http://127.0.0.1:{port}/v1"))
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        error = await ask(client, "a", "hello")
+        assert error["code"] == "upstream_unavailable"
+        assert "cannot reach the LLM" in error["message"]
+
+
+async def test_upstream_error(chatd: Chatd, client: ChatClient) -> None:
+    """An LLM answering 500 is upstream_error, with the provider's words."""
+    assert chatd.sim is not None
+    chatd.sim.set_fault("error", status=500)
+    error = await ask(client, "a", "hello")
+    assert error["code"] == "upstream_error"
+    assert "500" in error["message"]
+
+
+async def test_request_deadline(make_settings: MakeSettings) -> None:
+    """A request past limits.request_timeout_s ends with timeout and its LLM call is closed."""
+    settings = make_settings(limits=LimitsSettings(request_timeout_s=0.3))
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        assert server.sim is not None
+        server.sim.set_fault("hang")
+        error = await ask(client, "a", "hello")
+        assert error["code"] == "timeout"
+        with trio.fail_after(1):
+            while server.sim.statistics().client_disconnects < 1:
+                await trio.sleep(0.005)
+
+
+async def test_shutting_down(chatd: Chatd, client: ChatClient) -> None:
+    """While draining, new chats are refused with shutting_down and a retry hint."""
+    chatd.pipeline.draining = True
+    error = await ask(client, "a", "hello")
+    assert error["code"] == "shutting_down"
+    assert error["retry_after_ms"] > 0
+
+
+async def test_internal_error_names_the_request(
+    chatd: Chatd, client: ChatClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug is answered internal, naming the request id to look up in the log."""
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("chatd.pipeline.chat.build_prompt", broken)
+    error = await ask(client, "a", "hello")
+    assert error["code"] == "internal"
+    accepted = client.events["a"][0]
+    assert accepted["request_id"] in error["message"]
+
+
+async def test_too_many_in_flight_on_one_connection(make_settings: MakeSettings) -> None:
+    """A connection past its in-flight limit gets overloaded for the extra chat."""
+    limits = LimitsSettings(max_requests_per_connection=1)
+    async with (
+        open_chatd(make_settings(limits=limits)) as server,
+        open_chat_client(server.ws_url) as client,
+    ):
+        assert server.sim is not None
+        server.sim.set_timing(ttft_ms=300)
+        await client.chat("one", "hello there")
+        await client.wait_for("one", "accepted")
+        error = await ask(client, "two", "hello")
+        assert error["code"] == "overloaded"
+        assert (await client.finish("one"))["type"] == "done"
+
+
