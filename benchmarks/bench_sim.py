@@ -181,6 +181,7 @@ def main() -> None:
     if args.slow_streams:
         slow = min(args.slow_streams, 200) if args.quick else args.slow_streams
         scenarios.append((slow, 20 if args.quick else 50, 5.0))
+        scenarios.append((slow, 1, 1000.0))  # one-token answers: the cost of a request
 
     sim, port = start_sim()
     try:
@@ -218,7 +219,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|\n"
         f"{table}\n\n"
         "Client reads per token near 1 mean one write per token; well below 1, the "
-        "simulator was behind and sent every due token in one write.\n\n"
+        "simulator was behind and sent every due token in one write. Each stream opens "
+        "its own connection; a row of one-token answers gives the cost of a new "
+        "connection and request, which the other rows spread over their tokens.\n\n"
         f"## Machine\n\n{machine_markdown(machine)}\n"
     )
     (RESULTS / f"{name}.md").write_text(md)

@@ -9,7 +9,7 @@ id. Tests of chatd use them, and so can tests of your own tools.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,7 +24,7 @@ from chatd.pipeline import Pipeline
 from chatd.server import Running, serve
 from chatd.tools.base import Tool
 
-__all__ = ["ChatClient", "Chatd", "open_chat_client", "open_chatd"]
+__all__ = ["ChatClient", "Chatd", "open_chat_client", "open_chatd", "wait_until"]
 
 TERMINAL = frozenset({"done", "error"})
 
@@ -136,3 +136,14 @@ async def open_chat_client(url: str, **kwargs: Any) -> AsyncIterator[ChatClient]
         nursery.start_soon(client.receive_forever)
         yield client
         nursery.cancel_scope.cancel()
+
+
+async def wait_until(predicate: Callable[[], bool], *, within: float) -> None:
+    """Wait until ``predicate()`` holds, failing after ``within`` seconds.
+
+    For watching counters of another component (the simulator's
+    ``client_disconnects``, a limiter's occupancy) that have no event to wait on.
+    """
+    with trio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110 - polling a counter with no event
+            await trio.sleep(0.002)

@@ -1,4 +1,4 @@
-"""``chatd``'s entry point: subcommands ``serve`` and ``sim-llm``."""
+"""``chatd``'s entry point: ``serve``, ``sim-llm``, ``kb load`` (and ``chat``)."""
 
 from __future__ import annotations
 
@@ -39,12 +39,21 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--ttft-ms", type=float, help="time to first token (default 300)")
     sim.add_argument("--tokens-per-s", type=float, help="tokens per second (default 40)")
     sim.add_argument("--rules", help="a TOML or JSON rules file replacing the default rules")
+    kb = commands.add_parser("kb", help="manage the knowledge base")
+    kb_commands = kb.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
+    load = kb_commands.add_parser(
+        "load", help="load FAQ entries (JSON Lines or CSV: question, answer, tags)"
+    )
+    load.add_argument("file", help="a .jsonl or .csv file")
+    load.add_argument("--config", help="a TOML configuration file")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     if args.command == "serve":
         overrides = {"server.host": args.host, "server.port": args.port, "llm.url": args.llm_url}
+    elif args.command == "kb":
+        overrides = {}
     else:
         overrides = {
             "sim.host": args.host,
@@ -83,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         configure_logging(settings.log)
+        if args.command == "kb":
+            from chatd.cli.kb import run_kb_load
+
+            return run_kb_load(settings, args.file)
         if args.command == "serve":
             from chatd.server import serve
 

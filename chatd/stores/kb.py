@@ -71,7 +71,7 @@ class KBStatistics:
 
     ``entries`` is the count last seen (at open, ``add`` or ``count``);
     ``threads_peak`` is the most DB calls ever running at once, which never
-    exceeds ``threads_total``.
+    exceeds ``threads_total``; ``connections`` are those open now.
     """
 
     backend: str
@@ -83,6 +83,7 @@ class KBStatistics:
     threads_total: int
     threads_waiting: int
     threads_peak: int
+    connections: int
 
 
 class KnowledgeBase(Protocol):
@@ -115,7 +116,8 @@ class KnowledgeBase(Protocol):
 # it), filler adverbs and light verbs ("take", "make"). Dropping them keeps
 # BM25 from rewarding an entry for sharing "how" with the query, and keeps them
 # out of the coverage share. "where", "when" and "why" stay: they tell "Where
-# is my order?" from "Why was my order cancelled?". Kept as text: a list would
+# is my order?" from "Why was my order cancelled?", as do the particles of
+# phrasal verbs ("sign up", "log out", "turn off"). Kept as text: a list would
 # take 150 lines.
 _STOP_WORDS_TEXT = """
     a about above after again against all also am an and any anyone anything are aren as
@@ -124,13 +126,13 @@ _STOP_WORDS_TEXT = """
     from further get gets getting got had hadn has hasn have haven having he hello her
     here hers herself hi him himself his how i if in into is isn it its itself just ll m
     may me might mine more most much must mustn my myself need needs no nor not now o of
-    off oh ok okay on once one only or other ought our ours ourselves out over own please
+    oh ok okay on once one only or other ought our ours ourselves over own please
     pls possible re really s same say shall shan she should shouldn so some somebody
     someone something still such t tell than thank thanks that the their theirs them
     themselves then there these they this those though through thx to too u under until
-    up upon us ve very via want wanna wants was wasn way we were weren what whats which
+    upon us ve very via want wanna wants was wasn way we were weren what whats which
     while who whom whose will with won would wouldn y yes yet you your yours yourself
-    yourselves able go going know let lets like make take
+    yourselves able go going know let lets like make take two three four five
 """
 STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 
@@ -173,9 +175,10 @@ def confidence(coverage: float, fit: float, score: float, runner_up: float | Non
 
     The second factor asks whether *this* entry, not a neighbour, is meant;
     either of two signs suffices. ``fit`` is the share of the entry question's
-    significant terms that the query's terms match (in question or tags, at
-    most 1): "reset my password" fits "How do I reset my password?" fully and
-    "I didn't get the password reset email." by two thirds. ``margin``, the
+    significant terms that the query accounts for, at most 1: each query term
+    found in the question counts 1, found only in the tags (synonyms) 1/2.
+    "reset my password" fits "How do I reset my password?" fully and "I
+    didn't get the password reset email." by two thirds. ``margin``, the
     BM25 lead over the next candidate, ``(score - runner_up) / score`` (1 when
     there is none), lets a paraphrase that shares few words with the entry's
     question still single it out. A query whose words several entries share
@@ -242,9 +245,10 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, Mapping[s
         missing = [name for name in ("question", "answer") if name not in header]
         if missing:
             raise ConfigError(f"{path}:1: header lacks column {', '.join(missing)}")
-        end = reader.line_num
         for row in reader:
-            start, end = end + 1, reader.line_num  # a quoted field may span lines
+            # line_num is the record's last line; a quoted field may span lines.
+            newlines = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+            start = reader.line_num - newlines
             if None in row:
                 raise ConfigError(f"{path}:{start}: more fields than the header names")
             if any(value.strip() for value in row.values() if value is not None):

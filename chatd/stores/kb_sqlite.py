@@ -124,6 +124,16 @@ def _fts_term(term: str) -> str:
     return quoted + "*" if len(term) >= 4 else quoted
 
 
+def _matching(
+    conn: sqlite3.Connection, column: str, fts_term: str, among: Sequence[int] = ()
+) -> set[int]:
+    """The rows whose ``column`` has the term (only those in ``among``, if given)."""
+    query = "SELECT rowid FROM faq_fts WHERE faq_fts MATCH ?"
+    if among:
+        query += f" AND rowid IN ({', '.join('?' * len(among))})"
+    return {rowid for (rowid,) in conn.execute(query, (f"{column} : {fts_term}", *among))}
+
+
 def _search(conn: sqlite3.Connection, terms: Sequence[str], limit: int) -> list[Passage]:
     """Rank by BM25, then measure each candidate's term coverage (one thread hop)."""
     fts_terms = [_fts_term(term) for term in terms]
@@ -132,38 +142,25 @@ def _search(conn: sqlite3.Connection, terms: Sequence[str], limit: int) -> list[
         return []
     ids = [row[0] for row in rows]
     (documents,) = conn.execute(_COUNT).fetchone()
-    among_ids = f"rowid IN ({', '.join('?' * len(ids))})"
     weight_total = 0.0
     credit = dict.fromkeys(ids, 0.0)
-    matched = dict.fromkeys(ids, 0)
+    fit = dict.fromkeys(ids, 0.0)
     for fts_term in fts_terms:
-        titled = {
-            rowid
-            for (rowid,) in conn.execute(
-                "SELECT rowid FROM faq_fts WHERE faq_fts MATCH ?",
-                ("{question tags} : " + fts_term,),
-            )
-        }
-        answered = {
-            rowid
-            for (rowid,) in conn.execute(
-                f"SELECT rowid FROM faq_fts WHERE faq_fts MATCH ? AND {among_ids}",
-                ("answer : " + fts_term, *ids),
-            )
-        }
-        weight = term_weight(len(titled), documents)
+        in_question = _matching(conn, "question", fts_term)
+        in_tags = _matching(conn, "tags", fts_term)
+        in_answer = _matching(conn, "answer", fts_term, among=ids)
+        weight = term_weight(len(in_question | in_tags), documents)
         weight_total += weight
         for rowid in ids:
-            if rowid in titled:
+            if rowid in in_question or rowid in in_tags:
                 credit[rowid] += weight
-                matched[rowid] += 1
-            elif rowid in answered:
+                fit[rowid] += 1.0 if rowid in in_question else 0.5
+            elif rowid in in_answer:
                 credit[rowid] += weight / 2
     scores = [float(row[4]) for row in rows]
     passages = []
     for index, (rowid, question, answer, tags, _) in enumerate(rows[:limit]):
         others = scores[:index] + scores[index + 1 :]
-        fit = min(1.0, matched[rowid] / max(1, len(query_terms(question))))
         passages.append(
             Passage(
                 question=question,
@@ -171,7 +168,10 @@ def _search(conn: sqlite3.Connection, terms: Sequence[str], limit: int) -> list[
                 tags=tuple(orjson.loads(tags)),
                 score=scores[index],
                 confidence=confidence(
-                    credit[rowid] / weight_total, fit, scores[index], max(others, default=None)
+                    coverage=credit[rowid] / weight_total,
+                    fit=min(1.0, fit[rowid] / max(1, len(query_terms(question)))),
+                    score=scores[index],
+                    runner_up=max(others, default=None),
                 ),
             )
         )
@@ -205,7 +205,7 @@ class _ConnectionPool:
     _idle: list[sqlite3.Connection] = attrs.field(factory=list, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _closed: bool = attrs.field(default=False, init=False)
-    opened: int = attrs.field(default=0, init=False)
+    open_count: int = attrs.field(default=0, init=False)
 
     def take(self) -> sqlite3.Connection:
         """An idle connection, or a new one (called in a worker thread)."""
@@ -219,7 +219,7 @@ class _ConnectionPool:
             conn.close()
             raise
         with self._lock:
-            self.opened += 1
+            self.open_count += 1
         return conn
 
     def give_back(self, conn: sqlite3.Connection, *, broken: bool = False) -> None:
@@ -228,6 +228,7 @@ class _ConnectionPool:
             if not (broken or self._closed):
                 self._idle.append(conn)
                 return
+            self.open_count -= 1
         conn.close()
 
     def close(self) -> None:
@@ -235,6 +236,7 @@ class _ConnectionPool:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+            self.open_count -= len(idle)
         for conn in idle:
             conn.close()
 
@@ -304,6 +306,7 @@ class SQLiteKnowledgeBase:
             threads_total=int(limiter.total_tokens),
             threads_waiting=limiter.tasks_waiting,
             threads_peak=self._peak,
+            connections=self._pool.open_count,
         )
 
     async def aclose(self) -> None:

@@ -10,28 +10,29 @@ import attrs
 import trio
 
 from chatd.config import SimSettings, ToolsSettings
-from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd
+from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
 from chatd.tools.base import ToolContext, ToolResult, stream_text
 from tests.e2e.conftest import MakeSettings
 
 
 async def wait_for_disconnects(chatd: Chatd, count: int) -> None:
     """The simulator saw ``count`` clients leave within 100 ms."""
-    assert chatd.sim is not None
-    with trio.fail_after(0.1):
-        while chatd.sim.statistics().client_disconnects < count:
-            await trio.sleep(0.002)
+    sim = chatd.sim
+    assert sim is not None
+    await wait_until(lambda: sim.statistics().client_disconnects >= count, within=0.1)
 
 
 async def wait_idle(chatd: Chatd) -> None:
     """Every LLM slot is free again and the simulator has nothing under way."""
-    assert chatd.sim is not None
-    with trio.fail_after(2):
-        while (
-            chatd.pipeline.admission.statistics().llm_streams_in_use
-            or chatd.sim.statistics().active
-        ):
-            await trio.sleep(0.005)
+    sim = chatd.sim
+    assert sim is not None
+    await wait_until(
+        lambda: (
+            not chatd.pipeline.admission.statistics().llm_streams_in_use
+            and not sim.statistics().active
+        ),
+        within=2,
+    )
 
 
 async def test_cancel_mid_stream(chatd: Chatd, client: ChatClient) -> None:
@@ -59,8 +60,8 @@ async def test_cancel_while_queued_for_first_token(chatd: Chatd, client: ChatCli
     with trio.fail_after(10):
         await client.chat("b", "hello there")
         await client.wait_for("b", "accepted")
-        while chatd.sim.statistics().active < 1:
-            await trio.sleep(0.005)
+        sim = chatd.sim
+        await wait_until(lambda: sim.statistics().active >= 1, within=5)
         await client.send({"type": "cancel", "id": "b"})
         done = await client.finish("b")
     assert done["finish_reason"] == "cancelled"

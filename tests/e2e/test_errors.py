@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from chatd.config import LimitsSettings, LLMSettings, ServerSettings
-from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd
+from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
 from tests.e2e.conftest import MakeSettings
 
 
@@ -128,9 +128,7 @@ async def test_overloaded_when_queue_full(make_settings: MakeSettings) -> None:
 
 async def test_overloaded_after_queue_timeout(make_settings: MakeSettings) -> None:
     """A queued chat hears its position, then is refused when the wait passes the limit."""
-    settings = make_settings(
-        limits=LimitsSettings(llm_streams=1, max_queue=5, queue_timeout_s=0.2)
-    )
+    settings = make_settings(limits=LimitsSettings(llm_streams=1, max_queue=5, queue_timeout_s=0.2))
     async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
         assert server.sim is not None
         server.sim.set_timing(ttft_ms=1000)
@@ -182,9 +180,8 @@ async def test_request_deadline(make_settings: MakeSettings) -> None:
         server.sim.set_fault("hang")
         error = await ask(client, "a", "hello")
         assert error["code"] == "timeout"
-        with trio.fail_after(1):
-            while server.sim.statistics().client_disconnects < 1:
-                await trio.sleep(0.005)
+        sim = server.sim
+        await wait_until(lambda: sim.statistics().client_disconnects >= 1, within=1)
 
 
 async def test_shutting_down(chatd: Chatd, client: ChatClient) -> None:
@@ -224,5 +221,3 @@ async def test_too_many_in_flight_on_one_connection(make_settings: MakeSettings)
         error = await ask(client, "two", "hello")
         assert error["code"] == "overloaded"
         assert (await client.finish("one"))["type"] == "done"
-
-

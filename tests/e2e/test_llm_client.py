@@ -25,6 +25,7 @@ from chatd.llm import (
     open_llm_client,
 )
 from chatd.llm.sim import SimServer, serve_sim_llm
+from chatd.testing import wait_until
 
 
 def tool(name: str, **properties: Any) -> dict[str, Any]:
@@ -74,9 +75,7 @@ async def stream(client: LLMClient, request: ChatRequest) -> list[Any]:
 
 
 async def wait_for_disconnects(sim: SimServer, count: int, within: float) -> None:
-    with trio.fail_after(within):
-        while sim.statistics().client_disconnects < count:
-            await trio.sleep(0.002)
+    await wait_until(lambda: sim.statistics().client_disconnects >= count, within=within)
 
 
 async def test_text_answer_streams(client: LLMClient) -> None:

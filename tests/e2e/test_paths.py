@@ -56,7 +56,12 @@ async def test_tool_stream_skips_second_llm_call(chatd: Chatd, client: ChatClien
     done = await ask(client, "b", "How do I reset my password?")
     assert done["path"] == "tool_stream"
     route = await client.wait_for("b", "route")
-    assert route == {"type": "route", "id": "b", "path": "tool_stream", "tools": ["frequently_asked"]}
+    assert route == {
+        "type": "route",
+        "id": "b",
+        "path": "tool_stream",
+        "tools": ["frequently_asked"],
+    }
     end = await client.wait_for("b", "tool_end")
     assert end["ok"] is True and end["tool"] == "frequently_asked"
     assert "password" in client.answer("b").lower()

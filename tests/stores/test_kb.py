@@ -35,7 +35,7 @@ PARAPHRASES = [
     ("how do I cancel my order", "How do I cancel my order?"),
     ("why did you cancel my order?", "Why was my order cancelled?"),
     ("how can I talk to a human?", "How can I contact customer support?"),
-    ("my package never arrived", "My tracking hasn't updated in days. Is my package lost?"),
+    ("my package never arrived", "My package hasn't arrived. Is it lost?"),
     ("Do you sell my personal information?", "Do you sell my data to third parties?"),
     ("is there a warranty on your products?", "Do your products come with a warranty?"),
 ]
@@ -127,9 +127,7 @@ async def test_fts_syntax_in_user_text_is_plain_text(kb: KnowledgeBase, query: s
 
 
 @pytest.mark.parametrize("query", ["", "   ", "?!*()", "how do I ... can you?"])
-async def test_query_without_significant_terms_finds_nothing(
-    kb: KnowledgeBase, query: str
-) -> None:
+async def test_query_without_significant_terms_finds_nothing(kb: KnowledgeBase, query: str) -> None:
     """Empty, punctuation-only and stop-word-only queries return no passages."""
     with trio.fail_after(TIMEOUT):
         assert await kb.search(query) == []
@@ -219,12 +217,12 @@ def test_load_jsonl_with_tags(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "faq.jsonl",
-        '{"question": "  Where is  my order?", "answer": "In transit.", "tags": ["Order", " track"]}\n'
+        '{"question": "  Where is  my order?", "answer": "In transit.", "tags": ["Order", " x"]}\n'
         "\n"
         '{"question": "Do you ship?", "answer": "Yes.", "id": 7}\n',
     )
     assert load_faq_file(path) == [
-        FAQEntry("Where is my order?", "In transit.", ("order", "track")),
+        FAQEntry("Where is my order?", "In transit.", ("order", "x")),
         FAQEntry("Do you ship?", "Yes."),
     ]
 
@@ -255,7 +253,12 @@ def test_json_extension_reads_json_lines(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "line", "problem"),
     [
-        ("f.jsonl", '{"question": "Q?", "answer": "A."}\n\n{"question": "Q2?"\n', 3, "not valid JSON"),
+        (
+            "f.jsonl",
+            '{"question": "Q?", "answer": "A."}\n\n{"question": "Q2?"\n',
+            3,
+            "not valid JSON",
+        ),
         ("f.jsonl", '{"question": "Q?", "answer": "A."}\n["Q?", "A."]\n', 2, "JSON object"),
         ("f.jsonl", '{"question": "Q?"}\n', 1, "'answer' must be a non-empty string"),
         ("f.jsonl", '{"question": "", "answer": "A."}\n', 1, "'question'"),
@@ -265,6 +268,7 @@ def test_json_extension_reads_json_lines(tmp_path: Path) -> None:
         ("f.csv", "question,answer\nQ?,A.\n,A2.\n", 3, "'question'"),
         ("f.csv", 'question,answer\n"Q\n?",A.\nQ2?\n', 4, "'answer'"),
         ("f.csv", "question,answer\nQ?,A.,extra\n", 2, "more fields"),
+        ("f.csv", "question,answer\nQ?,A.\n\n\nQ2?,\n", 5, "'answer'"),
     ],
 )
 def test_bad_row_names_file_and_line(

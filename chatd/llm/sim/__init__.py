@@ -9,6 +9,7 @@ the fault injector of the reliability tests. It imports nothing of chatd but
 - ``server``: the endpoints, the run-time state (:class:`SimServer`) and
   :func:`serve_sim_llm`;
 - ``completions``: one completion answered, paced by due time;
+- ``pacing``: one shared timer waking every stream due in the same 1 ms tick;
 - ``wire``: OpenAI's JSON and SSE chunks, pre-encoded for the hot path;
 - ``rules`` and ``small_talk``: what the model says, deterministically.
 

@@ -16,6 +16,9 @@ Timeouts: a connection idle between requests is closed after
 ``send_timeout_s`` counts as the client having gone. Everything else waits
 inside the response's cancel scope, which the reader, the server's owner or a
 shutdown can cancel.
+
+Not supported, as the simulator's clients do not need them: TLS, HTTP/2,
+``Expect: 100-continue`` (clients send the body after a short wait anyway).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class Exchange:
 
     Answer with :meth:`respond`, or with :meth:`start_stream`, :meth:`send`
     (as often as needed) and ``send(..., end=True)`` or :meth:`end_stream`.
+    Sends only yield to the scheduler when the socket is full: a handler that
+    loops must checkpoint on its own.
     """
 
     request: Request

@@ -1,7 +1,7 @@
 """A shared clock for thousands of paced streams: one timer, many sleepers per tick.
 
 ``trio.sleep_until`` is a cancel scope whose deadline fires by raising and
-catching ``Cancelled``: about half of the simulator's CPU per token when
+catching ``Cancelled``: some 40% of the simulator's CPU per token when
 every token is its own sleep. :class:`Pacer` instead rounds each wake-up
 time up to a tick (1 ms by default), parks the sleepers of one tick on one
 :class:`trio.Event`, and runs a single task that sleeps until the earliest

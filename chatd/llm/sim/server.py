@@ -324,6 +324,12 @@ async def serve_sim_llm(
     """
     rules = load_rules(settings.rules) if settings.rules else default_rules()
     listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    if settings.port == 0:
+        # A host with several addresses gets one free port per listener:
+        # keep one, so the handle's port is the only one there is.
+        for extra in listeners[1:]:
+            await extra.aclose()
+        listeners = listeners[:1]
     sim = SimServer(
         host=settings.host,
         port=listeners[0].socket.getsockname()[1],

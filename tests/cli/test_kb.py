@@ -1,0 +1,73 @@
+"""``chatd kb load FILE``: the loader and its exit statuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import trio
+
+from chatd.cli.kb import load_kb_file, run_kb_load
+from chatd.config import KBSettings, Settings
+from chatd.stores import open_knowledge_base
+
+FAQ = (
+    '{"question": "Do you sell telescopes?", "answer": "Yes, three models.", "tags": ["sky"]}\n'
+    '{"question": "Is the observatory open at night?", "answer": "Until 2 am."}\n'
+)
+
+
+def settings_for(tmp_path: Path, backend: Literal["sqlite", "arango"] = "sqlite") -> Settings:
+    return Settings(kb=KBSettings(backend=backend, path=str(tmp_path / "kb.sqlite3")))
+
+
+@pytest.fixture
+def faq_file(tmp_path: Path) -> Path:
+    path = tmp_path / "faq.jsonl"
+    path.write_text(FAQ, encoding="utf-8")
+    return path
+
+
+async def test_load_kb_file_adds_entries_once(tmp_path: Path, faq_file: Path) -> None:
+    """Loading counts the new entries; loading again adds none; no sample FAQ is mixed in."""
+    settings = settings_for(tmp_path)
+    with trio.fail_after(20):
+        assert await load_kb_file(settings, str(faq_file)) == 2
+        assert await load_kb_file(settings, str(faq_file)) == 0
+        async with open_knowledge_base(settings.kb) as kb:
+            assert await kb.count() == 2
+            passages = await kb.search("do you sell telescopes")
+    assert passages[0].answer == "Yes, three models."
+
+
+def test_run_kb_load_reports_what_it_loaded(
+    tmp_path: Path, faq_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 0 and "loaded N entries into <path>" on stdout."""
+    settings = settings_for(tmp_path)
+    assert run_kb_load(settings, str(faq_file)) == 0
+    out, err = capsys.readouterr()
+    assert out == f"loaded 2 entries into {settings.kb.path}\n"
+    assert err == ""
+
+
+def test_run_kb_load_bad_row_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad row: exit 2, "chatd: FILE:LINE: problem" on stderr, nothing written."""
+    bad = tmp_path / "faq.csv"
+    bad.write_text("question,answer\nQ?,A.\n,no question\n", encoding="utf-8")
+    settings = settings_for(tmp_path)
+    assert run_kb_load(settings, str(bad)) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"chatd: {bad}:3: 'question' must be a non-empty string\n"
+    assert not Path(settings.kb.path).exists()
+
+
+def test_run_kb_load_unavailable_backend_exits_2(
+    tmp_path: Path, faq_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kb.backend = 'arango' is refused with its one-line message."""
+    settings = settings_for(tmp_path, backend="arango")
+    assert run_kb_load(settings, str(faq_file)) == 2
+    assert capsys.readouterr().err == "chatd: kb.backend = 'arango' is not available yet\n"

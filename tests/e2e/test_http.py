@@ -1,0 +1,145 @@
+"""``POST /v1/chat`` (JSON and SSE), ``/healthz`` and ``/readyz`` over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio
+
+from chatd.config import LimitsSettings, ServerSettings
+from chatd.testing import Chatd, open_chatd, wait_until
+from tests.e2e.conftest import MakeSettings
+
+
+@pytest.fixture
+async def http(chatd: Chatd) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=chatd.url, timeout=10) as client:
+        yield client
+
+
+def sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], orjson.loads(lines["data"])))
+    return events
+
+
+async def test_json_answer(http: httpx.AsyncClient) -> None:
+    """Without SSE, one JSON object answers with the whole text and the done fields."""
+    response = await http.post("/v1/chat", json={"message": "what is 6*7?"})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {
+        "answer",
+        "path",
+        "request_id",
+        "finish_reason",
+        "shared",
+        "cached",
+        "usage",
+        "timings",
+    }
+    assert body["path"] == "tools"
+    assert "42" in body["answer"]
+    assert body["finish_reason"] == "stop"
+
+
+async def test_sse_stream(http: httpx.AsyncClient) -> None:
+    """With Accept: text/event-stream the protocol's events arrive as SSE, done last."""
+    response = await http.post(
+        "/v1/chat",
+        json={"message": "How do I reset my password?"},
+        headers={"Accept": "text/event-stream"},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    kinds = [kind for kind, _data in events]
+    assert kinds[0] == "accepted"
+    assert kinds[-1] == "done"
+    assert "route" in kinds and "token" in kinds
+    assert all(data["type"] == kind for kind, data in events)
+    assert events[-1][1]["path"] == "tool_stream"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{nope", 400, "bad_request"),
+        (b'{"message": 5}', 400, "bad_request"),
+        (b'{"message": "hi", "session": 1}', 400, "bad_request"),
+        (b"[]", 400, "bad_request"),
+    ],
+)
+async def test_bad_bodies(http: httpx.AsyncClient, body: bytes, status: int, code: str) -> None:
+    """Malformed bodies get 400 with an error object."""
+    response = await http.post("/v1/chat", content=body)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+async def test_error_statuses(make_settings: MakeSettings) -> None:
+    """401, 413, 429 and 503 each carry their protocol code; retry hints as Retry-After."""
+    settings = make_settings(
+        server=ServerSettings(api_keys=["k"]),
+        limits=LimitsSettings(max_message_chars=10, rate_per_minute=1),
+    )
+    async with open_chatd(settings) as server, httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.post("/v1/chat", json={"message": "hi"})
+        assert (response.status_code, response.json()["error"]["code"]) == (401, "unauthorized")
+        auth = {"Authorization": "Bearer k"}
+        response = await http.post("/v1/chat", json={"message": "x" * 11}, headers=auth)
+        assert (response.status_code, response.json()["error"]["code"]) == (413, "too_large")
+        assert (await http.post("/v1/chat", json={"message": "hi"}, headers=auth)).is_success
+        response = await http.post("/v1/chat", json={"message": "hi"}, headers=auth)
+        assert (response.status_code, response.json()["error"]["code"]) == (429, "rate_limited")
+        assert int(response.headers["retry-after"]) >= 1
+        server.pipeline.draining = True
+        response = await http.post("/v1/chat", json={"message": "hi"}, headers=auth)
+        assert (response.status_code, response.json()["error"]["code"]) == (503, "shutting_down")
+
+
+async def test_upstream_error_is_502(chatd: Chatd, http: httpx.AsyncClient) -> None:
+    """An LLM failing mid-way is upstream_error over HTTP too."""
+    assert chatd.sim is not None
+    chatd.sim.set_fault("error", status=500)
+    response = await http.post("/v1/chat", json={"message": "hello"})
+    assert (response.status_code, response.json()["error"]["code"]) == (502, "upstream_error")
+
+
+async def test_sse_client_leaving_cancels(chatd: Chatd) -> None:
+    """An SSE client that disconnects mid-answer cancels the request and its LLM call."""
+    assert chatd.sim is not None
+    chatd.sim.set_timing(ttft_ms=10, tokens_per_s=10)
+    body = b'{"message": "tell me a long story about the sea"}'
+    port = int(chatd.url.rsplit(":", 1)[1])
+    with trio.fail_after(10):
+        # A raw socket, so leaving is a plain close (httpx's nested body iterators
+        # would outlive a break as unclosed async generators).
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(
+                b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            received = b""
+            while b"event: token" not in received:
+                received += await stream.receive_some()
+    sim = chatd.sim
+    await wait_until(lambda: sim.statistics().client_disconnects >= 1, within=0.1)
+    await wait_until(lambda: not chatd.pipeline.admission.statistics().llm_streams_in_use, within=1)
+
+
+async def test_health_and_readiness(chatd: Chatd, http: httpx.AsyncClient) -> None:
+    """healthz is 200; readyz is 200 until a drain begins, then 503."""
+    assert (await http.get("/healthz")).status_code == 200
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["dependencies"]["llm"]["url"] == chatd.running.llm_url
+    chatd.pipeline.draining = True
+    assert (await http.get("/readyz")).status_code == 503

@@ -1,0 +1,95 @@
+"""Admission on trio's virtual clock: slots, the bounded queue, its timeout, positions."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from chatd.config import LimitsSettings
+from chatd.exceptions import Overloaded
+from chatd.pipeline.admission import Admission
+
+
+def admission(**limits: float) -> Admission:
+    return Admission(LimitsSettings(**limits))  # type: ignore[arg-type]
+
+
+async def hold(adm: Admission, seconds: float, positions: list[int] | None = None) -> float:
+    record = positions.append if positions is not None else (lambda p: None)
+    async with adm.slot(adm.llm_streams, record) as waited:
+        await trio.sleep(seconds)
+    return waited
+
+
+async def test_free_slot_is_immediate(autojump_clock: trio.abc.Clock) -> None:
+    """With room, a slot is had at once and nobody is queued."""
+    adm = admission(llm_streams=2)
+    assert await hold(adm, 1) == 0.0
+    assert adm.statistics().queued == 0
+
+
+async def test_queue_full_refuses_at_once(autojump_clock: trio.abc.Clock) -> None:
+    """With every slot taken and the queue full, the refusal is immediate."""
+    adm = admission(llm_streams=1, max_queue=1, queue_timeout_s=10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, adm, 5)
+        nursery.start_soon(hold, adm, 5)
+        await trio.sleep(0.1)
+        with pytest.raises(Overloaded, match="queue is full") as info:
+            await hold(adm, 1)
+        assert trio.current_time() == pytest.approx(0.1)
+        assert info.value.retry_after_ms == 10_000
+
+
+async def test_queue_timeout_refuses_at_the_deadline(autojump_clock: trio.abc.Clock) -> None:
+    """A waiter is refused exactly queue_timeout_s after it joined, and leaves the queue."""
+    adm = admission(llm_streams=1, max_queue=5, queue_timeout_s=2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, adm, 10)
+        await trio.sleep(1)
+        with pytest.raises(Overloaded, match="no capacity within 2 s"):
+            await hold(adm, 1)
+        assert trio.current_time() == pytest.approx(3.0)
+        assert adm.statistics().queued == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_waiter_served_in_order_with_wait_time(autojump_clock: trio.abc.Clock) -> None:
+    """A queued waiter gets the slot when it frees and is told how long it waited."""
+    adm = admission(llm_streams=1, max_queue=5, queue_timeout_s=10)
+    positions: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, adm, 3)
+        await trio.sleep(1)
+        waited = await hold(adm, 0, positions)
+    assert waited == pytest.approx(2.0)
+    assert positions == [1]
+
+
+async def test_positions_update_as_the_queue_moves(autojump_clock: trio.abc.Clock) -> None:
+    """Position updates come from the one-a-second pass as waiters ahead leave."""
+    adm = admission(llm_streams=1, max_queue=5, queue_timeout_s=100)
+    third: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(adm.run_position_updates)
+        nursery.start_soon(hold, adm, 10)  # holds the slot until t=10
+        await trio.sleep(0.1)
+        nursery.start_soon(hold, adm, 10)  # first in the queue, served at t=10
+        await trio.sleep(0.1)
+        nursery.start_soon(hold, adm, 0, third)  # second in the queue
+        await trio.sleep(15)
+        nursery.cancel_scope.cancel()
+    assert third == [2, 1]
+
+
+async def test_cancelled_waiter_leaves_no_trace(autojump_clock: trio.abc.Clock) -> None:
+    """A waiter cancelled in the queue frees its place and takes no slot."""
+    adm = admission(llm_streams=1, max_queue=5, queue_timeout_s=100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, adm, 10)
+        await trio.sleep(0.1)
+        with trio.move_on_after(1):
+            await hold(adm, 1)
+        assert adm.statistics().queued == 0
+        nursery.cancel_scope.cancel()
+    assert adm.statistics().llm_streams_in_use == 0
