@@ -9,7 +9,9 @@ turns 503, hypercorn stops accepting and gives in-flight requests
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -20,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from chatd.config import Settings
+from chatd.exceptions import ConfigError
 from chatd.llm.sim import serve_sim_llm
 from chatd.pipeline import Pipeline
 from chatd.server.app import AppState, create_app
@@ -40,9 +43,23 @@ class Running:
     state: AppState
 
 
+def _listen(settings: Settings) -> tuple[str, socket.socket]:
+    """Bind and listen now, before anything else logs, so the first log line can
+    name the address; hypercorn serves a duplicate of the descriptor."""
+    try:
+        sock = socket.create_server(
+            (settings.server.host, settings.server.port), backlog=1024, reuse_port=False
+        )
+    except OSError as exc:
+        where = f"{settings.server.host}:{settings.server.port}"
+        raise ConfigError(f"server: cannot listen on {where}: {exc.strerror}") from exc
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}", sock
+
+
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
-    config.bind = [f"{settings.server.host}:{settings.server.port}"]
     config.graceful_timeout = settings.server.shutdown_grace_s
     config.websocket_ping_interval = settings.server.websocket_ping_interval_s
     config.accesslog = None
@@ -61,6 +78,23 @@ async def serve(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run chatd until drained by a signal (or cancelled)."""
+    url, listener = _listen(settings)
+    log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws")
+    config = _hypercorn_config(settings)
+    with listener:
+        await _serve_all(settings, url, listener, config, handle_signals, extra_tools, task_status)
+    log.info("stopped")
+
+
+async def _serve_all(
+    settings: Settings,
+    url: str,
+    listener: socket.socket,
+    config: HypercornConfig,
+    handle_signals: bool,
+    extra_tools: Sequence[Tool],
+    task_status: trio.TaskStatus[Running],
+) -> None:
     drain, stopped = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
         llm_url = settings.llm.url
@@ -69,11 +103,9 @@ async def serve(
             llm_url = sim.base_url
         pipeline = await nursery.start(_run_pipeline, settings, llm_url, extra_tools)
         state = AppState(pipeline, llm_url=llm_url, llm_simulated=settings.llm.url is None)
-        binds = await nursery.start(
-            _serve_app, create_app(state), _hypercorn_config(settings), drain, stopped
-        )
-        url = binds[0]
-        log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws")
+        # hypercorn owns and closes a duplicate; ``listener`` is closed by serve().
+        config.bind = [f"fd://{os.dup(listener.fileno())}"]
+        await nursery.start(_serve_app, create_app(state), config, drain, stopped)
         if settings.llm.url is None:
             log.info("simulated LLM started in-process", llm_url=llm_url)
         else:
@@ -84,7 +116,6 @@ async def serve(
         # hypercorn returns once a drain's in-flight work is done or its grace is up.
         await stopped.wait()
         nursery.cancel_scope.cancel()
-    log.info("stopped")
 
 
 async def _run_pipeline(

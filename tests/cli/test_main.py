@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,12 +17,9 @@ import pytest
 CHATD = [sys.executable, "-m", "chatd"]
 
 
-def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*CHATD, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        [*CHATD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd
     )
 
 
@@ -34,8 +32,9 @@ def first_line(proc: subprocess.Popen[bytes]) -> dict[str, object]:
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    proc = start("serve", "--port", "0")
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``chatd serve`` as a new user starts it: a fresh folder, no knowledge base yet."""
+    proc = start("serve", "--port", "0", cwd=tmp_path)
     try:
         line = first_line(proc)
         yield proc, str(line["url"])
@@ -68,8 +67,12 @@ def test_serve_starts_the_simulator_in_process(
     """With no LLM URL, serve logs the simulator it started, and it answers."""
     proc, _url = server
     assert proc.stdout is not None
-    line = orjson.loads(proc.stdout.readline())
-    assert line["event"] == "simulated LLM started in-process"
+    lines = [orjson.loads(proc.stdout.readline()) for _ in range(2)]
+    assert [x["event"] for x in lines] == [
+        "loaded the sample FAQ into an empty knowledge base",
+        "simulated LLM started in-process",
+    ]
+    line = lines[1]
     models = httpx.get(f"{line['llm_url']}/models", timeout=5)
     assert models.status_code == 200
     proc.send_signal(signal.SIGINT)
@@ -99,6 +102,18 @@ def test_bad_config_stops_with_one_line(
     assert len(lines) == 1
     assert message in lines[0]
     assert result.stdout == b""
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """A port already taken stops start-up with one line, exit 2."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*CHATD, "serve", "--port", str(port)], capture_output=True, timeout=30, cwd=tmp_path
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.decode()
+    assert len(result.stderr.decode().strip().splitlines()) == 1
 
 
 def test_bad_rules_file_stops_sim_llm(tmp_path: Path) -> None:

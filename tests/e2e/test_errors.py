@@ -221,3 +221,30 @@ async def test_too_many_in_flight_on_one_connection(make_settings: MakeSettings)
         error = await ask(client, "two", "hello")
         assert error["code"] == "overloaded"
         assert (await client.finish("one"))["type"] == "done"
+
+
+async def test_bad_frames_leave_requests_in_flight_alone(chatd: Chatd, client: ChatClient) -> None:
+    """A burst of bad frames while an answer streams: each refused, the answer whole."""
+    assert chatd.sim is not None
+    chatd.sim.set_timing(ttft_ms=50, tokens_per_s=200)
+    bad = [
+        "{not json",
+        '{"type": "chat", "id": "w", "message": 7}',
+        '{"type": "nope", "id": "u"}',
+        '{"type": "chat", "id": "live", "message": "again"}',
+        "x" * 70_000,
+    ]
+    with trio.fail_after(10):
+        await client.chat("live", "tell me a long story about the sea")
+        await client.wait_for("live", "accepted")
+        for frame in bad:
+            await client.send(frame)
+        done = await client.wait_for("live", "done")
+        await client.wait_for("u", "error")
+        await client.wait_for("w", "error")
+    assert done["finish_reason"] == "stop"
+    assert client.answer("live")
+    codes = sorted(e["code"] for e in client.events[None] if e["type"] == "error")
+    assert codes == ["bad_request", "too_large"]
+    live_errors = [e for e in client.events["live"] if e["type"] == "error"]
+    assert [e["code"] for e in live_errors] == ["bad_request"]
