@@ -62,6 +62,9 @@ def _hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
     config.graceful_timeout = settings.server.shutdown_grace_s
     config.websocket_ping_interval = settings.server.websocket_ping_interval_s
+    # Frames past limits.max_frame_bytes get a too_large error; far past it,
+    # hypercorn closes the socket (1009) rather than buffering them.
+    config.websocket_max_message_size = max(4 * settings.limits.max_frame_bytes, 1 << 20)
     config.accesslog = None
     # hypercorn's own "Running on" line would come first; ours names the address.
     quiet = logging.getLogger("chatd.hypercorn")
