@@ -6,6 +6,8 @@ Owns :class:`Settings` and :func:`load_settings`. Imports nothing of chatd but
 
 from chatd.config.loader import ENV_PREFIX, env_keys, load_settings
 from chatd.config.settings import (
+    BreakerSettings,
+    BreakersSettings,
     HTTPToolSettings,
     InvalidSetting,
     KBSettings,
@@ -22,6 +24,8 @@ from chatd.config.settings import (
 
 __all__ = [
     "ENV_PREFIX",
+    "BreakerSettings",
+    "BreakersSettings",
     "HTTPToolSettings",
     "InvalidSetting",
     "KBSettings",

@@ -163,6 +163,36 @@ class ToolsSettings:
 
 
 @attrs.frozen
+class BreakerSettings:
+    """One circuit breaker: when it opens, how long it stays open, how it probes.
+
+    It opens after ``failure_threshold`` consecutive failures, or, when
+    ``failure_ratio`` is set, when at least ``min_calls`` calls in the last
+    ``window_s`` seconds failed at that ratio or more.
+    """
+
+    failure_threshold: int = attrs.field(default=5, validator=_positive)
+    open_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    half_open_max_calls: int = attrs.field(default=1, validator=_positive)
+    failure_ratio: float | None = None
+    window_s: float = attrs.field(default=60.0, validator=_positive)
+    min_calls: int = attrs.field(default=20, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.failure_ratio is not None and not 0 < self.failure_ratio <= 1:
+            raise InvalidSetting("failure_ratio", self.failure_ratio, "a number in (0, 1]")
+
+
+@attrs.frozen
+class BreakersSettings:
+    """A breaker per dependency."""
+
+    llm: BreakerSettings = attrs.field(factory=BreakerSettings)
+    kb: BreakerSettings = attrs.field(factory=BreakerSettings)
+    redis: BreakerSettings = attrs.field(factory=BreakerSettings)
+
+
+@attrs.frozen
 class LogSettings:
     """Where logs go and what they may contain."""
 
@@ -183,6 +213,7 @@ class Settings:
     redis: RedisSettings = attrs.field(factory=RedisSettings)
     limits: LimitsSettings = attrs.field(factory=LimitsSettings)
     tools: ToolsSettings = attrs.field(factory=ToolsSettings)
+    breakers: BreakersSettings = attrs.field(factory=BreakersSettings)
     log: LogSettings = attrs.field(factory=LogSettings)
     system_prompt: str = (
         "You are chatd's assistant. Answer briefly and use the tools you are given."
