@@ -8,6 +8,8 @@ from chatd.config.loader import ENV_PREFIX, env_keys, load_settings
 from chatd.config.settings import (
     BreakerSettings,
     BreakersSettings,
+    CacheSettings,
+    FlightsSettings,
     HTTPToolSettings,
     InvalidSetting,
     KBSettings,
@@ -26,6 +28,8 @@ __all__ = [
     "ENV_PREFIX",
     "BreakerSettings",
     "BreakersSettings",
+    "CacheSettings",
+    "FlightsSettings",
     "HTTPToolSettings",
     "InvalidSetting",
     "KBSettings",

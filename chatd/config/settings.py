@@ -163,6 +163,22 @@ class ToolsSettings:
 
 
 @attrs.frozen
+class CacheSettings:
+    """The answer cache: finished, shareable answers replayed to identical questions."""
+
+    enabled: bool = True
+    ttl_s: float = attrs.field(default=300.0, validator=_positive)
+    max_entries: int = attrs.field(default=10_000, validator=_positive)
+
+
+@attrs.frozen
+class FlightsSettings:
+    """Shared flights: identical questions in flight share one LLM call."""
+
+    enabled: bool = True
+
+
+@attrs.frozen
 class BreakerSettings:
     """One circuit breaker: when it opens, how long it stays open, how it probes.
 
@@ -214,6 +230,8 @@ class Settings:
     limits: LimitsSettings = attrs.field(factory=LimitsSettings)
     tools: ToolsSettings = attrs.field(factory=ToolsSettings)
     breakers: BreakersSettings = attrs.field(factory=BreakersSettings)
+    cache: CacheSettings = attrs.field(factory=CacheSettings)
+    flights: FlightsSettings = attrs.field(factory=FlightsSettings)
     log: LogSettings = attrs.field(factory=LogSettings)
     system_prompt: str = (
         "You are chatd's assistant. Answer briefly and use the tools you are given."

@@ -24,13 +24,23 @@ import structlog
 import trio
 
 from chatd.llm import ChatRequest, Completion, LLMClient, Message, TextDelta, ToolCall
-from chatd.pipeline.events import Event, Route, Token, ToolEnd, ToolStart
+from chatd.pipeline.events import Event, Queued, Route, Token, ToolEnd, ToolStart
 from chatd.tools.base import ToolContext
 from chatd.tools.registry import ToolOutcome, ToolRegistry
 
-__all__ = ["Turn", "answer"]
+__all__ = ["Outcome", "Turn", "answer"]
 
 log = structlog.get_logger("chatd.pipeline")
+
+
+@attrs.frozen
+class Outcome:
+    """How an answer ended, apart from its events: what a cache or a flight hands on."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    tools_used: tuple[str, ...]
 
 
 @attrs.define
@@ -39,6 +49,13 @@ class Turn:
 
     send: Callable[[Event], Awaitable[None]]
     context: ToolContext
+    notify: Callable[[Event], None] = lambda _event: None
+    """Advisory events (queue positions) that must not wait."""
+    on_unshareable: Callable[[], None] | None = None
+    """Called when the router picks a time-bound or user-bound tool."""
+    shareable: bool = True
+    shared: bool = False
+    cached: bool = False
     path: str | None = None
     finish_reason: str = "stop"
     prompt_tokens: int = 0
@@ -47,6 +64,23 @@ class Turn:
     queue_s: float = 0.0
     tools_used: tuple[str, ...] = ()
     _text: list[str] = attrs.field(factory=list)
+
+    def outcome(self) -> Outcome:
+        """How this answer ended."""
+        return Outcome(
+            self.finish_reason, self.prompt_tokens, self.completion_tokens, self.tools_used
+        )
+
+    def adopt(self, outcome: Outcome) -> None:
+        """End as another answer ended (one shared or cached)."""
+        self.finish_reason = outcome.finish_reason
+        self.prompt_tokens = outcome.prompt_tokens
+        self.completion_tokens = outcome.completion_tokens
+        self.tools_used = outcome.tools_used
+
+    def queued(self, position: int) -> None:
+        """Tell the client its queue position (advisory: may be dropped)."""
+        self.notify(Queued(position))
 
     @property
     def text(self) -> str:
@@ -123,6 +157,10 @@ async def answer(
             turn.finish_reason = completion.finish_reason
         return
     calls = completion.tool_calls
+    if any(t.time_bound or t.user_bound for c in calls if (t := registry.get(c.name))):
+        turn.shareable = False
+        if turn.on_unshareable is not None:
+            turn.on_unshareable()
 
     async def started(call: ToolCall, arguments: Mapping[str, Any]) -> None:
         await turn.send(ToolStart(call.id, call.name, arguments))

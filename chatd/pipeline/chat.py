@@ -11,6 +11,7 @@ connection closed) propagates, as nobody is left to tell.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -21,17 +22,19 @@ import trio
 
 from chatd.config import Settings
 from chatd.exceptions import ChatdError, DeadlineExceeded, ShuttingDown, TooLarge
-from chatd.llm import LLMClient
+from chatd.llm import LLMClient, Message
 from chatd.pipeline.admission import Admission
-from chatd.pipeline.answer import Turn, answer
+from chatd.pipeline.answer import Outcome, Turn, answer
 from chatd.pipeline.events import Accepted, Done, Error, Event, Queued, error_event
+from chatd.pipeline.flights import Flight, Flights, flight_key, replay
 from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
+from chatd.stores.cache import AnswerCache
 from chatd.stores.sessions import SessionStore
 from chatd.tools.base import ToolContext
 from chatd.tools.registry import ToolRegistry
 
-__all__ = ["ChatInput", "Pipeline", "RequestOutput"]
+__all__ = ["CachedAnswer", "ChatInput", "Pipeline", "RequestOutput"]
 
 log = structlog.get_logger("chatd.pipeline")
 
@@ -46,6 +49,18 @@ class RequestOutput(Protocol):
     def send_nowait(self, event: Event) -> None:
         """Send an advisory event if there is room (queue positions)."""
         ...
+
+
+@attrs.frozen
+class CachedAnswer:
+    """A finished answer kept for identical questions: its events and how it ended."""
+
+    events: tuple[Event, ...]
+    outcome: Outcome
+
+
+async def _unsent(event: Event) -> None:
+    raise AssertionError("a flight's turn sends through the flight")  # pragma: no cover
 
 
 @attrs.frozen
@@ -75,6 +90,8 @@ class Pipeline:
     sessions: SessionStore
     admission: Admission
     rate_limiter: RateLimiter
+    flights: Flights | None = None
+    cache: AnswerCache[CachedAnswer] | None = None
     draining: bool = False
 
     def new_request_id(self) -> str:
@@ -94,7 +111,11 @@ class Pipeline:
         """Run one chat to exactly one terminal event on ``out``."""
         request_id = self.new_request_id()
         started = trio.current_time()
-        turn = Turn(out.send, ToolContext(request_id, chat.session, chat.metadata))
+        turn = Turn(
+            out.send,
+            ToolContext(request_id, chat.session, chat.metadata),
+            notify=out.send_nowait,
+        )
         terminal: Event
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
@@ -102,7 +123,7 @@ class Pipeline:
                 await out.send(Accepted(request_id))
                 timeout = self.settings.limits.request_timeout_s
                 with scope, trio.move_on_after(timeout) as deadline:
-                    await self._answer(chat, turn, out)
+                    await self._answer(chat, turn)
                 if deadline.cancelled_caught:
                     raise DeadlineExceeded(f"the request passed its {timeout:g} s deadline")
                 finish = "cancelled" if scope.cancelled_caught else turn.finish_reason
@@ -119,20 +140,52 @@ class Pipeline:
                 terminal = Error("internal", f"internal error; the log has it under {request_id}")
             await out.send(terminal)
 
-    async def _answer(self, chat: ChatInput, turn: Turn, out: RequestOutput) -> None:
-        def on_position(position: int) -> None:
-            out.send_nowait(Queued(position))
-
+    async def _answer(self, chat: ChatInput, turn: Turn) -> None:
         limits = self.settings.limits
-        async with self.admission.slot(self.admission.prepare, on_position) as waited:
+        async with self.admission.slot(self.admission.prepare, turn.queued) as waited:
             history = await self.sessions.history(chat.session) if chat.session else []
             messages = build_prompt(
                 self.settings.system_prompt, history, chat.message, limits.prompt_token_budget
             )
         turn.queue_s += waited
-        async with self.admission.slot(self.admission.llm_streams, on_position) as waited:
+        key = flight_key(self.llm.model, self.tools.names, messages)
+        if self.cache is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                await replay(hit.events, turn)
+                turn.adopt(hit.outcome)
+                turn.cached = True
+                return
+        if self.flights is None:
+            await self._fly(messages, turn)
+            return
+
+        def make_turn() -> Turn:
+            return Turn(_unsent, turn.context)
+
+        flight, created = self.flights.join(
+            key, make_turn, functools.partial(self._fly_and_keep, messages, key)
+        )
+        try:
+            followed = await self.flights.follow(flight, turn, created=created)
+        finally:
+            self.flights.leave(flight, created=created)
+        if not followed:  # the flight stopped being shared before any event: answer alone
+            await self._fly(messages, turn)
+
+    async def _fly(self, messages: list[Message], turn: Turn) -> None:
+        """Answer with an LLM-stream slot held throughout."""
+        async with self.admission.slot(self.admission.llm_streams, turn.queued) as waited:
             turn.queue_s += waited
             await answer(turn, self.llm, self.tools, messages)
+
+    async def _fly_and_keep(self, messages: list[Message], key: str, flight: Flight) -> None:
+        """A flight's work: answer, then keep a shareable answer in the cache."""
+        turn = flight.turn
+        await self._fly(messages, turn)
+        if self.cache is not None and turn.shareable and turn.finish_reason in ("stop", "length"):
+            events = tuple(e for e in flight.events if not isinstance(e, Queued))
+            await self.cache.put(key, CachedAnswer(events, turn.outcome()))
 
     async def _remember(self, chat: ChatInput, turn: Turn) -> None:
         assert chat.session is not None
@@ -151,8 +204,8 @@ class Pipeline:
             request_id=request_id,
             finish_reason=finish,
             path=turn.path,
-            shared=False,
-            cached=False,
+            shared=turn.shared,
+            cached=turn.cached,
             usage={
                 "prompt_tokens": turn.prompt_tokens,
                 "completion_tokens": turn.completion_tokens,

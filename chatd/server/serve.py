@@ -25,6 +25,7 @@ from chatd.config import Settings
 from chatd.exceptions import ConfigError
 from chatd.llm.sim import serve_sim_llm
 from chatd.pipeline import Pipeline
+from chatd.pipeline.flights import Flights
 from chatd.server.app import AppState, create_app
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
@@ -134,6 +135,9 @@ async def _run_pipeline(
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(pipeline.admission.run_position_updates)
+        if settings.flights.enabled:
+            # Flights live in this server-owned nursery, never in a caller's.
+            pipeline.flights = Flights(nursery, deadline_s=settings.limits.request_timeout_s)
         task_status.started(pipeline)
         await trio.sleep_forever()
     raise AssertionError("unreachable")  # pragma: no cover

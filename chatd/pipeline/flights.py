@@ -1,0 +1,238 @@
+"""Shared flights: identical work in flight is done once (singleflight for streams).
+
+A flight answers one prompt in the server-owned flights nursery, under its own
+cancel scope, and records every event it makes. Requests with the same key
+subscribe: each replays the events from the start, then follows them live,
+from its own task and under its own scope. So:
+
+- one subscriber leaving (cancel, disconnect, its own deadline) only detaches
+  it; the first asker is not special, and its leaving harms nobody else;
+- the last one leaving cancels the flight (closing its LLM call) and removes
+  its key in the same synchronous step, so the next asker starts afresh and
+  no waiter can delete a key whose work still runs (Go's singleflight traps);
+- a failed flight hands each subscriber its own copy of the error, and a
+  subscriber never sees a ``Cancelled`` that is not its own.
+
+A flight whose router picks a time-bound or user-bound tool stops being
+shared: its key is removed, it goes on for the request that started it (its
+tool context is that request's), and every other subscriber *diverges*: it
+answers alone. Nothing reaches a client before that point, as tool calls
+produce no events until the tools start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import orjson
+import structlog
+import trio
+
+from chatd.exceptions import ChatdError, DeadlineExceeded
+from chatd.llm import Message
+from chatd.pipeline.answer import Turn
+from chatd.pipeline.events import Event, Route, Token
+
+__all__ = ["Flight", "Flights", "FlightsStatistics", "flight_key", "replay"]
+
+log = structlog.get_logger("chatd.flights")
+
+
+def flight_key(model: str, tools: Sequence[str], messages: Sequence[Message]) -> str:
+    """The identity of a piece of work: normalised prompt, model and tool set."""
+
+    def norm(text: object) -> object:
+        return " ".join(text.split()).casefold() if isinstance(text, str) else text
+
+    prompt = [(m.get("role"), norm(m.get("content"))) for m in messages]
+    blob = orjson.dumps([model, sorted(tools), prompt])
+    return hashlib.sha256(blob).hexdigest()
+
+
+def own_copy(error: BaseException) -> BaseException:
+    """A fresh exception like ``error``, so each waiter raises its own."""
+    clone = type(error).__new__(type(error))
+    clone.args = error.args
+    clone.__dict__.update(error.__dict__)
+    return clone
+
+
+@attrs.frozen
+class FlightsStatistics:
+    """Flights under way and how sharing went."""
+
+    in_flight: int
+    subscribers: int
+    started: int
+    joined: int
+    diverged: int
+
+
+@attrs.define(eq=False)
+class Flight:
+    """One piece of work in flight and what it has said so far."""
+
+    key: str
+    turn: Turn
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    events: list[Event] = attrs.field(factory=list)
+    subscribers: int = 0
+    creator_here: bool = True
+    diverged: bool = False
+    finished: bool = False
+    error: BaseException | None = None
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def publish(self, event: Event) -> None:
+        """Record an event and wake the subscribers."""
+        self.publish_nowait(event)
+        await trio.lowlevel.checkpoint()
+
+    def publish_nowait(self, event: Event) -> None:
+        """Record an event and wake the subscribers, without a checkpoint."""
+        self.events.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Wait for the next event or the end."""
+        await self._changed.wait()
+
+
+Work = Callable[[Flight], Awaitable[None]]
+"""The flight's work: answer into ``flight.turn``."""
+
+
+@attrs.define
+class Flights:
+    """The registry of flights by key; runs them in a nursery it was handed."""
+
+    nursery: trio.Nursery
+    deadline_s: float
+    _flights: dict[str, Flight] = attrs.field(factory=dict, init=False)
+    _started: int = attrs.field(default=0, init=False)
+    _joined: int = attrs.field(default=0, init=False)
+    _diverged: int = attrs.field(default=0, init=False)
+
+    def join(self, key: str, make_turn: Callable[[], Turn], work: Work) -> tuple[Flight, bool]:
+        """Subscribe to the flight for ``key``, starting it if there is none.
+
+        Returns the flight and whether this caller created it. The caller must
+        :meth:`leave` it, in a ``finally``.
+        """
+        flight = self._flights.get(key)
+        created = flight is None
+        if flight is None:
+            flight = Flight(key, make_turn())
+            flight.turn.on_unshareable = lambda f=flight: self._unshare(f)
+            flight.turn.send = flight.publish
+            flight.turn.notify = flight.publish_nowait
+            self._flights[key] = flight
+            self._started += 1
+            self.nursery.start_soon(self._fly, flight, work, name=f"flight {key[:12]}")
+        else:
+            self._joined += 1
+        flight.subscribers += 1
+        return flight, created
+
+    def leave(self, flight: Flight, *, created: bool) -> None:
+        """Unsubscribe; the last one out cancels the flight and drops its key."""
+        flight.subscribers -= 1
+        if created:
+            flight.creator_here = False
+        if flight.subscribers == 0 and not flight.finished:
+            self._forget(flight)
+            flight.scope.cancel()
+
+    def _forget(self, flight: Flight) -> None:
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+
+    def _unshare(self, flight: Flight) -> None:
+        """Stop sharing a flight whose tools depend on the time or the asker."""
+        self._forget(flight)
+        if flight.subscribers > (1 if flight.creator_here else 0):
+            flight.diverged = True
+            self._diverged += 1
+            flight._wake()
+        if not flight.creator_here:
+            flight.scope.cancel()
+
+    async def _fly(self, flight: Flight, work: Work) -> None:
+        completed = False
+        try:
+            with flight.scope:
+                flight.scope.deadline = trio.current_time() + self.deadline_s
+                try:
+                    await work(flight)
+                    completed = True
+                except* ChatdError as group:
+                    flight.error = _first_leaf(group)
+                except* Exception as group:
+                    log.error("flight crashed", exc_info=_first_leaf(group))
+                    flight.error = _first_leaf(group)
+        finally:
+            if not completed and flight.error is None:
+                # Its own deadline, or the server shutting down: never a bare Cancelled.
+                flight.error = DeadlineExceeded("the shared answer was stopped before it finished")
+            flight.finished = True
+            self._forget(flight)
+            flight._wake()
+
+    async def follow(self, flight: Flight, turn: Turn, *, created: bool) -> bool:
+        """Replay and follow ``flight`` into ``turn``; ``False`` if this caller must
+        answer alone instead (the flight diverged). Raises its own copy of the
+        flight's error."""
+        index = 0
+        while True:
+            if flight.diverged and not created:
+                return False
+            if index < len(flight.events):
+                events = flight.events[index:]
+                index += len(events)
+                await replay(events, turn)  # more may come meanwhile: look again
+                continue
+            if flight.finished:
+                break
+            # No checkpoint since the length check, so no wake-up can be missed.
+            await flight.changed()
+        if flight.error is not None:
+            raise own_copy(flight.error)
+        turn.adopt(flight.turn.outcome())
+        turn.queue_s += flight.turn.queue_s
+        turn.shared = not created
+        return True
+
+    def statistics(self) -> FlightsStatistics:
+        """Flights under way, their subscribers, and the counts so far."""
+        flights = list(self._flights.values())
+        return FlightsStatistics(
+            in_flight=len(flights),
+            subscribers=sum(f.subscribers for f in flights),
+            started=self._started,
+            joined=self._joined,
+            diverged=self._diverged,
+        )
+
+
+async def replay(events: Sequence[Event], turn: Turn) -> None:
+    """Send recorded events through ``turn``, keeping its tally."""
+    for event in events:
+        if isinstance(event, Token):
+            await turn.token(event.text)
+        elif isinstance(event, Route):
+            await turn.route(event.path, event.tools)
+        else:
+            await turn.send(event)
+
+
+def _first_leaf(exc: BaseException) -> Any:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

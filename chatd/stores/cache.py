@@ -1,0 +1,91 @@
+"""The answer cache: finished, shareable answers, replayed to identical questions.
+
+:class:`AnswerCache` is the interface; :class:`MemoryAnswerCache` keeps
+entries in this process with a time to live and a bound on their number (the
+least recently used go first). A Redis sibling comes later. What an entry
+holds is opaque here: the pipeline stores the events it will replay.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Generic, Protocol, TypeVar
+
+import attrs
+import trio
+
+__all__ = ["AnswerCache", "CacheStatistics", "MemoryAnswerCache"]
+
+T = TypeVar("T")
+
+
+class AnswerCache(Protocol[T]):
+    """Where finished answers wait for the next identical question."""
+
+    async def get(self, key: str) -> T | None:
+        """The entry under ``key`` if it has not expired."""
+        ...
+
+    async def put(self, key: str, value: T) -> None:
+        """Keep ``value`` under ``key`` for the configured time."""
+        ...
+
+
+@attrs.frozen
+class CacheStatistics:
+    """Entries held, and how lookups went."""
+
+    entries: int
+    hits: int
+    misses: int
+    expired: int
+
+
+@attrs.define
+class MemoryAnswerCache(Generic[T]):
+    """Entries in this process, each for ``ttl_s``, at most ``max_entries``."""
+
+    ttl_s: float
+    max_entries: int
+    _entries: collections.OrderedDict[str, tuple[float, T]] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+    _hits: int = attrs.field(default=0, init=False)
+    _misses: int = attrs.field(default=0, init=False)
+    _expired: int = attrs.field(default=0, init=False)
+
+    async def get(self, key: str) -> T | None:
+        """See :meth:`AnswerCache.get`."""
+        await trio.lowlevel.checkpoint()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] <= trio.current_time():
+            del self._entries[key]
+            self._expired += 1
+            entry = None
+        if entry is None:
+            self._misses += 1
+            return None
+        self._hits += 1
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    async def put(self, key: str, value: T) -> None:
+        """See :meth:`AnswerCache.put`."""
+        await trio.lowlevel.checkpoint()
+        self._entries[key] = (trio.current_time() + self.ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def expire(self) -> int:
+        """Drop expired entries (the janitor calls this); returns how many."""
+        now = trio.current_time()
+        stale = [key for key, (until, _v) in self._entries.items() if until <= now]
+        for key in stale:
+            del self._entries[key]
+        self._expired += len(stale)
+        return len(stale)
+
+    def statistics(self) -> CacheStatistics:
+        """Entries held, hits, misses, expiries."""
+        return CacheStatistics(len(self._entries), self._hits, self._misses, self._expired)
