@@ -163,6 +163,26 @@ class ToolsSettings:
 
 
 @attrs.frozen
+class JanitorSettings:
+    """The janitor's sweep and the deadline of every non-terminal request state.
+
+    A request stuck in a state past its deadline is cancelled and told
+    ``timeout``; a client whose frames have not been taken for
+    ``stalled_client_s`` is disconnected; a connection with no requests and no
+    frames for ``idle_connection_s`` is closed.
+    """
+
+    interval_s: float = attrs.field(default=1.0, validator=_positive)
+    queued_s: float = attrs.field(default=30.0, validator=_positive)
+    preparing_s: float = attrs.field(default=10.0, validator=_positive)
+    routing_s: float = attrs.field(default=60.0, validator=_positive)
+    tools_s: float = attrs.field(default=60.0, validator=_positive)
+    streaming_s: float = attrs.field(default=300.0, validator=_positive)
+    stalled_client_s: float = attrs.field(default=30.0, validator=_positive)
+    idle_connection_s: float = attrs.field(default=600.0, validator=_positive)
+
+
+@attrs.frozen
 class CacheSettings:
     """The answer cache: finished, shareable answers replayed to identical questions."""
 
@@ -232,6 +252,7 @@ class Settings:
     breakers: BreakersSettings = attrs.field(factory=BreakersSettings)
     cache: CacheSettings = attrs.field(factory=CacheSettings)
     flights: FlightsSettings = attrs.field(factory=FlightsSettings)
+    janitor: JanitorSettings = attrs.field(factory=JanitorSettings)
     log: LogSettings = attrs.field(factory=LogSettings)
     system_prompt: str = (
         "You are chatd's assistant. Answer briefly and use the tools you are given."

@@ -25,6 +25,7 @@ import trio
 
 from chatd.llm import ChatRequest, Completion, LLMClient, Message, TextDelta, ToolCall
 from chatd.pipeline.events import Event, Queued, Route, Token, ToolEnd, ToolStart
+from chatd.pipeline.registry import RequestState
 from chatd.tools.base import ToolContext
 from chatd.tools.registry import ToolOutcome, ToolRegistry
 
@@ -51,6 +52,8 @@ class Turn:
     context: ToolContext
     notify: Callable[[Event], None] = lambda _event: None
     """Advisory events (queue positions) that must not wait."""
+    on_state: Callable[[RequestState], None] = lambda _state: None
+    """Told each state the request enters, for the janitor's deadlines."""
     on_unshareable: Callable[[], None] | None = None
     """Called when the router picks a time-bound or user-bound tool."""
     shareable: bool = True
@@ -90,6 +93,7 @@ class Turn:
     async def route(self, path: str, tools: Sequence[str] = ()) -> None:
         """The path is final: say so once."""
         self.path, self.tools_used = path, tuple(tools)
+        self.on_state("streaming")
         await self.send(Route(path, tuple(tools)))
 
     async def token(self, text: str) -> None:
@@ -98,6 +102,7 @@ class Turn:
             return
         if self.first_token_at is None:
             self.first_token_at = trio.current_time()
+            self.on_state("streaming")
         self._text.append(text)
         await self.send(Token(text))
 
@@ -148,6 +153,7 @@ async def answer(
     turn: Turn, llm: LLMClient, registry: ToolRegistry, messages: Sequence[Message]
 ) -> None:
     """Answer the prompt down whichever path the router picks."""
+    turn.on_state("routing")
     router = ChatRequest(list(messages), tools=registry.openai_tools())
     completion = await _stream_text(turn, llm, router)
     if completion is None or turn.path == "direct" or not completion.tool_calls:
@@ -173,6 +179,7 @@ async def answer(
         )
 
     tool = registry.get(calls[0].name)
+    turn.on_state("tools")
     if len(calls) == 1 and tool is not None and tool.natural_answer:
         outcomes = await registry.run_all(calls, turn.context, on_start=started, on_end=ended)
         result = outcomes[0].result
@@ -193,6 +200,7 @@ async def answer(
         await turn.route("tools", [c.name for c in calls])
     else:
         await turn.route("tools", [c.name for c in calls])
+        turn.on_state("tools")
         outcomes = await registry.run_all(calls, turn.context, on_start=started, on_end=ended)
     failed = [o.tool for o in outcomes if not o.ok]
     if failed:

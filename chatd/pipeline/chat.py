@@ -29,6 +29,7 @@ from chatd.pipeline.events import Accepted, Done, Error, Event, Queued, error_ev
 from chatd.pipeline.flights import Flight, Flights, flight_key, replay
 from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
+from chatd.pipeline.registry import RequestRegistry
 from chatd.stores.cache import AnswerCache
 from chatd.stores.sessions import SessionStore
 from chatd.tools.base import ToolContext
@@ -90,6 +91,7 @@ class Pipeline:
     sessions: SessionStore
     admission: Admission
     rate_limiter: RateLimiter
+    requests: RequestRegistry
     flights: Flights | None = None
     cache: AnswerCache[CachedAnswer] | None = None
     draining: bool = False
@@ -122,11 +124,20 @@ class Pipeline:
                 self.check(chat)
                 await out.send(Accepted(request_id))
                 timeout = self.settings.limits.request_timeout_s
-                with scope, trio.move_on_after(timeout) as deadline:
+                with (
+                    self.requests.track(request_id) as tracked,
+                    scope,
+                    trio.move_on_after(timeout) as deadline,
+                    tracked.scope,
+                ):
+                    turn.on_state = tracked.enter
                     await self._answer(chat, turn)
                 if deadline.cancelled_caught:
                     raise DeadlineExceeded(f"the request passed its {timeout:g} s deadline")
-                finish = "cancelled" if scope.cancelled_caught else turn.finish_reason
+                if tracked.reaped is not None:
+                    raise DeadlineExceeded(f"reaped by the janitor: {tracked.reaped}")
+                stopped = scope.cancelled_caught or tracked.scope.cancelled_caught
+                finish = "cancelled" if stopped else turn.finish_reason
                 if chat.session and finish in ("stop", "length"):
                     await self._remember(chat, turn)
                 terminal = self._done(request_id, turn, finish, started)
@@ -166,6 +177,7 @@ class Pipeline:
         flight, created = self.flights.join(
             key, make_turn, functools.partial(self._fly_and_keep, messages, key)
         )
+        turn.on_state("routing")
         try:
             followed = await self.flights.follow(flight, turn, created=created)
         finally:
@@ -175,6 +187,7 @@ class Pipeline:
 
     async def _fly(self, messages: list[Message], turn: Turn) -> None:
         """Answer with an LLM-stream slot held throughout."""
+        turn.on_state("queued")
         async with self.admission.slot(self.admission.llm_streams, turn.queued) as waited:
             turn.queue_s += waited
             await answer(turn, self.llm, self.tools, messages)

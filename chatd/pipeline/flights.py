@@ -34,7 +34,8 @@ import trio
 from chatd.exceptions import ChatdError, DeadlineExceeded
 from chatd.llm import Message
 from chatd.pipeline.answer import Turn
-from chatd.pipeline.events import Event, Route, Token
+from chatd.pipeline.events import Event, Route, Token, ToolStart
+from chatd.resilience.janitor import Reap
 
 __all__ = ["Flight", "Flights", "FlightsStatistics", "flight_key", "replay"]
 
@@ -209,6 +210,14 @@ class Flights:
         turn.shared = not created
         return True
 
+    def sweep(self) -> list[Reap]:
+        """Reap flights nobody follows (the janitor's backstop; ``leave`` does it first)."""
+        orphans = [f for f in self._flights.values() if f.subscribers == 0 and not f.finished]
+        for flight in orphans:
+            self._forget(flight)
+            flight.scope.cancel()
+        return [Reap("flight", f.key[:12], "no subscribers") for f in orphans]
+
     def statistics(self) -> FlightsStatistics:
         """Flights under way, their subscribers, and the counts so far."""
         flights = list(self._flights.values())
@@ -229,6 +238,8 @@ async def replay(events: Sequence[Event], turn: Turn) -> None:
         elif isinstance(event, Route):
             await turn.route(event.path, event.tools)
         else:
+            if isinstance(event, ToolStart):
+                turn.on_state("tools")
             await turn.send(event)
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import trio
 from quart import websocket
 from quart_trio import QuartTrio
 
 from chatd.pipeline import Pipeline
+from chatd.resilience.janitor import Reap
 from chatd.server.auth import identify
 from chatd.server.connection import Connection
 from chatd.server.http_chat import register_http_chat
@@ -23,17 +25,45 @@ __all__ = ["AppState", "create_app"]
 
 @attrs.define
 class AppState:
-    """What the routes read: the pipeline, whether we drain, where the LLM is."""
+    """What the routes read: the pipeline, the connections, whether we drain."""
 
     pipeline: Pipeline
     llm_url: str
     llm_simulated: bool
-    connections: int = 0
+    connections: set[Connection] = attrs.field(factory=set)
+    drain_started: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def draining(self) -> bool:
         """True once a drain began: new requests are refused."""
         return self.pipeline.draining
+
+    def start_drain(self) -> None:
+        """Refuse new requests; each connection closes (1001) once it is idle."""
+        self.pipeline.draining = True
+        self.drain_started.set()
+
+    def sweep_connections(self) -> list[Reap]:
+        """Reap clients that stopped reading and connections idle too long."""
+        limits = self.pipeline.settings.janitor
+        now = trio.current_time()
+        reaps = []
+        for connection in list(self.connections):
+            if connection.reaped is not None:
+                continue
+            started = connection.send_started
+            if started is not None and now - started > limits.stalled_client_s:
+                reason = "client stopped reading"
+            elif (
+                not connection.in_flight
+                and now - connection.last_activity > limits.idle_connection_s
+            ):
+                reason = "idle"
+            else:
+                continue
+            connection.reap(reason)
+            reaps.append(Reap("connection", connection.id, reason))
+        return reaps
 
 
 class _QuartTransport:
@@ -44,6 +74,9 @@ class _QuartTransport:
 
     async def send(self, frame: str) -> None:
         await websocket.send(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        await websocket.close(code, reason)
 
 
 def create_app(state: AppState) -> QuartTrio:
@@ -63,11 +96,12 @@ def create_app(state: AppState) -> QuartTrio:
             websocket.remote_addr or "unknown",
         )
         await websocket.accept()
-        state.connections += 1
+        connection = Connection(state.pipeline, client, authorized=ok, draining=state.drain_started)
+        state.connections.add(connection)
         try:
-            await Connection(state.pipeline, client, authorized=ok).serve(_QuartTransport())
+            await connection.serve(_QuartTransport())
         finally:
-            state.connections -= 1
+            state.connections.discard(connection)
 
     register_http_chat(app, state.pipeline)
 
@@ -79,7 +113,7 @@ def create_app(state: AppState) -> QuartTrio:
     async def readyz() -> tuple[dict[str, Any], int]:
         body = {
             "status": "draining" if state.draining else "ready",
-            "connections": state.connections,
+            "connections": len(state.connections),
             "dependencies": {
                 "llm": {"url": state.llm_url, "simulated": state.llm_simulated},
             },

@@ -15,6 +15,7 @@ quart-trio's websocket today and could be any other.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ __all__ = ["Connection", "FrameTransport"]
 log = structlog.get_logger("chatd.server")
 
 Outgoing = tuple[str | None, Event]
+_ids = itertools.count(1)
 
 
 class FrameTransport(Protocol):
@@ -44,6 +46,10 @@ class FrameTransport(Protocol):
 
     async def send(self, frame: str) -> None:
         """Send one text frame."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
         ...
 
 
@@ -76,15 +82,31 @@ def _string(frame: Mapping[str, Any], key: str, *, required: bool) -> str | None
     return value
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Connection:
     """Serves one client's frames until it goes away."""
 
     pipeline: Pipeline
     client: str
     authorized: bool = True
+    id: str = attrs.field(factory=lambda: f"conn_{next(_ids)}")
+    draining: trio.Event = attrs.field(factory=trio.Event)
+    """Set when the server drains: close (1001) once no request is in flight."""
+    last_activity: float = attrs.field(factory=trio.current_time, init=False)
+    """When a frame last came in or went out (for the idle reaper)."""
+    send_started: float | None = attrs.field(default=None, init=False)
+    """When the send under way began; ``None`` when none is (for the stall reaper)."""
+    reaped: str | None = attrs.field(default=None, init=False)
     _requests: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False)
+    _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
     _out: trio.MemorySendChannel[Outgoing] | None = attrs.field(default=None, init=False)
+    _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+
+    def reap(self, reason: str) -> None:
+        """Drop the connection now (the janitor calls this); its requests stop."""
+        self.reaped = reason
+        if self._scope is not None:
+            self._scope.cancel()
 
     @property
     def in_flight(self) -> int:
@@ -96,11 +118,29 @@ class Connection:
         settings = self.pipeline.settings.server
         send, receive = trio.open_memory_channel[Outgoing](settings.send_queue)
         self._out = send
+        self._idle.set()
         async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
             nursery.start_soon(self._write, receive, transport, settings.token_merge_ms / 1000)
+            nursery.start_soon(self._close_when_drained, transport, receive)
             while True:
                 frame = await transport.receive()
+                self.last_activity = trio.current_time()
                 self._handle(frame, nursery)
+
+    async def _close_when_drained(
+        self, transport: FrameTransport, outbox: trio.MemoryReceiveChannel[Outgoing]
+    ) -> None:
+        """Once draining and idle, let the writer flush, then close with 1001."""
+        await self.draining.wait()
+        await self._idle.wait()
+        with trio.move_on_after(1.0):
+            while outbox.statistics().current_buffer_used:  # noqa: ASYNC110 - no event for it
+                await trio.sleep(0.01)
+        with trio.move_on_after(1.0):
+            await transport.close(1001, "server shutting down")
+        assert self._scope is not None
+        self._scope.cancel()
 
     def _reply(self, request_id: str | None, event: Event, nursery: trio.Nursery) -> None:
         """A reply to a frame itself (pong, refusals). Sent from its own task, so
@@ -161,6 +201,8 @@ class Connection:
             raise Overloaded(f"{limit} requests already in flight on this connection")
         assert message is not None and self._out is not None
         chat = ChatInput(request_id, message, session, metadata, self.client)
+        if not self._requests:
+            self._idle = trio.Event()
         scope = self._requests[request_id] = trio.CancelScope()
         nursery.start_soon(self._run, chat, scope, _Output(request_id, self._out.clone()))
 
@@ -170,6 +212,8 @@ class Connection:
                 await self.pipeline.run(chat, out, scope)
         finally:
             del self._requests[chat.id]
+            if not self._requests:
+                self._idle.set()
 
     async def _write(
         self, receive: trio.MemoryReceiveChannel[Outgoing], transport: FrameTransport, window: float
@@ -205,7 +249,11 @@ class Connection:
                 for request_id in [r for r, t in due.items() if t <= now]:
                     frames.append(self._flush(request_id, pending, due, last, now))
                 for frame in frames:
+                    self.send_started = trio.current_time()
                     await transport.send(frame.decode())
+                    self.send_started = None
+                if frames:
+                    self.last_activity = trio.current_time()
 
     @staticmethod
     def _flush(

@@ -8,11 +8,12 @@ turns 503, hypercorn stops accepting and gives in-flight requests
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import attrs
@@ -26,6 +27,7 @@ from chatd.exceptions import ConfigError
 from chatd.llm.sim import serve_sim_llm
 from chatd.pipeline import Pipeline
 from chatd.pipeline.flights import Flights
+from chatd.resilience.janitor import Janitor, Reap, Sweeper
 from chatd.server.app import AppState, create_app
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
@@ -37,11 +39,13 @@ log = structlog.get_logger("chatd.server")
 
 @attrs.frozen
 class Running:
-    """What ``nursery.start(serve, ...)`` hands back: where chatd listens."""
+    """What ``nursery.start(serve, ...)`` hands back: where chatd listens, and
+    ``drain()``, which does what SIGTERM does."""
 
     url: str
     llm_url: str
     state: AppState
+    drain: Callable[[], None]
 
 
 def _listen(settings: Settings) -> tuple[str, socket.socket]:
@@ -61,7 +65,8 @@ def _listen(settings: Settings) -> tuple[str, socket.socket]:
 
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
-    config.graceful_timeout = settings.server.shutdown_grace_s
+    # Our own drain cancels what is left at the grace; hypercorn's is the backstop.
+    config.graceful_timeout = settings.server.shutdown_grace_s + 5
     config.websocket_ping_interval = settings.server.websocket_ping_interval_s
     # Frames past limits.max_frame_bytes get a too_large error; far past it,
     # hypercorn closes the socket (1009) rather than buffering them.
@@ -114,9 +119,19 @@ async def _serve_all(
             log.info("simulated LLM started in-process", llm_url=llm_url)
         else:
             log.info("using LLM", llm_url=llm_url, model=settings.llm.model)
+        janitor = Janitor(
+            settings.janitor.interval_s,
+            [pipeline.requests.sweep, state.sweep_connections, *_store_sweepers(pipeline)],
+        )
+        nursery.start_soon(janitor.run)
+
+        def start_drain() -> None:
+            if not state.draining:
+                nursery.start_soon(_drain, state, settings.server.shutdown_grace_s, drain)
+
         if handle_signals:
-            nursery.start_soon(_watch_signals, state, drain, nursery.cancel_scope)
-        task_status.started(Running(url, llm_url, state))
+            nursery.start_soon(_watch_signals, start_drain, nursery.cancel_scope)
+        task_status.started(Running(url, llm_url, state, start_drain))
         # hypercorn returns once a drain's in-flight work is done or its grace is up.
         await stopped.wait()
         nursery.cancel_scope.cancel()
@@ -162,14 +177,45 @@ async def _serve_app(
         stopped.set()
 
 
-async def _watch_signals(state: AppState, drain: trio.Event, scope: trio.CancelScope) -> NoReturn:
+def _store_sweepers(pipeline: Pipeline) -> list[Sweeper]:
+    """Sweepers for the flights, the sessions and the cache, where they expire."""
+    sweepers: list[Sweeper] = []
+    if pipeline.flights is not None:
+        sweepers.append(pipeline.flights.sweep)
+    for kind, store in (("session", pipeline.sessions), ("cache entry", pipeline.cache)):
+        expire = getattr(store, "expire", None)
+        if expire is not None:
+            sweepers.append(functools.partial(_expired, kind, expire))
+    return sweepers
+
+
+def _expired(kind: str, expire: Callable[[], int]) -> list[Reap]:
+    count = expire()
+    return [Reap(kind, f"{count} of them", "expired")] if count else []
+
+
+async def _drain(state: AppState, grace_s: float, stop_accepting: trio.Event) -> None:
+    """Refuse new work, let in-flight requests finish within the grace, then
+    cancel the rest; connections close with 1001 as they become idle."""
+    log.info("draining", grace_s=grace_s, in_flight=len(state.pipeline.requests))
+    state.start_drain()
+    stop_accepting.set()
+    with trio.move_on_after(grace_s):
+        await state.pipeline.requests.wait_empty()
+    cancelled = state.pipeline.requests.cancel_all()
+    if cancelled:
+        log.warning("drain grace ran out: cancelled requests", cancelled=cancelled)
+
+
+async def _watch_signals(start_drain: Callable[[], None], scope: trio.CancelScope) -> NoReturn:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        draining = False
         async for signum in signals:
-            if not drain.is_set():
-                log.info("draining", signal=signal.Signals(signum).name)
-                state.pipeline.draining = True
-                drain.set()
+            log.info("signal", signal=signal.Signals(signum).name)
+            if not draining:
+                draining = True
+                start_drain()
             else:
-                log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
+                log.warning("second signal: exiting now")
                 scope.cancel()
     raise AssertionError("signal receiver ended")  # pragma: no cover

@@ -10,8 +10,9 @@ import httpx
 from chatd.config import Settings
 from chatd.llm import open_llm_client
 from chatd.pipeline import Admission, Pipeline, RateLimiter
-from chatd.stores.kb import KnowledgeBase, open_knowledge_base
+from chatd.pipeline.registry import RequestRegistry
 from chatd.stores.cache import MemoryAnswerCache
+from chatd.stores.kb import KnowledgeBase, open_knowledge_base
 from chatd.stores.sessions import MemorySessionStore
 from chatd.tools.base import Tool
 from chatd.tools.calculator import Calculator
@@ -55,6 +56,7 @@ async def open_pipeline(
             sessions=MemorySessionStore(),
             admission=Admission(settings.limits),
             rate_limiter=RateLimiter(settings.limits.rate_per_minute),
+            requests=RequestRegistry(settings.janitor),
             cache=(
                 MemoryAnswerCache(settings.cache.ttl_s, settings.cache.max_entries)
                 if settings.cache.enabled
