@@ -69,6 +69,11 @@ class _Output:
             self.channel.send_nowait((self.id, event))
 
 
+async def _send_closing(channel: trio.MemorySendChannel[Outgoing], item: Outgoing) -> None:
+    async with channel:
+        await channel.send(item)
+
+
 def _valid_id(value: object) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= 128 and value.isprintable()
 
@@ -100,6 +105,8 @@ class Connection:
     _requests: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False)
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
     _out: trio.MemorySendChannel[Outgoing] | None = attrs.field(default=None, init=False)
+    _out_closed: bool = attrs.field(default=False, init=False)
+    _writer_done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
 
     def reap(self, reason: str) -> None:
@@ -122,31 +129,36 @@ class Connection:
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
             nursery.start_soon(self._write, receive, transport, settings.token_merge_ms / 1000)
-            nursery.start_soon(self._close_when_drained, transport, receive)
+            nursery.start_soon(self._stop_when_drained)
             while True:
                 frame = await transport.receive()
                 self.last_activity = trio.current_time()
                 self._handle(frame, nursery)
+        if (
+            self.draining.is_set() and self.reaped is None
+        ):  # the writer is gone, so nothing is sent after the close
+            with trio.move_on_after(1.0) as cleanup:
+                cleanup.shield = True
+                await transport.close(1001, "server shutting down")
 
-    async def _close_when_drained(
-        self, transport: FrameTransport, outbox: trio.MemoryReceiveChannel[Outgoing]
-    ) -> None:
-        """Once draining and idle, let the writer flush, then close with 1001."""
+    async def _stop_when_drained(self) -> None:
+        """Once draining and idle, let the writer send everything, then end."""
         await self.draining.wait()
         await self._idle.wait()
+        assert self._out is not None and self._scope is not None
+        self._out_closed = True
+        await self._out.aclose()  # the writer ends once every request's clone is closed too
         with trio.move_on_after(1.0):
-            while outbox.statistics().current_buffer_used:  # noqa: ASYNC110 - no event for it
-                await trio.sleep(0.01)
-        with trio.move_on_after(1.0):
-            await transport.close(1001, "server shutting down")
-        assert self._scope is not None
+            await self._writer_done.wait()
         self._scope.cancel()
 
     def _reply(self, request_id: str | None, event: Event, nursery: trio.Nursery) -> None:
         """A reply to a frame itself (pong, refusals). Sent from its own task, so
         the reader never waits on a lagging client and a refusal is never lost."""
         assert self._out is not None
-        nursery.start_soon(self._out.send, (request_id, event))
+        if self._writer_done.is_set() or self._out_closed:
+            return  # closing: the client hears 1001 instead
+        nursery.start_soon(_send_closing, self._out.clone(), (request_id, event))
 
     def _handle(self, raw: str | bytes, nursery: trio.Nursery) -> None:
         limits = self.pipeline.settings.limits
@@ -194,6 +206,8 @@ class Connection:
         metadata = frame.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ClientError("'metadata' must be an object")
+        if self._out_closed:
+            return  # the connection is closing for a drain: the client hears 1001
         if not self.authorized:
             raise Unauthorized("missing or wrong API key")
         limit = self.pipeline.settings.limits.max_requests_per_connection
@@ -222,16 +236,24 @@ class Connection:
         pending: dict[str, list[str]] = {}  # request id -> token texts not yet sent
         due: dict[str, float] = {}  # request id -> when its pending tokens go out
         last: dict[str, float] = {}  # request id -> when its last token frame went out
+        ended = False
         async with receive:
-            while True:
+            while not ended:
                 batch: list[Outgoing] = []
                 with trio.move_on_at(min(due.values(), default=math.inf)):
-                    batch.append(await receive.receive())
-                while True:  # whatever else is queued goes out with it
+                    try:
+                        batch.append(await receive.receive())
+                    except trio.EndOfChannel:  # closing: send what is pending, then stop
+                        ended = True
+                        due = dict.fromkeys(due, -math.inf)
+                while not ended:  # whatever else is queued goes out with it
                     try:
                         batch.append(receive.receive_nowait())
                     except trio.WouldBlock:
                         break
+                    except trio.EndOfChannel:
+                        ended = True
+                        due = dict.fromkeys(due, -math.inf)
                 now = trio.current_time()
                 frames: list[bytes] = []
                 for request_id, event in batch:
@@ -254,6 +276,7 @@ class Connection:
                     self.send_started = None
                 if frames:
                     self.last_activity = trio.current_time()
+        self._writer_done.set()
 
     @staticmethod
     def _flush(

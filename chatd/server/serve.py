@@ -199,12 +199,13 @@ async def _drain(state: AppState, grace_s: float, stop_accepting: trio.Event) ->
     cancel the rest; connections close with 1001 as they become idle."""
     log.info("draining", grace_s=grace_s, in_flight=len(state.pipeline.requests))
     state.start_drain()
-    stop_accepting.set()
     with trio.move_on_after(grace_s):
         await state.pipeline.requests.wait_empty()
     cancelled = state.pipeline.requests.cancel_all()
     if cancelled:
         log.warning("drain grace ran out: cancelled requests", cancelled=cancelled)
+    # Accepting until now lets /readyz say 503 and late requests hear shutting_down.
+    stop_accepting.set()
 
 
 async def _watch_signals(start_drain: Callable[[], None], scope: trio.CancelScope) -> NoReturn:
