@@ -10,6 +10,7 @@ import structlog
 import trio
 
 from chatd import __version__
+from chatd.cli.chat import add_chat_arguments, run_chat
 from chatd.config import Settings, load_settings
 from chatd.exceptions import ConfigError
 from chatd.observability import configure_logging
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--ttft-ms", type=float, help="time to first token (default 300)")
     sim.add_argument("--tokens-per-s", type=float, help="tokens per second (default 40)")
     sim.add_argument("--rules", help="a TOML or JSON rules file replacing the default rules")
+    chat = commands.add_parser("chat", help="a terminal chat client; Ctrl-C stops an answer")
+    add_chat_arguments(chat)
+
     kb = commands.add_parser("kb", help="manage the knowledge base")
     kb_commands = kb.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
     load = kb_commands.add_parser(
@@ -90,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``chatd``; returns the process exit status."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "chat":
+            return run_chat(args)
         settings = _settings(args)
         configure_logging(settings.log)
         if args.command == "kb":
