@@ -77,8 +77,23 @@ class LLMTimeouts:
 
 
 @attrs.frozen
+class LLMFallbackSettings:
+    """Another endpoint, used in order when those before it have their breaker open;
+    ``model`` and ``api_key`` default to the primary's."""
+
+    url: str = attrs.field(validator=_http_url)
+    model: str | None = None
+    api_key: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
 class LLMSettings:
-    """The OpenAI-compatible endpoint; no ``url`` means the built-in simulator."""
+    """The OpenAI-compatible endpoint; no ``url`` means the built-in simulator.
+
+    A call that fails before its first event is retried up to ``retries``
+    times with jittered exponential backoff from ``retry_backoff_s``, never
+    while the endpoint's breaker is open (a fallback takes over, if any).
+    """
 
     url: str | None = attrs.field(default=None, validator=_http_url)
     model: str = "chatd-sim"
@@ -86,6 +101,9 @@ class LLMSettings:
     extra_headers: dict[str, str] = attrs.field(factory=dict)
     timeouts: LLMTimeouts = attrs.field(factory=LLMTimeouts)
     max_connections: int = attrs.field(default=1000, validator=_positive)
+    retries: int = attrs.field(default=2, validator=_non_negative)
+    retry_backoff_s: float = attrs.field(default=0.1, validator=_non_negative)
+    fallbacks: list[LLMFallbackSettings] = attrs.field(factory=list)
 
 
 @attrs.frozen

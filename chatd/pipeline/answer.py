@@ -16,22 +16,35 @@ single natural-answer tool's ``tool_start``/``tool_end`` come before it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import attrs
 import structlog
 import trio
 
-from chatd.llm import ChatRequest, Completion, LLMClient, Message, TextDelta, ToolCall
+from chatd.llm import ChatEvent, ChatRequest, Completion, Message, TextDelta, ToolCall
 from chatd.pipeline.events import Event, Queued, Route, Token, ToolEnd, ToolStart
 from chatd.pipeline.registry import RequestState
 from chatd.tools.base import ToolContext
 from chatd.tools.registry import ToolOutcome, ToolRegistry
 
-__all__ = ["Outcome", "Turn", "answer"]
+__all__ = ["ChatStreamer", "Outcome", "Turn", "answer"]
 
 log = structlog.get_logger("chatd.pipeline")
+
+
+class ChatStreamer(Protocol):
+    """What answers need of an LLM: a model name and streamed calls
+    (an :class:`~chatd.llm.LLMClient`, or the pipeline's :class:`Upstream`)."""
+
+    @property
+    def model(self) -> str: ...
+
+    def stream(
+        self, request: ChatRequest
+    ) -> AbstractAsyncContextManager[AsyncIterator[ChatEvent]]: ...
 
 
 @attrs.frozen
@@ -113,7 +126,7 @@ class Turn:
             self.completion_tokens += completion.usage.completion_tokens
 
 
-async def _stream_text(turn: Turn, llm: LLMClient, request: ChatRequest) -> Completion | None:
+async def _stream_text(turn: Turn, llm: ChatStreamer, request: ChatRequest) -> Completion | None:
     """Stream a call's text to the client; return its completion, or ``None``
     as soon as it turns out to be calling tools (the caller reads those)."""
     async with llm.stream(request) as events:
@@ -150,7 +163,7 @@ def _tool_messages(calls: Sequence[ToolCall], outcomes: Sequence[ToolOutcome]) -
 
 
 async def answer(
-    turn: Turn, llm: LLMClient, registry: ToolRegistry, messages: Sequence[Message]
+    turn: Turn, llm: ChatStreamer, registry: ToolRegistry, messages: Sequence[Message]
 ) -> None:
     """Answer the prompt down whichever path the router picks."""
     turn.on_state("routing")

@@ -22,14 +22,15 @@ import trio
 
 from chatd.config import Settings
 from chatd.exceptions import ChatdError, DeadlineExceeded, ShuttingDown, TooLarge
-from chatd.llm import LLMClient, Message
+from chatd.llm import Message
 from chatd.pipeline.admission import Admission
-from chatd.pipeline.answer import Outcome, Turn, answer
+from chatd.pipeline.answer import ChatStreamer, Outcome, Turn, answer
 from chatd.pipeline.events import Accepted, Done, Error, Event, Queued, error_event
 from chatd.pipeline.flights import Flight, Flights, flight_key, replay
 from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
 from chatd.pipeline.registry import RequestRegistry
+from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache
 from chatd.stores.sessions import SessionStore
 from chatd.tools.base import ToolContext
@@ -86,12 +87,13 @@ class Pipeline:
     """Everything a request needs, shared by all requests of the process."""
 
     settings: Settings
-    llm: LLMClient
+    llm: ChatStreamer
     tools: ToolRegistry
     sessions: SessionStore
     admission: Admission
     rate_limiter: RateLimiter
     requests: RequestRegistry
+    breakers: dict[str, CircuitBreaker] = attrs.field(factory=dict)
     flights: Flights | None = None
     cache: AnswerCache[CachedAnswer] | None = None
     draining: bool = False

@@ -111,13 +111,22 @@ def create_app(state: AppState) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> tuple[dict[str, Any], int]:
-        body = {
-            "status": "draining" if state.draining else "ready",
-            "connections": len(state.connections),
-            "dependencies": {
-                "llm": {"url": state.llm_url, "simulated": state.llm_simulated},
-            },
+        breakers = state.pipeline.breakers
+        llm_down = all(b.state == "open" for name, b in breakers.items() if name.startswith("llm"))
+        status = "draining" if state.draining else "llm unavailable" if llm_down else "ready"
+        dependencies: dict[str, Any] = {
+            name: {
+                "breaker": b.state,
+                "retry_after_ms": b.retry_after_ms() if b.state == "open" else None,
+            }
+            for name, b in breakers.items()
         }
-        return body, 503 if state.draining else 200
+        dependencies.setdefault("llm", {}).update(url=state.llm_url, simulated=state.llm_simulated)
+        body = {
+            "status": status,
+            "connections": len(state.connections),
+            "dependencies": dependencies,
+        }
+        return body, 200 if status == "ready" else 503
 
     return app
