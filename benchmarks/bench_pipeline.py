@@ -69,7 +69,9 @@ DESIGN_US_PER_TOKEN = 20.0
 PATH_B = ("tool_stream", "How do I reset my password?")
 PATH_A = {
     "tools_calculator": "what is 12*(3+4)?",
-    "tools_faq_unsure": "Can I pay with crypto currency?",
+    # As long as Path B's question, so the router streams as many argument pieces
+    # for it: the two differ only in the FAQ's confidence (0.13, not 1.0).
+    "tools_faq_unsure": "Do you repair old bicycles?",
 }
 # None of these is a question, an expression or about the clock: the
 # simulator answers each directly, in 33 to 55 tokens.
@@ -86,6 +88,36 @@ CHIT_CHAT = (
     "give me some encouragement for today",
 )
 OFFERED_TOOLS = ("frequently_asked", "calculator", "clock")
+# chatd replays finished answers from its answer cache and lets identical
+# questions in flight share one LLM call, both keyed on the normalised text:
+# every request here must be asked for the first time. A question gets a prefix
+# of two of these two-letter words, all on the FAQ search's stop-word list, so
+# it stays unique without changing its search terms or the path it takes. The
+# prefix is six characters: Path B's tool-call arguments still fit the same six
+# 8-character pieces as without it, so its router call is no longer.
+FILLERS = ("am", "an", "as", "at", "be", "by", "do", "he", "hi", "if", "in", "is", "it",
+           "me", "my", "no", "of", "oh", "ok", "on", "or", "so", "to", "us", "we")  # fmt: skip
+CONSONANTS = "bcdfghjklmnpqrstvwxz"
+
+
+def unique_question(n: int, question: str) -> str:
+    """``question`` with the ``n``-th filler prefix (``n`` < 625)."""
+    first, second = divmod(n, len(FILLERS))
+    return f"{FILLERS[first % len(FILLERS)]} {FILLERS[second]} {question}"
+
+
+def unique_chit_chat(n: int) -> str:
+    """The ``n``-th chit-chat message: one of :data:`CHIT_CHAT` tagged with a
+    word spelt from ``n`` in consonants (no digits for the calculator rule to
+    read, no word the clock rule knows), so never a question and never cached."""
+    base = CHIT_CHAT[n % len(CHIT_CHAT)]
+    tag = ""
+    while True:
+        n, digit = divmod(n, len(CONSONANTS))
+        tag += CONSONANTS[digit]
+        if n == 0:
+            break
+    return f"{base}, ref {tag}"
 
 
 @attrs.frozen
@@ -98,6 +130,7 @@ class Params:
     ttft_tokens_per_s: float
     load_connections: int
     load_chats_per_connection: int
+    small_connections: int
     load_rounds: int
     load_ttft_ms: float
     load_tokens_per_s: float
@@ -142,16 +175,58 @@ class Process:
             self.popen.wait(10)
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any CHATD_ setting, plus ``extra``."""
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine, all cores, from /proc/stat:
+    whether something else on the machine competed with the run."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
+
+
+def machine_delta(before: tuple[float, float]) -> tuple[float, float]:
+    """:func:`machine_cpu_seconds` since ``before``."""
+    busy, stolen = machine_cpu_seconds()
+    return busy - before[0], stolen - before[1]
+
+
+def clean_env(chatd_path: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without any CHATD_ setting, importing chatd
+    from ``chatd_path``, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(chatd_path)
     env.update(extra)
     return env
 
 
+def provenance(chatd_path: Path) -> dict[str, Any]:
+    """Which chatd was measured: its directory, git commit and uncommitted files."""
+    info: dict[str, Any] = {"chatd_path": str(chatd_path), "git_head": None}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(chatd_path), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head:
+        info["git_head"] = head.strip()
+        status = git("status", "--porcelain", "--", "chatd") or ""
+        info["chatd_uncommitted_files"] = [line[3:] for line in status.splitlines()]
+    return info
+
+
 def start_process(
-    name: str, args: Sequence[str], workdir: Path, env: Mapping[str, str], stack: contextlib.ExitStack
+    name: str,
+    args: Sequence[str],
+    workdir: Path,
+    env: Mapping[str, str],
+    stack: contextlib.ExitStack,
 ) -> Process:
     """Start ``python -m chatd ARGS``, logging to a file (a pipe left unread
     could fill and stall it), and wait for its JSON log line with a ``url``."""
@@ -231,7 +306,9 @@ async def ttft_request(
     first: float | None = None
     with trio.fail_after(60):
         started = time.perf_counter()
-        await ws.send_message(orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode())
+        await ws.send_message(
+            orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode()
+        )
         while True:
             event = orjson.loads(await ws.get_message())
             if event.get("id") != request_id:
@@ -255,13 +332,21 @@ async def measure_ttft(ws_url: str, params: Params) -> dict[str, Any]:
     server_ttft: dict[str, list[float]] = {kind: [] for kind in kinds}
     wrong_paths: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
-        sockets = {kind: await stack.enter_async_context(open_websocket_url(ws_url)) for kind in kinds}
+        sockets = {
+            kind: await stack.enter_async_context(open_websocket_url(ws_url)) for kind in kinds
+        }
 
         async def one(kind: str, round_no: int, record: bool) -> None:
             expected = "tool_stream" if kind == PATH_B[0] else "tools"
-            ttft, path, terminal = await ttft_request(sockets[kind], f"{kind}-{round_no}", kinds[kind])
-            if path != expected or terminal["type"] != "done":
-                wrong_paths.append(f"{kind}: path {path}, terminal {terminal}")
+            message = unique_question(round_no + 1, kinds[kind])
+            ttft, path, terminal = await ttft_request(sockets[kind], f"{kind}-{round_no}", message)
+            if (
+                path != expected
+                or terminal["type"] != "done"
+                or terminal.get("cached")
+                or terminal.get("shared")
+            ):
+                wrong_paths.append(f"{kind}: {message!r}: path {path}, terminal {terminal}")
             if record:
                 samples[kind].append(ttft)
                 ttft_ms = terminal.get("timings", {}).get("ttft_ms")
@@ -273,30 +358,36 @@ async def measure_ttft(ws_url: str, params: Params) -> dict[str, Any]:
                 for kind in kinds:
                     nursery.start_soon(one, kind, round_no, round_no >= 0)
     if wrong_paths:
-        raise RuntimeError("requests took the wrong path:\n" + "\n".join(wrong_paths[:10]))
+        raise RuntimeError(
+            "requests took the wrong path, or were cached or shared:\n"
+            + "\n".join(wrong_paths[:10])
+        )
 
     floors = {}
     for kind, message in kinds.items():
-        _tool, router_ms = floor_ms(message, params.ttft_ms, params.ttft_tokens_per_s)
+        _tool, router_ms = floor_ms(
+            unique_question(0, message), params.ttft_ms, params.ttft_tokens_per_s
+        )
         floors[kind] = round(router_ms + (0 if kind == PATH_B[0] else params.ttft_ms), 1)
+    client = {kind: summary_ms(samples[kind]) for kind in kinds}
     paths = {
         kind: {
-            "message": kinds[kind],
-            "client": summary_ms(samples[kind]),
+            "message": unique_question(0, kinds[kind]),
+            "client": client[kind],
             "server_p50_ms": round(statistics.median(server_ttft[kind]) * 1000, 1),
             "sim_floor_ms": floors[kind],
         }
         for kind in kinds
     }
-    b = paths[PATH_B[0]]
+    b = client[PATH_B[0]]
     ratios = {}
     for kind in PATH_A:
-        a = paths[kind]
+        a = client[kind]
         ratios[kind] = {
-            "ratio_of_medians": round(b["client"]["p50_ms"] / a["client"]["p50_ms"], 3),
-            "ratio_of_p95": round(b["client"]["p95_ms"] / a["client"]["p95_ms"], 3),
+            "ratio_of_medians": round(b["p50_ms"] / a["p50_ms"], 3),
+            "ratio_of_p95": round(b["p95_ms"] / a["p95_ms"], 3),
             "sim_floor_ratio": round(floors[PATH_B[0]] / floors[kind], 3),
-            "met": b["client"]["p50_ms"] / a["client"]["p50_ms"] <= TARGET_RATIO,
+            "met": b["p50_ms"] / a["p50_ms"] <= TARGET_RATIO,
         }
     return {"paths": paths, "ratios_b_over_a": ratios}
 
@@ -314,7 +405,12 @@ class LoadTotals:
     token_frames: int = 0
     token_chars: int = 0
     sim_tokens: int = 0
+    cached: int = 0
+    shared: int = 0
     paths: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    durations: list[float] = attrs.field(factory=list)
+    """Client-measured, from sending ``chat`` to its ``done``, in seconds."""
+    server_ttft_ms: list[float] = attrs.field(factory=list)
 
 
 async def chat_worker(
@@ -323,8 +419,11 @@ async def chat_worker(
     """One connection: ``chats`` chit-chat requests, one after another."""
     for k in range(chats):
         request_id = f"r{round_no}-{k}"
-        message = CHIT_CHAT[(index + k + round_no) % len(CHIT_CHAT)]
-        await ws.send_message(orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode())
+        message = unique_chit_chat((round_no + 2) * 1_000_000 + index * 1000 + k)
+        started = time.perf_counter()
+        await ws.send_message(
+            orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode()
+        )
         while True:
             event = orjson.loads(await ws.get_message())
             totals.frames += 1
@@ -336,6 +435,11 @@ async def chat_worker(
                 totals.chats += 1
                 totals.sim_tokens += event["usage"]["completion_tokens"]
                 totals.paths[event["path"]] += 1
+                totals.cached += bool(event.get("cached"))
+                totals.shared += bool(event.get("shared"))
+                totals.durations.append(time.perf_counter() - started)
+                if event["timings"].get("ttft_ms") is not None:
+                    totals.server_ttft_ms.append(event["timings"]["ttft_ms"])
                 break
             elif kind == "error":
                 totals.errors += 1
@@ -360,21 +464,46 @@ class Tally:
     label: str
     merge_ms: float
     process: Process
+    connections: int
+    chats_per_connection: int
     cpu_s: float = 0.0
     wall_s: float = 0.0
     sim_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    machine_busy_s: float = 0.0
+    machine_steal_s: float = 0.0
     totals: LoadTotals = attrs.field(factory=LoadTotals)
     rounds: list[dict[str, Any]] = attrs.field(factory=list)
 
-    def add(self, totals: LoadTotals, cpu: float, wall: float, sim_cpu: float, client: float) -> None:
+    def add(
+        self,
+        totals: LoadTotals,
+        cpu: float,
+        wall: float,
+        sim_cpu: float,
+        client: float,
+        machine: tuple[float, float],
+    ) -> None:
+        self.machine_busy_s += machine[0]
+        self.machine_steal_s += machine[1]
         self.cpu_s += cpu
         self.wall_s += wall
         self.sim_cpu_s += sim_cpu
         self.client_cpu_s += client
-        for field in ("chats", "errors", "frames", "token_frames", "token_chars", "sim_tokens"):
+        for field in (
+            "chats",
+            "errors",
+            "frames",
+            "token_frames",
+            "token_chars",
+            "sim_tokens",
+            "cached",
+            "shared",
+        ):
             setattr(self.totals, field, getattr(self.totals, field) + getattr(totals, field))
         self.totals.paths.update(totals.paths)
+        self.totals.durations.extend(totals.durations)
+        self.totals.server_ttft_ms.extend(totals.server_ttft_ms)
         self.rounds.append(
             {
                 "wall_s": round(wall, 3),
@@ -384,22 +513,28 @@ class Tally:
             }
         )
 
-    def result(self, connections: int, tokens_per_s: float) -> dict[str, Any]:
+    def result(self, tokens_per_s: float, ttft_ms: float) -> dict[str, Any]:
         t = self.totals
         tokens, frames = max(1, t.sim_tokens), max(1, t.frames)
+        # The simulator alone: first token at ttft, then one every 1/rate.
+        ideal_s = ttft_ms / 1000 + (t.sim_tokens / max(1, t.chats) - 1) / tokens_per_s
         per_token_us = [r["chatd_us_per_sim_token"] for r in self.rounds]
         return {
             "label": self.label,
             "token_merge_ms": self.merge_ms,
+            "connections": self.connections,
+            "chats_per_connection_per_round": self.chats_per_connection,
             "chats": t.chats,
             "errors": t.errors,
+            "cached": t.cached,
+            "shared": t.shared,
             "paths": dict(t.paths),
             "sim_tokens": t.sim_tokens,
             "token_frames": t.token_frames,
             "all_frames": t.frames,
             "sim_tokens_per_token_frame": round(t.sim_tokens / max(1, t.token_frames), 2),
             "wall_s": round(self.wall_s, 3),
-            "demanded_tokens_per_s": round(connections * tokens_per_s),
+            "demanded_tokens_per_s": round(self.connections * tokens_per_s),
             "achieved_tokens_per_s": round(t.sim_tokens / self.wall_s),
             "chatd_cpu_s": round(self.cpu_s, 3),
             "chatd_cpu_busy": round(self.cpu_s / self.wall_s, 3),
@@ -410,26 +545,32 @@ class Tally:
             "chatd_us_per_sim_token_by_round": per_token_us,
             "sim_cpu_busy": round(self.sim_cpu_s / self.wall_s, 3),
             "client_cpu_busy": round(self.client_cpu_s / self.wall_s, 3),
+            "machine_cores_busy": round(self.machine_busy_s / self.wall_s, 2),
+            "machine_cores_stolen": round(self.machine_steal_s / self.wall_s, 2),
+            "chat_duration_p50_ms": round(statistics.median(t.durations) * 1000, 1),
+            "chat_duration_p95_ms": round(percentile(t.durations, 95) * 1000, 1),
+            "chat_duration_ideal_ms": round(ideal_s * 1000, 1),
+            "server_ttft_p50_ms": round(statistics.median(t.server_ttft_ms), 1),
         }
 
 
 async def measure_load(
-    tallies: Sequence[Tally], sim: Process, params: Params, profile_out: Path | None
+    tallies: Sequence[Tally], sim: Process, params: Params, job: ProfileJob | None
 ) -> dict[str, Any]:
     """Open every connection first (handshakes are not part of the number), warm
-    up, then alternate the configurations' measured rounds ABBA."""
-    chats = params.load_chats_per_connection
+    up, then run the configurations' measured rounds in turn, the order reversed
+    every other round (ABC CBA) so drift in the machine's load falls on all."""
     async with contextlib.AsyncExitStack() as stack:
         sockets: dict[str, list[WebSocketConnection]] = {}
         for tally in tallies:
             url = tally.process.listening["ws_url"]
             sockets[tally.label] = [
                 await stack.enter_async_context(open_websocket_url(url))
-                for _ in range(params.load_connections)
+                for _ in range(tally.connections)
             ]
         idle: dict[str, float] = {}
         for tally in tallies:  # the upstream pool fills here, too
-            await load_round(sockets[tally.label], -1, 1)
+            await load_round(sockets[tally.label], -1, max(1, 100 // tally.connections))
         before = {t.label: t.process.cpu_seconds() for t in tallies}
         await trio.sleep(1.0)
         for tally in tallies:
@@ -439,8 +580,11 @@ async def measure_load(
             order = list(tallies) if round_no % 2 == 0 else list(reversed(tallies))
             for tally in order:
                 cpu0, sim0 = tally.process.cpu_seconds(), sim.cpu_seconds()
+                machine0 = machine_cpu_seconds()
                 client0, wall0 = time.process_time(), time.perf_counter()
-                totals = await load_round(sockets[tally.label], round_no, chats)
+                totals = await load_round(
+                    sockets[tally.label], round_no, tally.chats_per_connection
+                )
                 wall = time.perf_counter() - wall0
                 tally.add(
                     totals,
@@ -448,14 +592,16 @@ async def measure_load(
                     wall,
                     sim.cpu_seconds() - sim0,
                     time.process_time() - client0,
+                    machine_delta(machine0),
                 )
 
         profile = None
-        if profile_out is not None:
-            profile = await profile_load(tallies[0], sockets[tallies[0].label], params, profile_out)
+        if job is not None:
+            status = await profile_load(tallies[0], sockets[tallies[0].label], job, params)
+            profile = {"py_spy_status": status}
     return {
         "idle_chatd_cpu_s_per_s": idle,
-        "configs": [t.result(params.load_connections, params.load_tokens_per_s) for t in tallies],
+        "configs": [t.result(params.load_tokens_per_s, params.load_ttft_ms) for t in tallies],
         "profile": profile,
     }
 
@@ -463,30 +609,38 @@ async def measure_load(
 # --- profile ----------------------------------------------------------------------------
 
 
+@attrs.frozen
+class ProfileJob:
+    """Where py-spy is and where its output goes."""
+
+    py_spy: str
+    out: Path
+    log: Path
+
+
 async def profile_load(
-    tally: Tally, sockets: Sequence[WebSocketConnection], params: Params, out: Path
-) -> dict[str, Any] | None:
-    """Load rounds under py-spy attached to chatd; a summary of its samples."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        return {"skipped": "py-spy is not installed (pip install py-spy)"}
-    command = [py_spy, "record", "--pid", str(tally.process.pid), "--rate", "250",
-               "--format", "raw", "--output", str(out)]  # fmt: skip
-    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tally: Tally, sockets: Sequence[WebSocketConnection], job: ProfileJob, params: Params
+) -> int | None:
+    """Load rounds under py-spy attached to chatd; py-spy's exit status."""
+    command = [job.py_spy, "record", "--pid", str(tally.process.pid), "--rate", "250",
+               "--format", "raw", "--output", str(job.out)]  # fmt: skip
+    with open(job.log, "wb") as log:  # noqa: ASYNC230 - a local file, opened once
+        spy = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
     try:
         await trio.sleep(1.0)  # py-spy attaches
         for round_no in range(params.profile_rounds):
-            await load_round(sockets, 1000 + round_no, params.load_chats_per_connection)
+            await load_round(sockets, 1000 + round_no, tally.chats_per_connection)
     finally:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            _out, err = await trio.to_thread.run_sync(spy.communicate, None, 30)
-        except subprocess.TimeoutExpired:
+        with trio.move_on_after(30) as waited:
+            waited.shield = True
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            await spy.wait()
+        if spy.returncode is None:
             spy.kill()
-            _out, err = spy.communicate()
-    if not out.exists():
-        return {"skipped": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
-    return summarise_profile(out)
+            with trio.move_on_after(5) as reaped:
+                reaped.shield = True
+                await spy.wait()
+    return spy.returncode
 
 
 def _frames(stack: str) -> Iterator[tuple[str, str]]:
@@ -497,35 +651,44 @@ def _frames(stack: str) -> Iterator[tuple[str, str]]:
 
 
 def _area(path: str) -> str:
-    """Which part of the stack a file belongs to."""
-    marker = "site-packages/"
-    if marker in path:
-        return path.split(marker, 1)[1].split("/", 1)[0]
-    if "/chatd/" in path:
-        parts = path.split("/chatd/", 1)[1].split("/")
-        return "chatd." + parts[0].removesuffix(".py")
-    if "/lib/python" in path:
-        return "stdlib." + path.rsplit("/", 1)[1].removesuffix(".py")
-    return path
+    """Which library (or chatd subpackage) a frame's file belongs to.
+
+    py-spy names files relative to their sys.path entry: ``trio/_core/_run.py``,
+    ``chatd/llm/client.py``; a bare ``contextlib.py`` is the standard library.
+    """
+    parts = path.split("/")
+    if parts[0] == "chatd" and len(parts) > 2:
+        return "chatd." + parts[1]
+    if len(parts) > 1 and parts[0]:
+        return parts[0]
+    return "stdlib"
 
 
 def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
-    """Self time by library and by function, and inclusive time of chosen frames."""
+    """Self time by library and by function, and inclusive time by function.
+
+    Samples of trio's idle worker threads (waiting for a job in
+    ``WorkerThread._work``, which py-spy does not always see as idle) are
+    left out and counted apart.
+    """
     by_area: collections.Counter[str] = collections.Counter()
     self_time: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = idle_workers = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = list(_frames(stack))
         name, path = frames[-1]
+        if name == "WorkerThread._work":
+            idle_workers += count
+            continue
+        total += count
         by_area[_area(path)] += count
-        self_time[f"{name} ({_area(path)})"] += count
-        for key in {f"{n} ({_area(p)})" for n, p in frames}:
+        self_time[f"{name} ({path})"] += count
+        for key in {f"{n} ({p})" for n, p in frames}:
             inclusive[key] += count
 
     def share(counter: collections.Counter[str]) -> list[list[Any]]:
@@ -533,9 +696,12 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
 
     return {
         "samples": total,
+        "idle_worker_thread_samples_left_out": idle_workers,
         "self_by_area_pct": share(by_area),
         "self_by_function_pct": share(self_time),
-        "inclusive_by_function_pct": share(inclusive),
+        "inclusive_by_function_pct": share(
+            inclusive,
+        ),
         "raw_file": str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw),
     }
 
@@ -544,30 +710,60 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
 
 
 def verdicts(ttft: Mapping[str, Any], load: Mapping[str, Any]) -> list[str]:
+    """One line per target: met or not, with the numbers."""
     lines = []
     b = ttft["paths"][PATH_B[0]]["client"]["p50_ms"]
     for kind, ratio in ttft["ratios_b_over_a"].items():
         a = ttft["paths"][kind]["client"]["p50_ms"]
         lines.append(
             f"TTFT tool_stream vs {kind} (B/A <= {TARGET_RATIO}): "
-            f"{'met' if ratio['met'] else 'not met'}: {b} ms / {a} ms = "
-            f"{ratio['ratio_of_medians']} (simulator floor {ratio['sim_floor_ratio']})"
+            f"**{'met' if ratio['met'] else 'not met'}**: p50 {b} ms / {a} ms = "
+            f"{ratio['ratio_of_medians']} (the simulator's own floor is "
+            f"{ratio['sim_floor_ratio']})"
         )
-    merged = load["configs"][0]
-    unmerged = load["configs"][1]
+    configs = {c["label"]: c for c in load["configs"]}
+    merged, unmerged = configs["default"], configs["no-merge"]
     per_token = merged["chatd_us_per_sim_token"]
     lines.append(
-        f"Server CPU per streamed token (design.md: ~6-20 µs when merged): "
-        f"{'met' if per_token <= DESIGN_US_PER_TOKEN else 'not met'}: "
+        f"Server CPU per streamed token, {merged['connections']} chats "
+        f"(design.md expects ~6-20 µs/token with merging): "
+        f"**{'met' if per_token <= DESIGN_US_PER_TOKEN else 'not met'}**: "
         f"{per_token} µs/token, {merged['chatd_us_per_token_frame']} µs/token frame at "
-        f"token_merge_ms={merged['token_merge_ms']:g}; {unmerged['chatd_us_per_sim_token']} "
-        f"µs/token at token_merge_ms=0 "
+        f"token_merge_ms={merged['token_merge_ms']:g} (chatd CPU {merged['chatd_cpu_busy']:.0%} "
+        f"busy); {unmerged['chatd_us_per_sim_token']} µs/token at token_merge_ms=0 "
         f"({round(unmerged['chatd_us_per_sim_token'] / max(per_token, 1e-9), 2)}x)"
     )
     return lines
 
 
+def _profile_markdown(profile: Mapping[str, Any] | None, p: Mapping[str, Any]) -> str:
+    if not profile:
+        return ""
+    if "skipped" in profile:
+        return f"\n## Profile\n\nSkipped: {profile['skipped']}\n"
+
+    def table(items: list[list[Any]]) -> str:
+        return "\n".join(f"| {name} | {pct}% |" for name, pct in items)
+
+    return (
+        "\n## Where chatd's CPU goes (py-spy)\n\n"
+        f"{profile['samples']} samples at 250 Hz over {p['profile_rounds']} extra load "
+        f"round(s) of the default configuration ({p['load_connections']} chats, "
+        f"token_merge_ms={p['default_merge_ms']:g}), not counted above; "
+        f"{profile['idle_worker_thread_samples_left_out']} samples of idle trio worker "
+        f"threads left out. Raw collapsed stacks: `{profile['raw_file']}`. Shares are of "
+        "the samples where chatd was running Python (py-spy leaves out idle time).\n\n"
+        "Self time by library (or chatd subpackage):\n\n| area | share |\n|---|---|\n"
+        f"{table(profile['self_by_area_pct'])}\n\n"
+        "Self time by function:\n\n| function (file) | share |\n|---|---|\n"
+        f"{table(profile['self_by_function_pct'])}\n\n"
+        "Inclusive time by function:\n\n| function (file) | share |\n|---|---|\n"
+        f"{table(profile['inclusive_by_function_pct'])}\n"
+    )
+
+
 def markdown(result: Mapping[str, Any]) -> str:
+    """The results file a person reads."""
     p = result["params"]
     ttft = result["ttft"]
     load = result["load"]
@@ -583,7 +779,9 @@ def markdown(result: Mapping[str, Any]) -> str:
         for kind, r in ttft["ratios_b_over_a"].items()
     )
     load_rows = "\n".join(
-        f"| {c['token_merge_ms']:g} | {c['chats']} ({c['errors']} errors) | {c['sim_tokens']} "
+        f"| {c['label']} | {c['token_merge_ms']:g} | {c['connections']} "
+        f"| {c['chats']} ({c['errors']} errors, {c['cached'] + c['shared']} cached or "
+        f"shared) | {c['sim_tokens']} "
         f"| {c['token_frames']} | {c['sim_tokens_per_token_frame']} "
         f"| {c['achieved_tokens_per_s']} / {c['demanded_tokens_per_s']} "
         f"| {c['chatd_cpu_busy']:.0%} | **{c['chatd_us_per_sim_token']}** "
@@ -591,37 +789,39 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"| {c['chatd_ms_per_chat']} | {c['sim_cpu_busy']:.0%} | {c['client_cpu_busy']:.0%} |"
         for c in load["configs"]
     )
-    by_round = "\n".join(
-        f"- token_merge_ms={c['token_merge_ms']:g}: {c['chatd_us_per_sim_token_by_round']}"
+    latency_rows = "\n".join(
+        f"| {c['label']} | {c['chat_duration_p50_ms']} | {c['chat_duration_p95_ms']} "
+        f"| {c['chat_duration_ideal_ms']} | {c['server_ttft_p50_ms']} "
+        f"| {c['machine_cores_busy']} | {c['machine_cores_stolen']} |"
         for c in load["configs"]
     )
-    profile_md = ""
-    profile = load.get("profile")
-    if profile and "skipped" in profile:
-        profile_md = f"\n## Profile\n\nSkipped: {profile['skipped']}\n"
-    elif profile:
-
-        def table(items: list[list[Any]]) -> str:
-            return "\n".join(f"| {name} | {pct}% |" for name, pct in items)
-
-        profile_md = (
-            "\n## Where chatd's CPU goes (py-spy)\n\n"
-            f"{profile['samples']} samples at 250 Hz over {p['profile_rounds']} extra load "
-            f"round(s) at token_merge_ms={p['default_merge_ms']:g}, not counted above; "
-            f"raw collapsed stacks in `{profile['raw_file']}`.\n\n"
-            "Self time by library or chatd package:\n\n| area | share |\n|---|---|\n"
-            f"{table(profile['self_by_area_pct'])}\n\n"
-            "Self time by function:\n\n| function (area) | share |\n|---|---|\n"
-            f"{table(profile['self_by_function_pct'])}\n\n"
-            "Inclusive time by function:\n\n| function (area) | share |\n|---|---|\n"
-            f"{table(profile['inclusive_by_function_pct'])}\n"
-        )
+    by_round = "\n".join(
+        f"- {c['label']}: {c['chatd_us_per_sim_token_by_round']}" for c in load["configs"]
+    )
     verdict_lines = "\n".join(f"- {line}" for line in result["verdicts"])
+    small = (
+        f" A third chatd (default merge) serves only {p['small_connections']} connections, "
+        f"each asking {p['load_connections'] // max(1, p['small_connections'])} times as "
+        "many questions per round: as many chats in all, at "
+        f"{p['small_connections']}/{p['load_connections']} of the concurrency."
+        if p["small_connections"]
+        else ""
+    )
+    source = result["chatd"]
+    changed = source.get("chatd_uncommitted_files") or []
+    measured = (
+        f"chatd from `{source['chatd_path']}`"
+        + (f" at git {source['git_head']}" if source["git_head"] else "")
+        + (f", with uncommitted changes to {', '.join(changed)}" if changed else "")
+    )
     return (
         "# Pipeline: time to first token by path, server CPU per token\n\n"
-        f"`{result['command']}`; chatd and the simulated LLM each in their own process, "
-        "this client over trio-websocket on loopback. Machine is shared and noisy: "
-        "compare ratios from one run, not absolute times across runs.\n\n"
+        f"`{result['command']}` ({result['elapsed_s']} s); {measured}. chatd and the "
+        "simulated LLM each run in their own process, this client over trio-websocket on "
+        "loopback. Every question is asked once only (a unique prefix or tag), so no "
+        "answer comes from chatd's answer cache or a shared flight; the run checks "
+        "`cached` and `shared` are false. The machine is shared and noisy: compare ratios "
+        "from one run, not absolute times across runs.\n\n"
         f"## Verdicts\n\n{verdict_lines}\n\n"
         "## 1. Time to first token by path\n\n"
         f"Simulator ttft {p['ttft_ms']:g} ms, {p['ttft_tokens_per_s']:g} tokens/s. "
@@ -629,8 +829,11 @@ def markdown(result: Mapping[str, Any]) -> str:
         "requests side by side on three connections; TTFT is client-measured from "
         "sending `chat` to the first `token`, and each request is then cancelled. "
         "*Sim floor* is the simulator's own earliest possible first token for the path: "
-        "the router call's last tool-call chunk (ttft + (units-1)/rate, arguments go "
-        f"in {ARGUMENT_PIECE_CHARS}-character pieces), plus a second ttft for Path A.\n\n"
+        "the router call's last tool-call chunk is due at ttft + (units-1)/rate (a "
+        f"head, then the arguments in {ARGUMENT_PIECE_CHARS}-character pieces), and "
+        "Path A adds the second call's ttft. Path B cannot be under ttft + the "
+        "arguments' streaming time and Path A cannot be under twice ttft + that, so "
+        "with these settings B/A > 0.5 whatever chatd does after the router call.\n\n"
         "| path | message | n | p50 ms | p95 ms | min–max ms | server ttft p50 ms "
         "| sim floor ms |\n|---|---|---|---|---|---|---|---|\n"
         f"{rows}\n\n"
@@ -641,20 +844,30 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"{p['load_connections']} WebSocket connections per chatd, each asking "
         f"{p['load_chats_per_connection']} chit-chat question(s) (direct path, 33–55 "
         f"tokens each) one after another per round; {p['load_rounds']} measured rounds "
-        "per configuration, alternating ABBA between the two chatd processes, after one "
-        "warm-up round. chatd CPU is utime+stime from /proc over the rounds only "
+        "per configuration, taken in turn (order reversed every other round) after one "
+        f"warm-up round.{small} chatd CPU is utime+stime from /proc over the rounds only "
         "(connections were opened before). *Tokens* are the simulator's "
         "(`usage.completion_tokens`); *frames* are all WebSocket frames chatd sent "
-        "(accepted, route, token, done).\n\n"
-        "| token_merge_ms | chats | sim tokens | token frames | tokens/frame "
-        "| tokens/s achieved / demanded | chatd CPU busy | chatd µs/token "
+        "(accepted, route, token, done). When chatd's CPU is near 100% busy it is the "
+        "bottleneck: achieved tokens/s falls below demanded, and the writer merges "
+        "more tokens per frame because the client looks slow.\n\n"
+        "| config | token_merge_ms | connections | chats | sim tokens | token frames "
+        "| tokens/frame | tokens/s achieved / demanded | chatd CPU busy | chatd µs/token "
         "| µs/token frame | µs/frame (all) | chatd ms/chat | sim CPU busy "
-        "| client CPU busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| client CPU busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         f"{load_rows}\n\n"
+        "Latency under that load, and the whole machine's CPU (all processes, ours and "
+        f"anyone else's, out of {result['machine']['nproc']} cores): *ideal* is the "
+        "simulator alone, ttft plus one token interval per further token of the mean "
+        "answer.\n\n"
+        "| config | chat p50 ms | chat p95 ms | ideal ms | server ttft p50 ms "
+        "| machine cores busy | cores stolen |\n|---|---|---|---|---|---|---|\n"
+        f"{latency_rows}\n\n"
         f"chatd µs/token by round:\n\n{by_round}\n\n"
         f"Idle chatd CPU with the connections open (s per s): "
         f"{load['idle_chatd_cpu_s_per_s']}\n"
-        f"{profile_md}\n## Machine\n\n{machine_markdown(result['machine'])}\n"
+        f"{_profile_markdown(load.get('profile'), p)}\n"
+        f"## Machine\n\n{machine_markdown(result['machine'])}\n"
     )
 
 
@@ -670,6 +883,7 @@ def params_from(args: argparse.Namespace) -> Params:
         ttft_tokens_per_s=40.0,
         load_connections=args.connections,
         load_chats_per_connection=args.chats or (1 if quick else 3),
+        small_connections=args.small_connections,
         load_rounds=args.rounds or (2 if quick else 4),
         load_ttft_ms=50.0,
         load_tokens_per_s=200.0,
@@ -680,84 +894,141 @@ def params_from(args: argparse.Namespace) -> Params:
 
 
 async def run(
-    params: Params, sim: Process, chatd: Process, unmerged: Process, profile_out: Path | None
+    params: Params, sim: Process, chatds: Mapping[str, Process], job: ProfileJob | None
 ) -> dict[str, Any]:
+    """Phase 1 against the default chatd, then the load phase against all of them."""
     control = sim.listening["url"].removesuffix("/v1")
     async with httpx.AsyncClient(base_url=control, timeout=10) as http:
         timing = {"ttft_ms": params.ttft_ms, "tokens_per_s": params.ttft_tokens_per_s}
         (await http.post("/_sim/timing", json=timing)).raise_for_status()
-        ttft = await measure_ttft(chatd.listening["ws_url"], params)
+        ttft = await measure_ttft(chatds["default"].listening["ws_url"], params)
         timing = {"ttft_ms": params.load_ttft_ms, "tokens_per_s": params.load_tokens_per_s}
         (await http.post("/_sim/timing", json=timing)).raise_for_status()
+    n, chats = params.load_connections, params.load_chats_per_connection
     tallies = [
-        Tally("default", params.default_merge_ms, chatd),
-        Tally("no-merge", 0.0, unmerged),
+        Tally("default", params.default_merge_ms, chatds["default"], n, chats),
+        Tally("no-merge", 0.0, chatds["no-merge"], n, chats),
     ]
-    load = await measure_load(tallies, sim, params, profile_out)
+    if params.small_connections:
+        small = params.small_connections
+        tallies.append(
+            Tally(
+                f"default-{small}-connections",
+                params.default_merge_ms,
+                chatds["small"],
+                small,
+                chats * max(1, n // small),
+            )
+        )
+    load = await measure_load(tallies, sim, params, job)
     return {"ttft": ttft, "load": load}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
     parser.add_argument("--ttft-rounds", type=int, help="requests per path (default 30; quick 8)")
-    parser.add_argument("--connections", type=int, default=100, help="concurrent chats in the load phase")
-    parser.add_argument("--chats", type=int, help="chats per connection per load round (default 3; quick 1)")
-    parser.add_argument("--rounds", type=int, help="measured load rounds per chatd (default 4; quick 2)")
-    parser.add_argument("--profile", action="store_true", help="also profile chatd under load with py-spy")
+    parser.add_argument(
+        "--connections", type=int, default=100, help="concurrent chats in the load phase"
+    )
+    parser.add_argument(
+        "--chats", type=int, help="chats per connection per load round (default 3; quick 1)"
+    )
+    parser.add_argument(
+        "--small-connections",
+        type=int,
+        default=10,
+        help="connections of the low-concurrency comparison (0 skips it)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="measured load rounds per configuration (default 4; quick 2)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile chatd under load with py-spy"
+    )
+    parser.add_argument(
+        "--chatd-path",
+        type=Path,
+        default=ROOT,
+        help="run chatd from this source tree (default: this repository), e.g. to compare "
+        "a change against a checkout of the commit before it",
+    )
     args = parser.parse_args()
     params = params_from(args)
+    chatd_path: Path = args.chatd_path.resolve()
     name = "pipeline" + ("-quick" if params.quick else "")
     RESULTS.mkdir(exist_ok=True)
-    profile_out = RESULTS / f"{name}-profile.txt" if params.profile else None
+    job: ProfileJob | None = None
+    skipped: str | None = None
+    if params.profile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if Path(py_spy).exists():
+            out = RESULTS / f"{name}-profile.txt"
+            out.unlink(missing_ok=True)
+            job = ProfileJob(py_spy, out, out.with_suffix(".log"))
+        else:
+            skipped = "py-spy is not installed (pip install py-spy)"
 
+    source = provenance(chatd_path)
     machine = describe_machine()
     machine["nproc"] = len(os.sched_getaffinity(0))
     machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         workdir = Path(tmp)
         sim = start_process(
             "sim",
             ["sim-llm", "--port", "0", "--ttft-ms", f"{params.ttft_ms:g}",
              "--tokens-per-s", f"{params.ttft_tokens_per_s:g}"],
-            workdir, clean_env(), stack,
+            workdir, clean_env(chatd_path), stack,
         )  # fmt: skip
-        llm_url = sim.listening["url"]
-        serve = ["serve", "--port", "0", "--llm-url", llm_url]
-        chatd = start_process(
-            "chatd",
-            serve,
-            workdir,
-            clean_env(
-                CHATD_KB_PATH=str(workdir / "kb-default.sqlite3"),
-                CHATD_LOG_FORMAT="json",
-                CHATD_SERVER_TOKEN_MERGE_MS=f"{params.default_merge_ms:g}",
-            ),
-            stack,
-        )
-        unmerged = start_process(
-            "chatd-no-merge",
-            serve,
-            workdir,
-            clean_env(
-                CHATD_KB_PATH=str(workdir / "kb-no-merge.sqlite3"),
-                CHATD_LOG_FORMAT="json",
-                CHATD_SERVER_TOKEN_MERGE_MS="0",
-            ),
-            stack,
-        )
+        serve = ["serve", "--port", "0", "--llm-url", sim.listening["url"]]
+        merges = {"default": params.default_merge_ms, "no-merge": 0.0}
+        if params.small_connections:
+            merges["small"] = params.default_merge_ms
+        chatds = {
+            label: start_process(
+                f"chatd-{label}",
+                serve,
+                workdir,
+                clean_env(
+                    chatd_path,
+                    CHATD_KB_PATH=str(workdir / f"kb-{label}.sqlite3"),
+                    CHATD_LOG_FORMAT="json",
+                    CHATD_SERVER_TOKEN_MERGE_MS=f"{merge:g}",
+                ),
+                stack,
+            )
+            for label, merge in merges.items()
+        }
         try:
-            measured = trio.run(run, params, sim, chatd, unmerged, profile_out)
+            measured = trio.run(run, params, sim, chatds, job)
         except BaseException:
-            for process in (sim, chatd, unmerged):
+            for process in (sim, *chatds.values()):
                 print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
             raise
 
+    if job is not None:
+        status = measured["load"]["profile"]["py_spy_status"]
+        if job.out.exists():
+            measured["load"]["profile"] = summarise_profile(job.out)
+            job.log.unlink(missing_ok=True)
+        else:
+            measured["load"]["profile"] = {
+                "skipped": f"py-spy (status {status}) wrote nothing; see {job.log.name}"
+            }
+    elif skipped:
+        measured["load"]["profile"] = {"skipped": skipped}
     result: dict[str, Any] = {
         "benchmark": "pipeline: TTFT by path, server CPU per streamed token",
         "command": "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]),
         "params": attrs.asdict(params),
+        "chatd": source,
         **measured,
         "elapsed_s": round(time.perf_counter() - started, 1),
         "machine": machine,

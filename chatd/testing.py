@@ -103,6 +103,10 @@ class ChatClient:
             self._arrived.set()
             self._arrived = trio.Event()
 
+    async def drop(self) -> None:
+        """Drop the TCP connection, as a network failure would: no close handshake."""
+        await self.ws._stream.aclose()
+
     async def wait_for(self, request_id: str | None, event_type: str) -> dict[str, Any]:
         """The first event of ``event_type`` for ``request_id``, once it has come."""
         while True:

@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
-import orjson
 import structlog
 import trio
 
-from chatd.exceptions import ChatdError, ClientError, Overloaded, TooLarge, Unauthorized
+from chatd.exceptions import ChatdError, ClientError, Overloaded, Unauthorized
 from chatd.pipeline import ChatInput, Event, Pipeline, encode, is_terminal
 from chatd.pipeline.events import Pong, Token, error_event
+from chatd.server.frames import chat_fields, json_object
 
 __all__ = ["Connection", "FrameTransport"]
 
@@ -69,6 +69,14 @@ class _Output:
             self.channel.send_nowait((self.id, event))
 
 
+async def _next(receive: trio.MemoryReceiveChannel[Outgoing]) -> Outgoing | None:
+    """The next item, or ``None`` at the end of the channel."""
+    try:
+        return await receive.receive()
+    except trio.EndOfChannel:
+        return None
+
+
 async def _send_closing(channel: trio.MemorySendChannel[Outgoing], item: Outgoing) -> None:
     async with channel:
         await channel.send(item)
@@ -76,15 +84,6 @@ async def _send_closing(channel: trio.MemorySendChannel[Outgoing], item: Outgoin
 
 def _valid_id(value: object) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= 128 and value.isprintable()
-
-
-def _string(frame: Mapping[str, Any], key: str, *, required: bool) -> str | None:
-    value = frame.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or (required and not value):
-        raise ClientError(f"'{key}' must be a non-empty string")
-    return value
 
 
 @attrs.define(eq=False)
@@ -166,14 +165,7 @@ class Connection:
         try:
             if isinstance(raw, bytes):
                 raise ClientError("frames must be text (JSON), not binary")
-            if len(raw) > limits.max_frame_bytes:
-                raise TooLarge(f"frame is {len(raw)} bytes; the limit is {limits.max_frame_bytes}")
-            try:
-                frame = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise ClientError("frame is not valid JSON") from None
-            if not isinstance(frame, dict):
-                raise ClientError("frame must be a JSON object")
+            frame = json_object(raw, "frame", limits.max_frame_bytes)
             if _valid_id(frame.get("id")):
                 request_id = frame["id"]
             kind = frame.get("type")
@@ -201,11 +193,7 @@ class Connection:
             raise ClientError("'id' must be a string of 1 to 128 printable characters")
         if request_id in self._requests:
             raise ClientError(f"a request with id {request_id!r} is already in flight")
-        message = _string(frame, "message", required=True)
-        session = _string(frame, "session", required=False)
-        metadata = frame.get("metadata", {})
-        if not isinstance(metadata, dict):
-            raise ClientError("'metadata' must be an object")
+        message, session, metadata = chat_fields(frame)
         if self._out_closed:
             return  # the connection is closing for a drain: the client hears 1001
         if not self.authorized:
@@ -213,7 +201,7 @@ class Connection:
         limit = self.pipeline.settings.limits.max_requests_per_connection
         if len(self._requests) >= limit:
             raise Overloaded(f"{limit} requests already in flight on this connection")
-        assert message is not None and self._out is not None
+        assert self._out is not None
         chat = ChatInput(request_id, message, session, metadata, self.client)
         if not self._requests:
             self._idle = trio.Event()
@@ -240,12 +228,19 @@ class Connection:
         async with receive:
             while not ended:
                 batch: list[Outgoing] = []
-                with trio.move_on_at(min(due.values(), default=math.inf)):
-                    try:
-                        batch.append(await receive.receive())
-                    except trio.EndOfChannel:  # closing: send what is pending, then stop
-                        ended = True
-                        due = dict.fromkeys(due, -math.inf)
+                item: Outgoing | None = None
+                if due:
+                    with trio.move_on_at(min(due.values())) as waiting:
+                        item = await _next(receive)
+                    closed = item is None and not waiting.cancelled_caught
+                else:  # no scope to make when nothing waits on a window
+                    item = await _next(receive)
+                    closed = item is None
+                if closed:  # closing: send what is pending, then stop
+                    ended = True
+                    due = dict.fromkeys(due, -math.inf)
+                elif item is not None:
+                    batch.append(item)
                 while not ended:  # whatever else is queued goes out with it
                     try:
                         batch.append(receive.receive_nowait())

@@ -21,10 +21,11 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from chatd.exceptions import ChatdError, ClientError, TooLarge, Unauthorized
+from chatd.exceptions import ChatdError, TooLarge, Unauthorized
 from chatd.pipeline import ChatInput, Event, Pipeline, encode
 from chatd.pipeline.events import Done, Error, Token, error_event
 from chatd.server.auth import identify
+from chatd.server.frames import chat_fields, json_object
 
 __all__ = ["HTTP_STATUS", "register_http_chat"]
 
@@ -110,22 +111,8 @@ async def _read_chat(pipeline: Pipeline) -> ChatInput:
     limit = settings.limits.max_frame_bytes
     if (request.content_length or 0) > limit:
         raise TooLarge(f"body is {request.content_length} bytes; the limit is {limit}")
-    body = await request.get_data(cache=False)
-    if len(body) > limit:
-        raise TooLarge(f"body is {len(body)} bytes; the limit is {limit}")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ClientError("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ClientError("body must be a JSON object")
-    message, session, metadata = data.get("message"), data.get("session"), data.get("metadata", {})
-    if not isinstance(message, str) or not message:
-        raise ClientError("'message' must be a non-empty string")
-    if session is not None and not isinstance(session, str):
-        raise ClientError("'session' must be a string")
-    if not isinstance(metadata, dict):
-        raise ClientError("'metadata' must be an object")
+    data = json_object(await request.get_data(cache=False), "body", limit)
+    message, session, metadata = chat_fields(data)
     return ChatInput("http_" + secrets.token_hex(6), message, session, metadata, client)
 
 

@@ -67,11 +67,12 @@ async def survivor(client: ChatClient, name: str, rng: random.Random, count: int
 
 
 async def doomed(chatd: Chatd, rng: random.Random) -> None:
-    """A connection that is dropped mid-answers."""
+    """A connection whose TCP connection drops mid-answers, with no close handshake."""
     async with open_chat_client(chatd.ws_url) as client:
         for i in range(rng.randint(1, 5)):
             await client.chat(f"d{i}", rng.choice(QUESTIONS))
         await trio.sleep(rng.uniform(0, 0.4))
+        await client.drop()
 
 
 async def test_chaos(make_settings: MakeSettings) -> None:
