@@ -23,6 +23,7 @@ import trio
 from chatd.config import Settings
 from chatd.exceptions import ChatdError, DeadlineExceeded, ShuttingDown, TooLarge
 from chatd.llm import Message
+from chatd.observability.metrics import Metrics
 from chatd.pipeline.admission import Admission
 from chatd.pipeline.answer import ChatStreamer, Outcome, Turn, answer
 from chatd.pipeline.events import Accepted, Done, Error, Event, Queued, error_event
@@ -94,6 +95,7 @@ class Pipeline:
     rate_limiter: RateLimiter
     requests: RequestRegistry
     breakers: dict[str, CircuitBreaker] = attrs.field(factory=dict)
+    metrics: Metrics = attrs.field(factory=Metrics)
     flights: Flights | None = None
     cache: AnswerCache[CachedAnswer] | None = None
     draining: bool = False
@@ -120,38 +122,78 @@ class Pipeline:
             ToolContext(request_id, chat.session, chat.metadata),
             notify=out.send_nowait,
         )
-        terminal: Event
+        terminal: Done | Error | None = None
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                self.check(chat)
-                await out.send(Accepted(request_id))
-                timeout = self.settings.limits.request_timeout_s
-                with (
-                    self.requests.track(request_id) as tracked,
-                    scope,
-                    trio.move_on_after(timeout) as deadline,
-                    tracked.scope,
-                ):
-                    turn.on_state = tracked.enter
-                    await self._answer(chat, turn)
-                if deadline.cancelled_caught:
-                    raise DeadlineExceeded(f"the request passed its {timeout:g} s deadline")
-                if tracked.reaped is not None:
-                    raise DeadlineExceeded(f"reaped by the janitor: {tracked.reaped}")
-                stopped = scope.cancelled_caught or tracked.scope.cancelled_caught
-                finish = "cancelled" if stopped else turn.finish_reason
-                if chat.session and finish in ("stop", "length"):
-                    await self._remember(chat, turn)
-                terminal = self._done(request_id, turn, finish, started)
-            except* ChatdError as group:
-                error = _first_leaf(group)
-                assert isinstance(error, ChatdError)
-                log.info("request failed", code=error.code, error=error.message)
-                terminal = error_event(error)
-            except* Exception as group:
-                log.error("request crashed", exc_info=_first_leaf(group))
-                terminal = Error("internal", f"internal error; the log has it under {request_id}")
-            await out.send(terminal)
+                terminal = await self._attempt(chat, out, scope, turn, request_id, started)
+                await out.send(terminal)
+            finally:
+                self._count(turn, terminal, started)
+
+    async def _attempt(
+        self,
+        chat: ChatInput,
+        out: RequestOutput,
+        scope: trio.CancelScope,
+        turn: Turn,
+        request_id: str,
+        started: float,
+    ) -> Done | Error:
+        """Everything but sending the terminal event, which it returns."""
+        try:
+            self.check(chat)
+            await out.send(Accepted(request_id))
+            timeout = self.settings.limits.request_timeout_s
+            with (
+                self.requests.track(request_id) as tracked,
+                scope,
+                trio.move_on_after(timeout) as deadline,
+                tracked.scope,
+            ):
+                turn.on_state = tracked.enter
+                await self._answer(chat, turn)
+            if deadline.cancelled_caught:
+                self.metrics.cancelled("deadline")
+                raise DeadlineExceeded(f"the request passed its {timeout:g} s deadline")
+            if tracked.reaped is not None:
+                self.metrics.cancelled("janitor")
+                raise DeadlineExceeded(f"reaped by the janitor: {tracked.reaped}")
+            finish = turn.finish_reason
+            if scope.cancelled_caught or tracked.scope.cancelled_caught:
+                finish = "cancelled"
+                self.metrics.cancelled("client_cancel" if scope.cancelled_caught else "drain")
+            elif chat.session:
+                await self._remember(chat, turn)
+            return self._done(request_id, turn, finish, started)
+        except* ChatdError as group:
+            error = _first_leaf(group)
+            assert isinstance(error, ChatdError)
+            log.info("request failed", code=error.code, error=error.message)
+            failed = error_event(error)
+        except* Exception as group:
+            log.error("request crashed", exc_info=_first_leaf(group))
+            failed = Error("internal", f"internal error; the log has it under {request_id}")
+        return failed
+
+    def _count(self, turn: Turn, terminal: Done | Error | None, started: float) -> None:
+        """Metrics for a finished request; no terminal means its connection went."""
+        if terminal is None:
+            outcome = "cancelled"
+            self.metrics.cancelled("disconnect")
+        elif isinstance(terminal, Error):
+            outcome = terminal.code
+        else:
+            outcome = "cancelled" if terminal.finish_reason == "cancelled" else "done"
+        first = turn.first_token_at
+        self.metrics.request_finished(
+            turn.path,
+            outcome,
+            None if first is None else first - started,
+            trio.current_time() - started,
+            turn.completion_tokens,
+            turn.shared,
+            turn.cached,
+        )
 
     async def _answer(self, chat: ChatInput, turn: Turn) -> None:
         limits = self.settings.limits

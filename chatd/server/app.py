@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 import trio
-from quart import websocket
+from quart import Response, websocket
 from quart_trio import QuartTrio
 
 from chatd.pipeline import Pipeline
@@ -104,6 +104,11 @@ def create_app(state: AppState) -> QuartTrio:
             state.connections.discard(connection)
 
     register_http_chat(app, state.pipeline)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = state.pipeline.metrics.render()
+        return Response(body, content_type=content_type)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -271,6 +271,7 @@ class Connection:
                     self.send_started = None
                 if frames:
                     self.last_activity = trio.current_time()
+                    self.pipeline.metrics.frames_sent(len(frames))
         self._writer_done.set()
 
     @staticmethod

@@ -124,6 +124,15 @@ async def _serve_all(
             [pipeline.requests.sweep, state.sweep_connections, *_store_sweepers(pipeline)],
         )
         nursery.start_soon(janitor.run)
+        pipeline.metrics.bind(
+            admission=pipeline.admission,
+            breakers=pipeline.breakers,
+            flights=pipeline.flights,
+            cache=pipeline.cache,
+            janitor=janitor,
+            requests=pipeline.requests,
+            connections=state.connections,
+        )
 
         def start_drain() -> None:
             if not state.draining:

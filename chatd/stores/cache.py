@@ -30,6 +30,10 @@ class AnswerCache(Protocol[T]):
         """Keep ``value`` under ``key`` for the configured time."""
         ...
 
+    def statistics(self) -> CacheStatistics:
+        """Entries held, and how lookups went."""
+        ...
+
 
 @attrs.frozen
 class CacheStatistics:

@@ -143,3 +143,21 @@ async def test_health_and_readiness(chatd: Chatd, http: httpx.AsyncClient) -> No
     assert ready.json()["dependencies"]["llm"]["url"] == chatd.running.llm_url
     chatd.pipeline.draining = True
     assert (await http.get("/readyz")).status_code == 503
+
+
+async def test_metrics_count_requests(chatd: Chatd, http: httpx.AsyncClient) -> None:
+    """/metrics counts a finished request by path and outcome, and shows the live gauges."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert (await http.post("/v1/chat", json={"message": "what is 3*3?"})).is_success
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    assert samples[("chatd_requests_total", (("outcome", "done"), ("path", "tools")))] == 1
+    assert samples[("chatd_breaker_state", (("dependency", "llm"),))] == 0
+    assert samples[("chatd_limiter_in_use", (("limiter", "llm_streams"),))] == 0
+    assert ("chatd_time_to_first_token_seconds_count", (("path", "tools"),)) in samples

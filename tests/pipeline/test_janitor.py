@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from chatd.config import JanitorSettings, Settings
+from chatd.observability.metrics import Metrics
 from chatd.pipeline.registry import RequestRegistry, RequestState
 from chatd.resilience.janitor import Janitor
 from chatd.server.app import AppState
@@ -77,6 +78,7 @@ async def test_moving_on_resets_the_clock(autojump_clock: trio.abc.Clock) -> Non
 @attrs.frozen
 class _Pipeline:
     settings: Settings
+    metrics: Metrics = attrs.field(factory=Metrics)
 
 
 @attrs.define

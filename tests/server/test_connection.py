@@ -9,6 +9,7 @@ import orjson
 import pytest
 import trio
 
+from chatd.observability.metrics import Metrics
 from chatd.pipeline.events import Accepted, Done, Event, Token
 from chatd.server.connection import Connection
 
@@ -29,6 +30,13 @@ class Recorder:
         self.frames.append((trio.current_time(), orjson.loads(frame)))
 
 
+@attrs.frozen
+class _Pipeline:
+    """What the writer needs of a pipeline: somewhere to count frames."""
+
+    metrics: Metrics = attrs.field(factory=Metrics)
+
+
 def done(request_id: str) -> Done:
     return Done(request_id, "stop", "direct", False, False, {}, {})
 
@@ -39,7 +47,7 @@ async def run_writer(
     """Feed ``(at, id, event)`` to a writer and return what it sent."""
     transport = Recorder(delay=delay)
     send, receive = trio.open_memory_channel[tuple[str | None, Event]](100)
-    connection = Connection(pipeline=None, client="test")  # type: ignore[arg-type]
+    connection = Connection(pipeline=_Pipeline(), client="test")  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection._write, receive, transport, window)
         start = trio.current_time()

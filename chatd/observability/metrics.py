@@ -1,0 +1,312 @@
+"""Prometheus metrics: what chatd counts as it goes, and what it reads when scraped.
+
+Each :class:`Metrics` has its own ``CollectorRegistry`` (never the global one),
+so tests and several servers in one process never collide. Two halves:
+
+- *pushed*: the pipeline calls :meth:`Metrics.request_finished`,
+  :meth:`Metrics.cancelled` and :meth:`Metrics.frames_sent` as things happen;
+- *pulled*: a collector reads the live objects given to :meth:`Metrics.bind`
+  (their ``statistics()``) only when scraped, so it costs nothing per request
+  and is never stale. It must run in the trio thread that owns them.
+
+====================================== ========= ============== ==========================
+name                                   type      labels         source
+====================================== ========= ============== ==========================
+chatd_requests_total                   counter   path, outcome  request_finished
+chatd_time_to_first_token_seconds      histogram path           request_finished
+chatd_request_duration_seconds         histogram path           request_finished
+chatd_tokens_streamed_total            counter                  request_finished
+chatd_shared_answers_total             counter                  request_finished
+chatd_cached_answers_total             counter                  request_finished
+chatd_cancellations_total              counter   cause          cancelled
+chatd_frames_sent_total                counter                  frames_sent
+chatd_limiter_in_use                   gauge     limiter        admission
+chatd_limiter_capacity                 gauge     limiter        admission
+chatd_queue_depth                      gauge                    admission
+chatd_queue_capacity                   gauge                    admission
+chatd_breaker_state                    gauge     dependency     breakers (0/1/2, below)
+chatd_breaker_failures_total           counter   dependency     breakers
+chatd_breaker_rejections_total         counter   dependency     breakers
+chatd_flights_in_flight                gauge                    flights
+chatd_flights_started_total            counter                  flights
+chatd_flight_joins_total               counter                  flights
+chatd_cache_hits_total                 counter                  cache
+chatd_cache_misses_total               counter                  cache
+chatd_cache_entries                    gauge                    cache
+chatd_janitor_reaps_total              counter   kind, reason   janitor
+chatd_requests_in_flight               gauge     state          requests
+chatd_active_connections               gauge                    connections
+====================================== ========= ============== ==========================
+
+``path`` is ``direct``, ``tool_stream``, ``tools`` or ``none`` (refused or failed
+before routing); ``outcome`` is ``done``, ``cancelled`` or the protocol error
+code; ``chatd_breaker_state`` is 0 closed, 1 half_open, 2 open. Every label
+value comes from a small fixed set: never pass ids or messages.
+
+An unbound source (``None``) leaves its metrics *absent*, not zero: a zero
+would claim an empty queue or a closed breaker that nobody measured, and
+``absent(chatd_queue_depth)`` can alert on a server that was never wired.
+
+Imports nothing of chatd: the objects read are matched by shape (Protocols).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from typing import Literal, Protocol, TypeVar, get_args
+
+import attrs
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["BREAKER_STATES", "CANCEL_CAUSES", "REQUEST_STATES", "CancelCause", "Metrics"]
+
+CancelCause = Literal["client_cancel", "disconnect", "deadline", "janitor", "drain"]
+"""Why a request was cancelled."""
+CANCEL_CAUSES: tuple[CancelCause, ...] = get_args(CancelCause)
+"""Each cause's series starts at zero, so ``rate()`` sees its first one."""
+
+REQUEST_STATES = ("preparing", "queued", "routing", "tools", "streaming")
+"""``chatd.pipeline.registry.RequestState``, zero-filled (a test keeps them equal)."""
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+"""``chatd_breaker_state`` values."""
+
+# First tokens take from ~10 ms (cache, FAQ tool) to tens of seconds (a slow LLM).
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
+# Whole answers stream for seconds to minutes (limits.request_timeout_s is 120 s).
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Reports(Protocol[T_co]):
+    """Anything with trio's ``statistics()`` habit."""
+
+    def statistics(self) -> T_co: ...
+
+
+class AdmissionView(Protocol):
+    """What is read of ``AdmissionStatistics``."""
+
+    @property
+    def prepare_in_use(self) -> int: ...
+    @property
+    def prepare_total(self) -> int: ...
+    @property
+    def llm_streams_in_use(self) -> int: ...
+    @property
+    def llm_streams_total(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def max_queue(self) -> int: ...
+
+
+class BreakerView(Protocol):
+    """What is read of ``BreakerStatistics``."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def total_failures(self) -> int: ...
+    @property
+    def rejections(self) -> int: ...
+
+
+class FlightsView(Protocol):
+    """What is read of ``FlightsStatistics``."""
+
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def started(self) -> int: ...
+    @property
+    def joined(self) -> int: ...
+
+
+class CacheView(Protocol):
+    """What is read of ``CacheStatistics``."""
+
+    @property
+    def entries(self) -> int: ...
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+
+
+class ReapCounts(Protocol):
+    """A ``Janitor``: its reaps counted by (kind, reason)."""
+
+    @property
+    def reaps(self) -> Mapping[tuple[str, str], int]: ...
+
+
+@attrs.frozen(eq=False)  # the registry keys collectors by identity
+class _LiveCollector(Collector):  # an ABC up to prometheus-client 0.23, a Protocol since
+    """Reads the bound objects at scrape time; see the module docstring."""
+
+    admission: Reports[AdmissionView] | None = None
+    breakers: Mapping[str, Reports[BreakerView]] | None = None
+    flights: Reports[FlightsView] | None = None
+    cache: Reports[CacheView] | None = None
+    janitor: ReapCounts | None = None
+    requests: Reports[Mapping[str, int]] | None = None
+    connections: Sized | Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.admission is not None:
+            a = self.admission.statistics()
+            in_use = _family("chatd_limiter_in_use", "Limiter slots held.", ["limiter"])
+            capacity = _family("chatd_limiter_capacity", "Limiter slots.", ["limiter"])
+            in_use.add_metric(["prepare"], a.prepare_in_use)
+            capacity.add_metric(["prepare"], a.prepare_total)
+            in_use.add_metric(["llm_streams"], a.llm_streams_in_use)
+            capacity.add_metric(["llm_streams"], a.llm_streams_total)
+            yield from (in_use, capacity)
+            yield _family("chatd_queue_depth", "Requests waiting for a slot.", value=a.queued)
+            yield _family("chatd_queue_capacity", "Waiters allowed.", value=a.max_queue)
+        if self.breakers is not None:
+            state = _family("chatd_breaker_state", "0 closed, 1 half_open, 2 open.", ["dependency"])
+            failures = _family("chatd_breaker_failures_total", "Calls failed.", ["dependency"])
+            rejections = _family("chatd_breaker_rejections_total", "Calls refused.", ["dependency"])
+            for name, breaker in sorted(self.breakers.items()):
+                # statistics() performs a due open -> half_open transition, as /readyz does.
+                b = breaker.statistics()
+                state.add_metric([name], BREAKER_STATES[b.state])
+                failures.add_metric([name], b.total_failures)
+                rejections.add_metric([name], b.rejections)
+            yield from (state, failures, rejections)
+        if self.flights is not None:
+            f = self.flights.statistics()
+            yield _family("chatd_flights_in_flight", "Flights under way.", value=f.in_flight)
+            yield _family("chatd_flights_started_total", "Flights started.", value=f.started)
+            yield _family("chatd_flight_joins_total", "Requests that joined.", value=f.joined)
+        if self.cache is not None:
+            c = self.cache.statistics()
+            yield _family("chatd_cache_hits_total", "Answer cache hits.", value=c.hits)
+            yield _family("chatd_cache_misses_total", "Answer cache misses.", value=c.misses)
+            yield _family("chatd_cache_entries", "Answers in the cache.", value=c.entries)
+        if self.janitor is not None:
+            reaps = _family("chatd_janitor_reaps_total", "Things reaped.", ["kind", "reason"])
+            for (kind, reason), count in sorted(self.janitor.reaps.items()):
+                reaps.add_metric([kind, reason], count)
+            yield reaps
+        if self.requests is not None:
+            by_state = dict.fromkeys(REQUEST_STATES, 0) | dict(self.requests.statistics())
+            in_flight = _family("chatd_requests_in_flight", "Requests, by state.", ["state"])
+            for request_state, count in by_state.items():
+                in_flight.add_metric([request_state], count)
+            yield in_flight
+        if self.connections is not None:
+            live = self.connections
+            count = live() if callable(live) else len(live)
+            yield _family("chatd_active_connections", "Open WebSocket connections.", value=count)
+
+
+def _family(
+    name: str, documentation: str, labels: Sequence[str] = (), value: float | None = None
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """A counter if ``name`` ends in ``_total``, else a gauge; ``value`` when unlabelled."""
+    kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+    return kind(name, documentation, value=value, labels=labels or None)
+
+
+@attrs.define
+class Metrics:
+    """chatd's metrics in a registry of their own; serve :meth:`render` at ``/metrics``."""
+
+    registry: CollectorRegistry = attrs.field(factory=CollectorRegistry, init=False)
+    _live: _LiveCollector = attrs.field(factory=_LiveCollector, init=False)
+    _requests: Counter = attrs.field(init=False)
+    _ttft: Histogram = attrs.field(init=False)
+    _duration: Histogram = attrs.field(init=False)
+    _tokens: Counter = attrs.field(init=False)
+    _shared: Counter = attrs.field(init=False)
+    _cached: Counter = attrs.field(init=False)
+    _cancellations: Counter = attrs.field(init=False)
+    _frames: Counter = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(name, documentation, labels, registry=self.registry)
+
+        def histogram(name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
+            return Histogram(name, documentation, ["path"], buckets=buckets, registry=self.registry)
+
+        self._requests = counter("chatd_requests_total", "Requests finished.", ["path", "outcome"])
+        self._ttft = histogram(
+            "chatd_time_to_first_token_seconds", "Chat frame to first token.", TTFT_BUCKETS
+        )
+        self._duration = histogram(
+            "chatd_request_duration_seconds", "Chat frame to terminal event.", DURATION_BUCKETS
+        )
+        self._tokens = counter("chatd_tokens_streamed_total", "Completion tokens streamed.")
+        self._shared = counter("chatd_shared_answers_total", "Answers that followed a flight.")
+        self._cached = counter("chatd_cached_answers_total", "Answers replayed from the cache.")
+        self._cancellations = counter(
+            "chatd_cancellations_total", "Cancelled, by cause.", ["cause"]
+        )
+        for cause in CANCEL_CAUSES:
+            self._cancellations.labels(cause)
+        self._frames = counter("chatd_frames_sent_total", "WebSocket frames sent.")
+        self.registry.register(self._live)
+
+    def request_finished(
+        self,
+        path: str | None,
+        outcome: str,
+        ttft_s: float | None,
+        duration_s: float,
+        tokens: int,
+        shared: bool,
+        cached: bool,
+    ) -> None:
+        """Count one request at its terminal event (or when it was dropped)."""
+        label = path or "none"
+        self._requests.labels(label, outcome).inc()
+        if ttft_s is not None:
+            self._ttft.labels(label).observe(ttft_s)
+        self._duration.labels(label).observe(duration_s)
+        if tokens:
+            self._tokens.inc(tokens)
+        if shared:
+            self._shared.inc()
+        if cached:
+            self._cached.inc()
+
+    def cancelled(self, cause: CancelCause) -> None:
+        """Count one cancelled request, by why."""
+        self._cancellations.labels(cause).inc()
+
+    def frames_sent(self, count: int) -> None:
+        """Count WebSocket frames written to clients."""
+        self._frames.inc(count)
+
+    def bind(
+        self,
+        admission: Reports[AdmissionView] | None = None,
+        breakers: Mapping[str, Reports[BreakerView]] | None = None,
+        flights: Reports[FlightsView] | None = None,
+        cache: Reports[CacheView] | None = None,
+        janitor: ReapCounts | None = None,
+        requests: Reports[Mapping[str, int]] | None = None,
+        connections: Sized | Callable[[], int] | None = None,
+    ) -> None:
+        """Read these live objects at every scrape, replacing earlier bindings.
+
+        ``breakers`` maps the ``dependency`` label to its breaker;
+        ``connections`` is a live collection or a function counting them.
+        """
+        self.registry.unregister(self._live)
+        self._live = _LiveCollector(
+            admission, breakers, flights, cache, janitor, requests, connections
+        )
+        self.registry.register(self._live)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its ``Content-Type``."""
+        return _generate_latest(self.registry), CONTENT_TYPE_LATEST
