@@ -170,6 +170,7 @@ class Pipeline:
             assert isinstance(error, ChatdError)
             log.info("request failed", code=error.code, error=error.message)
             failed = error_event(error)
+            del error  # it holds this frame through its traceback: no cycle to collect
         except* Exception as group:
             log.error("request crashed", exc_info=_first_leaf(group))
             failed = Error("internal", f"internal error; the log has it under {request_id}")

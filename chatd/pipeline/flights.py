@@ -173,11 +173,13 @@ class Flights:
                 try:
                     await work(flight)
                     completed = True
+                # Without their tracebacks (which hold this frame, which holds the
+                # flight): subscribers raise copies, and no cycle is left to collect.
                 except* ChatdError as group:
-                    flight.error = _first_leaf(group)
+                    flight.error = _first_leaf(group).with_traceback(None)
                 except* Exception as group:
                     log.error("flight crashed", exc_info=_first_leaf(group))
-                    flight.error = _first_leaf(group)
+                    flight.error = _first_leaf(group).with_traceback(None)
         finally:
             if not completed and flight.error is None:
                 # Its own deadline, or the server shutting down: never a bare Cancelled.
@@ -185,6 +187,10 @@ class Flights:
             flight.finished = True
             self._forget(flight)
             flight._wake()
+            # The flight and its turn point at each other; cut that when done.
+            flight.turn.on_unshareable = None
+            flight.turn.send = _discard
+            flight.turn.notify = _ignore
 
     async def follow(self, flight: Flight, turn: Turn, *, created: bool) -> bool:
         """Replay and follow ``flight`` into ``turn``; ``False`` if this caller must
@@ -228,6 +234,14 @@ class Flights:
             joined=self._joined,
             diverged=self._diverged,
         )
+
+
+async def _discard(event: Event) -> None:
+    """A finished flight's turn sends nowhere."""
+
+
+def _ignore(event: Event) -> None:
+    """A finished flight's turn notifies nobody."""
 
 
 async def replay(events: Sequence[Event], turn: Turn) -> None:

@@ -103,13 +103,13 @@ class Upstream:
 
     def _admit(self, stack: contextlib.ExitStack) -> tuple[Endpoint, Attempt]:
         """The first endpoint whose breaker lets a call through, holding its attempt."""
-        refusals: list[BreakerOpen] = []
+        waits: list[int] = []  # numbers, not the exceptions: those would hold this frame
         for endpoint in self.endpoints:
             try:
                 return endpoint, stack.enter_context(endpoint.breaker.attempt())
             except BreakerOpen as exc:
-                refusals.append(exc)
-        wait = min(r.retry_after_ms or 0 for r in refusals)
+                waits.append(exc.retry_after_ms or 0)
+        wait = min(waits)
         raise BreakerOpen("the LLM's circuit breaker is open", retry_after_ms=wait)
 
     @asynccontextmanager
@@ -127,13 +127,13 @@ class Upstream:
                         if not _retryable(exc) or tries >= self.retries:
                             raise
                         attempt.failure()
-                        error = exc
+                        error = str(exc)
                     else:
                         yield _Resumed(first, events)
                         return
             tries += 1
             delay = self.backoff_s * (2 ** (tries - 1)) * self.rng.uniform(0.5, 1.5)
-            log.info("retrying the LLM", attempt=tries, error=str(error), delay_s=round(delay, 3))
+            log.info("retrying the LLM", attempt=tries, error=error, delay_s=round(delay, 3))
             await trio.sleep(delay)
 
 
