@@ -41,5 +41,12 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: short by default (under two minutes); ``-- --full`` for the targets."""
     session.install("-e", ".[test]")
     full = "--full" in session.posargs
-    for script in ("bench_sim.py", "bench_client.py"):
+    scripts = (
+        "bench_sim.py",
+        "bench_client.py",
+        "bench_breaker.py",
+        "bench_pipeline.py",
+        "bench_resilience.py",
+    )
+    for script in scripts:
         session.run("python", f"benchmarks/{script}", *([] if full else ["--quick"]))
