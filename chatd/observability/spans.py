@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
 import structlog
@@ -157,20 +157,25 @@ class RequestTrace:
     log: SpanLogger | None = None
     include_text: bool = False
     started: float = attrs.field(init=False)
-    root: SpanHandle = attrs.field(init=False)
-    """The request's span (id 0): pass as ``parent`` to force a top-level span."""
     _next_id: int = attrs.field(default=ROOT_SPAN_ID, init=False)
+    # Open spans point at the trace; ended ones are kept as plain records, so a
+    # finished trace is freed by reference counting, never left to the collector.
     _stacks: dict[trio.lowlevel.Task | None, list[SpanHandle]] = attrs.field(
         factory=dict, init=False
     )
-    _finished: list[SpanHandle] = attrs.field(factory=list, init=False)
+    _ended: list[_Ended] = attrs.field(factory=list, init=False)
     _logger: SpanLogger = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
-        self.root = SpanHandle(self, "request", {})
-        self.root.span_id, self.root.start = ROOT_SPAN_ID, self.started
         self._logger = self.log if self.log is not None else structlog.get_logger("chatd.trace")
+
+    @property
+    def root(self) -> SpanHandle:
+        """The request's span (id 0): pass as ``parent`` to force a top-level span."""
+        root = SpanHandle(self, "request", {})
+        root.span_id, root.start = ROOT_SPAN_ID, self.started
+        return root
 
     def span(self, name: str, *, parent: SpanHandle | None = None, **attributes: Any) -> SpanHandle:
         """A span named ``name``, timed from entering to leaving the ``with``;
@@ -230,7 +235,10 @@ class RequestTrace:
         try:
             yield parent
         finally:
-            stack.remove(parent) if stack[-1] is not parent else stack.pop()
+            if stack[-1] is parent:
+                stack.pop()
+            else:  # pragma: no cover - a span entered inside and never left
+                stack.remove(parent)
             if not stack:
                 del self._stacks[task]
 
@@ -277,7 +285,7 @@ class RequestTrace:
         if not self.include_text and not TEXT_FIELDS.isdisjoint(line):
             for key in TEXT_FIELDS.intersection(line):
                 del line[key]
-        line["span"] = handle.name
+        line["span"] = name = handle.name
         line["span_id"] = handle.span_id
         line["parent_id"] = handle.parent_id
         line["start"] = _ms(handle.start - self.started)
@@ -285,34 +293,40 @@ class RequestTrace:
         line["outcome"] = outcome
         if error is not None:
             line["error"] = error
-        self._finished.append(handle)
+        self._ended.append(
+            _Ended(name, handle.span_id, handle.parent_id, handle.start, end, line.get("ttft_ms"))
+        )
         self._logger.info("span", request_id=self.request_id, **line)
 
     def _derived_timings(self) -> dict[str, float]:
         timings = {"total_ms": _ms(self.clock() - self.started)}
-        queued = [h for h in self._finished if h.name == "queue"]
+        queued = [e for e in self._ended if e.name == "queue"]
         if queued:
-            timings["queue_ms"] = _ms(sum(_seconds(h) for h in queued))
-        tool_spans: list[SpanHandle] = []
-        for handle in self._finished:
-            name = handle.name
-            if name == "prepare" and "prepare_ms" not in timings:
-                waits = sum(_seconds(q) for q in queued if q.parent_id == handle.span_id)
-                timings["prepare_ms"] = _ms(_seconds(handle) - waits)
-            elif name in ("router", "answer") and "ttft_ms" in handle.attributes:
-                timings.setdefault(f"{name}_ttft_ms", handle.attributes["ttft_ms"])
-            elif name == "tools":
-                timings.setdefault("tools_ms", _ms(_seconds(handle)))
-            elif name == "tool":
-                tool_spans.append(handle)
-            elif name == "stream":
-                timings.setdefault("first_token_ms", _ms(handle.start - self.started))
-        if tool_spans and "tools_ms" not in timings:
-            first = min(h.start for h in tool_spans)
-            last = max(h.end or h.start for h in tool_spans)
-            timings["tools_ms"] = _ms(last - first)
+            timings["queue_ms"] = _ms(sum(e.end - e.start for e in queued))
+        tools: list[_Ended] = []
+        for e in self._ended:
+            if e.name == "prepare" and "prepare_ms" not in timings:
+                waits = sum(q.end - q.start for q in queued if q.parent_id == e.span_id)
+                timings["prepare_ms"] = _ms(e.end - e.start - waits)
+            elif e.name in ("router", "answer") and e.ttft_ms is not None:
+                timings.setdefault(f"{e.name}_ttft_ms", e.ttft_ms)
+            elif e.name == "tools":
+                timings.setdefault("tools_ms", _ms(e.end - e.start))
+            elif e.name == "tool":
+                tools.append(e)
+            elif e.name == "stream":
+                timings.setdefault("first_token_ms", _ms(e.start - self.started))
+        if tools and "tools_ms" not in timings:
+            timings["tools_ms"] = _ms(max(e.end for e in tools) - min(e.start for e in tools))
         return timings
 
 
-def _seconds(handle: SpanHandle) -> float:
-    return (handle.end or handle.start) - handle.start
+class _Ended(NamedTuple):
+    """What the summary needs of an ended span."""
+
+    name: str
+    span_id: int
+    parent_id: int | None
+    start: float
+    end: float
+    ttft_ms: float | None

@@ -21,10 +21,19 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import attrs
+import orjson
 import structlog
 import trio
 
-from chatd.llm import ChatEvent, ChatRequest, Completion, Message, TextDelta, ToolCall
+from chatd.llm import (
+    ChatEvent,
+    ChatRequest,
+    Completion,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolCallBegin,
+)
 from chatd.pipeline.events import Event, Queued, Route, Token, ToolEnd, ToolStart
 from chatd.pipeline.registry import RequestState
 from chatd.tools.base import ToolContext
@@ -127,8 +136,7 @@ class Turn:
 
 
 async def _stream_text(turn: Turn, llm: ChatStreamer, request: ChatRequest) -> Completion | None:
-    """Stream a call's text to the client; return its completion, or ``None``
-    as soon as it turns out to be calling tools (the caller reads those)."""
+    """Stream a call's text to the client; return its completion."""
     async with llm.stream(request) as events:
         async for event in events:
             if isinstance(event, TextDelta):
@@ -162,13 +170,96 @@ def _tool_messages(calls: Sequence[ToolCall], outcomes: Sequence[ToolOutcome]) -
     return [assistant, *results]
 
 
+@attrs.define
+class _Tools:
+    """Runs a turn's tools, telling the client as each starts and ends."""
+
+    turn: Turn
+    registry: ToolRegistry
+
+    async def run(self, calls: Sequence[ToolCall]) -> list[ToolOutcome]:
+        self.turn.on_state("tools")
+        return await self.registry.run_all(
+            calls, self.turn.context, on_start=self._started, on_end=self._ended
+        )
+
+    async def _started(self, call: ToolCall, arguments: Mapping[str, Any]) -> None:
+        await self.turn.send(ToolStart(call.id, call.name, arguments))
+
+    async def _ended(self, outcome: ToolOutcome) -> None:
+        await self.turn.send(
+            ToolEnd(
+                outcome.call_id, outcome.tool, outcome.ok, round(outcome.duration_ms), outcome.error
+            )
+        )
+
+    async def stream_answer(self, outcome: ToolOutcome) -> bool:
+        """Path B: if ``outcome`` is a confident natural answer, stream it; say so."""
+        tool, result = self.registry.get(outcome.tool), outcome.result
+        if tool is None or not tool.natural_answer or result is None or result.answer is None:
+            return False
+        await self.turn.route("tool_stream", [tool.name])
+        send, receive = trio.open_memory_channel[str](0)
+        async with trio.open_nursery() as nursery:
+
+            async def produce() -> None:
+                async with send:
+                    await tool.stream(result, send)
+
+            nursery.start_soon(produce)
+            async with receive:
+                async for piece in receive:
+                    await self.turn.token(piece)
+        return True
+
+
+def _early_call(
+    registry: ToolRegistry, begun: ToolCallBegin, messages: Sequence[Message]
+) -> ToolCall | None:
+    """The call a natural-answer tool can make before the router finishes.
+
+    Such a tool takes the user's question as asked (``speculative_arguments``),
+    so it need not wait for the router to stream its arguments: a confident
+    answer can start as soon as the router names the tool, which is what makes
+    Path B's first token about one LLM time-to-first-token away.
+    """
+    tool = registry.get(begun.name)
+    speculate = getattr(tool, "speculative_arguments", None)
+    content = messages[-1].get("content") if messages else None
+    if begun.index != 0 or tool is None or not tool.natural_answer or speculate is None:
+        return None
+    if not isinstance(content, str):
+        return None
+    arguments = speculate(content)
+    if arguments is None:
+        return None
+    return ToolCall(begun.id, begun.name, orjson.dumps(arguments).decode())
+
+
 async def answer(
     turn: Turn, llm: ChatStreamer, registry: ToolRegistry, messages: Sequence[Message]
 ) -> None:
     """Answer the prompt down whichever path the router picks."""
     turn.on_state("routing")
+    tools = _Tools(turn, registry)
     router = ChatRequest(list(messages), tools=registry.openai_tools())
-    completion = await _stream_text(turn, llm, router)
+    early: ToolOutcome | None = None
+    completion: Completion | None = None
+    async with llm.stream(router) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if turn.path is None:
+                    await turn.route("direct")
+                await turn.token(event.text)
+            elif isinstance(event, ToolCallBegin) and turn.path is None and early is None:
+                call = _early_call(registry, event, messages)
+                if call is not None:
+                    (early,) = await tools.run([call])
+                    if await tools.stream_answer(early):
+                        return  # leaving the router's stream closes it: no more tokens paid
+            elif isinstance(event, Completion):
+                turn.count(event)
+                completion = event
     if completion is None or turn.path == "direct" or not completion.tool_calls:
         if turn.path is None:
             await turn.route("direct")
@@ -180,41 +271,15 @@ async def answer(
         turn.shareable = False
         if turn.on_unshareable is not None:
             turn.on_unshareable()
-
-    async def started(call: ToolCall, arguments: Mapping[str, Any]) -> None:
-        await turn.send(ToolStart(call.id, call.name, arguments))
-
-    async def ended(outcome: ToolOutcome) -> None:
-        await turn.send(
-            ToolEnd(
-                outcome.call_id, outcome.tool, outcome.ok, round(outcome.duration_ms), outcome.error
-            )
-        )
-
+    # The early call stands for the router's first call (same id); the rest run now.
+    done = [early] if early is not None and early.call_id == calls[0].id else []
     tool = registry.get(calls[0].name)
-    turn.on_state("tools")
-    if len(calls) == 1 and tool is not None and tool.natural_answer:
-        outcomes = await registry.run_all(calls, turn.context, on_start=started, on_end=ended)
-        result = outcomes[0].result
-        if outcomes[0].ok and result is not None and result.answer is not None:
-            await turn.route("tool_stream", [tool.name])
-            send, receive = trio.open_memory_channel[str](0)
-            async with trio.open_nursery() as nursery:
-
-                async def produce() -> None:
-                    async with send:
-                        await tool.stream(result, send)
-
-                nursery.start_soon(produce)
-                async with receive:
-                    async for piece in receive:
-                        await turn.token(piece)
+    if not done and len(calls) == 1 and tool is not None and tool.natural_answer:
+        done = await tools.run(calls)
+        if await tools.stream_answer(done[0]):
             return
-        await turn.route("tools", [c.name for c in calls])
-    else:
-        await turn.route("tools", [c.name for c in calls])
-        turn.on_state("tools")
-        outcomes = await registry.run_all(calls, turn.context, on_start=started, on_end=ended)
+    await turn.route("tools", [c.name for c in calls])
+    outcomes = [*done, *await tools.run(calls[len(done) :])] if calls[len(done) :] else done
     failed = [o.tool for o in outcomes if not o.ok]
     if failed:
         log.info("tools failed", tools=failed)

@@ -79,6 +79,11 @@ class Tool(Protocol):
         """Do the work; ``arguments`` already match :attr:`parameters`."""
         ...
 
+    # Optional, for natural-answer tools whose arguments can be known before the
+    # router has streamed them (``frequently_asked`` takes the question as asked):
+    #     def speculative_arguments(self, message: str) -> Mapping[str, Any] | None
+    # The pipeline then runs the tool as soon as the router names it.
+
     async def stream(self, result: ToolResult, send: trio.MemorySendChannel[str]) -> None:
         """Send ``result.answer`` to the client in pieces (Path B).
 

@@ -75,6 +75,11 @@ class FrequentlyAsked:
     kb: KnowledgeBase
     min_confidence: float = 0.5
 
+    def speculative_arguments(self, message: str) -> dict[str, Any]:
+        """The arguments to search with before the router has sent its own: the
+        user's message, as the description asks the model to pass it."""
+        return {"question": message}
+
     async def execute(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
         """Search (three passages); a confident best passage's answer is the answer."""
         question = str(arguments["question"])
