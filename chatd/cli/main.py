@@ -11,6 +11,7 @@ import trio
 
 from chatd import __version__
 from chatd.cli.chat import add_chat_arguments, run_chat
+from chatd.cli.trace import add_trace_arguments, run_trace
 from chatd.config import Settings, load_settings
 from chatd.exceptions import ConfigError
 from chatd.observability import configure_logging
@@ -42,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--rules", help="a TOML or JSON rules file replacing the default rules")
     chat = commands.add_parser("chat", help="a terminal chat client; Ctrl-C stops an answer")
     add_chat_arguments(chat)
+    trace = commands.add_parser(
+        "trace", help="draw a request's spans from a JSON log, or list the slowest and failed"
+    )
+    add_trace_arguments(trace)
 
     kb = commands.add_parser("kb", help="manage the knowledge base")
     kb_commands = kb.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
@@ -96,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return run_chat(args)
+        if args.command == "trace":
+            return run_trace(args)
         settings = _settings(args)
         configure_logging(settings.log)
         if args.command == "kb":

@@ -6,5 +6,6 @@ Owns how chatd writes what it does; every other part only calls
 
 from chatd.observability.logging import configure_logging
 from chatd.observability.metrics import Metrics
+from chatd.observability.spans import RequestTrace, SpanHandle
 
-__all__ = ["Metrics", "configure_logging"]
+__all__ = ["Metrics", "RequestTrace", "SpanHandle", "configure_logging"]

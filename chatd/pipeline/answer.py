@@ -34,6 +34,7 @@ from chatd.llm import (
     ToolCall,
     ToolCallBegin,
 )
+from chatd.observability.spans import RequestTrace
 from chatd.pipeline.events import Event, Queued, Route, Token, ToolEnd, ToolStart
 from chatd.pipeline.registry import RequestState
 from chatd.tools.base import ToolContext
@@ -72,6 +73,11 @@ class Turn:
 
     send: Callable[[Event], Awaitable[None]]
     context: ToolContext
+    trace: RequestTrace = attrs.field(
+        default=attrs.Factory(lambda turn: RequestTrace(turn.context.request_id), takes_self=True),
+        kw_only=True,
+    )
+    """The request's spans (a flight's turn writes into its creator's)."""
     notify: Callable[[Event], None] = lambda _event: None
     """Advisory events (queue positions) that must not wait."""
     on_state: Callable[[RequestState], None] = lambda _state: None
@@ -136,16 +142,19 @@ class Turn:
 
 
 async def _stream_text(turn: Turn, llm: ChatStreamer, request: ChatRequest) -> Completion | None:
-    """Stream a call's text to the client; return its completion."""
-    async with llm.stream(request) as events:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                if turn.path is None:
-                    await turn.route("direct")
-                await turn.token(event.text)
-            elif isinstance(event, Completion):
-                turn.count(event)
-                return event
+    """Stream the answer call's text to the client; return its completion."""
+    with turn.trace.span("answer") as span:
+        async with llm.stream(request) as events:
+            async for event in events:
+                span.mark()  # the call's time to first event: keeps the first
+                if isinstance(event, TextDelta):
+                    if turn.path is None:
+                        await turn.route("direct")
+                    await turn.token(event.text)
+                elif isinstance(event, Completion):
+                    turn.count(event)
+                    span.set(finish_reason=event.finish_reason)
+                    return event
     return None  # pragma: no cover - a stream always ends with its completion
 
 
@@ -179,14 +188,25 @@ class _Tools:
 
     async def run(self, calls: Sequence[ToolCall]) -> list[ToolOutcome]:
         self.turn.on_state("tools")
-        return await self.registry.run_all(
-            calls, self.turn.context, on_start=self._started, on_end=self._ended
-        )
+        with self.turn.trace.span("tools", tools=",".join(c.name for c in calls)):
+            return await self.registry.run_all(
+                calls, self.turn.context, on_start=self._started, on_end=self._ended
+            )
 
     async def _started(self, call: ToolCall, arguments: Mapping[str, Any]) -> None:
         await self.turn.send(ToolStart(call.id, call.name, arguments))
 
     async def _ended(self, outcome: ToolOutcome) -> None:
+        trace = self.turn.trace
+        now = trace.clock()
+        trace.record(
+            "tool",
+            now - outcome.duration_ms / 1000,
+            now,
+            outcome="ok" if outcome.ok else "error",
+            error=outcome.error,
+            tool=outcome.tool,
+        )
         await self.turn.send(
             ToolEnd(
                 outcome.call_id, outcome.tool, outcome.ok, round(outcome.duration_ms), outcome.error
@@ -200,16 +220,17 @@ class _Tools:
             return False
         await self.turn.route("tool_stream", [tool.name])
         send, receive = trio.open_memory_channel[str](0)
-        async with trio.open_nursery() as nursery:
+        with self.turn.trace.span("tool_stream", tool=tool.name):
+            async with trio.open_nursery() as nursery:
 
-            async def produce() -> None:
-                async with send:
-                    await tool.stream(result, send)
+                async def produce() -> None:
+                    async with send:
+                        await tool.stream(result, send)
 
-            nursery.start_soon(produce)
-            async with receive:
-                async for piece in receive:
-                    await self.turn.token(piece)
+                nursery.start_soon(produce)
+                async with receive:
+                    async for piece in receive:
+                        await self.turn.token(piece)
         return True
 
 
@@ -245,21 +266,24 @@ async def answer(
     router = ChatRequest(list(messages), tools=registry.openai_tools())
     early: ToolOutcome | None = None
     completion: Completion | None = None
-    async with llm.stream(router) as events:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                if turn.path is None:
-                    await turn.route("direct")
-                await turn.token(event.text)
-            elif isinstance(event, ToolCallBegin) and turn.path is None and early is None:
-                call = _early_call(registry, event, messages)
-                if call is not None:
-                    (early,) = await tools.run([call])
-                    if await tools.stream_answer(early):
-                        return  # leaving the router's stream closes it: no more tokens paid
-            elif isinstance(event, Completion):
-                turn.count(event)
-                completion = event
+    with turn.trace.span("router") as span:
+        async with llm.stream(router) as events:
+            async for event in events:
+                span.mark()  # the call's time to first event: keeps the first
+                if isinstance(event, TextDelta):
+                    if turn.path is None:
+                        await turn.route("direct")
+                    await turn.token(event.text)
+                elif isinstance(event, ToolCallBegin) and turn.path is None and early is None:
+                    call = _early_call(registry, event, messages)
+                    if call is not None:
+                        (early,) = await tools.run([call])
+                        if await tools.stream_answer(early):
+                            return  # leaving the router's stream closes it: no more tokens paid
+                elif isinstance(event, Completion):
+                    turn.count(event)
+                    span.set(finish_reason=event.finish_reason, tool_calls=len(event.tool_calls))
+                    completion = event
     if completion is None or turn.path == "direct" or not completion.tool_calls:
         if turn.path is None:
             await turn.route("direct")

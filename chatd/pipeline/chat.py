@@ -24,6 +24,7 @@ from chatd.config import Settings
 from chatd.exceptions import ChatdError, DeadlineExceeded, ShuttingDown, TooLarge
 from chatd.llm import Message
 from chatd.observability.metrics import Metrics
+from chatd.observability.spans import RequestTrace, SpanHandle
 from chatd.pipeline.admission import Admission
 from chatd.pipeline.answer import ChatStreamer, Outcome, Turn, answer
 from chatd.pipeline.events import Accepted, Done, Error, Event, Queued, error_event
@@ -116,11 +117,13 @@ class Pipeline:
     async def run(self, chat: ChatInput, out: RequestOutput, scope: trio.CancelScope) -> None:
         """Run one chat to exactly one terminal event on ``out``."""
         request_id = self.new_request_id()
-        started = trio.current_time()
+        trace = RequestTrace(request_id, include_text=self.settings.log.include_text)
+        started = trace.started
         turn = Turn(
             out.send,
             ToolContext(request_id, chat.session, chat.metadata),
             notify=out.send_nowait,
+            trace=trace,
         )
         terminal: Done | Error | None = None
         with structlog.contextvars.bound_contextvars(request_id=request_id):
@@ -128,7 +131,7 @@ class Pipeline:
                 terminal = await self._attempt(chat, out, scope, turn, request_id, started)
                 await out.send(terminal)
             finally:
-                self._count(turn, terminal, started)
+                self._count(chat, turn, terminal, started)
 
     async def _attempt(
         self,
@@ -141,7 +144,8 @@ class Pipeline:
     ) -> Done | Error:
         """Everything but sending the terminal event, which it returns."""
         try:
-            self.check(chat)
+            with turn.trace.span("admission"):
+                self.check(chat)
             await out.send(Accepted(request_id))
             timeout = self.settings.limits.request_timeout_s
             with (
@@ -176,8 +180,11 @@ class Pipeline:
             failed = Error("internal", f"internal error; the log has it under {request_id}")
         return failed
 
-    def _count(self, turn: Turn, terminal: Done | Error | None, started: float) -> None:
-        """Metrics for a finished request; no terminal means its connection went."""
+    def _count(
+        self, chat: ChatInput, turn: Turn, terminal: Done | Error | None, started: float
+    ) -> None:
+        """Metrics, the stream span and the summary line of a finished request;
+        no terminal means its connection went."""
         if terminal is None:
             outcome = "cancelled"
             self.metrics.cancelled("disconnect")
@@ -186,27 +193,47 @@ class Pipeline:
         else:
             outcome = "cancelled" if terminal.finish_reason == "cancelled" else "done"
         first = turn.first_token_at
+        now = trio.current_time()
         self.metrics.request_finished(
             turn.path,
             outcome,
             None if first is None else first - started,
-            trio.current_time() - started,
+            now - started,
             turn.completion_tokens,
             turn.shared,
             turn.cached,
         )
+        if first is not None:
+            turn.trace.record("stream", first, now, tokens=turn.completion_tokens)
+        turn.trace.summary(
+            path=turn.path,
+            outcome=outcome,
+            error=terminal.message if isinstance(terminal, Error) else None,
+            shared=turn.shared,
+            cached=turn.cached,
+            tokens={"prompt": turn.prompt_tokens, "completion": turn.completion_tokens},
+            queue_ms=round(turn.queue_s * 1000, 3),
+            message=chat.message,
+            answer=turn.text,
+        )
 
     async def _answer(self, chat: ChatInput, turn: Turn) -> None:
         limits = self.settings.limits
-        async with self.admission.slot(self.admission.prepare, turn.queued) as waited:
-            history = await self.sessions.history(chat.session) if chat.session else []
-            messages = build_prompt(
-                self.settings.system_prompt, history, chat.message, limits.prompt_token_budget
-            )
+        trace = turn.trace
+        with trace.span("prepare") as prepare:
+            async with self.admission.slot(self.admission.prepare, turn.queued) as waited:
+                _record_queue(trace, waited, "prepare")
+                history = await self.sessions.history(chat.session) if chat.session else []
+                messages = build_prompt(
+                    self.settings.system_prompt, history, chat.message, limits.prompt_token_budget
+                )
+            prepare.set(messages=len(messages))
         turn.queue_s += waited
         key = flight_key(self.llm.model, self.tools.names, messages)
         if self.cache is not None:
-            hit = await self.cache.get(key)
+            with trace.span("cache") as lookup:
+                hit = await self.cache.get(key)
+                lookup.set(hit=hit is not None)
             if hit is not None:
                 await replay(hit.events, turn)
                 turn.adopt(hit.outcome)
@@ -217,16 +244,19 @@ class Pipeline:
             return
 
         def make_turn() -> Turn:
-            return Turn(_unsent, turn.context)
+            return Turn(_unsent, turn.context, trace=turn.trace)
 
-        flight, created = self.flights.join(
-            key, make_turn, functools.partial(self._fly_and_keep, messages, key)
-        )
-        turn.on_state("routing")
-        try:
-            followed = await self.flights.follow(flight, turn, created=created)
-        finally:
-            self.flights.leave(flight, created=created)
+        with trace.span("flight") as span:
+            work = functools.partial(self._fly_and_keep, messages, key, span)
+            flight, created = self.flights.join(key, make_turn, work)
+            span.set(created=created)
+            if not created:
+                span.set(flight_of=flight.turn.context.request_id)
+            turn.on_state("routing")
+            try:
+                followed = await self.flights.follow(flight, turn, created=created)
+            finally:
+                self.flights.leave(flight, created=created)
         if not followed:  # the flight stopped being shared before any event: answer alone
             await self._fly(messages, turn)
 
@@ -235,12 +265,18 @@ class Pipeline:
         turn.on_state("queued")
         async with self.admission.slot(self.admission.llm_streams, turn.queued) as waited:
             turn.queue_s += waited
+            _record_queue(turn.trace, waited, "llm_streams")
             await answer(turn, self.llm, self.tools, messages)
 
-    async def _fly_and_keep(self, messages: list[Message], key: str, flight: Flight) -> None:
-        """A flight's work: answer, then keep a shareable answer in the cache."""
+    async def _fly_and_keep(
+        self, messages: list[Message], key: str, span: SpanHandle, flight: Flight
+    ) -> None:
+        """A flight's work: answer, then keep a shareable answer in the cache.
+        Its spans go under its creator's ``flight`` span (this task is not the
+        creator's child)."""
         turn = flight.turn
-        await self._fly(messages, turn)
+        with turn.trace.under(span):
+            await self._fly(messages, turn)
         if self.cache is not None and turn.shareable and turn.finish_reason in ("stop", "length"):
             events = tuple(e for e in flight.events if not isinstance(e, Queued))
             await self.cache.put(key, CachedAnswer(events, turn.outcome()))
@@ -274,3 +310,10 @@ class Pipeline:
                 "total_ms": round((now - started) * 1000),
             },
         )
+
+
+def _record_queue(trace: RequestTrace, waited: float, limiter: str) -> None:
+    """A ``queue`` span for a wait for a slot that ended just now, if there was one."""
+    if waited > 0:
+        now = trace.clock()
+        trace.record("queue", now - waited, now, limiter=limiter)
