@@ -117,7 +117,14 @@ class Pipeline:
     async def run(self, chat: ChatInput, out: RequestOutput, scope: trio.CancelScope) -> None:
         """Run one chat to exactly one terminal event on ``out``."""
         request_id = self.new_request_id()
-        trace = RequestTrace(request_id, include_text=self.settings.log.include_text)
+        # The spans' logger carries the caller's context (its connection id), as
+        # some spans are written from a shared flight's task, which has its own.
+        context = structlog.contextvars.get_contextvars()
+        trace = RequestTrace(
+            request_id,
+            log=structlog.get_logger("chatd.trace").bind(**context),
+            include_text=self.settings.log.include_text,
+        )
         started = trace.started
         turn = Turn(
             out.send,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import structlog
 import trio
 from quart import Response, websocket
 from quart_trio import QuartTrio
@@ -99,7 +100,10 @@ def create_app(state: AppState) -> QuartTrio:
         connection = Connection(state.pipeline, client, authorized=ok, draining=state.drain_started)
         state.connections.add(connection)
         try:
-            await connection.serve(_QuartTransport())
+            # Tasks inherit a copy of the context when spawned: every line of
+            # this connection's requests carries its id.
+            with structlog.contextvars.bound_contextvars(connection_id=connection.id):
+                await connection.serve(_QuartTransport())
         finally:
             state.connections.discard(connection)
 

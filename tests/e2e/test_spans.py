@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import orjson
 import structlog
@@ -10,7 +11,9 @@ import trio
 from rich.console import Console
 
 from chatd.cli.trace import LogIndex, render_timeline
-from chatd.testing import ChatClient, Chatd
+from chatd.config import BreakerSettings, BreakersSettings, LLMSettings, LogSettings
+from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd
+from tests.e2e.conftest import MakeSettings
 
 
 async def test_path_a_writes_its_spans_and_one_summary(chatd: Chatd, client: ChatClient) -> None:
@@ -40,3 +43,78 @@ async def test_path_a_writes_its_spans_and_one_summary(chatd: Chatd, client: Cha
     out = Console(record=True, width=120, file=io.StringIO())
     render_timeline(out, index.requests[request_id])
     assert "└─ stream" in out.export_text()
+
+
+async def spans_of(
+    client: ChatClient, request_id: str, message: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ask, and return the request's spans by name and its one summary line."""
+    with structlog.testing.capture_logs() as logs:
+        with trio.fail_after(10):
+            await client.chat(request_id, message)
+            done = await client.finish(request_id)
+    server_id = done.get("request_id") or client.events[request_id][0]["request_id"]
+    mine = [line for line in logs if line.get("request_id") == server_id]
+    (summary,) = [line for line in mine if line["event"] == "request summary"]
+    return {line["span"]: line for line in mine if line["event"] == "span"}, summary
+
+
+async def test_direct_path_spans(client: ChatClient) -> None:
+    """Direct: the router's stream is the answer; no tools, no answer call."""
+    spans, summary = await spans_of(client, "d", "tell me a story about the sea")
+    assert {"router", "stream"} <= spans.keys()
+    assert not {"tools", "tool", "answer", "tool_stream"} & spans.keys()
+    assert summary["path"] == "direct" and "router_ttft_ms" in summary
+    assert "the sea" not in repr(spans) + repr(summary)
+
+
+async def test_tool_stream_spans(client: ChatClient) -> None:
+    """Path B: the tool and its streamed answer nest under the router, no answer call."""
+    spans, summary = await spans_of(client, "b", "How do I reset my password?")
+    assert {"router", "tools", "tool", "tool_stream"} <= spans.keys()
+    assert "answer" not in spans
+    assert spans["tool"]["tool"] == "frequently_asked"
+    assert spans["tool_stream"]["parent_id"] == spans["router"]["span_id"]
+    assert summary["path"] == "tool_stream"
+
+
+async def test_failing_tool_span_says_why(client: ChatClient) -> None:
+    """A failing tool's span has outcome error and the tool's reason."""
+    spans, summary = await spans_of(client, "f", "what is 1/0?")
+    assert spans["tool"]["outcome"] == "error"
+    assert "zero" in spans["tool"]["error"]
+    assert summary["outcome"] == "done"
+
+
+async def test_open_breaker_shows_in_spans(
+    make_settings: MakeSettings,
+) -> None:
+    """With the LLM's breaker open, the router span fails saying so, as does the summary."""
+    settings = make_settings(
+        llm=LLMSettings(retries=0),
+        breakers=BreakersSettings(llm=BreakerSettings(failure_threshold=1, open_timeout_s=60)),
+    )
+    async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
+        assert chatd.sim is not None
+        chatd.sim.set_fault("error", status=503)
+        await spans_of(client, "x", "hello")
+        spans, summary = await spans_of(client, "y", "hello")
+    assert spans["router"]["outcome"] == "error"
+    assert "circuit breaker is open" in spans["router"]["error"]
+    assert summary["outcome"] == "upstream_unavailable"
+
+
+async def test_text_only_when_asked(make_settings: MakeSettings) -> None:
+    """With log.include_text the summary carries the message and the answer."""
+    settings = make_settings(log=LogSettings(include_text=True))
+    async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
+        _spans, summary = await spans_of(client, "t", "what is 6*7?")
+    assert summary["message"] == "what is 6*7?"
+    assert "42" in summary["answer"]
+
+
+async def test_lines_carry_connection_id(client: ChatClient) -> None:
+    """Every span line of a WebSocket request names its connection too."""
+    spans, summary = await spans_of(client, "c", "hello there")
+    ids = {line["connection_id"] for line in [*spans.values(), summary]}
+    assert len(ids) == 1 and ids.pop().startswith("conn_")
