@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +20,13 @@ import pytest
 CHATD = [sys.executable, "-m", "chatd"]
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
+def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*CHATD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd
+        [*CHATD, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -127,3 +134,43 @@ def test_bad_rules_file_stops_sim_llm(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "rules.toml" in result.stderr.decode()
+
+
+def test_drain_waits_for_answers_and_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    """SIGTERM with an answer streaming: chatd waits for it; a second SIGTERM exits now."""
+    proc = start("serve", "--port", "0", cwd=tmp_path, env={"CHATD_SIM_TOKENS_PER_S": "2"})
+    try:
+        url = str(first_line(proc)["url"])
+        streaming = threading.Event()
+
+        def ask() -> None:
+            body = {"message": "tell me a long story about the sea"}
+            headers = {"Accept": "text/event-stream"}
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.stream(
+                    "POST", f"{url}/v1/chat", json=body, headers=headers, timeout=30
+                ) as response,
+            ):
+                for line in response.iter_lines():
+                    if line == "event: token":
+                        streaming.set()
+
+        asker = threading.Thread(target=ask, daemon=True)
+        asker.start()
+        assert streaming.wait(15)
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(1.0)  # draining: the answer is still streaming
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(5)
+        assert time.monotonic() - started < 3
+        asker.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
