@@ -47,6 +47,8 @@ def bench(session: nox.Session) -> None:
         "bench_breaker.py",
         "bench_pipeline.py",
         "bench_resilience.py",
+        "bench_observability.py",
+        "load.py",
     )
     for script in scripts:
         session.run("python", f"benchmarks/{script}", *([] if full else ["--quick"]))

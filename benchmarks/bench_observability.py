@@ -1,0 +1,1203 @@
+"""What request logs and metrics cost: chatd's CPU per request with logs on and off.
+
+Two parts in one run:
+
+1. **End to end.** One simulated LLM (``python -m chatd sim-llm --port 0``,
+   ttft 20 ms, 500 tokens/s: fast, so chatd's CPU is what limits the run) and
+   one chatd (``python -m chatd serve --port 0``) per configuration, side by
+   side, differing only in ``CHATD_LOG_*``:
+
+   - ``logs-on``: JSON lines to a file at level info: every request writes
+     its span lines and a ``request summary`` line (``CHATD_LOG_FILE``,
+     ``CHATD_LOG_FORMAT=json``, ``CHATD_LOG_LEVEL=info``);
+   - ``logs-off``: the same with ``CHATD_LOG_LEVEL=error``: spans and summaries
+     are info lines, so structlog's filtering bound logger drops them; the
+     traces are still kept, only nothing is rendered or written;
+   - ``logs-on-text`` (unless ``--no-text``): ``logs-on`` plus
+     ``CHATD_LOG_INCLUDE_TEXT=true`` (the summary carries the message and answer);
+   - ``logs-off-2`` (unless ``--no-control``): a second ``logs-off`` process.
+     Two identical chatd processes can differ in CPU per request by a few
+     percent, as much as logging costs (even with one PYTHONHASHSEED): this A/A
+     control shows how far to trust a difference between two processes.
+
+   Each round, every configuration gets the same load: N WebSocket connections
+   (opened beforehand), each asking its questions one after another, mixing
+   the three paths (chit-chat, ``direct``; "what is N*M?", ``tools`` via the
+   calculator; a confident FAQ question, ``tool_stream``), every one asked for
+   the first time (checked: ``cached`` and ``shared`` false, the expected
+   path). The configurations take turns, the order reversed every other round
+   (ABCD DCBA), after a warm-up round, so the machine's noise falls on all alike.
+   chatd's CPU (utime + stime, from its CPU-time clock) and its log file's
+   growth over each round are divided by the requests answered. Then (unless
+   ``--no-profile``) more rounds run under py-spy, one configuration at a time,
+   for the share of each process's CPU spent in structlog calls: the cost of
+   logging inside one process, free of the noise between processes.
+
+2. **In process.** ``Metrics.request_finished`` + ``Metrics.cancelled`` (what
+   chatd calls per request) and one request's :class:`RequestTrace` with the
+   spans each path writes and its summary, rendered by chatd's own structlog
+   set-up: as JSON into memory, as JSON into a line-buffered file (as
+   ``log.file`` does), with ``include_text``, and at level error (the
+   bookkeeping that remains with logs off). This separates the costs that
+   part 1 can only see summed.
+
+Results go to benchmarks/results/observability{,-quick}.{json,md}. Process,
+environment and statistics helpers come from bench_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import ctypes
+import io
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import attrs
+import httpx
+import orjson
+import structlog
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_pipeline import (
+    PATH_B,
+    Process,
+    ProfileJob,
+    _frames,
+    clean_env,
+    machine_cpu_seconds,
+    machine_delta,
+    percentile,
+    provenance,
+    start_process,
+    unique_chit_chat,
+    unique_question,
+)
+from machine import describe_machine, machine_markdown
+
+from chatd.config import LogSettings
+from chatd.observability import Metrics, RequestTrace, configure_logging
+
+RESULTS = Path(__file__).parent / "results"
+PATHS = ("direct", "tools", "tool_stream")
+FAQ_QUESTION = PATH_B[1]  # answered confidently by the FAQ: Path B
+
+
+@attrs.frozen
+class Params:
+    """What one run does."""
+
+    quick: bool
+    connections: int
+    chats_per_connection: int
+    rounds: int
+    sim_ttft_ms: float
+    sim_tokens_per_s: float
+    include_text: bool
+    control: bool
+    profile: bool
+    profile_rounds: int
+    micro_requests: int
+    micro_repeats: int
+    metrics_calls: int
+
+
+@attrs.frozen
+class Config:
+    """One chatd: what its CHATD_LOG_* settings are, and where its log goes."""
+
+    label: str
+    description: str
+    env: Mapping[str, str]
+    log_file: Path
+    control: bool = False
+
+
+def configs_for(workdir: Path, include_text: bool, control: bool) -> list[Config]:
+    """The configurations compared; all write to a file, so only the level
+    (and ``include_text``) differs between them. The control is a second,
+    identical ``logs-off`` process: how far two chatd processes differ when
+    nothing does (an A/A test), the floor under any difference measured."""
+
+    def config(
+        label: str, description: str, level: str, control: bool = False, **extra: str
+    ) -> Config:
+        log_file = workdir / f"{label}.jsonl"
+        env = {
+            "CHATD_LOG_FILE": str(log_file),
+            "CHATD_LOG_FORMAT": "json",
+            "CHATD_LOG_LEVEL": level,
+            **extra,
+        }
+        return Config(label, description, env, log_file, control)
+
+    configs = [
+        config("logs-on", "JSON to a file, level info", "info"),
+        config("logs-off", "level error: spans and summaries filtered out", "error"),
+    ]
+    # The control next to logs-off, as logs-on is on its other side: in the
+    # ABCD DCBA order both pairs are always measured one after the other.
+    if control:
+        configs.append(
+            config("logs-off-2", "as logs-off: a second process (A/A)", "error", control=True)
+        )
+    if include_text:
+        configs.append(
+            config(
+                "logs-on-text",
+                "JSON to a file, level info, include_text",
+                "info",
+                CHATD_LOG_INCLUDE_TEXT="true",
+            )
+        )
+    return configs
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports a process listens on, from /proc: chatd at level error never logs
+    its ``listening`` line, so its port 0 is found the way ``ss -ltnp`` does."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def cpu_clock(pid: int) -> int:
+    """The CPU-time clock of process ``pid`` (``clock_getcpuclockid``): its
+    utime + stime over all its threads, as /proc/PID/stat gives them, but in
+    nanoseconds rather than 10 ms ticks. A round is ~1 s of chatd's CPU over a
+    few hundred requests, so ticks alone would round each round's figure to
+    tens of µs per request."""
+    clock = ctypes.c_int()
+    error = _libc.clock_getcpuclockid(pid, ctypes.byref(clock))
+    if error:
+        raise OSError(error, os.strerror(error))
+    return clock.value
+
+
+def spawn_chatd(
+    config: Config, llm_url: str, chatd_path: Path, workdir: Path, stack: contextlib.ExitStack
+) -> Process:
+    """Start ``python -m chatd serve --port 0`` with ``config``'s settings; killed
+    when ``stack`` closes. :func:`wait_listening` finds where it listens."""
+    env = clean_env(
+        chatd_path, CHATD_KB_PATH=str(workdir / f"kb-{config.label}.sqlite3"), **config.env
+    )
+    log_path = workdir / f"chatd-{config.label}.out"
+    with open(log_path, "wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "chatd", "serve", "--port", "0", "--llm-url", llm_url],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+        )
+    process = Process(f"chatd-{config.label}", popen, log_path)
+    stack.callback(process.kill)
+    return process
+
+
+def wait_listening(process: Process, timeout_s: float = 30.0) -> None:
+    """Wait until the process listens on one port and answers ``/healthz``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(
+                f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}"
+            )
+        ports = listening_ports(process.pid)
+        if len(ports) == 1:
+            url = f"http://127.0.0.1:{ports.pop()}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    process.listening = {"url": url, "ws_url": url.replace("http", "ws") + "/v1/ws"}
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"{process.name} was not serving in {timeout_s:g} s:\n{process.log_tail()}")
+
+
+# --- 1. end to end ----------------------------------------------------------------------
+
+
+def question(path: str, n: int) -> str:
+    """The ``n``-th question (never asked before) that takes ``path``."""
+    if path == "direct":
+        return unique_chit_chat(n)
+    if path == "tools":
+        return f"what is {n + 11}*{n % 89 + 3}?"
+    # Two filler prefixes, both stop words of the FAQ search: 625 * 625 texts.
+    return unique_question(n // 625, unique_question(n % 625, FAQ_QUESTION))
+
+
+@attrs.define
+class RoundTotals:
+    """What the client saw over one round against one chatd."""
+
+    requests: int = 0
+    by_path: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    frames: int = 0
+    token_frames: int = 0
+    completion_tokens: int = 0
+    durations: list[float] = attrs.field(factory=list)
+    problems: list[str] = attrs.field(factory=list)
+
+
+async def ask(
+    ws: WebSocketConnection, index: int, round_no: int, params: Params, totals: RoundTotals
+) -> None:
+    """One connection's questions of a round, one after another, the paths in turn."""
+    chats = params.chats_per_connection
+    for k in range(chats):
+        path = PATHS[(index + k) % len(PATHS)]
+        n = ((round_no + 1) * params.connections + index) * chats + k
+        request_id = f"r{round_no}-{k}"
+        message = question(path, n)
+        started = time.perf_counter()
+        await ws.send_message(
+            orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode()
+        )
+        while True:
+            event = orjson.loads(await ws.get_message())
+            totals.frames += 1
+            kind = event["type"]
+            if kind == "token":
+                totals.token_frames += 1
+            elif kind in ("done", "error"):
+                break
+        totals.durations.append(time.perf_counter() - started)
+        reused = event.get("cached") or event.get("shared")
+        if kind == "error" or event.get("path") != path or reused:
+            totals.problems.append(f"{message!r} (expected {path}): {event}")
+            continue
+        totals.requests += 1
+        totals.by_path[path] += 1
+        totals.completion_tokens += event["usage"]["completion_tokens"]
+
+
+async def load_round(
+    sockets: Sequence[WebSocketConnection], round_no: int, params: Params
+) -> RoundTotals:
+    totals = RoundTotals()
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            for index, ws in enumerate(sockets):
+                nursery.start_soon(ask, ws, index, round_no, params, totals)
+    return totals
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    """The bytes of ``path`` from ``offset`` on (nothing if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+@attrs.define
+class Measured:
+    """One configuration's chatd and its measured rounds."""
+
+    config: Config
+    process: Process
+    clock: int = attrs.field(init=False)
+    rounds: list[dict[str, Any]] = attrs.field(factory=list)
+    durations: list[float] = attrs.field(factory=list)
+    idle_cpu_s_per_s: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        self.clock = cpu_clock(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        """chatd's utime + stime so far, to the nanosecond."""
+        return time.clock_gettime(self.clock)
+
+    def user_system_seconds(self) -> tuple[float, float]:
+        """utime and stime apart, from /proc/PID/stat (in 10 ms ticks)."""
+        with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+async def measured_round(
+    m: Measured, sockets: Sequence[WebSocketConnection], sim: Process, round_no: int,
+    params: Params,
+) -> None:  # fmt: skip
+    """One round against ``m``'s chatd: CPU, log growth and what came back."""
+    offset = m.config.log_file.stat().st_size if m.config.log_file.exists() else 0
+    cpu0, (user0, system0), sim0 = m.cpu_seconds(), m.user_system_seconds(), sim.cpu_seconds()
+    machine0, client0, wall0 = machine_cpu_seconds(), time.process_time(), time.perf_counter()
+    totals = await load_round(sockets, round_no, params)
+    wall = time.perf_counter() - wall0
+    cpu, (user, system) = m.cpu_seconds() - cpu0, m.user_system_seconds()
+    sim_cpu, client_cpu = sim.cpu_seconds() - sim0, time.process_time() - client0
+    busy, stolen = machine_delta(machine0)
+    written = read_from(m.config.log_file, offset)
+    if totals.problems:
+        raise RuntimeError(
+            f"{m.config.label}: {len(totals.problems)} request(s) failed, took the wrong "
+            "path or were cached or shared:\n" + "\n".join(totals.problems[:5])
+        )
+    n = max(1, totals.requests)
+    m.durations.extend(totals.durations)
+    m.rounds.append(
+        {
+            "round": round_no,
+            "requests": totals.requests,
+            "by_path": dict(totals.by_path),
+            "wall_s": round(wall, 3),
+            "chatd_cpu_s": round(cpu, 6),
+            "chatd_utime_s": round(user - user0, 2),
+            "chatd_stime_s": round(system - system0, 2),
+            "chatd_cpu_us_per_request": round(cpu / n * 1e6, 1),
+            "log_bytes": len(written),
+            "log_lines": written.count(b"\n"),
+            "frames": totals.frames,
+            "token_frames": totals.token_frames,
+            "completion_tokens": totals.completion_tokens,
+            "sim_cpu_s": round(sim_cpu, 4),
+            "client_cpu_s": round(client_cpu, 4),
+            "machine_busy_s": round(busy, 3),
+            "machine_stolen_s": round(stolen, 3),
+        }
+    )
+
+
+async def measure_end_to_end(
+    runs: Sequence[Measured], sim: Process, params: Params, py_spy: str | None
+) -> dict[str, Any]:
+    """Open every connection, warm up, then the measured rounds in turn (ABC CBA);
+    then, with ``py_spy``, profile each configuration but the control under load."""
+    async with contextlib.AsyncExitStack() as stack:
+        sockets: dict[str, list[WebSocketConnection]] = {}
+        for m in runs:
+            url = m.process.listening["ws_url"]
+            sockets[m.config.label] = [
+                await stack.enter_async_context(open_websocket_url(url))
+                for _ in range(params.connections)
+            ]
+        for m in runs:  # warm-up, not counted: the upstream pool fills, the KB is read
+            totals = await load_round(sockets[m.config.label], -1, params)
+            if totals.problems:
+                raise RuntimeError(f"{m.config.label}, warm-up:\n" + "\n".join(totals.problems[:5]))
+        before = {m.config.label: m.cpu_seconds() for m in runs}
+        await trio.sleep(1.0)
+        for m in runs:
+            m.idle_cpu_s_per_s = round(m.cpu_seconds() - before[m.config.label], 4)
+        for round_no in range(params.rounds):
+            order = list(runs) if round_no % 2 == 0 else list(reversed(runs))
+            for m in order:
+                await measured_round(m, sockets[m.config.label], sim, round_no, params)
+        profiles = {}
+        if py_spy is not None:
+            for m in runs:
+                if not m.config.control:
+                    profiles[m.config.label] = await profile(m, sockets[m.config.label], params,
+                                                             py_spy)  # fmt: skip
+    configs = {m.config.label: summarise(m) for m in runs}
+    for label, shares in profiles.items():
+        per_request = configs[label]["chatd_cpu_us_per_request"]
+        shares["us_per_request"] = {
+            key: round(pct / 100 * per_request, 1) for key, pct in shares["pct"].items()
+        }
+    return {"configs": configs, "profiles": profiles or None}
+
+
+# What a profile sample is counted under: in a structlog call (rendering and
+# writing a line, or the filtering logger dropping it), writing (the leaf is
+# WriteLogger.msg: its write(2), which py-spy without --native puts there), in
+# the span bookkeeping (any frame in spans.py, log calls included) or in metrics.
+PROFILE_AREAS: dict[str, Callable[[list[tuple[str, str]]], bool]] = {
+    "structlog_calls": lambda frames: any(p.startswith("structlog/") for _, p in frames),
+    "write": lambda frames: frames[-1][0] == "WriteLogger.msg",
+    "spans": lambda frames: any(p == "chatd/observability/spans.py" for _, p in frames),
+    "metrics": lambda frames: any(
+        p.startswith("prometheus_client/") or p == "chatd/observability/metrics.py"
+        for _, p in frames
+    ),
+}
+
+
+async def profile(
+    m: Measured, sockets: Sequence[WebSocketConnection], params: Params, py_spy: str
+) -> dict[str, Any]:
+    """Load rounds under py-spy attached to ``m``'s chatd: the share of its samples
+    in each of :data:`PROFILE_AREAS`. Free of the process-to-process noise of
+    comparing two chatd processes: this is where one process's CPU went."""
+    raw = m.config.log_file.with_suffix(".profile.txt")
+    job = ProfileJob(py_spy, raw, raw.with_suffix(".log"))
+    command = [py_spy, "record", "--pid", str(m.process.pid), "--rate", "250",
+               "--format", "raw", "--output", str(raw)]  # fmt: skip
+    with open(job.log, "wb") as log:  # noqa: ASYNC230 - a local file, opened once
+        spy = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
+    try:
+        await trio.sleep(1.0)  # py-spy attaches
+        for k in range(params.profile_rounds):
+            await load_round(sockets, params.rounds + k, params)
+    finally:
+        with trio.move_on_after(30) as waited:
+            waited.shield = True
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            await spy.wait()
+        if spy.returncode is None:
+            spy.kill()
+            with trio.move_on_after(5) as reaped:
+                reaped.shield = True
+                await spy.wait()
+    if not raw.exists():
+        return {"skipped": f"py-spy (status {spy.returncode}) wrote nothing: "
+                f"{read_from(job.log, 0).decode(errors='replace')[-500:]}"}  # fmt: skip
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = list(_frames(stack))
+        if frames[-1][0] == "WorkerThread._work":  # an idle trio worker thread
+            continue
+        total += int(count_text)
+        for area, holds in PROFILE_AREAS.items():
+            if holds(frames):
+                counts[area] += int(count_text)
+    return {
+        "samples": total,
+        "pct": {area: round(counts[area] / max(1, total) * 100, 2) for area in PROFILE_AREAS},
+    }
+
+
+def summarise(m: Measured) -> dict[str, Any]:
+    """A configuration's rounds summed."""
+
+    def total(key: str) -> float:
+        return float(sum(r[key] for r in m.rounds))
+
+    requests = max(1.0, total("requests"))
+    wall = max(total("wall_s"), 1e-9)
+    by_path: collections.Counter[str] = collections.Counter()
+    for r in m.rounds:
+        by_path.update(r["by_path"])
+    return {
+        "label": m.config.label,
+        "description": m.config.description,
+        "env": dict(m.config.env),
+        "requests": int(total("requests")),
+        "by_path": dict(by_path),
+        "chatd_cpu_s": round(total("chatd_cpu_s"), 3),
+        "chatd_utime_s": round(total("chatd_utime_s"), 2),
+        "chatd_stime_s": round(total("chatd_stime_s"), 2),
+        "chatd_cpu_us_per_request": round(total("chatd_cpu_s") / requests * 1e6, 1),
+        "chatd_system_us_per_request": round(total("chatd_stime_s") / requests * 1e6, 1),
+        "chatd_cpu_us_per_request_by_round": [r["chatd_cpu_us_per_request"] for r in m.rounds],
+        "log_bytes_per_request": round(total("log_bytes") / requests, 1),
+        "log_lines_per_request": round(total("log_lines") / requests, 2),
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(requests / wall, 1),
+        "chatd_cpu_busy": round(total("chatd_cpu_s") / wall, 3),
+        "sim_cpu_busy": round(total("sim_cpu_s") / wall, 3),
+        "client_cpu_busy": round(total("client_cpu_s") / wall, 3),
+        "machine_cores_busy": round(total("machine_busy_s") / wall, 2),
+        "machine_cores_stolen": round(total("machine_stolen_s") / wall, 2),
+        "completion_tokens_per_request": round(total("completion_tokens") / requests, 1),
+        "frames_per_request": round(total("frames") / requests, 2),
+        "token_frames_per_request": round(total("token_frames") / requests, 2),
+        "request_p50_ms": round(statistics.median(m.durations) * 1000, 1),
+        "request_p95_ms": round(percentile(m.durations, 95) * 1000, 1),
+        "idle_chatd_cpu_s_per_s": m.idle_cpu_s_per_s,
+        "rounds": m.rounds,
+    }
+
+
+def log_shape(path: Path) -> dict[str, Any]:
+    """Lines and bytes per request by path, from a whole log file (warm-up
+    included): each request's lines found by ``request_id``, its path by its
+    summary; also the answer and message lengths when the text is in it."""
+    lines: collections.Counter[str] = collections.Counter()
+    size: collections.Counter[str] = collections.Counter()
+    path_of: dict[str, str] = {}
+    text_chars: dict[str, list[int]] = collections.defaultdict(list)
+    events: collections.Counter[str] = collections.Counter()
+    if not path.exists():
+        return {}
+    with open(path, "rb") as f:
+        for raw in f:
+            record = orjson.loads(raw)
+            request_id = record.get("request_id")
+            if request_id is None:
+                continue
+            lines[request_id] += 1
+            size[request_id] += len(raw)
+            events[record["event"] if record["event"] != "span" else f"span {record['span']}"] += 1
+            if record["event"] == "request summary":
+                path_of[request_id] = record["path"]
+                text = len(record.get("message") or "") + len(record.get("answer") or "")
+                text_chars[record["path"]].append(text)
+    shape: dict[str, Any] = {}
+    for p in PATHS:
+        ids = [r for r, q in path_of.items() if q == p]
+        if ids:
+            shape[p] = {
+                "requests": len(ids),
+                "lines_per_request": round(sum(lines[r] for r in ids) / len(ids), 2),
+                "bytes_per_request": round(sum(size[r] for r in ids) / len(ids), 1),
+                "text_chars_per_request": round(statistics.fmean(text_chars[p]), 1),
+            }
+    shape["lines_without_summary"] = sum(n for r, n in lines.items() if r not in path_of)
+    shape["events"] = dict(events.most_common())
+    return shape
+
+
+# --- 2. in process ----------------------------------------------------------------------
+
+
+def us_per_call(loop: Callable[[int], None], n: int, repeats: int) -> dict[str, float]:
+    """µs per iteration of ``loop(n)``, over ``repeats`` runs: median and min."""
+    loop(max(1, n // 10))  # warm up
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        loop(n)
+        samples.append((time.perf_counter() - started) / n * 1e6)
+    return {"median_us": round(statistics.median(samples), 3), "min_us": round(min(samples), 3)}
+
+
+def micro_metrics(params: Params) -> dict[str, Any]:
+    """What chatd's pushed metrics cost per call (prometheus_client counters and
+    histograms, with their label lookups)."""
+    metrics = Metrics()
+    ttfts = (0.02, 0.05, 0.3, 1.2)
+
+    def finished(n: int) -> None:
+        for i in range(n):
+            metrics.request_finished(PATHS[i % 3], "done", ttfts[i % 4], 0.4, 40, False, False)
+
+    def cancelled(n: int) -> None:
+        for _ in range(n):
+            metrics.cancelled("client_cancel")
+
+    def frames(n: int) -> None:
+        for _ in range(n):
+            metrics.frames_sent(3)
+
+    n, repeats = params.metrics_calls, params.micro_repeats
+    result: dict[str, Any] = {
+        "request_finished": us_per_call(finished, n, repeats),
+        "cancelled": us_per_call(cancelled, n, repeats),
+        "frames_sent": us_per_call(frames, n, repeats),
+    }
+    result["per_request_us"] = round(
+        result["request_finished"]["median_us"] + result["cancelled"]["median_us"], 3
+    )
+    return result
+
+
+# What each path's request writes, as chatd/pipeline/chat.py and answer.py do
+# (checked against the end-to-end log: see ``log_shape``): the spans in order,
+# the streamed events each LLM call's span is marked on, and the summary.
+ANSWERS = {
+    "direct": "Once upon a time " + "the sea was calm and the gulls were quiet, " * 5,
+    "tools": "The result is 1517.",
+    "tool_stream": "Open Settings, choose Account, then Reset password; " * 3,
+}
+TOKENS = {"direct": 60, "tools": 13, "tool_stream": 0}
+
+
+def trace_request(path: str, include_text: bool, n: int) -> None:
+    """One request's trace, made and filled as the pipeline does (inside trio)."""
+    request_id = f"req_{n:016x}"
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        context = structlog.contextvars.get_contextvars()
+        trace = RequestTrace(
+            request_id,
+            log=structlog.get_logger("chatd.trace").bind(**context),
+            include_text=include_text,
+        )
+        with trace.span("admission"):
+            pass
+        with trace.span("prepare") as prepare:
+            prepare.set(messages=2)
+        with trace.span("cache") as lookup:
+            lookup.set(hit=False)
+        with trace.span("flight") as flight:
+            flight.set(created=True)
+            with trace.span("router") as router:
+                for _ in range(TOKENS["direct"] if path == "direct" else 4):
+                    router.mark()
+                if path == "tool_stream":
+                    with trace.span("tools", tools="frequently_asked"):
+                        now = trace.clock()
+                        trace.record("tool", now - 0.001, now, outcome="ok", error=None,
+                                     tool="frequently_asked")  # fmt: skip
+                    with trace.span("tool_stream", tool="frequently_asked"):
+                        pass
+                else:
+                    router.set(
+                        finish_reason="tool_calls" if path == "tools" else "stop",
+                        tool_calls=int(path == "tools"),
+                    )
+            if path == "tools":
+                with trace.span("tools", tools="calculator"):
+                    now = trace.clock()
+                    trace.record("tool", now - 0.0001, now, outcome="ok", error=None,
+                                 tool="calculator")  # fmt: skip
+                with trace.span("answer") as answer:
+                    for _ in range(TOKENS["tools"] + 1):
+                        answer.mark()
+                    answer.set(finish_reason="stop")
+        trace.record("stream", trace.started, trace.clock(), tokens=TOKENS[path])
+        trace.summary(
+            path=path,
+            outcome="done",
+            error=None,
+            shared=False,
+            cached=False,
+            tokens={"prompt": 27 if path == "direct" else 81, "completion": TOKENS[path]},
+            queue_ms=0.0,
+            message=question(path, n),
+            answer=ANSWERS[path],
+        )
+
+
+@attrs.frozen
+class Variant:
+    """How the in-process traces are logged."""
+
+    name: str
+    description: str
+    level: Literal["info", "error"]
+    include_text: bool
+    to_file: bool
+
+
+VARIANTS = (
+    Variant("json-file", "level info, JSON to a line-buffered file (as log.file)", "info",
+            False, True),
+    Variant("json-memory", "level info, JSON to an in-memory stream", "info", False, False),
+    Variant("json-memory-text", "as json-memory, with include_text", "info", True, False),
+    Variant("filtered", "level error: every span and summary call filtered (logs off)",
+            "error", False, False),
+)  # fmt: skip
+
+
+def micro_traces(params: Params, workdir: Path) -> dict[str, Any]:
+    """µs per request of each path's trace under each variant; the repeats
+    interleave the variants and paths, so drift in the machine falls on all."""
+    samples: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    written: dict[str, tuple[float, float]] = {}
+    n = params.micro_requests
+
+    def run(variant: Variant, path: str, stream: TextIO, first: int) -> float:
+        configure_logging(LogSettings(level=variant.level, format="json"), stream=stream)
+        started = time.perf_counter()
+        for i in range(first, first + n):
+            trace_request(path, variant.include_text, i)
+        return (time.perf_counter() - started) / n * 1e6
+
+    async def main(file: TextIO) -> None:
+        with structlog.contextvars.bound_contextvars(connection_id="conn_1"):
+            for repeat in range(-1, params.micro_repeats):  # repeat -1 warms up
+                for variant in VARIANTS:
+                    for path in PATHS:
+                        stream = file if variant.to_file else io.StringIO()
+                        us = run(variant, path, stream, (repeat + 1) * n)
+                        if repeat >= 0:
+                            samples[variant.name, path].append(us)
+                        if isinstance(stream, io.StringIO):
+                            text = stream.getvalue()
+                            lines = text.count("\n")
+                            written[f"{variant.name} {path}"] = (len(text) / n, lines / n)
+
+    try:
+        with open(workdir / "micro.jsonl", "a", encoding="utf-8", buffering=1) as file:
+            trio.run(main, file)
+    finally:
+        structlog.reset_defaults()
+    result: dict[str, Any] = {}
+    for variant in VARIANTS:
+        per_path = {}
+        for path in PATHS:
+            s = samples[variant.name, path]
+            # The file gets what the memory stream gets.
+            key = f"{'json-memory' if variant.to_file else variant.name} {path}"
+            size, lines = written[key]
+            per_path[path] = {
+                "median_us": round(statistics.median(s), 2),
+                "min_us": round(min(s), 2),
+                "bytes_per_request": round(size, 1),
+                "lines_per_request": round(lines, 2),
+            }
+        result[variant.name] = {
+            "description": variant.description,
+            "paths": per_path,
+            "mix_median_us": round(statistics.fmean(per_path[p]["median_us"] for p in PATHS), 2),
+            "mix_bytes_per_request": round(
+                statistics.fmean(per_path[p]["bytes_per_request"] for p in PATHS), 1
+            ),
+            "mix_lines_per_request": round(
+                statistics.fmean(per_path[p]["lines_per_request"] for p in PATHS), 2
+            ),
+        }
+    return result
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def _paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Round-by-round differences ``a - b`` (each pair measured one after the
+    other): the rounds, their median, mean and its standard error."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    return {
+        "by_round": [round(d, 1) for d in diffs],
+        "median": round(statistics.median(diffs), 1),
+        "mean": round(statistics.fmean(diffs), 1),
+        "stderr": round(statistics.stdev(diffs) / len(diffs) ** 0.5, 1) if len(diffs) > 1 else None,
+    }
+
+
+def compare(
+    e2e: Mapping[str, Any], micro: Mapping[str, Any], profiles: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Logs on against logs off; the A/A control; the profiles; what part 2 predicts."""
+    on, off = e2e["logs-on"], e2e["logs-off"]
+    key = "chatd_cpu_us_per_request"
+    by_round = f"{key}_by_round"
+    traces = micro["traces"]
+    file_us, filtered_us = traces["json-file"]["mix_median_us"], traces["filtered"]["mix_median_us"]
+    lines = traces["json-file"]["mix_lines_per_request"]
+    result: dict[str, Any] = {
+        "on_minus_off_us_per_request": round(on[key] - off[key], 1),
+        "on_over_off": round(on[key] / off[key], 4),
+        "on_minus_off_paired": _paired(on[by_round], off[by_round]),
+        "micro_on_minus_off_us": round(file_us - filtered_us, 1),
+        "e2e_over_micro": round((on[key] - off[key]) / max(file_us - filtered_us, 1e-9), 2),
+        "system_on_minus_off_us": round(
+            on["chatd_system_us_per_request"] - off["chatd_system_us_per_request"], 1
+        ),
+        "micro_render_and_write_us_per_line": round((file_us - filtered_us) / lines, 2),
+        "micro_write_us_per_line": round(
+            (file_us - traces["json-memory"]["mix_median_us"]) / lines, 2
+        ),
+        "micro_bookkeeping_us_per_request": filtered_us,
+        "micro_metrics_us_per_request": micro["metrics"]["per_request_us"],
+        "micro_left_with_logs_off_share": round(
+            (filtered_us + micro["metrics"]["per_request_us"]) / off[key], 4
+        ),
+    }
+    if "logs-off-2" in e2e:
+        again = e2e["logs-off-2"]
+        result["aa_us_per_request"] = round(again[key] - off[key], 1)
+        result["aa_ratio"] = round(again[key] / off[key], 4)
+        result["aa_paired"] = _paired(again[by_round], off[by_round])
+        result["aa_system_us"] = round(
+            again["chatd_system_us_per_request"] - off["chatd_system_us_per_request"], 1
+        )
+    if "logs-on-text" in e2e:
+        text = e2e["logs-on-text"]
+        result["text_minus_on_us_per_request"] = round(text[key] - on[key], 1)
+        result["text_over_off"] = round(text[key] / off[key], 4)
+        result["text_extra_bytes_per_request"] = round(
+            text["log_bytes_per_request"] - on["log_bytes_per_request"], 1
+        )
+    if profiles and "pct" in profiles.get("logs-on", {}) and "pct" in profiles.get("logs-off", {}):
+        on_us, off_us = (
+            profiles["logs-on"]["us_per_request"],
+            profiles["logs-off"]["us_per_request"],
+        )
+        in_situ = on_us["structlog_calls"] - off_us["structlog_calls"]
+        result["in_situ_on_minus_off_us"] = round(in_situ, 1)
+        result["in_situ_share_of_on"] = round(in_situ / on[key], 4)
+        result["in_situ_write_us"] = on_us["write"]
+        result["in_situ_over_micro"] = round(in_situ / max(file_us - filtered_us, 1e-9), 2)
+        result["in_situ_left_with_logs_off_us"] = round(off_us["spans"] + off_us["metrics"], 1)
+        result["in_situ_on_structlog_us"] = on_us["structlog_calls"]
+        if "pct" in profiles.get("logs-on-text", {}):
+            text_us = profiles["logs-on-text"]["us_per_request"]["structlog_calls"]
+            result["in_situ_text_structlog_us"] = text_us
+    return result
+
+
+def conclusions(e2e: Mapping[str, Any], c: Mapping[str, Any]) -> list[str]:
+    """The short answer, in sentences with the numbers."""
+    on, off = e2e["logs-on"], e2e["logs-off"]
+    key = "chatd_cpu_us_per_request"
+    paired = c["on_minus_off_paired"]
+    se = f" ± {paired['stderr']} (s.e.)" if paired["stderr"] is not None else ""
+    diff = c["on_minus_off_us_per_request"]
+    first = (
+        f"End to end, chatd with logs on spent **{abs(diff)} µs** "
+        f"{'more' if diff >= 0 else 'less'} CPU per request than with logs off "
+        f"({on[key]} against {off[key]} µs, "
+        f"**{(c['on_over_off'] - 1) * 100:+.1f}%**; round by round {paired['mean']}{se} µs), "
+        f"writing {on['log_lines_per_request']} lines, {on['log_bytes_per_request']:.0f} bytes "
+        "per request."
+    )
+    if "aa_us_per_request" in c:
+        aa, aa_paired = c["aa_us_per_request"], c["aa_paired"]
+        aa_se = f" ± {aa_paired['stderr']}" if aa_paired["stderr"] is not None else ""
+        first += (
+            f" The A/A control, two identical logs-off processes, differed by {aa} µs "
+            f"({(c['aa_ratio'] - 1) * 100:+.1f}%; round by round {aa_paired['mean']}{aa_se} µs)"
+            + (
+                ": as much, so end to end alone this run does not pin the cost down."
+                if abs(aa) >= abs(c["on_minus_off_us_per_request"]) / 2
+                else ": the difference stands out of the noise between processes."
+            )
+        )
+    lines = [first]
+    if "in_situ_on_minus_off_us" in c:
+        lines.append(
+            "Profiled in the running servers (py-spy: where one process's time goes, free of "
+            "the noise between processes), logs on spend "
+            f"**{c['in_situ_on_minus_off_us']} µs per request** "
+            f"({c['in_situ_share_of_on'] * 100:.1f}% of chatd's CPU) in structlog calls beyond "
+            f"logs off's filtered ones. {c['in_situ_write_us']} µs of that has the write(2) "
+            "of a line as its leaf; py-spy counts a thread that is runnable as well as one "
+            "running, so that may include waiting for a CPU after the write (two cores, four "
+            "busy processes), and chatd's system time does not settle it: it differs by "
+            f"{c['system_on_minus_off_us']} µs per request between logs on and off"
+            + (f", by {c['aa_system_us']} µs in the A/A control." if "aa_system_us" in c else ".")
+        )
+    micro_line = (
+        f"In one process's tight loop, rendering and writing a request's lines costs "
+        f"{c['micro_on_minus_off_us']} µs ({c['micro_render_and_write_us_per_line']} µs per "
+        f"line, {c['micro_write_us_per_line']} µs of it the write(2)): a floor"
+    )
+    ratios = []
+    if c["e2e_over_micro"] > 1:
+        ratios.append(f"{c['e2e_over_micro']}x that end to end")
+    if c.get("in_situ_over_micro", 0) > 1:
+        ratios.append(f"{c['in_situ_over_micro']}x in the profile")
+    if ratios:
+        micro_line += (
+            f". In the server the same lines cost {' and '.join(ratios)}, likely because "
+            "there a request's lines are written one at a time among other work, not back "
+            "to back, so code and data are cold each time"
+        )
+    micro_line += "."
+    lines.append(micro_line)
+    left = (
+        f"With logs off, what remains is the traces' bookkeeping "
+        f"({c['micro_bookkeeping_us_per_request']} µs per request in the loop: spans kept, log "
+        f"calls filtered) and the metrics ({c['micro_metrics_us_per_request']} µs for "
+        "`request_finished` + `cancelled`): "
+        f"{c['micro_left_with_logs_off_share'] * 100:.1f}% of chatd's CPU per request"
+    )
+    if "in_situ_left_with_logs_off_us" in c:
+        left += (
+            f"; {c['in_situ_left_with_logs_off_us']} µs "
+            f"({c['in_situ_left_with_logs_off_us'] / off[key] * 100:.1f}%) in the logs-off "
+            "profile"
+        )
+    lines.append(left + ".")
+    if "text_minus_on_us_per_request" in c:
+        text = (
+            f"`include_text` adds {c['text_extra_bytes_per_request']:.0f} bytes per request (the "
+            "message and the answer in the summary); end to end it measured "
+            f"{c['text_minus_on_us_per_request']:+} µs of CPU per request over logs on"
+        )
+        if "aa_us_per_request" in c:
+            text += f" (the A/A control: {c['aa_us_per_request']:+} µs)"
+        if c["text_minus_on_us_per_request"] < 0:
+            text += ": less, which only the noise between processes can explain"
+        if "in_situ_text_structlog_us" in c:
+            text += (
+                f"; in situ its structlog calls took {c['in_situ_text_structlog_us']} µs per "
+                f"request against {c['in_situ_on_structlog_us']} µs with logs on"
+            )
+        lines.append(text + ".")
+    return lines
+
+
+def _profile_markdown(profiles: Mapping[str, Any] | None, p: Mapping[str, Any]) -> str:
+    if not profiles:
+        return ""
+    if "skipped" in profiles:
+        return f"\n### Profiles\n\nSkipped: {profiles['skipped']}\n"
+    rows = "\n".join(
+        f"| {label} | {v['samples']} | "
+        + " | ".join(f"{v['pct'][a]}% ({v['us_per_request'][a]} µs)" for a in PROFILE_AREAS)
+        + " |"
+        if "pct" in v
+        else f"| {label} | {v['skipped']} |"
+        for label, v in profiles.items()
+    )
+    return (
+        "\n### Where the CPU went, in situ (py-spy)\n\n"
+        f"{p['profile_rounds']} more rounds per configuration (not counted above) under "
+        "py-spy at 250 Hz, one configuration at a time. Share of chatd's samples (idle "
+        "trio worker threads left out) with a frame in: *structlog calls* (rendering and "
+        "writing a line, or dropping it at level error), *write* (the leaf is "
+        "`WriteLogger.msg`: its write(2)), *spans* (spans.py, its log calls included), "
+        "*metrics* (prometheus_client or metrics.py); µs per request is that share of the "
+        "configuration's CPU per request above.\n\n"
+        "| config | samples | structlog calls | write | spans | metrics |\n"
+        f"|---|---|---|---|---|---|\n{rows}\n"
+    )
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The results file a person reads."""
+    p, e2e, micro, c = result["params"], result["e2e"], result["micro"], result["comparison"]
+    off_us = e2e["logs-off"]["chatd_cpu_us_per_request"]
+    rows = "\n".join(
+        f"| {v['label']} | {v['description']} | {v['requests']} "
+        f"| **{v['chatd_cpu_us_per_request']}** | {v['chatd_system_us_per_request']} "
+        f"| {v['chatd_cpu_us_per_request'] / off_us:.3f} "
+        f"| {v['log_bytes_per_request']:.0f} | {v['log_lines_per_request']} "
+        f"| {v['chatd_cpu_busy']:.0%} | {v['requests_per_s']} "
+        f"| {v['request_p50_ms']} / {v['request_p95_ms']} | {v['frames_per_request']} "
+        f"| {v['sim_cpu_busy']:.0%} | {v['client_cpu_busy']:.0%} | {v['machine_cores_busy']} |"
+        for v in e2e.values()
+    )
+    by_round = "\n".join(
+        f"- {v['label']}: {v['chatd_cpu_us_per_request_by_round']}" for v in e2e.values()
+    )
+    paired = [("logs-on − logs-off", c["on_minus_off_paired"])]
+    if "aa_paired" in c:
+        paired.append(("logs-off-2 − logs-off (A/A)", c["aa_paired"]))
+    paired_rows = "\n".join(
+        f"| {name} | {d['by_round']} | {d['median']} | {d['mean']} | {d['stderr']} |"
+        for name, d in paired
+    )
+    shape_rows = "\n".join(
+        f"| {label} | {path} | {s['lines_per_request']} | {s['bytes_per_request']:.0f} "
+        f"| {s['text_chars_per_request']:.0f} |"
+        for label, shape in result["log_shape"].items()
+        for path, s in shape.items()
+        if path in PATHS
+    )
+    trace_rows = "\n".join(
+        f"| {name} | {v['description']} | "
+        + " | ".join(f"{v['paths'][path]['median_us']}" for path in PATHS)
+        + f" | **{v['mix_median_us']}** | {v['mix_bytes_per_request']:.0f} "
+        f"| {v['mix_lines_per_request']} |"
+        for name, v in micro["traces"].items()
+    )
+    metric_rows = "\n".join(
+        f"| `{name}` | {v['median_us']} | {v['min_us']} |"
+        for name, v in micro["metrics"].items()
+        if isinstance(v, dict)
+    )
+    extra = []
+    if p["include_text"]:
+        extra.append("`logs-on-text` adds `CHATD_LOG_INCLUDE_TEXT=true`")
+    if p["control"]:
+        extra.append(
+            "`logs-off-2` is a second logs-off process, the control: how far two chatd "
+            "processes differ when nothing does"
+        )
+    source = result["chatd"]
+    changed = source.get("chatd_uncommitted_files") or []
+    measured = (
+        f"chatd from `{source['chatd_path']}`"
+        + (f" at git {source['git_head']}" if source["git_head"] else "")
+        + (f", with uncommitted changes to {', '.join(changed)}" if changed else "")
+    )
+    return (
+        "# Observability: chatd's CPU per request with logs on and off\n\n"
+        f"`{result['command']}` ({result['elapsed_s']} s); {measured}. The machine is "
+        "shared and noisy: compare configurations within this run, not absolute times "
+        "across runs.\n\n"
+        "## Conclusion\n\n" + "\n".join(f"- {line}" for line in result["conclusions"]) + "\n\n"
+        "## 1. End to end\n\n"
+        f"One simulated LLM (ttft {p['sim_ttft_ms']:g} ms, {p['sim_tokens_per_s']:g} "
+        "tokens/s) and one chatd process per configuration, all with "
+        "`CHATD_LOG_FORMAT=json` and `CHATD_LOG_FILE` (a temporary file); `logs-on` at "
+        "`CHATD_LOG_LEVEL=info`, `logs-off` at `error`"
+        + "".join(f"; {e}" for e in extra)
+        + f". Each round, {p['connections']} WebSocket connections per chatd (opened "
+        f"beforehand) each ask {p['chats_per_connection']} questions one after another, the "
+        'paths in turn (chit-chat: `direct`; "what is N*M?": `tools`; a confident FAQ '
+        "question: `tool_stream`), every one asked for the first time (checked: the expected "
+        f"path, `cached` and `shared` false). {p['rounds']} measured rounds per configuration "
+        "after a warm-up round, taken in turn with the order reversed every other round. "
+        "chatd CPU is its utime+stime over the rounds, read from its CPU-time clock "
+        "(`clock_getcpuclockid`, in ns; /proc/PID/stat counts the same in 10 ms ticks, too "
+        "coarse for one round, and gives the *system* part, over all rounds). Log bytes "
+        "and lines are the log file's growth over the rounds.\n\n"
+        "| config | logging | requests | chatd CPU µs/request | of which system "
+        "| vs logs-off | log bytes/request | log lines/request | chatd CPU busy "
+        "| requests/s | request p50 / p95 ms | frames/request | sim CPU busy "
+        "| client CPU busy | machine cores busy |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"{rows}\n\n"
+        f"chatd CPU µs/request by round:\n\n{by_round}\n\n"
+        "Differences round by round (µs/request; each pair measured one after the other):\n\n"
+        "| difference | by round | median | mean | s.e. |\n|---|---|---|---|---|\n"
+        f"{paired_rows}\n\n"
+        "Lines and bytes per request by path, from each log file as a whole (warm-up "
+        "included; a request's lines found by `request_id`):\n\n"
+        "| config | path | lines/request | bytes/request | text chars in summary |\n"
+        f"|---|---|---|---|---|\n{shape_rows}\n"
+        f"{_profile_markdown(result.get('profiles'), p)}\n"
+        "## 2. In process\n\n"
+        "One request's `RequestTrace` as the pipeline makes it (a logger bound to the "
+        "connection's context, the spans each path writes in the end-to-end log, the "
+        "router and answer spans marked once per streamed event, then the `stream` span "
+        "and the summary), inside `trio.run`, logged through chatd's own "
+        f"`configure_logging`; {p['micro_requests']} requests per path and variant, back to "
+        f"back, {p['micro_repeats']} repeats interleaved (median µs per request shown); *mix* "
+        "is the mean of the three paths, as the end-to-end load mixes them.\n\n"
+        "| variant | logging | direct µs | tools µs | tool_stream µs | mix µs "
+        "| bytes/request | lines/request |\n|---|---|---|---|---|---|---|---|\n"
+        f"{trace_rows}\n\n"
+        f"Metrics, µs per call ({p['metrics_calls']} calls, {p['micro_repeats']} repeats; "
+        "`request_finished` cycles the three paths' labels):\n\n"
+        "| call | median µs | min µs |\n|---|---|---|\n"
+        f"{metric_rows}\n\n"
+        f"Per request (`request_finished` + `cancelled`): {micro['metrics']['per_request_us']} "
+        "µs. `frames_sent` is called once per batch of frames the writer sends.\n\n"
+        f"## Machine\n\n{machine_markdown(result['machine'])}\n"
+    )
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    quick = bool(args.quick)
+    return Params(
+        quick=quick,
+        connections=args.connections or (30 if quick else 50),
+        chats_per_connection=args.chats or (3 if quick else 6),
+        rounds=args.rounds or (2 if quick else 8),
+        sim_ttft_ms=20.0,
+        sim_tokens_per_s=500.0,
+        include_text=not args.no_text,
+        control=not args.no_control,
+        profile=not args.no_profile,
+        profile_rounds=2 if quick else 5,
+        micro_requests=300 if quick else 2000,
+        micro_repeats=3 if quick else 5,
+        metrics_calls=20_000 if quick else 100_000,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
+    parser.add_argument("--connections", type=int, help="connections per chatd (50; quick 30)")
+    parser.add_argument("--chats", type=int, help="questions per connection per round (6; quick 3)")
+    parser.add_argument("--rounds", type=int, help="measured rounds per configuration (8; quick 2)")
+    parser.add_argument("--no-text", action="store_true", help="leave out logs-on-text")
+    parser.add_argument(
+        "--no-control", action="store_true", help="leave out logs-off-2, the A/A control"
+    )
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="skip profiling each chatd (but the control) under load with py-spy",
+    )
+    parser.add_argument(
+        "--chatd-path",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent,
+        help="run chatd from this source tree (default: this repository)",
+    )
+    args = parser.parse_args()
+    params = params_from(args)
+    chatd_path: Path = args.chatd_path.resolve()
+    name = "observability" + ("-quick" if params.quick else "")
+    RESULTS.mkdir(exist_ok=True)
+    source = provenance(chatd_path)
+    machine = describe_machine()
+    machine["nproc"] = len(os.sched_getaffinity(0))
+    machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    py_spy: str | None = None
+    profiles: dict[str, Any] | None = None
+    if params.profile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(py_spy).exists():
+            py_spy, profiles = None, {"skipped": "py-spy is not installed (pip install py-spy)"}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-observability-") as tmp:
+        workdir = Path(tmp)
+        configs = configs_for(workdir, params.include_text, params.control)
+        with contextlib.ExitStack() as stack:  # kills every process on the way out
+            sim = start_process(
+                "sim",
+                ["sim-llm", "--port", "0", "--ttft-ms", f"{params.sim_ttft_ms:g}",
+                 "--tokens-per-s", f"{params.sim_tokens_per_s:g}"],
+                workdir, clean_env(chatd_path), stack,
+            )  # fmt: skip
+            runs = [
+                Measured(c, spawn_chatd(c, sim.listening["url"], chatd_path, workdir, stack))
+                for c in configs
+            ]
+            try:
+                for m in runs:
+                    wait_listening(m.process)
+                measured = trio.run(measure_end_to_end, runs, sim, params, py_spy)
+            except BaseException:
+                for process in (sim, *(m.process for m in runs)):
+                    print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
+                for c in configs:
+                    print(f"--- {c.label} log file tail ---", file=sys.stderr)
+                    print(
+                        read_from(c.log_file, 0).decode(errors="replace")[-2000:], file=sys.stderr
+                    )
+                raise
+        shapes = {
+            c.label: log_shape(c.log_file) for c in configs if c.env["CHATD_LOG_LEVEL"] == "info"
+        }
+        micro = {"metrics": micro_metrics(params), "traces": micro_traces(params, workdir)}
+    result: dict[str, Any] = {
+        "benchmark": "observability: chatd CPU per request with logs on and off",
+        "command": "python benchmarks/bench_observability.py " + " ".join(sys.argv[1:]),
+        "params": attrs.asdict(params),
+        "chatd": source,
+        "e2e": measured["configs"],
+        "profiles": measured["profiles"] or profiles,
+        "log_shape": shapes,
+        "micro": micro,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "machine": machine,
+    }
+    result["comparison"] = compare(result["e2e"], micro, result["profiles"])
+    result["conclusions"] = conclusions(result["e2e"], result["comparison"])
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    md = markdown(result)
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

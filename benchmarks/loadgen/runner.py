@@ -1,0 +1,132 @@
+"""One scenario, start to finish: its own simulator and chatd, the users, the readings.
+
+Each scenario gets fresh processes, so one's cache, flights, breaker and
+memory do not colour the next. Readings bracket the users: chatd's RSS once
+connected-to-nothing (start) and after the last user closed (end), its peak
+from the once-a-second samples; chatd's CPU and the simulator's request
+counter over the users' run only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+from bench_pipeline import machine_cpu_seconds, machine_delta
+
+from loadgen.progress import show_progress
+from loadgen.rig import Rig, rss_kib, run_outage, sample_forever, sim_stats, start_rig
+from loadgen.scenarios import Scenario
+from loadgen.summary import outage_phases, summarise
+from loadgen.users import RunState, run_users
+
+__all__ = ["Plan", "run_scenario"]
+
+
+@attrs.frozen
+class Plan:
+    """How big a run is and how the simulator answers."""
+
+    users: int
+    duration_s: float
+    ramp_s: float
+    think_s: float
+    max_requests: int | None = None
+    ttft_ms: float = 300.0
+    tokens_per_s: float = 40.0
+    seed: int = 1
+    progress: bool = True
+
+
+def run_scenario(scenario: Scenario, plan: Plan, chatd_path: Path) -> dict[str, Any]:
+    """Start the rig, run the users, and return the scenario's figures."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"load-{scenario.name}-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        rig = start_rig(
+            Path(tmp), chatd_path, plan.ttft_ms, plan.tokens_per_s, scenario.chatd_env, stack
+        )
+        try:
+            return trio.run(_measure, scenario, plan, rig)
+        except BaseException:
+            for process in (rig.sim, rig.chatd):
+                print(f"--- {process.name} log tail ---\n{process.log_tail()}")
+            raise
+
+
+async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> dict[str, Any]:
+    duration = max(plan.duration_s, scenario.min_duration_s)
+    run = RunState(
+        rig.ws_url, scenario, plan.users, duration, plan.ramp_s, plan.think_s,
+        plan.max_requests, plan.seed,
+    )  # fmt: skip
+    samples: list[dict[str, float]] = []
+    marks: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=rig.sim_control, timeout=10) as http:
+        rss_start = rss_kib(rig.chatd.pid)
+        stats0 = await sim_stats(http)
+        cpu0, sim_cpu0 = rig.chatd.cpu_seconds(), rig.sim.cpu_seconds()
+        client0, machine0 = time.process_time(), machine_cpu_seconds()
+        wall0 = time.perf_counter()
+        async with trio.open_nursery() as watchers:
+            run.t0 = trio.current_time()
+            watchers.start_soon(sample_forever, rig, run, samples)
+            if plan.progress:
+                watchers.start_soon(show_progress, run, scenario.name)
+            if scenario.behaviour.outage is not None:
+                watchers.start_soon(run_outage, http, run, scenario.behaviour.outage, marks)
+            await run_users(run)
+            watchers.cancel_scope.cancel()
+        wall = time.perf_counter() - wall0
+        cpu = rig.chatd.cpu_seconds() - cpu0
+        sim_cpu = rig.sim.cpu_seconds() - sim_cpu0
+        client_cpu = time.process_time() - client0
+        spent = {
+            "chatd_cpu_s": round(cpu, 3),
+            "sim_cpu_s": round(sim_cpu, 3),
+            "client_cpu_s": round(client_cpu, 3),
+            # The machine is shared: cores busy in all, and the rig's own share.
+            "machine_cores_busy": round(machine_delta(machine0)[0] / wall, 2),
+            "rig_cores_busy": round((cpu + sim_cpu + client_cpu) / wall, 2),
+        }
+        stats1 = await sim_stats(http)
+        await trio.sleep(0.5)  # let chatd let go of the closed connections
+        rss_end = rss_kib(rig.chatd.pid)
+    result = summarise(run.records, wall, plan.ttft_ms, plan.tokens_per_s)
+    calls = stats1["requests"] - stats0["requests"]
+    result.update(
+        {
+            "scenario": scenario.name,
+            "description": scenario.description,
+            "duration_s": duration,
+            "chatd_env": dict(scenario.chatd_env),
+            "client_errors": dict(run.errors),
+            **spent,
+            "chatd_cpu_busy": round(cpu / wall, 3),
+            # None when no LLM streamed (Path B only): no tokens to divide by.
+            "chatd_cpu_s_per_1k_tokens": (
+                round(cpu / result["tokens"] * 1000, 4) if result["tokens"] else None
+            ),
+            "chatd_rss_kib": {
+                "start": rss_start,
+                "peak": max([rss_start, *(s["chatd_rss_kib"] for s in samples)]),
+                "end": rss_end,
+            },
+            "upstream_calls": calls,
+            "upstream_calls_per_answered": round(calls / max(1, result["answered"]), 3),
+            "upstream_calls_per_request": round(calls / max(1, result["requests"]), 3),
+            "chatd_cpu_ms_per_request": round(cpu / max(1, result["requests"]) * 1000, 2),
+            "sim_client_disconnects": stats1["client_disconnects"] - stats0["client_disconnects"],
+            "samples": samples,
+        }
+    )
+    if scenario.behaviour.outage is not None:
+        result["outage"] = outage_phases(run.records, marks)
+    return result

@@ -1,0 +1,245 @@
+"""Virtual users: each keeps one WebSocket connection and asks one chat at a time.
+
+A user starts at its place in the ramp-up, then loops: think, pick a kind,
+send ``chat``, read that request's events to its terminal one (cancelling or
+dropping the connection on the way if the scenario says so), record what it
+saw. It stops sending at the run's deadline or once the run has sent its
+request count; the request in flight finishes (bounded by a timeout).
+
+The load generator shares the machine's cores with chatd and the simulator,
+so the per-frame path is kept lean: one ``orjson.loads`` and a few
+comparisons per frame, no task per request, and no reader task beside
+trio-websocket's own.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import random
+import time
+from collections.abc import Iterator
+
+import attrs
+import orjson
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from loadgen.scenarios import Kind, Scenario
+
+__all__ = ["Record", "RunState", "run_users"]
+
+REQUEST_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 10.0
+
+
+@attrs.define(slots=True)
+class Record:
+    """What one user saw of one request. Times are seconds; ``sent_s`` is from the run's start.
+
+    ``terminal`` is ``done`` or ``error`` (the server's terminal event), ``dropped``
+    (we dropped the connection first), ``closed`` (the server closed it first) or
+    ``client_timeout``. ``action`` is ``cancel`` or ``drop`` when one was carried
+    out before the terminal event.
+    """
+
+    kind: str
+    message: str
+    user: int
+    sent_s: float
+    terminal: str = "client_timeout"
+    action: str | None = None
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    finish_reason: str | None = None
+    code: str | None = None
+    path: str | None = None
+    shared: bool = False
+    cached: bool = False
+    server_ttft_ms: float | None = None
+    tokens: int = 0
+    """The LLM's ``usage.completion_tokens`` (0 for a Path B answer: no LLM streams it)."""
+    chars: int = 0
+    """Characters of answer text received."""
+    token_frames: int = 0
+    frames: int = 0
+
+
+@attrs.define
+class RunState:
+    """Bounds, shared counters (read by the progress bar) and the records of one run."""
+
+    url: str
+    scenario: Scenario
+    users: int
+    duration_s: float
+    ramp_s: float
+    think_s: float
+    max_requests: int | None = None
+    seed: int = 1
+    t0: float = 0.0
+    records: list[Record] = attrs.field(factory=list)
+    connected: int = 0
+    sent: int = 0
+    in_flight: int = 0
+    tokens: int = 0
+    errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    _numbers: dict[str, Iterator[int]] = attrs.field(
+        factory=lambda: collections.defaultdict(itertools.count), init=False
+    )
+
+    def may_send(self) -> bool:
+        """Whether the run's bounds still allow a new request."""
+        if self.max_requests is not None and self.sent >= self.max_requests:
+            return False
+        return trio.current_time() < self.t0 + self.duration_s
+
+    def next_message(self, kind: Kind) -> str:
+        """The next unique message of ``kind``."""
+        return kind.make(next(self._numbers[kind.name]))
+
+
+async def run_users(run: RunState) -> None:
+    """Run every user to its end; the ramp and the duration count from ``run.t0``."""
+    async with trio.open_nursery() as nursery:
+        for index in range(run.users):
+            nursery.start_soon(_user, run, index)
+
+
+async def _user(run: RunState, index: int) -> None:
+    rng = random.Random(run.seed * 1_000_003 + index)
+    await trio.sleep_until(run.t0 + run.ramp_s * index / max(1, run.users))
+    while run.may_send():
+        try:
+            async with open_websocket_url(
+                run.url, connect_timeout=CONNECT_TIMEOUT_S, disconnect_timeout=2
+            ) as ws:
+                run.connected += 1
+                try:
+                    await _session(run, ws, rng, index)
+                finally:
+                    run.connected -= 1
+        except (HandshakeError, OSError, ConnectionClosed, trio.BrokenResourceError) as exc:
+            # Connection refused, reset, or our own drop surfacing on close: count
+            # failures to connect; a drop was already recorded.
+            if not isinstance(exc, ConnectionClosed | trio.BrokenResourceError):
+                run.errors[f"connect:{type(exc).__name__}"] += 1
+                await trio.sleep(1.0)
+
+
+async def _session(run: RunState, ws: WebSocketConnection, rng: random.Random, user: int) -> None:
+    """Ask on ``ws`` until the run ends or the connection goes (then the caller reconnects)."""
+    behaviour = run.scenario.behaviour
+    for k in itertools.count():
+        if behaviour.wave_s is None:
+            await trio.sleep(rng.uniform(0, 2 * run.think_s) if run.think_s else 0)
+        if not run.may_send():
+            return
+        kind = run.scenario.pick(rng)
+        if behaviour.wave_s is not None:
+            # Waves start once every user is connected: at the ramp's end, then
+            # every wave_s. A user still answering at a wave's start skips it.
+            first = run.t0 + run.ramp_s
+            wave = max(0, math.ceil((trio.current_time() - first) / behaviour.wave_s))
+            await trio.sleep_until(first + wave * behaviour.wave_s)
+            if not run.may_send():
+                return
+            message = kind.make(wave)
+        else:
+            message = run.next_message(kind)
+        record = Record(kind.name, message, user, trio.current_time() - run.t0)
+        run.records.append(record)
+        run.sent += 1
+        run.in_flight += 1
+        try:
+            await _ask(run, ws, f"u{user}-{k}", record, run.scenario.abort(rng))
+        finally:
+            run.in_flight -= 1
+        if record.terminal in ("done", "error"):
+            run.tokens += record.tokens
+            if record.terminal == "error":
+                run.errors[record.code or "?"] += 1
+        else:
+            if record.terminal != "dropped":  # a drop is the scenario's, not an error
+                run.errors[record.terminal] += 1
+            return  # the connection is gone or suspect: reconnect
+
+
+async def _ask(
+    run: RunState,
+    ws: WebSocketConnection,
+    request_id: str,
+    record: Record,
+    abort: tuple[str, float] | None,
+) -> None:
+    """Send one chat and read its events into ``record`` until it ends."""
+    started = time.perf_counter()
+    cut_at = math.inf
+    if abort is not None:
+        cut_at = trio.current_time() + abort[1]
+    try:
+        await ws.send_message(
+            orjson.dumps({"type": "chat", "id": request_id, "message": record.message}).decode()
+        )
+        with trio.move_on_after(REQUEST_TIMEOUT_S):
+            while True:
+                with trio.move_on_at(cut_at):
+                    text = await ws.get_message()
+                    event = orjson.loads(text)
+                    if event.get("id") != request_id:
+                        continue
+                    record.frames += 1
+                    kind = event["type"]
+                    if kind == "token":
+                        record.token_frames += 1
+                        record.chars += len(event["text"])
+                        if record.ttft_s is None:
+                            record.ttft_s = time.perf_counter() - started
+                    elif kind == "route":
+                        record.path = event["path"]
+                    elif kind in ("done", "error"):
+                        record.duration_s = time.perf_counter() - started
+                        _terminal(record, event)
+                        return
+                    continue
+                # The abort's time came before the terminal event.
+                assert abort is not None
+                cut_at = math.inf
+                record.action = abort[0]
+                if abort[0] == "cancel":
+                    await ws.send_message(
+                        orjson.dumps({"type": "cancel", "id": request_id}).decode()
+                    )
+                else:
+                    # As chatd.testing.ChatClient.drop: no close handshake, as a
+                    # network failure would leave it.
+                    await ws._stream.aclose()
+                    record.terminal = "dropped"
+                    record.duration_s = time.perf_counter() - started
+                    return
+    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        record.terminal = "closed"
+        record.duration_s = time.perf_counter() - started
+
+
+def _terminal(record: Record, event: dict[str, object]) -> None:
+    record.terminal = str(event["type"])
+    if record.terminal == "error":
+        record.code = str(event.get("code"))
+        return
+    record.finish_reason = str(event.get("finish_reason"))
+    record.path = str(event.get("path", record.path))
+    record.shared = bool(event.get("shared"))
+    record.cached = bool(event.get("cached"))
+    usage = event.get("usage")
+    if isinstance(usage, dict):
+        record.tokens = int(usage.get("completion_tokens") or 0)
+    timings = event.get("timings")
+    if isinstance(timings, dict) and timings.get("ttft_ms") is not None:
+        record.server_ttft_ms = float(timings["ttft_ms"])
