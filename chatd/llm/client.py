@@ -54,8 +54,12 @@ def _retry_after_ms(value: str | None) -> int | None:
     try:
         return max(0, int(float(value) * 1000))
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0, int((when.timestamp() - time.time()) * 1000)) if when else None
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (ValueError, TypeError):
+        return None  # a malformed hint is no hint, not an error
+    return max(0, int((when.timestamp() - time.time()) * 1000))
 
 
 def _error_message(body: bytes) -> str:

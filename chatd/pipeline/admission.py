@@ -80,12 +80,16 @@ class Admission:
     async def _acquire(
         self, limiter: trio.CapacityLimiter, token: object, on_position: PositionCallback
     ) -> float:
+        # As trio's own acquire does: a cancelled caller takes nothing, and the
+        # checkpoint after taking a slot cannot raise (or the slot would leak,
+        # since the caller's ``finally`` is not yet in force).
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             limiter.acquire_on_behalf_of_nowait(token)
         except trio.WouldBlock:
             pass
         else:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return 0.0
         if len(self._queue) >= self.limits.max_queue:
             raise Overloaded(

@@ -129,6 +129,9 @@ class Upstream:
                         attempt.failure()
                         error = str(exc)
                     else:
+                        # The first event is in: the endpoint works. Saying so now
+                        # frees a half-open probe slot for the rest of the stream.
+                        attempt.success()
                         yield _Resumed(first, events)
                         return
             tries += 1

@@ -77,11 +77,6 @@ async def _next(receive: trio.MemoryReceiveChannel[Outgoing]) -> Outgoing | None
         return None
 
 
-async def _send_closing(channel: trio.MemorySendChannel[Outgoing], item: Outgoing) -> None:
-    async with channel:
-        await channel.send(item)
-
-
 def _valid_id(value: object) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= 128 and value.isprintable()
 
@@ -152,12 +147,17 @@ class Connection:
         self._scope.cancel()
 
     def _reply(self, request_id: str | None, event: Event, nursery: trio.Nursery) -> None:
-        """A reply to a frame itself (pong, refusals). Sent from its own task, so
-        the reader never waits on a lagging client and a refusal is never lost."""
+        """A reply to a frame itself (pong, refusals), queued without waiting so
+        the reader never blocks. A client whose queue is full is not reading:
+        it is dropped rather than given an unbounded pile of replies."""
         assert self._out is not None
         if self._writer_done.is_set() or self._out_closed:
             return  # closing: the client hears 1001 instead
-        nursery.start_soon(_send_closing, self._out.clone(), (request_id, event))
+        try:
+            self._out.send_nowait((request_id, event))
+        except trio.WouldBlock:
+            log.warning("client not reading its replies: dropping it", connection=self.id)
+            self.reap("client stopped reading")
 
     def _handle(self, raw: str | bytes, nursery: trio.Nursery) -> None:
         limits = self.pipeline.settings.limits

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 
 from chatd.config import LimitsSettings, LLMSettings, ServerSettings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
@@ -248,3 +249,22 @@ async def test_bad_frames_leave_requests_in_flight_alone(chatd: Chatd, client: C
     assert codes == ["bad_request", "too_large"]
     live_errors = [e for e in client.events["live"] if e["type"] == "error"]
     assert [e["code"] for e in live_errors] == ["bad_request"]
+
+
+async def test_client_flooding_pings_without_reading_is_dropped(
+    make_settings: MakeSettings,
+) -> None:
+    """Replies queue without bound for nobody: a client that only sends is dropped."""
+    settings = make_settings(server=ServerSettings(send_queue=8))
+    async with (
+        open_chatd(settings) as server,
+        trio_websocket.open_websocket_url(server.ws_url) as ws,
+    ):
+        with trio.fail_after(10):
+            for _ in range(2000):
+                try:
+                    await ws.send_message('{"type": "ping"}')
+                except trio_websocket.ConnectionClosed:
+                    break
+            await wait_until(lambda: not server.running.state.connections, within=5)
+        await ws._stream.aclose()

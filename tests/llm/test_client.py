@@ -235,3 +235,15 @@ async def test_request_carries_key_model_headers_and_tools() -> None:
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("header", "ms"), [("soon", None), ("", None), ("1.5", 1500)])
+async def test_retry_after_forms(header: str, ms: int | None) -> None:
+    """A malformed Retry-After is no hint, never an internal error."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, content=b"busy", headers={"retry-after": header})
+
+    with pytest.raises(UpstreamRefused) as info:
+        await collect(handler)
+    assert info.value.retry_after_ms == ms

@@ -93,3 +93,16 @@ async def test_cancelled_waiter_leaves_no_trace(autojump_clock: trio.abc.Clock) 
         assert adm.statistics().queued == 0
         nursery.cancel_scope.cancel()
     assert adm.statistics().llm_streams_in_use == 0
+
+
+async def test_cancelled_before_taking_a_free_slot_leaks_nothing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A request already cancelled when it reaches a free slot takes none (no leak)."""
+    adm = admission(llm_streams=1)
+    for _ in range(5):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await hold(adm, 1)
+    assert adm.statistics().llm_streams_in_use == 0
+    assert await hold(adm, 0) == 0.0
