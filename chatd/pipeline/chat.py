@@ -77,6 +77,12 @@ class ChatInput:
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     client: str = "anonymous"
 
+    @property
+    def session_key(self) -> str:
+        """Where the session's history is kept: the client's, so another client
+        naming the same session cannot read it."""
+        return f"{self.client}/{self.session}"
+
 
 def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
@@ -230,7 +236,7 @@ class Pipeline:
         with trace.span("prepare") as prepare:
             async with self.admission.slot(self.admission.prepare, turn.queued) as waited:
                 _record_queue(trace, waited, "prepare")
-                history = await self.sessions.history(chat.session) if chat.session else []
+                history = await self.sessions.history(chat.session_key) if chat.session else []
                 messages = build_prompt(
                     self.settings.system_prompt, history, chat.message, limits.prompt_token_budget
                 )
@@ -291,7 +297,7 @@ class Pipeline:
     async def _remember(self, chat: ChatInput, turn: Turn) -> None:
         assert chat.session is not None
         await self.sessions.append(
-            chat.session,
+            chat.session_key,
             [
                 {"role": "user", "content": chat.message},
                 {"role": "assistant", "content": turn.text},

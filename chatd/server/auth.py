@@ -20,6 +20,8 @@ def identify(
     auth = authorization or ""
     supplied = auth[7:].strip() if auth.lower().startswith("bearer ") else (api_key_arg or "")
     if not api_keys:
-        return (f"key:{supplied}" if supplied else f"addr:{remote}"), True
+        # Unchecked keys say nothing about who asks: rotating them must not
+        # escape a rate limit. Without configured keys, clients are addresses.
+        return f"addr:{remote}", True
     ok = any(hmac.compare_digest(supplied.encode(), key.encode()) for key in api_keys)
     return (f"key:{supplied}" if ok else f"addr:{remote}"), ok

@@ -6,7 +6,9 @@ from typing import Any
 
 import trio
 
-from chatd.testing import ChatClient, Chatd
+from chatd.config import ServerSettings
+from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd
+from tests.e2e.conftest import MakeSettings
 
 
 async def ask(client: ChatClient, request_id: str, message: str, **fields: Any) -> dict[str, Any]:
@@ -159,3 +161,16 @@ async def test_ping(client: ChatClient) -> None:
         assert await client.wait_for("p1", "pong") == {"type": "pong", "id": "p1"}
         await client.send({"type": "ping"})
         assert await client.wait_for(None, "pong") == {"type": "pong"}
+
+
+async def test_sessions_belong_to_their_client(make_settings: MakeSettings) -> None:
+    """Another client naming the same session does not get its history."""
+    settings = make_settings(server=ServerSettings(api_keys=["alice", "bob"]))
+    async with open_chatd(settings) as chatd:
+        assert chatd.sim is not None
+        async with open_chat_client(chatd.ws_url + "?api_key=alice") as alice:
+            await ask(alice, "a", "hello there, my secret is 42", session="shared")
+        async with open_chat_client(chatd.ws_url + "?api_key=bob") as bob:
+            await ask(bob, "b", "hello again", session="shared")
+        contents = [m["content"] for m in chatd.sim.last_request.body["messages"]]
+        assert not any("secret" in str(c) for c in contents)
