@@ -29,6 +29,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 class ChatdError(Exception):
     """Base of every error chatd raises on purpose."""
 

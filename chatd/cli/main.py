@@ -13,7 +13,7 @@ from chatd import __version__
 from chatd.cli.chat import add_chat_arguments, run_chat
 from chatd.cli.trace import add_trace_arguments, run_trace
 from chatd.config import Settings, load_settings
-from chatd.exceptions import ConfigError
+from chatd.exceptions import ConfigError, first_leaf
 from chatd.observability import configure_logging
 
 __all__ = ["main"]
@@ -88,13 +88,6 @@ async def _run_sim(settings: Settings) -> None:
         )
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real error inside nurseries' exception groups."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``chatd``; returns the process exit status."""
     args = _parser().parse_args(argv)
@@ -116,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             trio.run(_run_sim, settings)
     except (ConfigError, BaseExceptionGroup, KeyboardInterrupt) as exc:
-        error = _leaf(exc)
+        error = first_leaf(exc)
         if isinstance(error, KeyboardInterrupt):
             return 0
         if not isinstance(error, ConfigError):

@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from chatd.config import Settings
-from chatd.exceptions import ChatdError, DeadlineExceeded, ShuttingDown, TooLarge
+from chatd.exceptions import ChatdError, DeadlineExceeded, ShuttingDown, TooLarge, first_leaf
 from chatd.llm import Message
 from chatd.observability.metrics import Metrics
 from chatd.observability.spans import RequestTrace, SpanHandle
@@ -82,12 +82,6 @@ class ChatInput:
         """Where the session's history is kept: the client's, so another client
         naming the same session cannot read it."""
         return f"{self.client}/{self.session}"
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 @attrs.define
@@ -183,13 +177,13 @@ class Pipeline:
                 await self._remember(chat, turn)
             return self._done(request_id, turn, finish, started)
         except* ChatdError as group:
-            error = _first_leaf(group)
+            error = first_leaf(group)
             assert isinstance(error, ChatdError)
             log.info("request failed", code=error.code, error=error.message)
             failed = error_event(error)
             del error  # it holds this frame through its traceback: no cycle to collect
         except* Exception as group:
-            log.error("request crashed", exc_info=_first_leaf(group))
+            log.error("request crashed", exc_info=first_leaf(group))
             failed = Error("internal", f"internal error; the log has it under {request_id}")
         return failed
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import attrs
 import orjson
 import structlog
 import trio
 
-from chatd.exceptions import ChatdError, DeadlineExceeded
+from chatd.exceptions import ChatdError, DeadlineExceeded, first_leaf
 from chatd.llm import Message
 from chatd.pipeline.answer import Turn
 from chatd.pipeline.events import Event, Route, Token, ToolStart
@@ -176,10 +175,10 @@ class Flights:
                 # Without their tracebacks (which hold this frame, which holds the
                 # flight): subscribers raise copies, and no cycle is left to collect.
                 except* ChatdError as group:
-                    flight.error = _first_leaf(group).with_traceback(None)
+                    flight.error = first_leaf(group).with_traceback(None)
                 except* Exception as group:
-                    log.error("flight crashed", exc_info=_first_leaf(group))
-                    flight.error = _first_leaf(group).with_traceback(None)
+                    log.error("flight crashed", exc_info=first_leaf(group))
+                    flight.error = first_leaf(group).with_traceback(None)
         finally:
             if not completed and flight.error is None:
                 # Its own deadline, or the server shutting down: never a bare Cancelled.
@@ -255,9 +254,3 @@ async def replay(events: Sequence[Event], turn: Turn) -> None:
             if isinstance(event, ToolStart):
                 turn.on_state("tools")
             await turn.send(event)
-
-
-def _first_leaf(exc: BaseException) -> Any:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
