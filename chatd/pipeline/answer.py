@@ -124,6 +124,12 @@ class Turn:
         self.on_state("streaming")
         await self.send(Route(path, tuple(tools)))
 
+    async def say(self, text: str) -> None:
+        """Text from an LLM: the answer, and the route ``direct`` if none was set."""
+        if self.path is None:
+            await self.route("direct")
+        await self.token(text)
+
     async def token(self, text: str) -> None:
         """Send the next piece of the answer."""
         if not text:
@@ -148,9 +154,7 @@ async def _stream_text(turn: Turn, llm: ChatStreamer, request: ChatRequest) -> C
             async for event in events:
                 span.mark()  # the call's time to first event: keeps the first
                 if isinstance(event, TextDelta):
-                    if turn.path is None:
-                        await turn.route("direct")
-                    await turn.token(event.text)
+                    await turn.say(event.text)
                 elif isinstance(event, Completion):
                     turn.count(event)
                     span.set(finish_reason=event.finish_reason)
@@ -271,9 +275,7 @@ async def answer(
             async for event in events:
                 span.mark()  # the call's time to first event: keeps the first
                 if isinstance(event, TextDelta):
-                    if turn.path is None:
-                        await turn.route("direct")
-                    await turn.token(event.text)
+                    await turn.say(event.text)
                 elif isinstance(event, ToolCallBegin) and turn.path is None and early is None:
                     call = _early_call(registry, event, messages)
                     if call is not None:
