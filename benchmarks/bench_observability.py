@@ -52,7 +52,6 @@ import collections
 import contextlib
 import ctypes
 import io
-import json
 import os
 import shutil
 import signal
@@ -87,7 +86,7 @@ from bench_pipeline import (
     unique_chit_chat,
     unique_question,
 )
-from machine import describe_machine, machine_markdown
+from machine import describe_machine, machine_markdown, write_results
 
 from chatd.config import LogSettings
 from chatd.observability import Metrics, RequestTrace, configure_logging
@@ -1193,10 +1192,7 @@ def main() -> None:
     }
     result["comparison"] = compare(result["e2e"], micro, result["profiles"])
     result["conclusions"] = conclusions(result["e2e"], result["comparison"])
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    md = markdown(result)
-    (RESULTS / f"{name}.md").write_text(md)
-    print(md)
+    write_results(RESULTS, name, result, markdown(result))
 
 
 if __name__ == "__main__":

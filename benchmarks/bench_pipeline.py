@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -53,7 +52,7 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe_machine, machine_markdown
+from machine import describe_machine, machine_markdown, write_results
 
 from chatd.llm.sim.completions import ARGUMENT_PIECE_CHARS
 from chatd.llm.sim.rules import ToolCallsPlan, default_rules, plan_reply
@@ -1034,10 +1033,7 @@ def main() -> None:
         "machine": machine,
     }
     result["verdicts"] = verdicts(result["ttft"], result["load"])
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    md = markdown(result)
-    (RESULTS / f"{name}.md").write_text(md)
-    print(md)
+    write_results(RESULTS, name, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import argparse
 import collections
 import contextlib
 import itertools
-import json
 import math
 import os
 import statistics
@@ -63,7 +62,7 @@ from bench_pipeline import (
     start_process,
     unique_chit_chat,
 )
-from machine import describe_machine, machine_markdown
+from machine import describe_machine, machine_markdown, write_results
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -715,10 +714,7 @@ def main() -> None:
         "machine": machine,
     }
     result["verdicts"] = verdicts(result["breaker"], result["storm"], params)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    md = markdown(result)
-    (RESULTS / f"{name}.md").write_text(md)
-    print(md)
+    write_results(RESULTS, name, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 
@@ -36,3 +38,11 @@ def describe_machine() -> dict[str, Any]:
 def machine_markdown(machine: dict[str, Any]) -> str:
     """The machine as a Markdown list."""
     return "\n".join(f"- {key}: {value}" for key, value in machine.items())
+
+
+def write_results(directory: Path, name: str, result: dict[str, Any], md: str) -> None:
+    """Write ``name``.json and ``name``.md into ``directory`` and print the Markdown."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (directory / f"{name}.md").write_text(md)
+    print(md)
