@@ -6,6 +6,9 @@ short benchmarks, ``nox -s bench -- --full`` the full ones.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typing"]
@@ -16,7 +19,8 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Every test, unit and end-to-end on real loopback servers."""
+    """Every test, unit and end-to-end on real loopback servers (and a real Redis)."""
+    _ensure_redis_server(session)
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
@@ -52,3 +56,13 @@ def bench(session: nox.Session) -> None:
     )
     for script in scripts:
         session.run("python", f"benchmarks/{script}", *([] if full else ["--quick"]))
+
+
+def _ensure_redis_server(session: nox.Session) -> None:
+    """Tests start their own ``redis-server``: install Debian's when it is missing."""
+    if shutil.which("redis-server"):
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run(*sudo, "apt-get", "update", "-q", external=True, env=env)
+    session.run(*sudo, "apt-get", "install", "-y", "-q", "redis-server", external=True, env=env)

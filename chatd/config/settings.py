@@ -124,6 +124,14 @@ class KBSettings:
     backend: Literal["sqlite", "arango"] = "sqlite"
     path: str = "chatd-kb.sqlite3"
     arango_url: str | None = attrs.field(default=None, validator=_http_url)
+    arango_database: str = "chatd"
+    arango_username: str = "root"
+    arango_password: str | None = attrs.field(default=None, repr=False)
+    arango_collection: str = "faq"
+    threads: int = attrs.field(default=16, validator=_positive)
+    """Worker threads for ArangoDB calls, and the size of its HTTP pool."""
+    timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    """How long one ArangoDB request may take before it fails."""
 
 
 @attrs.frozen
@@ -131,6 +139,15 @@ class RedisSettings:
     """Shared state; no ``url`` means in-process memory."""
 
     url: str | None = attrs.field(default=None, validator=_redis_url)
+    threads: int = attrs.field(default=32, validator=_positive)
+    """Worker threads for Redis calls, and the size of the connection pool."""
+    socket_timeout_s: float = attrs.field(default=2.0, validator=_positive)
+    """How long one Redis command may block a thread before it fails."""
+    prefix: str = "chatd:"
+    """Put before every key, so several deployments can share one Redis."""
+    flight_lease_s: float = attrs.field(default=5.0, validator=_positive)
+    """How long a flight's lease lasts unless its leader renews it; a leader
+    that dies lets another instance take the flight over after this long."""
 
 
 @attrs.frozen
