@@ -886,7 +886,7 @@ def params_from(args: argparse.Namespace) -> Params:
         load_rounds=args.rounds or (2 if quick else 4),
         load_ttft_ms=50.0,
         load_tokens_per_s=200.0,
-        default_merge_ms=20.0,
+        default_merge_ms=50.0,
         profile=bool(args.profile),
         profile_rounds=1 if quick else 3,
     )

@@ -60,7 +60,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=_port)
     api_keys: list[str] = attrs.field(factory=list)
-    token_merge_ms: float = attrs.field(default=20.0, validator=_non_negative)
+    token_merge_ms: float = attrs.field(default=50.0, validator=_non_negative)
     send_queue: int = attrs.field(default=256, validator=_positive)
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
     websocket_ping_interval_s: float = attrs.field(default=20.0, validator=_positive)
