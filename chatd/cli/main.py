@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--config", help="a TOML configuration file")
     serve.add_argument("--llm-url", help="OpenAI-style base URL ending in /v1")
+    serve.add_argument(
+        "--workers", type=int, help="processes on the one socket (default 1; share via Redis)"
+    )
 
     sim = commands.add_parser("sim-llm", help="run the simulated LLM alone")
     sim.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -60,7 +63,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     if args.command == "serve":
-        overrides = {"server.host": args.host, "server.port": args.port, "llm.url": args.llm_url}
+        overrides = {
+            "server.host": args.host,
+            "server.port": args.port,
+            "llm.url": args.llm_url,
+            "server.workers": args.workers,
+        }
     elif args.command == "kb":
         overrides = {}
     else:
@@ -88,6 +96,16 @@ async def _run_sim(settings: Settings) -> None:
         )
 
 
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """``serve`` with this one's configuration, as one worker of several."""
+    worker = ["serve", "--workers", "1"]
+    if args.config:
+        worker += ["--config", args.config]
+    if args.llm_url:
+        worker += ["--llm-url", args.llm_url]
+    return worker
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``chatd``; returns the process exit status."""
     args = _parser().parse_args(argv)
@@ -102,7 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from chatd.cli.kb import run_kb_load
 
             return run_kb_load(settings, args.file)
-        if args.command == "serve":
+        if args.command == "serve" and settings.server.workers > 1:
+            from chatd.server.workers import supervise
+
+            trio.run(supervise, settings, _worker_args(args))
+        elif args.command == "serve":
             from chatd.server import serve
 
             trio.run(serve, settings)

@@ -28,13 +28,17 @@ from chatd.llm.sim import serve_sim_llm
 from chatd.pipeline import Pipeline
 from chatd.pipeline.flights import Flights
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
+from chatd.server import pings
 from chatd.server.app import AppState, create_app
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
 
-__all__ = ["Running", "serve"]
+__all__ = ["WORKER_ENV", "Running", "listen", "serve", "url_of"]
 
 log = structlog.get_logger("chatd.server")
+
+WORKER_ENV = "CHATD_INHERIT_WORKER"
+"""Set for a worker of ``--workers N``: its number, from 1, put on its log lines."""
 
 
 @attrs.frozen
@@ -48,22 +52,32 @@ class Running:
     drain: Callable[[], None]
 
 
-def _listen(settings: Settings) -> tuple[str, socket.socket]:
+def listen(settings: Settings) -> tuple[str, socket.socket]:
     """Bind and listen now, before anything else logs, so the first log line can
-    name the address; hypercorn serves a duplicate of the descriptor."""
+    name the address; hypercorn serves a duplicate of the descriptor. The
+    workers of ``--workers N`` each listen on the same port with SO_REUSEPORT,
+    and the kernel spreads new connections over them."""
     try:
         sock = socket.create_server(
-            (settings.server.host, settings.server.port), backlog=1024, reuse_port=False
+            (settings.server.host, settings.server.port),
+            backlog=1024,
+            reuse_port=WORKER_ENV in os.environ,
         )
     except OSError as exc:
         where = f"{settings.server.host}:{settings.server.port}"
         raise ConfigError(f"server: cannot listen on {where}: {exc.strerror}") from exc
+    return url_of(sock), sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket."""
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}", sock
+    return f"http://{host}:{port}"
 
 
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
+    pings.install()
     config = HypercornConfig()
     # Our own drain cancels what is left at the grace; hypercorn's is the backstop.
     config.graceful_timeout = settings.server.shutdown_grace_s + 5
@@ -87,8 +101,13 @@ async def serve(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run chatd until drained by a signal (or cancelled)."""
-    url, listener = _listen(settings)
-    log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws")
+    url, listener = listen(settings)
+    worker = os.environ.get(WORKER_ENV)
+    if worker:
+        structlog.contextvars.bind_contextvars(worker=int(worker))
+        log.info("worker serving", url=url, pid=os.getpid())
+    else:
+        log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws")
     config = _hypercorn_config(settings)
     with listener:
         await _serve_all(settings, url, listener, config, handle_signals, extra_tools, task_status)
