@@ -4,7 +4,8 @@ Each :class:`Metrics` has its own ``CollectorRegistry`` (never the global one),
 so tests and several servers in one process never collide. Two halves:
 
 - *pushed*: the pipeline calls :meth:`Metrics.request_finished`,
-  :meth:`Metrics.cancelled` and :meth:`Metrics.frames_sent` as things happen;
+  :meth:`Metrics.cancelled` and :meth:`Metrics.frames_sent`, the Redis stores'
+  fallbacks :meth:`Metrics.redis_fallback`, as things happen;
 - *pulled*: a collector reads the live objects given to :meth:`Metrics.bind`
   (their ``statistics()``) only when scraped, so it costs nothing per request
   and is never stale. It must run in the trio thread that owns them.
@@ -20,6 +21,7 @@ chatd_shared_answers_total             counter                  request_finished
 chatd_cached_answers_total             counter                  request_finished
 chatd_cancellations_total              counter   cause          cancelled
 chatd_frames_sent_total                counter                  frames_sent
+chatd_redis_fallbacks_total            counter   store          redis_fallback
 chatd_limiter_in_use                   gauge     limiter        admission
 chatd_limiter_capacity                 gauge     limiter        admission
 chatd_queue_depth                      gauge                    admission
@@ -40,7 +42,9 @@ chatd_active_connections               gauge                    connections
 
 ``path`` is ``direct``, ``tool_stream``, ``tools`` or ``none`` (refused or failed
 before routing); ``outcome`` is ``done``, ``cancelled`` or the protocol error
-code; ``chatd_breaker_state`` is 0 closed, 1 half_open, 2 open. Every label
+code; ``store`` is ``cache``, ``sessions`` or ``rate_limits`` (a call answered
+from local memory because Redis failed); ``chatd_breaker_state`` is 0 closed,
+1 half_open, 2 open. Every label
 value comes from a small fixed set: never pass ids or messages.
 
 An unbound source (``None``) leaves its metrics *absent*, not zero: a zero
@@ -61,12 +65,22 @@ from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["BREAKER_STATES", "CANCEL_CAUSES", "REQUEST_STATES", "CancelCause", "Metrics"]
+__all__ = [
+    "BREAKER_STATES",
+    "CANCEL_CAUSES",
+    "REDIS_STORES",
+    "REQUEST_STATES",
+    "CancelCause",
+    "Metrics",
+]
 
 CancelCause = Literal["client_cancel", "disconnect", "deadline", "janitor", "drain"]
 """Why a request was cancelled."""
 CANCEL_CAUSES: tuple[CancelCause, ...] = get_args(CancelCause)
 """Each cause's series starts at zero, so ``rate()`` sees its first one."""
+
+REDIS_STORES = ("cache", "sessions", "rate_limits")
+"""The ``store`` label of ``chatd_redis_fallbacks_total``, zero-filled like causes."""
 
 REQUEST_STATES = ("preparing", "queued", "routing", "tools", "streaming")
 """``chatd.pipeline.registry.RequestState``, zero-filled (a test keeps them equal)."""
@@ -229,6 +243,7 @@ class Metrics:
     _cached: Counter = attrs.field(init=False)
     _cancellations: Counter = attrs.field(init=False)
     _frames: Counter = attrs.field(init=False)
+    _redis_fallbacks: Counter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
@@ -253,6 +268,13 @@ class Metrics:
         for cause in CANCEL_CAUSES:
             self._cancellations.labels(cause)
         self._frames = counter("chatd_frames_sent_total", "WebSocket frames sent.")
+        self._redis_fallbacks = counter(
+            "chatd_redis_fallbacks_total",
+            "Calls served from local memory, Redis failing.",
+            ["store"],
+        )
+        for store in REDIS_STORES:
+            self._redis_fallbacks.labels(store)
         self.registry.register(self._live)
 
     def request_finished(
@@ -285,6 +307,10 @@ class Metrics:
     def frames_sent(self, count: int) -> None:
         """Count WebSocket frames written to clients."""
         self._frames.inc(count)
+
+    def redis_fallback(self, store: str) -> None:
+        """Count one call to a Redis store answered from local memory instead."""
+        self._redis_fallbacks.labels(store).inc()
 
     def bind(
         self,

@@ -8,15 +8,17 @@ events it sends. Imports ``chatd.llm``, ``chatd.tools``, ``chatd.stores``,
 from chatd.pipeline.admission import Admission, AdmissionStatistics
 from chatd.pipeline.chat import ChatInput, Pipeline, RequestOutput
 from chatd.pipeline.events import Event, encode, is_terminal
-from chatd.pipeline.ratelimit import RateLimiter
+from chatd.pipeline.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
 __all__ = [
     "Admission",
     "AdmissionStatistics",
     "ChatInput",
     "Event",
+    "MemoryRateLimiter",
     "Pipeline",
     "RateLimiter",
+    "RedisRateLimiter",
     "RequestOutput",
     "encode",
     "is_terminal",

@@ -105,14 +105,14 @@ class Pipeline:
         """A server-made id, unique enough to find a request in the logs."""
         return "req_" + secrets.token_hex(8)
 
-    def check(self, chat: ChatInput) -> None:
+    async def check(self, chat: ChatInput) -> None:
         """Refuse before acceptance: draining, too large, rate limited."""
         if self.draining:
             raise ShuttingDown("the server is shutting down", retry_after_ms=1000)
         limit = self.settings.limits.max_message_chars
         if len(chat.message) > limit:
             raise TooLarge(f"message is {len(chat.message)} characters; the limit is {limit}")
-        self.rate_limiter.check(chat.client)
+        await self.rate_limiter.check(chat.client)
 
     async def run(self, chat: ChatInput, out: RequestOutput, scope: trio.CancelScope) -> None:
         """Run one chat to exactly one terminal event on ``out``."""
@@ -152,7 +152,7 @@ class Pipeline:
         """Everything but sending the terminal event, which it returns."""
         try:
             with turn.trace.span("admission"):
-                self.check(chat)
+                await self.check(chat)
             await out.send(Accepted(request_id))
             timeout = self.settings.limits.request_timeout_s
             with (

@@ -11,7 +11,7 @@ import httpx
 
 from chatd.config import Settings
 from chatd.llm import open_llm_client
-from chatd.pipeline import Admission, Pipeline, RateLimiter
+from chatd.pipeline import Admission, MemoryRateLimiter, Pipeline
 from chatd.pipeline.registry import RequestRegistry
 from chatd.pipeline.upstream import Endpoint, GuardedKnowledgeBase, Upstream, is_llm_failure
 from chatd.resilience.breaker import CircuitBreaker
@@ -87,7 +87,7 @@ async def open_pipeline(
             tools=registry,
             sessions=MemorySessionStore(),
             admission=Admission(settings.limits),
-            rate_limiter=RateLimiter(settings.limits.rate_per_minute),
+            rate_limiter=MemoryRateLimiter(settings.limits.rate_per_minute),
             requests=RequestRegistry(settings.janitor),
             breakers=breakers,
             cache=(

@@ -1,4 +1,4 @@
-"""Token-bucket rate limits on trio's virtual clock."""
+"""Token-bucket rate limits in memory, on trio's virtual clock (exact times)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,29 @@ import pytest
 import trio
 
 from chatd.exceptions import RateLimited
-from chatd.pipeline.ratelimit import RateLimiter
+from chatd.pipeline.ratelimit import MemoryRateLimiter
 
 
 async def test_burst_then_refill(autojump_clock: trio.abc.Clock) -> None:
     """A minute's worth in a burst, then one more per 60/rate seconds."""
-    limiter = RateLimiter(rate_per_minute=3)
+    limiter = MemoryRateLimiter(rate_per_minute=3)
     for _ in range(3):
-        limiter.check("a")
+        await limiter.check("a")
     with pytest.raises(RateLimited) as info:
-        limiter.check("a")
+        await limiter.check("a")
     assert info.value.retry_after_ms == 20_000
-    limiter.check("b")  # others have their own bucket
+    await limiter.check("b")  # others have their own bucket
     await trio.sleep(20)
-    limiter.check("a")
+    await limiter.check("a")
     with pytest.raises(RateLimited):
-        limiter.check("a")
+        await limiter.check("a")
 
 
-def test_zero_disables() -> None:
-    """rate_per_minute 0 means no limit."""
-    limiter = RateLimiter(rate_per_minute=0)
-    for _ in range(1000):
-        limiter.check("a")
+async def test_forgets_the_least_recent_client_beyond_max_clients() -> None:
+    """Forgetting a client only ever forgives it: its bucket starts full again."""
+    limiter = MemoryRateLimiter(rate_per_minute=1, max_clients=2)
+    for client in ("a", "b", "c"):
+        await limiter.check(client)
+    await limiter.check("a")
+    with pytest.raises(RateLimited):
+        await limiter.check("c")

@@ -1,0 +1,111 @@
+"""The rate limiter's contract, run against memory and Redis alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+from trio.abc import Clock
+
+from chatd.exceptions import RateLimited
+from chatd.pipeline.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from chatd.stores.redis_client import RedisClient
+from tests import backends
+from tests.backends import TIMEOUT
+
+backend, clock, redis_settings, redis = backends.FIXTURES
+
+# A bucket of 120 refilling one every 0.5 s: a burst is over long before a
+# token comes back (Redis runs on real time), and a refill is a short wait.
+RATE = 120
+REFILL_MS = 500
+
+MakeLimiter = Callable[[float], RateLimiter]
+
+
+@pytest.fixture
+async def make_limiter(redis: RedisClient | None) -> MakeLimiter:
+    """Makes a limiter of ``rate_per_minute`` with fresh buckets."""
+    if redis is None:
+        return MemoryRateLimiter
+    return lambda rate: RedisRateLimiter(redis, rate)
+
+
+async def spend(limiter: RateLimiter, client: str, chats: int) -> None:
+    for _ in range(chats):
+        await limiter.check(client)
+
+
+async def test_a_minutes_worth_in_a_burst_then_refused(
+    make_limiter: MakeLimiter, clock: Clock | None
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        limiter = make_limiter(RATE)
+        await spend(limiter, "a", RATE)
+        with pytest.raises(RateLimited) as refused:
+            await limiter.check("a")
+        assert refused.value.retry_after_ms is not None
+        assert 0 < refused.value.retry_after_ms <= REFILL_MS
+
+
+async def test_refills_after_retry_after(make_limiter: MakeLimiter, clock: Clock | None) -> None:
+    with trio.fail_after(TIMEOUT):
+        limiter = make_limiter(RATE)
+        await spend(limiter, "a", RATE)
+        with pytest.raises(RateLimited) as refused:
+            await limiter.check("a")
+        assert refused.value.retry_after_ms is not None
+        await trio.sleep(refused.value.retry_after_ms / 1000)
+        await limiter.check("a")
+        with pytest.raises(RateLimited):
+            await limiter.check("a")
+
+
+async def test_clients_have_their_own_buckets(
+    make_limiter: MakeLimiter, clock: Clock | None
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        limiter = make_limiter(RATE)
+        await spend(limiter, "a", RATE)
+        with pytest.raises(RateLimited):
+            await limiter.check("a")
+        await spend(limiter, "b", RATE)
+
+
+async def test_zero_disables(make_limiter: MakeLimiter, clock: Clock | None) -> None:
+    with trio.fail_after(TIMEOUT):
+        await spend(make_limiter(0), "a", 1000)
+
+
+async def test_a_slow_rate_still_allows_one(make_limiter: MakeLimiter, clock: Clock | None) -> None:
+    """Below one a minute the bucket holds one chat, refilled at the rate."""
+    with trio.fail_after(TIMEOUT):
+        limiter = make_limiter(0.5)
+        await limiter.check("a")
+        with pytest.raises(RateLimited) as refused:
+            await limiter.check("a")
+        assert refused.value.retry_after_ms is not None
+        assert 119_000 < refused.value.retry_after_ms <= 120_000
+
+
+async def test_concurrent_checks_admit_exactly_the_capacity(
+    make_limiter: MakeLimiter, clock: Clock | None
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        limiter = make_limiter(RATE)
+        admitted = refused = 0
+
+        async def check() -> None:
+            nonlocal admitted, refused
+            try:
+                await limiter.check("a")
+            except RateLimited:
+                refused += 1
+            else:
+                admitted += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(RATE + 80):
+                nursery.start_soon(check)
+        assert (admitted, refused) == (RATE, 80)

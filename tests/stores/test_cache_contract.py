@@ -1,0 +1,59 @@
+"""The answer cache's contract, run against memory and Redis alike."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio.abc import Clock
+
+from chatd.stores.cache import AnswerCache, CacheStatistics, MemoryAnswerCache
+from chatd.stores.redis_client import RedisClient
+from chatd.stores.redis_stores import RedisAnswerCache
+from tests import backends
+from tests.backends import TIMEOUT
+
+backend, clock, redis_settings, redis = backends.FIXTURES
+
+TTL_S = 0.2
+
+
+@pytest.fixture
+async def cache(redis: RedisClient | None) -> AnswerCache[str]:
+    """An empty cache of strings whose entries live ``TTL_S``."""
+    if redis is None:
+        return MemoryAnswerCache(TTL_S, max_entries=100)
+    return RedisAnswerCache(redis, TTL_S, encode=str.encode, decode=bytes.decode)
+
+
+async def test_get_what_was_put(cache: AnswerCache[str], clock: Clock | None) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert await cache.get("k") is None
+        await cache.put("k", "answer")
+        assert await cache.get("k") == "answer"
+        assert await cache.get("other") is None
+        assert cache.statistics() == CacheStatistics(entries=1, hits=1, misses=2, expired=0)
+
+
+async def test_put_overwrites(cache: AnswerCache[str], clock: Clock | None) -> None:
+    with trio.fail_after(TIMEOUT):
+        await cache.put("k", "first")
+        await cache.put("k", "second")
+        assert await cache.get("k") == "second"
+
+
+async def test_entries_expire_after_ttl(cache: AnswerCache[str], clock: Clock | None) -> None:
+    with trio.fail_after(TIMEOUT):
+        await cache.put("k", "answer")
+        await trio.sleep(TTL_S / 4)
+        assert await cache.get("k") == "answer"
+        await trio.sleep(TTL_S * 1.5)
+        assert await cache.get("k") is None
+        assert cache.statistics() == CacheStatistics(entries=0, hits=1, misses=1, expired=1)
+
+
+async def test_values_round_trip_unchanged(cache: AnswerCache[str], clock: Clock | None) -> None:
+    """Whatever the codec makes of a value comes back as it was put."""
+    with trio.fail_after(TIMEOUT):
+        text = 'ünïcode, "quotes", \n newlines and \x00'
+        await cache.put("k", text)
+        assert await cache.get("k") == text
