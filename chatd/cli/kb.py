@@ -40,5 +40,9 @@ def run_kb_load(settings: Settings, path: str) -> int:
     except ChatdError as exc:  # the knowledge base failed mid-way (busy, disk full)
         print(f"chatd: {exc}", file=sys.stderr)
         return 1
-    print(f"loaded {added} entries into {settings.kb.path}")
+    kb = settings.kb
+    where = kb.path
+    if kb.backend == "arango":
+        where = f"{kb.arango_url}, database {kb.arango_database}, collection {kb.arango_collection}"
+    print(f"loaded {added} entries into {where}")
     return 0

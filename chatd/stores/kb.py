@@ -1,11 +1,12 @@
 """The knowledge base behind ``frequently_asked``: interface, scoring, FAQ files.
 
 :class:`KnowledgeBase` is the interface; :class:`~chatd.stores.kb_sqlite.
-SQLiteKnowledgeBase` the embedded implementation (an ArangoDB one will be its
-sibling). The parts every backend shares live here and do no I/O: how user
-text becomes search terms, how sure a match is (:func:`confidence`), and
-reading FAQ files. :func:`open_knowledge_base` picks the backend from
-:class:`~chatd.config.KBSettings` and seeds an empty one with the sample FAQ.
+SQLiteKnowledgeBase` the embedded implementation and :class:`~chatd.stores.
+kb_arango.ArangoKnowledgeBase` the production one. The parts every backend
+shares live here and do no I/O: how user text becomes search terms, how sure
+a match is (:func:`confidence`), and reading FAQ files.
+:func:`open_knowledge_base` picks the backend from :class:`~chatd.config.
+KBSettings` and seeds an empty one with the sample FAQ.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import importlib.resources
 import math
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -285,25 +286,39 @@ async def open_knowledge_base(
 
     With ``seed``, an empty knowledge base is loaded with the sample FAQ, so
     a first start answers real questions. A store that cannot be opened is a
-    :class:`ConfigError` naming ``kb.path``. Backends are imported only when
-    chosen (the ArangoDB one will need python-arango).
+    :class:`ConfigError` naming ``kb.path`` (SQLite) or ``kb.arango_url``
+    (ArangoDB). Backends are imported only when chosen (the ArangoDB one
+    needs python-arango).
     """
+    opened: AbstractAsyncContextManager[KnowledgeBase]
     if settings.backend == "arango":
-        raise ConfigError("kb.backend = 'arango' is not available yet")
-    from chatd.stores.kb_sqlite import open_sqlite_knowledge_base
+        if settings.arango_url is None:
+            raise ConfigError(
+                "kb.arango_url = None: expected an http(s):// URL for kb.backend 'arango'"
+            )
+        from chatd.stores.kb_arango import open_arango_knowledge_base
+
+        opened = open_arango_knowledge_base(settings)
+        key, where = "kb.arango_url", settings.arango_url
+        store = {"url": where, "database": settings.arango_database}
+    else:
+        from chatd.stores.kb_sqlite import open_sqlite_knowledge_base
+
+        opened = open_sqlite_knowledge_base(settings.path)
+        key, where = "kb.path", settings.path
+        store = {"path": where}
 
     async with AsyncExitStack() as stack:
         try:
-            kb = await stack.enter_async_context(open_sqlite_knowledge_base(settings.path))
+            kb: KnowledgeBase = await stack.enter_async_context(opened)
             if seed and await kb.count() == 0:
                 entries = await trio.to_thread.run_sync(sample_faq)
                 added = await kb.add(entries)
                 log.info(
-                    "loaded the sample FAQ into an empty knowledge base",
-                    path=settings.path,
-                    entries=added,
+                    "loaded the sample FAQ into an empty knowledge base", **store, entries=added
                 )
         except (UpstreamUnavailable, UpstreamError) as exc:
-            reason = exc.__cause__ or exc
-            raise ConfigError(f"kb.path = {settings.path!r}: cannot open ({reason})") from exc
+            # sqlite3's own message is the clearest; ArangoDB's errors are already one line.
+            reason = exc.__cause__ if settings.backend == "sqlite" and exc.__cause__ else exc
+            raise ConfigError(f"{key} = {where!r}: cannot open ({reason})") from exc
         yield kb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -64,10 +65,25 @@ def test_run_kb_load_bad_row_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not Path(settings.kb.path).exists()
 
 
-def test_run_kb_load_unavailable_backend_exits_2(
+def test_run_kb_load_arango_without_url_exits_2(
     tmp_path: Path, faq_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """kb.backend = 'arango' is refused with its one-line message."""
+    """kb.backend = 'arango' without kb.arango_url is refused with one line naming the key."""
     settings = settings_for(tmp_path, backend="arango")
     assert run_kb_load(settings, str(faq_file)) == 2
-    assert capsys.readouterr().err == "chatd: kb.backend = 'arango' is not available yet\n"
+    assert capsys.readouterr().err.startswith("chatd: kb.arango_url = None: expected an http")
+
+
+def test_run_kb_load_unreachable_arango_exits_2(
+    faq_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ArangoDB that refuses connections: exit 2, one line naming kb.arango_url."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = Settings(kb=KBSettings(backend="arango", arango_url=url, timeout_s=2.0))
+    assert run_kb_load(settings, str(faq_file)) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"chatd: kb.arango_url = '{url}': cannot open (cannot reach ArangoDB: ")
+    assert err.count("\n") == 1

@@ -106,11 +106,3 @@ async def test_open_knowledge_base_names_kb_path(tmp_path: Path, make_bad: str) 
     with trio.fail_after(TIMEOUT), pytest.raises(ConfigError, match=r"^kb\.path = '.*': cannot"):
         async with open_knowledge_base(KBSettings(path=str(path))):
             pass
-
-
-async def test_arango_backend_is_not_available_yet() -> None:
-    """kb.backend = 'arango' is a ConfigError until that backend is built."""
-    settings = KBSettings(backend="arango", arango_url="http://127.0.0.1:8529")
-    with pytest.raises(ConfigError, match="not available yet"):
-        async with open_knowledge_base(settings):
-            pass

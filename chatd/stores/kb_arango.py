@@ -1,0 +1,486 @@
+"""The production knowledge base: ArangoDB, an ArangoSearch view, ranked by BM25.
+
+python-arango is synchronous and does not run on trio, so every call runs in a
+worker thread through ``trio.to_thread.run_sync`` under this knowledge base's
+CapacityLimiter of ``kb.threads``. The HTTP pool is sized to the same number
+(requests keeps 10 connections by default; more threads than that would open
+and drop connections all the time), and each request gives up after
+``kb.timeout_s`` (``max_runtime`` also stops the query on the server), since
+a thread cannot be interrupted. Nothing is retried here: a failure is reported
+at once and the ``kb`` circuit breaker above decides what happens next.
+
+Entries live in one collection, keyed by a hash of the case-folded question,
+so ``add`` is an ``UPSERT`` and "the same question ignoring case" is the same
+document. A view ``<collection>_view`` indexes question, answer and tags with
+the built-in ``text_en`` analyzer (lower case, accents removed, Snowball
+stemming: the counterpart of SQLite's ``porter unicode61``), present in every
+database, so none needs creating. The database, the collection and the view
+are created at open when missing; an existing view is used as it is.
+
+A search is one AQL query, one thread hop. It ranks by BM25 with the weights
+of the SQLite backend, terms of four characters or more matching as prefixes
+of their stem, as there; it also returns the stems of each candidate's fields
+and each term's document frequency, from which :func:`_passages` measures
+coverage and fit for :func:`~chatd.stores.kb.confidence` exactly as the SQLite
+backend does. User text only ever travels in bind variables.
+
+Views are eventually consistent (committed about once a second), so ``add``
+waits for the view to catch up before it returns: a search right after it
+sees what was added.
+
+No python-arango or requests exception leaves this module: a server that
+cannot be reached, times out or is overloaded is :class:`UpstreamUnavailable`,
+any other error :class:`UpstreamError`, each raised ``from`` the original.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import arango.errno as errno
+import attrs
+import requests
+import trio
+from arango.client import ArangoClient
+from arango.database import StandardDatabase
+from arango.exceptions import ArangoError, ArangoServerError
+from arango.http import DefaultHTTPClient
+from arango.job import AsyncJob, BatchJob
+from arango.response import Response
+from arango.result import Result
+from requests.adapters import HTTPAdapter
+
+from chatd.config import KBSettings
+from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
+from chatd.stores.kb import (
+    FAQEntry,
+    KBStatistics,
+    Passage,
+    confidence,
+    query_terms,
+    term_weight,
+)
+
+__all__ = ["ArangoKnowledgeBase", "open_arango_knowledge_base"]
+
+T = TypeVar("T")
+
+_ANALYZER = "text_en"
+# Field weights for BM25, as in the SQLite backend: the question says what an
+# entry is about; tags are its curated synonyms; the answer mentions much.
+_FIELDS = (("question", 4.0), ("answer", 1.0), ("tags", 2.0))
+_PREFIX_MIN_CHARS = 4  # shorter terms match whole stems only, as in SQLite
+
+_ADD = """
+FOR doc IN @entries
+  UPSERT { _key: doc._key }
+  INSERT doc
+  UPDATE { answer: doc.answer, tags: doc.tags }
+  IN @@collection
+  RETURN OLD == null OR OLD.answer != NEW.answer OR OLD.tags != NEW.tags
+"""
+# Makes the view commit what was written, and waits for it.
+_SYNC_VIEW = "FOR doc IN @@view SEARCH true OPTIONS { waitForSync: true } LIMIT 1 RETURN 1"
+
+# Server answers that say "not now" rather than "broken".
+_UNAVAILABLE_STATUS = frozenset({408, 429, 503, 504})
+_UNAVAILABLE_ERRNO = frozenset(
+    {
+        errno.CONFLICT,
+        errno.LOCK_TIMEOUT,
+        errno.SHUTTING_DOWN,
+        errno.QUERY_KILLED,  # max_runtime ran out
+        errno.CLUSTER_TIMEOUT,
+        errno.QUEUE_TIME_REQUIREMENT_VIOLATED,
+    }
+)
+
+
+def _translate(exc: Exception) -> ChatdError:
+    """A chatd error for what python-arango or requests raised."""
+    if isinstance(exc, ArangoServerError):
+        if exc.http_code in _UNAVAILABLE_STATUS or exc.error_code in _UNAVAILABLE_ERRNO:
+            return UpstreamUnavailable(f"ArangoDB is busy: {exc}", retry_after_ms=1000)
+        return UpstreamError(f"ArangoDB failed: {exc}")
+    if isinstance(exc, ArangoError):  # raised by python-arango itself
+        return UpstreamError(f"ArangoDB failed: {exc}")
+    # _NoAnswer from requests' errors, which wrap the one line that says what
+    # happened ("[Errno 111] Connection refused", "timed out"); or python-
+    # arango's ConnectionAbortedError after a 503.
+    root: BaseException = exc
+    while (inner := root.__cause__ or root.__context__) is not None:
+        root = inner
+    reason = str(root) or str(exc)
+    return UpstreamUnavailable(f"cannot reach ArangoDB: {reason}", retry_after_ms=1000)
+
+
+def _value(result: Result[T]) -> T:
+    """python-arango types every call as maybe a job; a StandardDatabase
+    (no async or batch execution) always returns the value itself."""
+    if isinstance(result, (AsyncJob, BatchJob)) or result is None:
+        raise TypeError(f"expected a value from python-arango, got {result!r}")
+    return result
+
+
+def _entry_key(question: str) -> str:
+    """The document key of a question: equal for questions equal ignoring case."""
+    return hashlib.blake2b(question.casefold().encode(), digest_size=16).hexdigest()
+
+
+def _documents(entries: Sequence[FAQEntry]) -> list[dict[str, Any]]:
+    """Documents for ``entries``; of questions equal ignoring case, the last wins
+    (one ``UPSERT`` query must not write the same key twice)."""
+    documents = {
+        _entry_key(e.question): {"question": e.question, "answer": e.answer, "tags": list(e.tags)}
+        for e in entries
+    }
+    return [{"_key": key, **document} for key, document in documents.items()]
+
+
+# --- Searching -------------------------------------------------------------------------
+
+
+def _is_prefix(term: str) -> bool:
+    return len(term) >= _PREFIX_MIN_CHARS
+
+
+def _match(doc: str, field: str, param: str, prefix: bool) -> str:
+    """A SEARCH condition: the field has the stem of term ``@param`` (or a stem
+    starting with it). TOKENS stems the term as the view stemmed the field."""
+    stems = f"TOKENS(@{param}, '{_ANALYZER}')"
+    return f"STARTS_WITH({doc}.{field}, {stems})" if prefix else f"{doc}.{field} IN {stems}"
+
+
+def _search_query(terms: Sequence[str], limit: int) -> tuple[str, dict[str, Any]]:
+    """The AQL of one search and its bind variables (but ``@view``, ``@collection``).
+
+    Only generated names (``@t0``, ``d0``) reach the query text; the terms
+    themselves are bind variables, so no user text is ever parsed as AQL.
+    """
+    params = [f"t{index}" for index in range(len(terms))]
+    prefixes = [_is_prefix(term) for term in terms]
+    ranked = " OR ".join(
+        "BOOST("
+        + " OR ".join(_match("d", field, p, pre) for p, pre in zip(params, prefixes, strict=True))
+        + f", {weight})"
+        for field, weight in _FIELDS
+    )
+    term_rows = ",\n    ".join(
+        f"{{ stems: TOKENS(@{p}, '{_ANALYZER}'), df: FIRST("
+        f"FOR d{i} IN @@view SEARCH _ANALYZER({_match(f'd{i}', 'question', p, pre)} OR "
+        f"{_match(f'd{i}', 'tags', p, pre)}, '{_ANALYZER}') "
+        f"COLLECT WITH COUNT INTO n{i} RETURN n{i}) }}"
+        for i, (p, pre) in enumerate(zip(params, prefixes, strict=True))
+    )
+    query = f"""
+LET candidates = (
+  FOR d IN @@view
+    SEARCH _ANALYZER({ranked}, '{_ANALYZER}')
+    LET score = BM25(d)
+    SORT score DESC
+    LIMIT @limit
+    RETURN {{
+      question: d.question,
+      answer: d.answer,
+      tags: d.tags,
+      score: score,
+      question_stems: TOKENS(d.question, '{_ANALYZER}'),
+      answer_stems: TOKENS(d.answer, '{_ANALYZER}'),
+      tag_stems: FLATTEN(FOR tag IN d.tags RETURN TOKENS(tag, '{_ANALYZER}'))
+    }}
+)
+RETURN {{
+  candidates: candidates,
+  documents: FIRST(FOR e IN @@collection COLLECT WITH COUNT INTO n RETURN n),
+  terms: [
+    {term_rows}
+  ]
+}}
+"""
+    # Two candidates at least, so the best one has a runner-up to be measured against.
+    bind: dict[str, Any] = {"limit": max(limit, 2), **dict(zip(params, terms, strict=True))}
+    return query, bind
+
+
+def _has(field_stems: Collection[str], stems: Sequence[str], prefix: bool) -> bool:
+    """Whether a field's stems hold the term, matched as the SEARCH matched it."""
+    if prefix:
+        return any(stem.startswith(p) for p in stems for stem in field_stems)
+    return any(p in field_stems for p in stems)
+
+
+def _passages(result: Mapping[str, Any], terms: Sequence[str], limit: int) -> list[Passage]:
+    """Passages from one search query's result, best first, with confidence.
+
+    Coverage and fit are measured as the SQLite backend measures them: a term
+    in the question or tags earns its full weight, only in the answer half of
+    it; a term in the question counts 1 towards fit, only in the tags 1/2.
+    """
+    candidates = result["candidates"]
+    if not candidates:
+        return []
+    documents = int(result["documents"] or 0)
+    weights = [term_weight(int(row["df"] or 0), documents) for row in result["terms"]]
+    weight_total = sum(weights)
+    scores = [float(c["score"]) for c in candidates]
+    passages = []
+    for index, candidate in enumerate(candidates[:limit]):
+        question_stems = set(candidate["question_stems"])
+        tag_stems = set(candidate["tag_stems"])
+        answer_stems = set(candidate["answer_stems"])
+        credit = fit = 0.0
+        for term, row, weight in zip(terms, result["terms"], weights, strict=True):
+            stems, prefix = row["stems"], _is_prefix(term)
+            if _has(question_stems, stems, prefix):
+                credit, fit = credit + weight, fit + 1.0
+            elif _has(tag_stems, stems, prefix):
+                credit, fit = credit + weight, fit + 0.5
+            elif _has(answer_stems, stems, prefix):
+                credit += weight / 2
+        others = scores[:index] + scores[index + 1 :]
+        question = candidate["question"]
+        passages.append(
+            Passage(
+                question=question,
+                answer=candidate["answer"],
+                tags=tuple(candidate["tags"]),
+                score=scores[index],
+                confidence=confidence(
+                    coverage=credit / weight_total if weight_total else 0.0,
+                    fit=min(1.0, fit / max(1, len(query_terms(question)))),
+                    score=scores[index],
+                    runner_up=max(others, default=None),
+                ),
+            )
+        )
+    return passages
+
+
+# --- The store ---------------------------------------------------------------------------
+
+
+class _NoAnswer(Exception):
+    """No answer from ArangoDB (refused, reset, timed out): the requests error is its cause."""
+
+
+class _HTTPClient(DefaultHTTPClient):
+    """python-arango's HTTP client with a pool of ``pool_size`` connections.
+
+    Its own session mounts a plain requests adapter: DefaultHTTPClient's
+    retries would sleep between tries and turn a GET answered 500 into a
+    ``RetryError``. A requests error is raised as :class:`_NoAnswer`, or
+    python-arango would catch it, try again and then raise a
+    ``ConnectionAbortedError`` that has lost the reason ("Connection refused").
+    """
+
+    def __init__(self, timeout_s: float, pool_size: int) -> None:
+        super().__init__(request_timeout=timeout_s)
+        self.adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+
+    def create_session(self, host: str) -> requests.Session:
+        session = requests.Session()
+        session.mount("http://", self.adapter)
+        session.mount("https://", self.adapter)
+        return session
+
+    def send_request(self, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return super().send_request(*args, **kwargs)
+        except requests.RequestException as exc:
+            raise _NoAnswer(str(exc)) from exc
+
+    def connections_opened(self) -> int:
+        """Connections the pool has opened so far (urllib3 counts, never uncounts)."""
+        pools = self.adapter.poolmanager.pools
+        opened = 0
+        # keys() is a copy taken under the container's lock; iterating it raises.
+        for key in pools.keys():  # noqa: SIM118
+            pool = pools.get(key)
+            if pool is not None:
+                opened += pool.num_connections
+        return opened
+
+
+def _set_up(client: ArangoClient, settings: KBSettings, view: str) -> int:
+    """Create what is missing (database, collection, view); return the entry count."""
+    password = settings.arango_password or ""
+    db = client.db(settings.arango_database, settings.arango_username, password)
+    try:
+        collections = {c["name"] for c in _value(db.collections())}
+    except ArangoServerError as exc:
+        if exc.error_code != errno.DATABASE_NOT_FOUND:
+            raise
+        system = client.db("_system", settings.arango_username, password)
+        _unless_exists(lambda: system.create_database(settings.arango_database))
+        collections = set()
+    if settings.arango_collection not in collections:
+        _unless_exists(lambda: db.create_collection(settings.arango_collection))
+    if view not in {v["name"] for v in _value(db.views())}:
+        link = {
+            "analyzers": [_ANALYZER],
+            "includeAllFields": False,
+            "fields": {field: {} for field, _ in _FIELDS},
+        }
+        properties = {"links": {settings.arango_collection: link}}
+        _unless_exists(lambda: db.create_arangosearch_view(view, properties))
+    return _value(db.collection(settings.arango_collection).count())
+
+
+def _unless_exists(create: Callable[[], object]) -> None:
+    """Create something, unless another instance has just done so."""
+    try:
+        create()
+    except ArangoServerError as exc:
+        if exc.error_code != errno.DUPLICATE_NAME:
+            raise
+
+
+@attrs.define
+class ArangoKnowledgeBase:
+    """A :class:`~chatd.stores.kb.KnowledgeBase` in ArangoDB.
+
+    Use :func:`open_arango_knowledge_base`, which creates what is missing and
+    closes the HTTP pool on exit. ``settings.threads`` bounds the calls (and so
+    the connections) at once.
+    """
+
+    settings: KBSettings
+    _http: _HTTPClient = attrs.field(init=False)
+    _client: ArangoClient = attrs.field(init=False)
+    _db: StandardDatabase = attrs.field(init=False)
+    _limiter: trio.CapacityLimiter = attrs.field(init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _entries: int = attrs.field(default=0, init=False)
+    _searches: int = attrs.field(default=0, init=False)
+    _added: int = attrs.field(default=0, init=False)
+    _errors: int = attrs.field(default=0, init=False)
+    _busy: int = attrs.field(default=0, init=False)
+    _peak: int = attrs.field(default=0, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.settings.arango_url is None:
+            raise ValueError("ArangoKnowledgeBase needs kb.arango_url")
+        threads = self.settings.threads
+        self._limiter = trio.CapacityLimiter(threads)
+        self._http = _HTTPClient(self.settings.timeout_s, pool_size=threads)
+        # resolver_max_tries=1: python-arango tries three times when a server
+        # answers 503 "unavailable"; the breaker above decides about retrying.
+        self._client = ArangoClient(
+            hosts=self.settings.arango_url, http_client=self._http, resolver_max_tries=1
+        )
+        self._db = self._client.db(
+            self.settings.arango_database,
+            self.settings.arango_username,
+            self.settings.arango_password or "",
+        )
+
+    @property
+    def view(self) -> str:
+        """The ArangoSearch view over the collection."""
+        return f"{self.settings.arango_collection}_view"
+
+    async def set_up(self) -> None:
+        """Create the database, collection and view if they are missing."""
+        self._entries = await self._run(lambda: _set_up(self._client, self.settings, self.view))
+
+    async def search(self, query: str, limit: int = 3) -> list[Passage]:
+        """Entries ranked by BM25 over the query's significant terms, with confidence."""
+        terms = query_terms(query)
+        if not terms or limit < 1:
+            return []
+        self._searches += 1
+        aql, bind = _search_query(terms, limit)
+        bind |= {"@view": self.view, "@collection": self.settings.arango_collection}
+        result = await self._run(lambda: self._query(aql, bind)[0])
+        return _passages(result, terms, limit)
+
+    async def add(self, entries: Sequence[FAQEntry]) -> int:
+        """Insert or update by question (ignoring case); returns how many changed."""
+        if not entries:
+            return 0
+        documents = _documents(entries)
+        changed, self._entries = await self._run(lambda: self._add(documents))
+        self._added += changed
+        return changed
+
+    async def count(self) -> int:
+        """How many entries there are."""
+        collection = self._db.collection(self.settings.arango_collection)
+        self._entries = await self._run(lambda: _value(collection.count()))
+        return self._entries
+
+    def statistics(self) -> KBStatistics:
+        """Counters and the limiter's use. ``connections`` counts those the HTTP
+        pool has opened: the pool keeps at most ``threads``, so more means
+        ArangoDB closed idle ones and they were opened again."""
+        limiter = self._limiter.statistics()
+        return KBStatistics(
+            backend="arango",
+            entries=self._entries,
+            searches=self._searches,
+            added=self._added,
+            errors=self._errors,
+            threads_busy=limiter.borrowed_tokens,
+            threads_total=int(limiter.total_tokens),
+            threads_waiting=limiter.tasks_waiting,
+            threads_peak=self._peak,
+            connections=self._http.connections_opened(),
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP pool; later calls raise ``trio.ClosedResourceError``."""
+        if self._closed:
+            return
+        self._closed = True
+        # Bounded: a call still running ends within timeout_s; closing is quick.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._client.close, limiter=self._limiter)
+
+    def _query(self, aql: str, bind: dict[str, Any]) -> list[Any]:
+        # python-arango annotates max_runtime as numbers.Number, which no float matches for mypy.
+        timeout: Any = self.settings.timeout_s
+        cursor = _value(self._db.aql.execute(aql, bind_vars=bind, max_runtime=timeout))
+        return list(cursor)
+
+    def _add(self, documents: list[dict[str, Any]]) -> tuple[int, int]:
+        collection = self.settings.arango_collection
+        changed = self._query(_ADD, {"entries": documents, "@collection": collection})
+        self._query(_SYNC_VIEW, {"@view": self.view})
+        return sum(1 for flag in changed if flag), _value(self._db.collection(collection).count())
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        if self._closed:
+            raise trio.ClosedResourceError("the knowledge base is closed")
+        return await trio.to_thread.run_sync(
+            self._in_worker, work, limiter=self._limiter, thread_name="chatd kb"
+        )
+
+    def _in_worker(self, work: Callable[[], T]) -> T:
+        with self._lock:
+            self._busy += 1
+            self._peak = max(self._peak, self._busy)
+        try:
+            return work()
+        except (ArangoError, _NoAnswer, ConnectionError) as exc:
+            with self._lock:
+                self._errors += 1
+            raise _translate(exc) from exc
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+
+@asynccontextmanager
+async def open_arango_knowledge_base(settings: KBSettings) -> AsyncIterator[ArangoKnowledgeBase]:
+    """Open the knowledge base at ``settings.arango_url``, creating what is missing."""
+    kb = ArangoKnowledgeBase(settings)
+    try:
+        await kb.set_up()
+        yield kb
+    finally:
+        await kb.aclose()
