@@ -34,6 +34,7 @@ from chatd.pipeline.ratelimit import RateLimiter
 from chatd.pipeline.registry import RequestRegistry
 from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache
+from chatd.stores.redis_client import RedisClient
 from chatd.stores.sessions import SessionStore
 from chatd.tools.base import ToolContext
 from chatd.tools.registry import ToolRegistry
@@ -99,6 +100,8 @@ class Pipeline:
     metrics: Metrics = attrs.field(factory=Metrics)
     flights: Flights | None = None
     cache: AnswerCache[CachedAnswer] | None = None
+    redis: RedisClient | None = None
+    """The shared Redis, where one is configured (flights across instances use it)."""
     draining: bool = False
 
     def new_request_id(self) -> str:

@@ -27,6 +27,7 @@ from chatd.exceptions import ConfigError
 from chatd.llm.sim import serve_sim_llm
 from chatd.pipeline import Pipeline
 from chatd.pipeline.flights import Flights
+from chatd.pipeline.flights_redis import RedisFlights
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
 from chatd.server import pings
 from chatd.server.app import AppState, create_app
@@ -180,7 +181,16 @@ async def _run_pipeline(
         nursery.start_soon(pipeline.admission.run_position_updates)
         if settings.flights.enabled:
             # Flights live in this server-owned nursery, never in a caller's.
-            pipeline.flights = Flights(nursery, deadline_s=settings.limits.request_timeout_s)
+            deadline_s = settings.limits.request_timeout_s
+            if pipeline.redis is None:
+                pipeline.flights = Flights(nursery, deadline_s)
+            else:  # shared with every instance on this Redis
+                pipeline.flights = RedisFlights(
+                    nursery,
+                    deadline_s,
+                    redis=pipeline.redis,
+                    lease_s=settings.redis.flight_lease_s,
+                )
         task_status.started(pipeline)
         await trio.sleep_forever()
     raise AssertionError("unreachable")  # pragma: no cover

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
 import httpx
 
 from chatd.config import Settings
+from chatd.exceptions import UpstreamError
 from chatd.llm import open_llm_client
-from chatd.pipeline import Admission, MemoryRateLimiter, Pipeline
+from chatd.observability.metrics import Metrics
+from chatd.pipeline import Admission, MemoryRateLimiter, Pipeline, RateLimiter, RedisRateLimiter
+from chatd.pipeline.chat import CachedAnswer
+from chatd.pipeline.codec import CodecError, decode_cached, encode_cached
 from chatd.pipeline.registry import RequestRegistry
 from chatd.pipeline.upstream import Endpoint, GuardedKnowledgeBase, Upstream, is_llm_failure
 from chatd.resilience.breaker import CircuitBreaker
-from chatd.stores.cache import MemoryAnswerCache
+from chatd.stores.cache import AnswerCache, MemoryAnswerCache
+from chatd.stores.fallback import FallbackAnswerCache, FallbackRateLimiter, FallbackSessionStore
 from chatd.stores.kb import KnowledgeBase, open_knowledge_base
-from chatd.stores.sessions import MemorySessionStore
+from chatd.stores.redis_client import RedisClient, open_redis
+from chatd.stores.redis_stores import RedisAnswerCache, RedisSessionStore
+from chatd.stores.sessions import MemorySessionStore, SessionStore
 from chatd.tools.base import Tool
 from chatd.tools.calculator import Calculator
 from chatd.tools.clock import Clock
@@ -73,7 +80,13 @@ async def open_pipeline(
         open_upstream(settings, llm_url) as upstream,
         open_knowledge_base(settings.kb) as raw_kb,
         httpx.AsyncClient() as tool_http,
+        contextlib.AsyncExitStack() as stack,
     ):
+        redis = (
+            await stack.enter_async_context(open_redis(settings.redis, settings.breakers.redis))
+            if settings.redis.url
+            else None
+        )
         kb = GuardedKnowledgeBase(raw_kb, CircuitBreaker("kb", settings.breakers.kb))
         registry = ToolRegistry(
             [*builtin_tools(settings, kb, tool_http), *extra_tools],
@@ -81,18 +94,61 @@ async def open_pipeline(
         )
         breakers = {e.breaker.name: e.breaker for e in upstream.endpoints}
         breakers["kb"] = kb.breaker
+        if redis is not None:
+            breakers["redis"] = redis.breaker
+        metrics = Metrics()
+        sessions, rate_limiter, cache = _stores(settings, redis, metrics.redis_fallback)
         yield Pipeline(
             settings=settings,
             llm=upstream,
             tools=registry,
-            sessions=MemorySessionStore(),
+            sessions=sessions,
             admission=Admission(settings.limits),
-            rate_limiter=MemoryRateLimiter(settings.limits.rate_per_minute),
+            rate_limiter=rate_limiter,
             requests=RequestRegistry(settings.janitor),
             breakers=breakers,
-            cache=(
-                MemoryAnswerCache(settings.cache.ttl_s, settings.cache.max_entries)
-                if settings.cache.enabled
-                else None
-            ),
+            metrics=metrics,
+            cache=cache,
+            redis=redis,
         )
+
+
+def _stores(
+    settings: Settings, redis: RedisClient | None, on_fallback: Callable[[str], None]
+) -> tuple[SessionStore, RateLimiter, AnswerCache[CachedAnswer] | None]:
+    """Sessions, rate limits and the cache: in memory, or in Redis with memory
+    standing in while Redis fails."""
+    sessions = MemorySessionStore()
+    rate_limiter = MemoryRateLimiter(settings.limits.rate_per_minute)
+    cache = (
+        MemoryAnswerCache[CachedAnswer](settings.cache.ttl_s, settings.cache.max_entries)
+        if settings.cache.enabled
+        else None
+    )
+    if redis is None:
+        return sessions, rate_limiter, cache
+    shared_cache = None
+    if cache is not None:
+        shared_cache = FallbackAnswerCache(
+            RedisAnswerCache(redis, settings.cache.ttl_s, encode_cached, _decode_cached),
+            cache,
+            on_fallback,
+        )
+    return (
+        FallbackSessionStore(
+            RedisSessionStore(redis, sessions.max_messages, sessions.ttl_s), sessions, on_fallback
+        ),
+        FallbackRateLimiter(
+            RedisRateLimiter(redis, settings.limits.rate_per_minute), rate_limiter, on_fallback
+        ),
+        shared_cache,
+    )
+
+
+def _decode_cached(data: bytes) -> CachedAnswer:
+    """A cached answer from Redis; one that cannot be read (another version of
+    chatd wrote it) fails like Redis would, and the local cache answers."""
+    try:
+        return decode_cached(data)
+    except CodecError as exc:
+        raise UpstreamError(f"unreadable cache entry in redis: {exc}") from exc
