@@ -1,12 +1,25 @@
-"""Fixtures every test package may use: a real ``redis-server``."""
+"""Fixtures every test package may use: a real ``redis-server``, and the
+backends the store contract suites run against.
+
+A contract test takes ``backend`` (it runs once per backend) and builds its
+store from ``redis`` (``None`` for memory); it also takes ``clock``: the
+memory stores read ``trio.current_time``, so they run on an autojumping
+virtual clock and their sleeps cost nothing, while Redis keeps its own time,
+so those runs use the real clock and keep their waits short. (pytest-trio
+takes the clock only from a test's own arguments.)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
+from chatd.config import RedisSettings
+from chatd.stores.redis_client import RedisClient, open_redis
 from chatd.testing_redis import RedisServer, redis_server_path
 
 
@@ -37,3 +50,39 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+BACKENDS = ["memory", "redis"]
+CONTRACT_TIMEOUT = 10.0
+"""A guard on each test: no contract test comes near it unless something hangs."""
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which implementation this run of the test is about."""
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture
+def clock(backend: str) -> trio.abc.Clock | None:
+    """Virtual time for memory; ``None`` (real time) for Redis, which expires on its own."""
+    return trio.testing.MockClock(autojump_threshold=0) if backend == "memory" else None
+
+
+@pytest.fixture
+def redis_settings(backend: str, request: pytest.FixtureRequest) -> RedisSettings | None:
+    """An empty Redis for the Redis runs (the server starts only if one needs it)."""
+    if backend != "redis":
+        return None
+    return RedisSettings(url=request.getfixturevalue("redis_url"), socket_timeout_s=2.0)
+
+
+@pytest.fixture
+async def redis(redis_settings: RedisSettings | None) -> AsyncIterator[RedisClient | None]:
+    """A :class:`RedisClient` on it, or ``None`` for the memory runs."""
+    if redis_settings is None:
+        yield None
+        return
+    async with open_redis(redis_settings) as client:
+        yield client

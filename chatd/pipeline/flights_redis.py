@@ -296,18 +296,6 @@ def _xread(client: redis.Redis, streams: dict[str, bytes], block_ms: int) -> Any
     return client.xread(streams, count=_READ_COUNT, block=block_ms)  # type: ignore[arg-type]
 
 
-def _own_connection(client: RedisClient) -> RedisClient:
-    """A client of one connection and one thread, with ``client``'s Redis, breaker
-    and prefix: blocking reads never hold a connection the request path waits for."""
-    pool = client.redis.connection_pool
-    own = redis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
-    )
-    return RedisClient(
-        redis.Redis(connection_pool=own), client.breaker, trio.CapacityLimiter(1), client.prefix
-    )
-
-
 @attrs.define
 class RedisFlights(Flights):
     """Flights shared across instances through Redis (see the module docstring).
@@ -339,7 +327,7 @@ class RedisFlights(Flights):
         ):
             self._scripts[name] = self.redis.redis.register_script(source)
         self._reader = _StreamReader(
-            _own_connection(self.redis),
+            self.redis.dedicated(),
             self._scripts["heartbeat"],
             self.block_ms,
             self.lease_s / 3,

@@ -1,6 +1,6 @@
 """Backends that hold state: the knowledge base (``kb``) and session history
 (``sessions``), each a :class:`typing.Protocol` with an embedded
-implementation and, later, a production sibling tested by the same contract.
+implementation and a production sibling (Redis, ArangoDB) tested by the same contract.
 
 Blocking clients (sqlite3, redis-py, python-arango) run in worker threads
 through ``trio.to_thread.run_sync`` under the store's own CapacityLimiter, and

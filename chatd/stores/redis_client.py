@@ -72,6 +72,18 @@ class RedisClient:
                 self._errors += 1
                 raise UpstreamError(f"redis failed: {exc}") from exc
 
+    def dedicated(self) -> RedisClient:
+        """A client of one connection and one thread, sharing this one's breaker and
+        prefix: for blocking reads, which must never hold a connection that the
+        request path waits for."""
+        pool = self.redis.connection_pool
+        own = redis.ConnectionPool(
+            connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
+        )
+        return RedisClient(
+            redis.Redis(connection_pool=own), self.breaker, trio.CapacityLimiter(1), self.prefix
+        )
+
     def statistics(self) -> RedisStatistics:
         """Counters and thread use, without touching Redis."""
         return RedisStatistics(

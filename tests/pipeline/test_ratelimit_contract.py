@@ -11,10 +11,7 @@ from trio.abc import Clock
 from chatd.exceptions import RateLimited
 from chatd.pipeline.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from chatd.stores.redis_client import RedisClient
-from tests import backends
-from tests.backends import TIMEOUT
-
-backend, clock, redis_settings, redis = backends.FIXTURES
+from tests.conftest import CONTRACT_TIMEOUT as TIMEOUT
 
 # A bucket of 120 refilling one every 0.5 s: a burst is over long before a
 # token comes back (Redis runs on real time), and a refill is a short wait.

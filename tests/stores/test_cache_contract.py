@@ -9,10 +9,7 @@ from trio.abc import Clock
 from chatd.stores.cache import AnswerCache, CacheStatistics, MemoryAnswerCache
 from chatd.stores.redis_client import RedisClient
 from chatd.stores.redis_stores import RedisAnswerCache
-from tests import backends
-from tests.backends import TIMEOUT
-
-backend, clock, redis_settings, redis = backends.FIXTURES
+from tests.conftest import CONTRACT_TIMEOUT as TIMEOUT
 
 TTL_S = 0.2
 

@@ -10,10 +10,7 @@ from chatd.llm.types import Message
 from chatd.stores.redis_client import RedisClient
 from chatd.stores.redis_stores import RedisSessionStore
 from chatd.stores.sessions import MemorySessionStore, SessionStore
-from tests import backends
-from tests.backends import TIMEOUT
-
-backend, clock, redis_settings, redis = backends.FIXTURES
+from tests.conftest import CONTRACT_TIMEOUT as TIMEOUT
 
 MAX_MESSAGES = 4
 TTL_S = 0.3
