@@ -375,7 +375,14 @@ class RedisFlights(Flights):
         lead = self._leads.get(flight)
         if lead is not None and not lead.closed:
             lead.diverged = True  # the mirror writes ``diverged`` and nothing more
-        super()._unshare(flight)  # the hold counts as a subscriber: it wakes the mirror
+            lead.poke()
+        # The hold is not an asker: without it, divergence is counted as in memory.
+        held = lead is not None and lead.held
+        flight.subscribers -= held
+        try:
+            super()._unshare(flight)
+        finally:
+            flight.subscribers += held
 
     def _key(self, key: str, *parts: str) -> str:
         return self.redis.key("flight", key, *parts)

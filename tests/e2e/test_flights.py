@@ -1,16 +1,34 @@
-"""Shared flights and the answer cache, end to end."""
+"""Shared flights and the answer cache, end to end: the contract every
+implementation keeps, run once in memory and once on Redis (one instance;
+two instances are ``test_scale_out.py``'s)."""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
+from typing import Any
 
+import attrs
+import pytest
 import trio
 
-from chatd.config import CacheSettings
+from chatd.config import CacheSettings, RedisSettings, Settings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
 from tests.e2e.conftest import MakeSettings
 
 QUESTION = "tell me a long story about the sea"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_settings(request: pytest.FixtureRequest, make_settings: MakeSettings) -> MakeSettings:
+    """The test settings, with flights and the cache in memory or on Redis."""
+    if request.param == "memory":
+        return make_settings
+    url = request.getfixturevalue("redis_url")
+
+    def on_redis(**tables: Any) -> Settings:
+        return attrs.evolve(make_settings(**tables), redis=RedisSettings(url=url))
+
+    return on_redis
 
 
 async def clients(stack: AsyncExitStack, chatd: Chatd, count: int) -> list[ChatClient]:
