@@ -310,6 +310,8 @@ class RedisFlights(Flights):
     instance: str = attrs.field(factory=lambda: secrets.token_hex(4), kw_only=True)
     """This process's name in tokens, for the logs and for Redis."""
     block_ms: int = attrs.field(default=50, kw_only=True)
+    mirror_interval_s: float = attrs.field(default=0.05, kw_only=True)
+    """A leader writes its new events to Redis at most this often (the first at once)."""
     ended_keep_s: float = attrs.field(default=30.0, kw_only=True)
     """How long a finished flight's stream is kept, for followers still reading it."""
     _leads: dict[Flight, _Lead] = attrs.field(factory=dict, init=False)
@@ -494,12 +496,15 @@ class RedisFlights(Flights):
                 self._close(flight, lead)
 
     async def _mirror(self, flight: Flight, lead: _Lead) -> None:
-        """Write the flight's events to its stream as they come, in batches."""
+        """Write the flight's events to its stream as they come, in batches: the
+        first at once, then at most one write per ``mirror_interval_s`` (each is
+        a thread hop and a script; one per token cost more than the answer)."""
         while not lead.closed:
             if lead.diverged:
                 await self._publish(flight, lead, _DIVERGED)
             elif lead.sent < len(flight.events):
                 await self._publish(flight, lead, None)
+                await trio.sleep(self.mirror_interval_s)
             else:
                 await flight.changed()
 
