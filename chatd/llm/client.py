@@ -34,6 +34,7 @@ from chatd.exceptions import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from chatd.llm.body import BodyRead, BrokenBody, direct_reader
 from chatd.llm.openai import ChunkAssembler, parse_completion
 from chatd.llm.sse import SSEDecoder
 from chatd.llm.types import ChatEvent, ChatRequest, Completion, TextDelta
@@ -88,6 +89,7 @@ class LLMStream:
     _total_deadline: float
     _pending: collections.deque[ChatEvent] = attrs.field(factory=collections.deque)
     _chunks: AsyncGenerator[bytes, None] | None = None
+    _read_body: BodyRead | None = None
     _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
     _assembler: ChunkAssembler = attrs.field(factory=ChunkAssembler)
     _last_output: float | None = None
@@ -134,19 +136,25 @@ class LLMStream:
             return self._total_deadline, "total"
         return phase_deadline, phase
 
-    async def _read(self) -> None:
+    async def _via_httpx(self) -> bytes | None:
+        """The next piece of the body through httpx's iterators (``None`` at the end)."""
         if self._chunks is None:
             # httpx types it as an iterator; it is an async generator
             self._chunks = typing.cast(AsyncGenerator[bytes, None], self._response.aiter_raw())
-        chunks = self._chunks
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    async def _read(self) -> None:
+        if self._read_body is None:
+            self._read_body = direct_reader(self._response) or self._via_httpx
         deadline, phase = self._deadline()
         chunk: bytes | None = None
         with trio.CancelScope(deadline=deadline) as scope:
             try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                chunk = None
-            except httpx.HTTPError as exc:
+                chunk = await self._read_body()
+            except (httpx.HTTPError, BrokenBody) as exc:
                 raise UpstreamProtocolError(
                     f"LLM connection broke mid-stream: {exc or type(exc).__name__}"
                 ) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -206,3 +207,42 @@ async def test_cancel_closes_upstream_within_100ms(sim: SimServer, client: LLMCl
     stats = sim.statistics()
     assert stats.active == 0
     assert stats.completed == 0
+
+
+async def test_body_is_read_from_the_connection_and_it_is_reused(
+    sim: SimServer, client: LLMClient
+) -> None:
+    """Over a real connection the body is read under httpx (chatd.llm.body), and
+    a finished answer leaves its connection to the next call."""
+    for _ in range(3):
+        async with client.stream(ask("hello there, nice day")) as events:
+            collected = [event async for event in events]
+            assert events._read_body is not None
+            assert getattr(events._read_body, "__name__", "") == "read", "the direct reader"
+        assert isinstance(collected[-1], Completion)
+    pools = [shard.http._transport._pool for shard in client._shards]
+    assert sum(len(pool.connections) for pool in pools) == 1, "one connection, kept alive"
+
+
+async def test_a_body_cut_in_the_middle_of_a_chunk_is_upstream_error() -> None:
+    """A server that dies inside a chunk of the chunked body: a clear protocol error."""
+
+    async def half_chunk(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+            b'40\r\ndata: {"choices": [{"delta": {"content": "hi"}'
+        )
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, half_chunk, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        settings = LLMSettings(url=f"http://127.0.0.1:{port}/v1")
+        async with open_llm_client(settings) as llm:
+            with pytest.raises(UpstreamProtocolError, match="broke mid-stream"):
+                await stream(llm, ask("hello"))
+        nursery.cancel_scope.cancel()
