@@ -82,7 +82,8 @@ from bench_pipeline import (
     machine_delta,
     percentile,
     provenance,
-    start_process,
+    provenance_markdown,
+    start_sim,
     unique_chit_chat,
     unique_question,
 )
@@ -1022,12 +1023,7 @@ def markdown(result: Mapping[str, Any]) -> str:
             "processes differ when nothing does"
         )
     source = result["chatd"]
-    changed = source.get("chatd_uncommitted_files") or []
-    measured = (
-        f"chatd from `{source['chatd_path']}`"
-        + (f" at git {source['git_head']}" if source["git_head"] else "")
-        + (f", with uncommitted changes to {', '.join(changed)}" if changed else "")
-    )
+    measured = provenance_markdown(source)
     return (
         "# Observability: chatd's CPU per request with logs on and off\n\n"
         f"`{result['command']}` ({result['elapsed_s']} s); {measured}. The machine is "
@@ -1089,6 +1085,34 @@ def markdown(result: Mapping[str, Any]) -> str:
 # --- main -------------------------------------------------------------------------------
 
 
+def run_end_to_end(
+    params: Params,
+    configs: Sequence[Config],
+    chatd_path: Path,
+    workdir: Path,
+    py_spy: str | None = None,
+) -> dict[str, Any]:
+    """Part 1 from start to end: a simulator and one chatd per configuration, measured
+    with :func:`measure_end_to_end`; every process is killed on the way out."""
+    with contextlib.ExitStack() as stack:
+        sim = start_sim(workdir, chatd_path, params.sim_ttft_ms, params.sim_tokens_per_s, stack)
+        runs = [
+            Measured(c, spawn_chatd(c, sim.listening["url"], chatd_path, workdir, stack))
+            for c in configs
+        ]
+        try:
+            for m in runs:
+                wait_listening(m.process)
+            return trio.run(measure_end_to_end, runs, sim, params, py_spy)
+        except BaseException:
+            for process in (sim, *(m.process for m in runs)):
+                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
+            for c in configs:
+                print(f"--- {c.label} log file tail ---", file=sys.stderr)
+                print(read_from(c.log_file, 0).decode(errors="replace")[-2000:], file=sys.stderr)
+            raise
+
+
 def params_from(args: argparse.Namespace) -> Params:
     quick = bool(args.quick)
     return Params(
@@ -1138,8 +1162,6 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     source = provenance(chatd_path)
     machine = describe_machine()
-    machine["nproc"] = len(os.sched_getaffinity(0))
-    machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     py_spy: str | None = None
     profiles: dict[str, Any] | None = None
     if params.profile:
@@ -1150,30 +1172,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-observability-") as tmp:
         workdir = Path(tmp)
         configs = configs_for(workdir, params.include_text, params.control)
-        with contextlib.ExitStack() as stack:  # kills every process on the way out
-            sim = start_process(
-                "sim",
-                ["sim-llm", "--port", "0", "--ttft-ms", f"{params.sim_ttft_ms:g}",
-                 "--tokens-per-s", f"{params.sim_tokens_per_s:g}"],
-                workdir, clean_env(chatd_path), stack,
-            )  # fmt: skip
-            runs = [
-                Measured(c, spawn_chatd(c, sim.listening["url"], chatd_path, workdir, stack))
-                for c in configs
-            ]
-            try:
-                for m in runs:
-                    wait_listening(m.process)
-                measured = trio.run(measure_end_to_end, runs, sim, params, py_spy)
-            except BaseException:
-                for process in (sim, *(m.process for m in runs)):
-                    print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
-                for c in configs:
-                    print(f"--- {c.label} log file tail ---", file=sys.stderr)
-                    print(
-                        read_from(c.log_file, 0).decode(errors="replace")[-2000:], file=sys.stderr
-                    )
-                raise
+        measured = run_end_to_end(params, configs, chatd_path, workdir, py_spy)
         shapes = {
             c.label: log_shape(c.log_file) for c in configs if c.env["CHATD_LOG_LEVEL"] == "info"
         }

@@ -220,19 +220,31 @@ def provenance(chatd_path: Path) -> dict[str, Any]:
     return info
 
 
+def provenance_markdown(source: Mapping[str, Any]) -> str:
+    """:func:`provenance` in words: "chatd from `PATH` at git HEAD, with uncommitted …"."""
+    changed = source.get("chatd_uncommitted_files") or []
+    return (
+        f"chatd from `{source['chatd_path']}`"
+        + (f" at git {source['git_head']}" if source["git_head"] else "")
+        + (f", with uncommitted changes to {', '.join(changed)}" if changed else "")
+    )
+
+
 def start_process(
     name: str,
     args: Sequence[str],
     workdir: Path,
     env: Mapping[str, str],
     stack: contextlib.ExitStack,
+    script: Path | None = None,
 ) -> Process:
-    """Start ``python -m chatd ARGS``, logging to a file (a pipe left unread
-    could fill and stall it), and wait for its JSON log line with a ``url``."""
+    """Start ``python -m chatd ARGS`` (or ``python SCRIPT ARGS``), logging to a file (a
+    pipe left unread could fill and stall it), and wait for its JSON line with a ``url``."""
     log_path = workdir / f"{name}.log"
+    program = [str(script)] if script is not None else ["-m", "chatd"]
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "chatd", *args],
+            [sys.executable, *program, *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -253,6 +265,20 @@ def start_process(
             raise RuntimeError(f"{name} exited with {popen.returncode}:\n{process.log_tail()}")
         time.sleep(0.05)
     raise RuntimeError(f"{name} printed no listening line in 30 s:\n{process.log_tail()}")
+
+
+def start_sim(
+    workdir: Path,
+    chatd_path: Path,
+    ttft_ms: float,
+    tokens_per_s: float,
+    stack: contextlib.ExitStack,
+    name: str = "sim",
+) -> Process:
+    """Start ``chatd sim-llm`` on a free port at the given timing (see :func:`start_process`)."""
+    args = ["sim-llm", "--port", "0", "--ttft-ms", f"{ttft_ms:g}",
+            "--tokens-per-s", f"{tokens_per_s:g}"]  # fmt: skip
+    return start_process(name, args, workdir, clean_env(chatd_path), stack)
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -324,8 +350,11 @@ async def ttft_request(
                 return first, path, event
 
 
-async def measure_ttft(ws_url: str, params: Params) -> dict[str, Any]:
-    """Rounds of one request per kind, side by side, one connection per kind."""
+async def measure_ttft(
+    ws_url: str, rounds: int, ttft_ms: float, tokens_per_s: float
+) -> dict[str, Any]:
+    """``rounds`` of one request per kind, side by side, one connection per kind, against
+    a simulator at ``ttft_ms`` and ``tokens_per_s``."""
     kinds = {PATH_B[0]: PATH_B[1], **PATH_A}
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     server_ttft: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -352,7 +381,7 @@ async def measure_ttft(ws_url: str, params: Params) -> dict[str, Any]:
                 if ttft_ms is not None:
                     server_ttft[kind].append(ttft_ms / 1000)
 
-        for round_no in range(-1, params.ttft_rounds):  # round -1 warms up
+        for round_no in range(-1, rounds):  # round -1 warms up
             async with trio.open_nursery() as nursery:
                 for kind in kinds:
                     nursery.start_soon(one, kind, round_no, round_no >= 0)
@@ -364,10 +393,8 @@ async def measure_ttft(ws_url: str, params: Params) -> dict[str, Any]:
 
     floors = {}
     for kind, message in kinds.items():
-        _tool, router_ms = floor_ms(
-            unique_question(0, message), params.ttft_ms, params.ttft_tokens_per_s
-        )
-        floors[kind] = round(router_ms + (0 if kind == PATH_B[0] else params.ttft_ms), 1)
+        _tool, router_ms = floor_ms(unique_question(0, message), ttft_ms, tokens_per_s)
+        floors[kind] = round(router_ms + (0 if kind == PATH_B[0] else ttft_ms), 1)
     client = {kind: summary_ms(samples[kind]) for kind in kinds}
     paths = {
         kind: {
@@ -375,6 +402,7 @@ async def measure_ttft(ws_url: str, params: Params) -> dict[str, Any]:
             "client": client[kind],
             "server_p50_ms": round(statistics.median(server_ttft[kind]) * 1000, 1),
             "sim_floor_ms": floors[kind],
+            "samples_ms": [round(t * 1000, 1) for t in samples[kind]],
         }
         for kind in kinds
     }
@@ -807,12 +835,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         else ""
     )
     source = result["chatd"]
-    changed = source.get("chatd_uncommitted_files") or []
-    measured = (
-        f"chatd from `{source['chatd_path']}`"
-        + (f" at git {source['git_head']}" if source["git_head"] else "")
-        + (f", with uncommitted changes to {', '.join(changed)}" if changed else "")
-    )
+    measured = provenance_markdown(source)
     return (
         "# Pipeline: time to first token by path, server CPU per token\n\n"
         f"`{result['command']}` ({result['elapsed_s']} s); {measured}. chatd and the "
@@ -900,7 +923,12 @@ async def run(
     async with httpx.AsyncClient(base_url=control, timeout=10) as http:
         timing = {"ttft_ms": params.ttft_ms, "tokens_per_s": params.ttft_tokens_per_s}
         (await http.post("/_sim/timing", json=timing)).raise_for_status()
-        ttft = await measure_ttft(chatds["default"].listening["ws_url"], params)
+        ttft = await measure_ttft(
+            chatds["default"].listening["ws_url"],
+            params.ttft_rounds,
+            params.ttft_ms,
+            params.ttft_tokens_per_s,
+        )
         timing = {"ttft_ms": params.load_ttft_ms, "tokens_per_s": params.load_tokens_per_s}
         (await http.post("/_sim/timing", json=timing)).raise_for_status()
     n, chats = params.load_connections, params.load_chats_per_connection
@@ -972,20 +1000,13 @@ def main() -> None:
 
     source = provenance(chatd_path)
     machine = describe_machine()
-    machine["nproc"] = len(os.sched_getaffinity(0))
-    machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
-        sim = start_process(
-            "sim",
-            ["sim-llm", "--port", "0", "--ttft-ms", f"{params.ttft_ms:g}",
-             "--tokens-per-s", f"{params.ttft_tokens_per_s:g}"],
-            workdir, clean_env(chatd_path), stack,
-        )  # fmt: skip
+        sim = start_sim(workdir, chatd_path, params.ttft_ms, params.ttft_tokens_per_s, stack)
         serve = ["serve", "--port", "0", "--llm-url", sim.listening["url"]]
         merges = {"default": params.default_merge_ms, "no-merge": 0.0}
         if params.small_connections:

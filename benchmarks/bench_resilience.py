@@ -36,7 +36,6 @@ import collections
 import contextlib
 import itertools
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -59,7 +58,9 @@ from bench_pipeline import (
     machine_delta,
     percentile,
     provenance,
+    provenance_markdown,
     start_process,
+    start_sim,
     unique_chit_chat,
 )
 from machine import describe_machine, machine_markdown, write_results
@@ -420,8 +421,11 @@ def wave_result(wave: Wave, calls: int, usage: Mapping[str, float]) -> dict[str,
     }
 
 
-async def measure_storm(label: str, chatd: Process, sim: Process, params: Params) -> dict[str, Any]:
-    """Warm up, then two waves of identical chats, the second right after the first."""
+async def measure_storm(
+    label: str, chatd: Process, sim: Process, n: int, connections: int
+) -> dict[str, Any]:
+    """Warm up, then two waves of ``n`` identical chats over ``connections`` WebSockets,
+    the second right after the first."""
     sim_url = sim.listening["url"].removesuffix("/v1")
     url = chatd.listening["ws_url"]
     async with (
@@ -429,8 +433,7 @@ async def measure_storm(label: str, chatd: Process, sim: Process, params: Params
         contextlib.AsyncExitStack() as stack,
     ):
         sockets = [
-            await stack.enter_async_context(open_websocket_url(url))
-            for _ in range(params.storm_connections)
+            await stack.enter_async_context(open_websocket_url(url)) for _ in range(connections)
         ]
         # Warm-up on other (unique) texts: code paths, upstream pool, sockets.
         warm = Wave()
@@ -443,7 +446,7 @@ async def measure_storm(label: str, chatd: Process, sim: Process, params: Params
             before = await sim_requests(sim_http)
             usage = Usage(chatd, sim)
             usage.start()
-            wave = await storm_wave(sockets, params.storm_n, f"{label}-w{number}", STORM_MESSAGE)
+            wave = await storm_wave(sockets, n, f"{label}-w{number}", STORM_MESSAGE)
             spent = usage.stop()
             calls = await sim_requests(sim_http) - before
             waves.append(wave_result(wave, calls, usage_report(spent)))
@@ -535,12 +538,7 @@ def markdown(result: Mapping[str, Any]) -> str:
             )
     verdict_lines = "\n".join(f"- {line}" for line in result["verdicts"])
     source = result["chatd"]
-    changed = source.get("chatd_uncommitted_files") or []
-    measured = (
-        f"chatd from `{source['chatd_path']}`"
-        + (f" at git {source['git_head']}" if source["git_head"] else "")
-        + (f", with uncommitted changes to {', '.join(changed)}" if changed else "")
-    )
+    measured = provenance_markdown(source)
     ready = breaker["readyz_open"]["body"]
     return (
         "# Resilience: failing fast with the LLM down, a storm of identical questions\n\n"
@@ -620,35 +618,47 @@ def params_from(args: argparse.Namespace) -> Params:
 async def run(params: Params, processes: Mapping[str, Process]) -> dict[str, Any]:
     breaker = await measure_breaker(processes["chatd-breaker"], processes["sim-breaker"], params)
     configs = [
-        await measure_storm(label, processes[f"chatd-{label}"], processes[f"sim-{label}"], params)
+        await measure_storm(
+            label,
+            processes[f"chatd-{label}"],
+            processes[f"sim-{label}"],
+            params.storm_n,
+            params.storm_connections,
+        )
         for label in ("on", "off")
     ]
     return {"breaker": breaker, "storm": {"configs": configs}}
 
 
-def start_all(params: Params, workdir: Path, chatd_path: Path,
-              stack: contextlib.ExitStack) -> dict[str, Process]:  # fmt: skip
-    """A simulator and a chatd for the breaker, and one of each per storm configuration."""
-    sim_args = ["sim-llm", "--port", "0", "--ttft-ms", f"{params.storm_ttft_ms:g}",
-                "--tokens-per-s", f"{params.storm_tokens_per_s:g}"]  # fmt: skip
-    n = params.storm_n
-    roomy = {
+def storm_env(n: int, sharing: bool) -> dict[str, str]:
+    """chatd settings for a storm of ``n``: limits raised so nothing is refused, and shared
+    flights and the answer cache both on (the defaults) or both off."""
+    on = "true" if sharing else "false"
+    return {
         "CHATD_LIMITS_LLM_STREAMS": str(max(1000, 2 * n)),
         "CHATD_LIMITS_MAX_QUEUE": str(max(1000, 4 * n)),
         "CHATD_LIMITS_MAX_REQUESTS_PER_CONNECTION": str(max(64, 2 * n)),
+        "CHATD_CACHE_ENABLED": on,
+        "CHATD_FLIGHTS_ENABLED": on,
     }
+
+
+def start_all(params: Params, workdir: Path, chatd_path: Path,
+              stack: contextlib.ExitStack) -> dict[str, Process]:  # fmt: skip
+    """A simulator and a chatd for the breaker, and one of each per storm configuration."""
     chatd_env = {
         "breaker": {
             "CHATD_LLM_RETRIES": "0",
             "CHATD_BREAKERS_LLM_FAILURE_THRESHOLD": str(params.failure_threshold),
             "CHATD_BREAKERS_LLM_OPEN_TIMEOUT_S": f"{params.open_timeout_s:g}",
         },
-        "on": {**roomy, "CHATD_CACHE_ENABLED": "true", "CHATD_FLIGHTS_ENABLED": "true"},
-        "off": {**roomy, "CHATD_CACHE_ENABLED": "false", "CHATD_FLIGHTS_ENABLED": "false"},
+        "on": storm_env(params.storm_n, sharing=True),
+        "off": storm_env(params.storm_n, sharing=False),
     }
     processes: dict[str, Process] = {}
     for label, extra in chatd_env.items():
-        sim = start_process(f"sim-{label}", sim_args, workdir, clean_env(chatd_path), stack)
+        sim = start_sim(workdir, chatd_path, params.storm_ttft_ms, params.storm_tokens_per_s,
+                        stack, name=f"sim-{label}")  # fmt: skip
         processes[sim.name] = sim
         env = clean_env(
             chatd_path,
@@ -688,8 +698,6 @@ def main() -> None:
 
     source = provenance(chatd_path)
     machine = describe_machine()
-    machine["nproc"] = len(os.sched_getaffinity(0))
-    machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="bench-resilience-") as tmp,

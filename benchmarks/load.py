@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -85,8 +84,6 @@ def main() -> None:
     names, plan, name = plan_from(args)
     chatd_path: Path = args.chatd_path.resolve()
     machine = describe_machine()
-    machine["nproc"] = len(os.sched_getaffinity(0))
-    machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     scenarios = [run_scenario(SCENARIOS[n], plan, chatd_path) for n in names]
     result: dict[str, Any] = {

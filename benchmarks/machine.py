@@ -12,7 +12,8 @@ from typing import Any
 
 
 def describe_machine() -> dict[str, Any]:
-    """CPU model, cores, memory, Python and key library versions, date."""
+    """CPU model, cores (and those this process may use), memory, Python and key library
+    versions, date, and the load average as the benchmark starts."""
     model = "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -32,6 +33,8 @@ def describe_machine() -> dict[str, Any]:
         "trio": version("trio"),
         "httpx": version("httpx"),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 

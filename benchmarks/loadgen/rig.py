@@ -1,46 +1,66 @@
-"""The rig of one run: a simulator and a chatd as subprocesses, and what is read from them.
+"""The rig of one run: a simulator and a chatd (or the bare relay) as subprocesses.
 
 Processes start through ``bench_pipeline.start_process`` (a log file each, the
-first JSON log line with a ``url``). chatd's CPU comes from /proc/PID/stat,
-its RSS from VmRSS in /proc/PID/status; the simulator's counters and faults
-through its ``/_sim/*`` endpoints. A sampler records a time series (CPU, RSS,
-tokens, connections) once a second for the report and later plots; the
-outage controller switches the simulator's fault on and off mid-run.
+first JSON log line with a ``url``). The server's CPU comes from
+/proc/PID/stat, its RSS from VmRSS in /proc/PID/status; the simulator's
+counters and faults through its ``/_sim/*`` endpoints. A sampler records a
+time series (CPU, RSS, tokens, connections) once a second for the report and
+the plots; the outage controller switches the simulator's fault on and off
+mid-run. With ``watch_closes`` the server reaches the simulator through
+``closewatch.py``, which notes when each upstream connection closes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import httpx
 import trio
-from bench_pipeline import Process, clean_env, start_process
+from bench_pipeline import Process, clean_env, start_process, start_sim
 
 from loadgen.scenarios import Outage
 from loadgen.users import RunState
 
-__all__ = ["Rig", "rss_kib", "run_outage", "sample_forever", "start_rig"]
+__all__ = ["Rig", "rig_running", "rss_kib", "run_outage", "sample_forever", "start_rig"]
+
+BENCHMARKS = Path(__file__).resolve().parent.parent
+RELAY = BENCHMARKS / "relay.py"
+CLOSEWATCH = BENCHMARKS / "loadgen" / "closewatch.py"
+Server = Literal["chatd", "relay"]
 
 
 @attrs.frozen
 class Rig:
-    """The simulator and chatd of one run."""
+    """The simulator and the server under load of one run (and the close watcher, if any)."""
 
     sim: Process
-    chatd: Process
+    server: Process
+    """chatd, or the bare relay (``benchmarks/relay.py``)."""
+    closewatch: Process | None = None
 
     @property
     def ws_url(self) -> str:
-        return str(self.chatd.listening["ws_url"])
+        return str(self.server.listening["ws_url"])
+
+    @property
+    def server_url(self) -> str:
+        """The server's base URL (chatd's ``/metrics`` is under it)."""
+        return str(self.server.listening["url"])
 
     @property
     def sim_control(self) -> str:
         """The simulator's base URL for ``/_sim/*``."""
         return str(self.sim.listening["url"]).removesuffix("/v1")
+
+    @property
+    def processes(self) -> list[Process]:
+        return [p for p in (self.sim, self.closewatch, self.server) if p is not None]
 
 
 def start_rig(
@@ -50,24 +70,61 @@ def start_rig(
     tokens_per_s: float,
     chatd_env: Mapping[str, str],
     stack: contextlib.ExitStack,
+    server: Server = "chatd",
+    watch_closes: bool = False,
 ) -> Rig:
-    """Start ``chatd sim-llm`` and ``chatd serve`` against it; both die with ``stack``."""
-    sim = start_process(
-        "sim",
-        ["sim-llm", "--port", "0", "--ttft-ms", f"{ttft_ms:g}", "--tokens-per-s",
-         f"{tokens_per_s:g}"],
-        workdir, clean_env(chatd_path), stack,
-    )  # fmt: skip
+    """Start ``chatd sim-llm`` and ``chatd serve`` (or the relay) against it; all die with
+    ``stack``."""
+    sim = start_sim(workdir, chatd_path, ttft_ms, tokens_per_s, stack)
+    llm_url = sim.listening["url"]
+    watcher = None
+    if watch_closes:
+        target = llm_url.removeprefix("http://").removesuffix("/v1")
+        watcher = start_process(
+            "closewatch", ["--target", target], workdir, clean_env(chatd_path), stack, CLOSEWATCH
+        )
+        llm_url = watcher.listening["url"] + "/v1"
+    if server == "relay":
+        process = start_process(
+            "relay", ["--port", "0", "--llm-url", llm_url], workdir, clean_env(chatd_path),
+            stack, RELAY,
+        )  # fmt: skip
+        return Rig(sim, process, watcher)
     env = clean_env(
         chatd_path,
         CHATD_KB_PATH=str(workdir / "kb.sqlite3"),
         CHATD_LOG_FORMAT="json",
         **chatd_env,
     )
-    chatd = start_process(
-        "chatd", ["serve", "--port", "0", "--llm-url", sim.listening["url"]], workdir, env, stack
-    )
-    return Rig(sim, chatd)
+    chatd = start_process("chatd", ["serve", "--port", "0", "--llm-url", llm_url], workdir, env,
+                          stack)  # fmt: skip
+    return Rig(sim, chatd, watcher)
+
+
+@contextlib.contextmanager
+def rig_running(
+    name: str,
+    chatd_path: Path,
+    ttft_ms: float,
+    tokens_per_s: float,
+    chatd_env: Mapping[str, str] | None = None,
+    server: Server = "chatd",
+    watch_closes: bool = False,
+) -> Iterator[Rig]:
+    """A rig in a temporary directory for the block; its logs' tails on stderr if the
+    block fails, and every process killed after it."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"load-{name}-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        rig = start_rig(Path(tmp), chatd_path, ttft_ms, tokens_per_s, chatd_env or {}, stack,
+                        server, watch_closes)  # fmt: skip
+        try:
+            yield rig
+        except BaseException:
+            for process in rig.processes:
+                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
+            raise
 
 
 def rss_kib(pid: int) -> int:
@@ -98,8 +155,8 @@ async def sample_forever(
         samples.append(
             {
                 "t_s": round(trio.current_time() - run.t0, 2),
-                "chatd_cpu_s": round(rig.chatd.cpu_seconds(), 3),
-                "chatd_rss_kib": rss_kib(rig.chatd.pid),
+                "chatd_cpu_s": round(rig.server.cpu_seconds(), 3),
+                "chatd_rss_kib": rss_kib(rig.server.pid),
                 "tokens": run.tokens,
                 "sent": run.sent,
                 "in_flight": run.in_flight,

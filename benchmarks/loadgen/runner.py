@@ -9,9 +9,8 @@ counter over the users' run only.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,12 @@ import trio
 from bench_pipeline import machine_cpu_seconds, machine_delta
 
 from loadgen.progress import show_progress
-from loadgen.rig import Rig, rss_kib, run_outage, sample_forever, sim_stats, start_rig
+from loadgen.rig import Rig, Server, rig_running, rss_kib, run_outage, sample_forever, sim_stats
 from loadgen.scenarios import Scenario
 from loadgen.summary import outage_phases, summarise
-from loadgen.users import RunState, run_users
+from loadgen.users import Record, RunState, run_users
+
+Finish = Callable[[Rig, Sequence[Record]], dict[str, Any]]
 
 __all__ = ["Plan", "run_scenario"]
 
@@ -44,24 +45,25 @@ class Plan:
     progress: bool = True
 
 
-def run_scenario(scenario: Scenario, plan: Plan, chatd_path: Path) -> dict[str, Any]:
-    """Start the rig, run the users, and return the scenario's figures."""
-    with (
-        tempfile.TemporaryDirectory(prefix=f"load-{scenario.name}-") as tmp,
-        contextlib.ExitStack() as stack,
-    ):
-        rig = start_rig(
-            Path(tmp), chatd_path, plan.ttft_ms, plan.tokens_per_s, scenario.chatd_env, stack
-        )
-        try:
-            return trio.run(_measure, scenario, plan, rig)
-        except BaseException:
-            for process in (rig.sim, rig.chatd):
-                print(f"--- {process.name} log tail ---\n{process.log_tail()}")
-            raise
+def run_scenario(
+    scenario: Scenario,
+    plan: Plan,
+    chatd_path: Path,
+    server: Server = "chatd",
+    watch_closes: bool = False,
+    finish: Finish | None = None,
+) -> dict[str, Any]:
+    """Start the rig, run the users, and return the scenario's figures. ``finish``, if
+    given, adds its own figures from the rig and the records before the rig stops."""
+    with rig_running(scenario.name, chatd_path, plan.ttft_ms, plan.tokens_per_s,
+                     scenario.chatd_env, server, watch_closes) as rig:  # fmt: skip
+        result, records = trio.run(_measure, scenario, plan, rig)
+        if finish is not None:
+            result.update(finish(rig, records))
+        return result
 
 
-async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> dict[str, Any]:
+async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> tuple[dict[str, Any], list[Record]]:
     duration = max(plan.duration_s, scenario.min_duration_s)
     run = RunState(
         rig.ws_url, scenario, plan.users, duration, plan.ramp_s, plan.think_s,
@@ -70,9 +72,9 @@ async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> dict[str, Any]:
     samples: list[dict[str, float]] = []
     marks: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=rig.sim_control, timeout=10) as http:
-        rss_start = rss_kib(rig.chatd.pid)
+        rss_start = rss_kib(rig.server.pid)
         stats0 = await sim_stats(http)
-        cpu0, sim_cpu0 = rig.chatd.cpu_seconds(), rig.sim.cpu_seconds()
+        cpu0, sim_cpu0 = rig.server.cpu_seconds(), rig.sim.cpu_seconds()
         client0, machine0 = time.process_time(), machine_cpu_seconds()
         wall0 = time.perf_counter()
         async with trio.open_nursery() as watchers:
@@ -85,7 +87,7 @@ async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> dict[str, Any]:
             await run_users(run)
             watchers.cancel_scope.cancel()
         wall = time.perf_counter() - wall0
-        cpu = rig.chatd.cpu_seconds() - cpu0
+        cpu = rig.server.cpu_seconds() - cpu0
         sim_cpu = rig.sim.cpu_seconds() - sim_cpu0
         client_cpu = time.process_time() - client0
         spent = {
@@ -98,7 +100,7 @@ async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> dict[str, Any]:
         }
         stats1 = await sim_stats(http)
         await trio.sleep(0.5)  # let chatd let go of the closed connections
-        rss_end = rss_kib(rig.chatd.pid)
+        rss_end = rss_kib(rig.server.pid)
     result = summarise(run.records, wall, plan.ttft_ms, plan.tokens_per_s)
     calls = stats1["requests"] - stats0["requests"]
     result.update(
@@ -129,4 +131,4 @@ async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> dict[str, Any]:
     )
     if scenario.behaviour.outage is not None:
         result["outage"] = outage_phases(run.records, marks)
-    return result
+    return result, run.records

@@ -37,6 +37,7 @@ __all__ = ["Record", "RunState", "run_users"]
 
 REQUEST_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
 
 
 @attrs.define(slots=True)
@@ -69,6 +70,9 @@ class Record:
     """Characters of answer text received."""
     token_frames: int = 0
     frames: int = 0
+    abort_at: float | None = None
+    """``time.monotonic()`` just before the ``cancel`` frame was sent or the connection
+    dropped: the clock other processes on the machine read too (``closewatch.py``)."""
 
 
 @attrs.define
@@ -83,6 +87,9 @@ class RunState:
     think_s: float
     max_requests: int | None = None
     seed: int = 1
+    message_offset: int = 0
+    """Where the numbering of unique messages starts: a later run on the same chatd
+    passes past the earlier one's count, so no question is asked twice."""
     t0: float = 0.0
     records: list[Record] = attrs.field(factory=list)
     connected: int = 0
@@ -102,7 +109,7 @@ class RunState:
 
     def next_message(self, kind: Kind) -> str:
         """The next unique message of ``kind``."""
-        return kind.make(next(self._numbers[kind.name]))
+        return kind.make(self.message_offset + next(self._numbers[kind.name]))
 
 
 async def run_users(run: RunState) -> None:
@@ -116,21 +123,49 @@ async def _user(run: RunState, index: int) -> None:
     rng = random.Random(run.seed * 1_000_003 + index)
     await trio.sleep_until(run.t0 + run.ramp_s * index / max(1, run.users))
     while run.may_send():
+        # trio-websocket 0.12 can let a Cancelled out of open_websocket_url: a Ping
+        # from the server answered while our close is under way raises
+        # LocalProtocolError in its reader task (python-trio/trio-websocket#184), and
+        # the context manager re-raises its own cancellation. Loose in run_users'
+        # nursery that Cancelled would cancel every user; in a nursery of its own it
+        # ends this connection only, and the user reconnects.
+        async with trio.open_nursery() as guard:
+            guard.start_soon(_connection, run, rng, index)
+        if guard.cancel_scope.cancelled_caught:
+            run.errors["lost:trio-websocket"] += 1
+
+
+async def _connection(run: RunState, rng: random.Random, index: int) -> None:
+    """One connection of a user, asking until the run or the connection ends.
+
+    Connecting and closing are bounded here, not only by trio-websocket's own
+    timeouts: when its handshake times out, or its close handshake does, it
+    still waits for its reader task, which waits for the server to close the
+    socket (chatd's janitor does, after ``idle_connection_s``, 600 s).
+    """
+    connected = False
+    with trio.CancelScope(deadline=trio.current_time() + CONNECT_TIMEOUT_S) as bound:
         try:
             async with open_websocket_url(
-                run.url, connect_timeout=CONNECT_TIMEOUT_S, disconnect_timeout=2
+                run.url, connect_timeout=CONNECT_TIMEOUT_S + 5, disconnect_timeout=CLOSE_TIMEOUT_S
             ) as ws:
+                bound.deadline, connected = math.inf, True
                 run.connected += 1
                 try:
                     await _session(run, ws, rng, index)
                 finally:
                     run.connected -= 1
+                    bound.deadline = trio.current_time() + CLOSE_TIMEOUT_S + 1
         except (HandshakeError, OSError, ConnectionClosed, trio.BrokenResourceError) as exc:
             # Connection refused, reset, or our own drop surfacing on close: count
             # failures to connect; a drop was already recorded.
             if not isinstance(exc, ConnectionClosed | trio.BrokenResourceError):
                 run.errors[f"connect:{type(exc).__name__}"] += 1
                 await trio.sleep(1.0)
+    if bound.cancelled_caught:
+        run.errors["close:timeout" if connected else "connect:timeout"] += 1
+        if not connected:
+            await trio.sleep(1.0)
 
 
 async def _session(run: RunState, ws: WebSocketConnection, rng: random.Random, user: int) -> None:
@@ -212,6 +247,7 @@ async def _ask(
                 assert abort is not None
                 cut_at = math.inf
                 record.action = abort[0]
+                record.abort_at = time.monotonic()
                 if abort[0] == "cancel":
                     await ws.send_message(
                         orjson.dumps({"type": "cancel", "id": request_id}).decode()
@@ -226,6 +262,12 @@ async def _ask(
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         record.terminal = "closed"
         record.duration_s = time.perf_counter() - started
+    except BaseException:
+        # Cancelled with the connection (see _user): the request is lost with it.
+        record.terminal = "closed"
+        record.duration_s = time.perf_counter() - started
+        run.errors["closed"] += 1
+        raise
 
 
 def _terminal(record: Record, event: dict[str, object]) -> None:

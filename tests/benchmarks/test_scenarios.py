@@ -7,6 +7,7 @@ import random
 
 import pytest
 from loadgen.scenarios import KINDS, SCENARIOS, Behaviour, Scenario
+from loadgen.users import RunState
 
 from chatd.llm.sim.rules import TextPlan, ToolCallsPlan, default_rules, plan_reply
 
@@ -67,3 +68,14 @@ def test_kinds_take_their_path_in_the_simulator(n: int) -> None:
     assert isinstance(tools, ToolCallsPlan)
     assert [c.name for c in tools.calls] == ["calculator"]
     assert isinstance(chitchat, TextPlan)
+
+
+def test_a_later_run_carries_on_the_numbering_of_unique_messages() -> None:
+    """The soak's second phase must not ask what its first asked: ``message_offset``."""
+
+    def asked(offset: int) -> list[str]:
+        run = RunState("ws://x", SCENARIOS["chitchat"], 1, 1.0, 0.0, 0.0, message_offset=offset)
+        return [run.next_message(KINDS["chitchat"]) for _ in range(3)]
+
+    assert asked(3) == [KINDS["chitchat"].make(n) for n in (3, 4, 5)]
+    assert not set(asked(0)) & set(asked(3))
