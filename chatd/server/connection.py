@@ -7,6 +7,9 @@ their events to the writer through one bounded channel; the writer merges an
 answer's tokens into fewer frames, both when the client lags (everything
 already queued goes out together) and within ``server.token_merge_ms`` of an
 answer's previous token frame (the first token always goes out at once).
+A token of an answer whose merged frame is already waiting for its window,
+with nothing else of that answer still queued, joins that frame directly
+(:class:`_Merge`): no trip through the channel, no waking the writer.
 
 The connection does not know how frames travel: :class:`FrameTransport` is
 quart-trio's websocket today and could be any other.
@@ -14,7 +17,7 @@ quart-trio's websocket today and could be any other.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import itertools
 import math
 from collections.abc import Mapping
@@ -53,20 +56,70 @@ class FrameTransport(Protocol):
         ...
 
 
+_MERGE_CAP = 256
+"""Texts a waiting frame takes directly; past that, tokens queue (and wait) as usual."""
+
+
+@attrs.define
+class _Merge:
+    """What the writer and the requests share to merge tokens at the source.
+
+    ``pending`` holds each answer's token texts waiting for its window (the
+    writer's); ``queued`` counts each request's items in the channel that the
+    writer has not taken yet. A token may join ``pending`` directly only when
+    none of its request's items is queued: it can overtake nothing.
+    """
+
+    pending: dict[str, list[str]] = attrs.field(factory=dict)
+    queued: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    def join(self, request_id: str, event: Event) -> bool:
+        """Add a token to its answer's waiting frame, if it may; ``True`` if it did."""
+        if type(event) is not Token or self.queued[request_id]:
+            return False
+        texts = self.pending.get(request_id)
+        if texts is None or len(texts) >= _MERGE_CAP:
+            return False
+        texts.append(event.text)
+        return True
+
+    def taken(self, request_id: str | None) -> None:
+        """The writer took one of ``request_id``'s items off the channel."""
+        if request_id is not None and self.queued[request_id] > 0:
+            self.queued[request_id] -= 1
+            if not self.queued[request_id]:
+                del self.queued[request_id]
+
+    def withdrawn(self, request_id: str | None) -> None:
+        """An item counted as queued never went in (the send was cancelled or refused)."""
+        self.taken(request_id)
+
+
 @attrs.frozen
 class _Output:
     """A request's view of the writer: its events tagged with its id."""
 
     id: str
     channel: trio.MemorySendChannel[Outgoing]
+    merge: _Merge
 
     async def send(self, event: Event) -> None:
-        await self.channel.send((self.id, event))
+        if self.merge.join(self.id, event):
+            return
+        self.merge.queued[self.id] += 1
+        try:
+            await self.channel.send((self.id, event))
+        except BaseException:
+            self.merge.withdrawn(self.id)
+            raise
 
     def send_nowait(self, event: Event) -> None:
         # Advisory only (queue positions): a lagging client skips one.
-        with contextlib.suppress(trio.WouldBlock):
+        self.merge.queued[self.id] += 1
+        try:
             self.channel.send_nowait((self.id, event))
+        except trio.WouldBlock:
+            self.merge.withdrawn(self.id)
 
 
 async def _next(receive: trio.MemoryReceiveChannel[Outgoing]) -> Outgoing | None:
@@ -99,6 +152,7 @@ class Connection:
     _requests: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False)
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
     _out: trio.MemorySendChannel[Outgoing] | None = attrs.field(default=None, init=False)
+    _merge: _Merge = attrs.field(factory=_Merge, init=False)
     _out_closed: bool = attrs.field(default=False, init=False)
     _writer_done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
@@ -153,9 +207,12 @@ class Connection:
         assert self._out is not None
         if self._writer_done.is_set() or self._out_closed:
             return  # closing: the client hears 1001 instead
+        if request_id is not None:
+            self._merge.queued[request_id] += 1
         try:
             self._out.send_nowait((request_id, event))
         except trio.WouldBlock:
+            self._merge.withdrawn(request_id)
             log.warning("client not reading its replies: dropping it", connection=self.id)
             self.reap("client stopped reading")
 
@@ -206,7 +263,9 @@ class Connection:
         if not self._requests:
             self._idle = trio.Event()
         scope = self._requests[request_id] = trio.CancelScope()
-        nursery.start_soon(self._run, chat, scope, _Output(request_id, self._out.clone()))
+        nursery.start_soon(
+            self._run, chat, scope, _Output(request_id, self._out.clone(), self._merge)
+        )
 
     async def _run(self, chat: ChatInput, scope: trio.CancelScope, out: _Output) -> None:
         try:
@@ -221,7 +280,8 @@ class Connection:
         self, receive: trio.MemoryReceiveChannel[Outgoing], transport: FrameTransport, window: float
     ) -> None:
         """Send events in order per request, merging each answer's tokens."""
-        pending: dict[str, list[str]] = {}  # request id -> token texts not yet sent
+        merge = self._merge
+        pending = merge.pending  # request id -> token texts not yet sent
         due: dict[str, float] = {}  # request id -> when its pending tokens go out
         last: dict[str, float] = {}  # request id -> when its last token frame went out
         ended = False
@@ -252,6 +312,7 @@ class Connection:
                 now = trio.current_time()
                 frames: list[bytes] = []
                 for request_id, event in batch:
+                    merge.taken(request_id)
                     if type(event) is Token and request_id is not None:
                         if request_id not in pending:
                             pending[request_id] = []
