@@ -7,12 +7,16 @@ their events to the writer through one bounded channel; the writer merges an
 answer's tokens into fewer frames, both when the client lags (everything
 already queued goes out together) and within ``server.token_merge_ms`` of an
 answer's previous token frame (the first token always goes out at once).
+The writer and its channel start with the first frame to send, and the task
+that waits for a drain with the drain: an idle connection is its reader
+alone, since thousands of idle connections multiply every task and channel.
 A token of an answer whose merged frame is already waiting for its window,
 with nothing else of that answer still queued, joins that frame directly
 (:class:`_Merge`): no trip through the channel, no waking the writer.
 
 The connection does not know how frames travel: :class:`FrameTransport` is
-quart-trio's websocket today and could be any other.
+hypercorn's ASGI messages today (quart-trio's websocket where quart serves
+the socket) and could be any other.
 """
 
 from __future__ import annotations
@@ -143,7 +147,7 @@ class Connection:
     authorized: bool = True
     id: str = attrs.field(factory=lambda: f"conn_{next(_ids)}")
     draining: trio.Event = attrs.field(factory=trio.Event)
-    """Set when the server drains: close (1001) once no request is in flight."""
+    """Set when the server drains, which also calls :meth:`drain`."""
     last_activity: float = attrs.field(factory=trio.current_time, init=False)
     """When a frame last came in or went out (for the idle reaper)."""
     send_started: float | None = attrs.field(default=None, init=False)
@@ -156,6 +160,9 @@ class Connection:
     _out_closed: bool = attrs.field(default=False, init=False)
     _writer_done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _transport: FrameTransport | None = attrs.field(default=None, init=False)
+    _drain_started: bool = attrs.field(default=False, init=False)
 
     def reap(self, reason: str) -> None:
         """Drop the connection now (the janitor calls this); its requests stop."""
@@ -170,18 +177,19 @@ class Connection:
 
     async def serve(self, transport: FrameTransport) -> None:
         """Read, run and write until the transport closes (which cancels us)."""
-        settings = self.pipeline.settings.server
-        send, receive = trio.open_memory_channel[Outgoing](settings.send_queue)
-        self._out = send
         self._idle.set()
-        async with trio.open_nursery() as nursery:
-            self._scope = nursery.cancel_scope
-            nursery.start_soon(self._write, receive, transport, settings.token_merge_ms / 1000)
-            nursery.start_soon(self._stop_when_drained)
-            while True:
-                frame = await transport.receive()
-                self.last_activity = trio.current_time()
-                self._handle(frame, nursery)
+        self._transport = transport
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope, self._nursery = nursery.cancel_scope, nursery
+                if self.draining.is_set():  # began before we were here to be told
+                    self.drain()
+                while True:
+                    frame = await transport.receive()
+                    self.last_activity = trio.current_time()
+                    self._handle(frame, nursery)
+        finally:
+            self._nursery = None  # closed to new tasks: drain() now does nothing
         if (
             self.draining.is_set() and self.reaped is None
         ):  # the writer is gone, so nothing is sent after the close
@@ -189,28 +197,46 @@ class Connection:
                 cleanup.shield = True
                 await transport.close(1001, "server shutting down")
 
+    def drain(self) -> None:
+        """The server drains: close (1001) once no request is in flight. The
+        task that waits for that starts now, not with every connection."""
+        if self._nursery is not None and not self._drain_started:
+            self._drain_started = True
+            self._nursery.start_soon(self._stop_when_drained)
+
+    def _writer(self) -> trio.MemorySendChannel[Outgoing]:
+        """The writer's channel; the first call opens it and starts the writer."""
+        if self._out is None:
+            assert self._nursery is not None and self._transport is not None
+            settings = self.pipeline.settings.server
+            send, receive = trio.open_memory_channel[Outgoing](settings.send_queue)
+            self._out = send
+            window = settings.token_merge_ms / 1000
+            self._nursery.start_soon(self._write, receive, self._transport, window)
+        return self._out
+
     async def _stop_when_drained(self) -> None:
-        """Once draining and idle, let the writer send everything, then end."""
-        await self.draining.wait()
+        """Once idle, let the writer (if any) send everything, then end."""
         await self._idle.wait()
-        assert self._out is not None and self._scope is not None
+        assert self._scope is not None
         self._out_closed = True
-        await self._out.aclose()  # the writer ends once every request's clone is closed too
-        with trio.move_on_after(1.0):
-            await self._writer_done.wait()
+        if self._out is not None:
+            await self._out.aclose()  # the writer ends once every request's clone is closed too
+            with trio.move_on_after(1.0):
+                await self._writer_done.wait()
         self._scope.cancel()
 
     def _reply(self, request_id: str | None, event: Event, nursery: trio.Nursery) -> None:
         """A reply to a frame itself (pong, refusals), queued without waiting so
         the reader never blocks. A client whose queue is full is not reading:
         it is dropped rather than given an unbounded pile of replies."""
-        assert self._out is not None
         if self._writer_done.is_set() or self._out_closed:
             return  # closing: the client hears 1001 instead
+        out = self._writer()
         if request_id is not None:
             self._merge.queued[request_id] += 1
         try:
-            self._out.send_nowait((request_id, event))
+            out.send_nowait((request_id, event))
         except trio.WouldBlock:
             self._merge.withdrawn(request_id)
             log.warning("client not reading its replies: dropping it", connection=self.id)
@@ -258,13 +284,12 @@ class Connection:
         limit = self.pipeline.settings.limits.max_requests_per_connection
         if len(self._requests) >= limit:
             raise Overloaded(f"{limit} requests already in flight on this connection")
-        assert self._out is not None
         chat = ChatInput(request_id, message, session, metadata, self.client)
         if not self._requests:
             self._idle = trio.Event()
         scope = self._requests[request_id] = trio.CancelScope()
         nursery.start_soon(
-            self._run, chat, scope, _Output(request_id, self._out.clone(), self._merge)
+            self._run, chat, scope, _Output(request_id, self._writer().clone(), self._merge)
         )
 
     async def _run(self, chat: ChatInput, scope: trio.CancelScope, out: _Output) -> None:

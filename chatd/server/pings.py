@@ -5,9 +5,11 @@ looks whether the stream has closed only when it wakes. Until then the closed
 connection's task group, and with it the connection's memory, stays alive:
 up to 20 s per closed WebSocket, and a drain waits for hypercorn's whole
 grace period whenever any WebSocket has ever connected. Here the ping task
-waits on an event that the stream's close sets, so a closed connection ends
-at once. :func:`install` is idempotent; ``test_pings.py`` pins the behaviour
-so a hypercorn upgrade that changes these internals fails loudly.
+waits in a cancel scope that the stream's close cancels, so a closed
+connection ends at once. (A scope, which the wait needs anyway, rather than
+an event: the task is one of every idle connection's few.) :func:`install`
+is idempotent; ``test_pings.py`` pins the behaviour so a hypercorn upgrade
+that changes these internals fails loudly.
 """
 
 from __future__ import annotations
@@ -21,20 +23,16 @@ from wsproto.events import Ping as _Ping
 
 __all__ = ["install"]
 
-_CLOSED = "_chatd_closed"
-
-
-def _closed_event(stream: Any) -> trio.Event:
-    event: trio.Event = stream.__dict__.setdefault(_CLOSED, trio.Event())
-    return event
+_WAIT = "_chatd_ping_wait"
 
 
 async def _send_pings(self: Any) -> None:
-    closed = _closed_event(self)
     while not self.closed:
         await self._send_wsproto_event(_Ping())
-        with trio.move_on_after(self.config.websocket_ping_interval):
-            await closed.wait()
+        with trio.move_on_after(self.config.websocket_ping_interval) as wait:
+            self.__dict__[_WAIT] = wait  # the stream's close cancels it from now on
+            if not self.closed:  # it may have closed while the ping went out
+                await trio.sleep_forever()
 
 
 def install() -> None:
@@ -46,7 +44,9 @@ def install() -> None:
     async def handle(self: Any, event: Any) -> None:
         await original(self, event)
         if isinstance(event, StreamClosed) or self.closed:
-            _closed_event(self).set()
+            wait: trio.CancelScope | None = self.__dict__.get(_WAIT)
+            if wait is not None:
+                wait.cancel()
 
     WSStream.handle = handle  # type: ignore[method-assign]
     WSStream._send_pings = _send_pings  # type: ignore[method-assign]

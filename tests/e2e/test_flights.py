@@ -31,6 +31,12 @@ def make_settings(request: pytest.FixtureRequest, make_settings: MakeSettings) -
     return on_redis
 
 
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    """Event types in order, a run of token frames counted as one."""
+    types = [e["type"] for e in events]
+    return [t for i, t in enumerate(types) if t != "token" or i == 0 or types[i - 1] != "token"]
+
+
 async def clients(stack: AsyncExitStack, chatd: Chatd, count: int) -> list[ChatClient]:
     return [await stack.enter_async_context(open_chat_client(chatd.ws_url)) for _ in range(count)]
 
@@ -110,7 +116,8 @@ async def test_cache_replays_without_llm(chatd: Chatd, client: ChatClient) -> No
         second = await client.finish("two")
     assert first["cached"] is False and second["cached"] is True
     assert client.answer("one") == client.answer("two")
-    assert [e["type"] for e in client.events["two"]] == [e["type"] for e in client.events["one"]]
+    # The same events, but tokens may be merged into other frames (merging follows timing).
+    assert kinds(client.events["two"]) == kinds(client.events["one"])
     assert second["path"] == "tools"
     assert chatd.sim.statistics().requests == 2  # the first answer's two calls only
 
