@@ -64,6 +64,9 @@ class ServerSettings:
     send_queue: int = attrs.field(default=256, validator=_positive)
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
     websocket_ping_interval_s: float = attrs.field(default=20.0, validator=_positive)
+    websocket_deflate: bool = False
+    """Accept permessage-deflate when a client offers it (browsers do): off, as
+    token frames are tiny and each compressed connection holds ~100 KiB more."""
     workers: int = attrs.field(default=1, validator=_positive)
     """Processes serving the one listening socket; share state through ``redis.url``."""
 

@@ -29,7 +29,7 @@ from chatd.pipeline import Pipeline
 from chatd.pipeline.flights import Flights
 from chatd.pipeline.flights_redis import RedisFlights
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
-from chatd.server import pings
+from chatd.server import deflate, pings
 from chatd.server.app import AppState, create_app
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
@@ -79,6 +79,7 @@ def url_of(sock: socket.socket) -> str:
 
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
     pings.install()
+    deflate.install(deflate=settings.server.websocket_deflate)
     config = HypercornConfig()
     # Our own drain cancels what is left at the grace; hypercorn's is the backstop.
     config.graceful_timeout = settings.server.shutdown_grace_s + 5
