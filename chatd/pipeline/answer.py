@@ -80,6 +80,8 @@ class Turn:
     """The request's spans (a flight's turn writes into its creator's)."""
     notify: Callable[[Event], None] = lambda _event: None
     """Advisory events (queue positions) that must not wait."""
+    push: Callable[[Event], bool] | None = None
+    """Send an event now if that needs no waiting; ``False`` if it would wait."""
     on_state: Callable[[RequestState], None] = lambda _state: None
     """Told each state the request enters, for the janitor's deadlines."""
     on_unshareable: Callable[[], None] | None = None
@@ -139,6 +141,18 @@ class Turn:
             self.on_state("streaming")
         self._text.append(text)
         await self.send(Token(text))
+
+    def push_token(self, text: str) -> bool:
+        """Send the next piece of the answer now, without waiting: a shared
+        flight hands a caught-up follower its tokens this way. ``False`` (and
+        nothing done) where it would wait, or before the first token, whose
+        bookkeeping :meth:`token` does."""
+        if self.push is None or self.first_token_at is None:
+            return False
+        if text and not self.push(Token(text)):
+            return False
+        self._text.append(text)
+        return True
 
     def count(self, completion: Completion) -> None:
         """Add one LLM call's usage."""

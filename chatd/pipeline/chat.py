@@ -133,6 +133,7 @@ class Pipeline:
             out.send,
             ToolContext(request_id, chat.session, chat.metadata),
             notify=out.send_nowait,
+            push=getattr(out, "try_send", None),
             trace=trace,
         )
         terminal: Done | Error | None = None

@@ -71,6 +71,10 @@ class FlightsStatistics:
     diverged: int
 
 
+Sink = Callable[[Event], bool]
+"""Takes one event now, or says ``False`` and takes nothing."""
+
+
 @attrs.define(eq=False)
 class Flight:
     """One piece of work in flight and what it has said so far."""
@@ -85,6 +89,8 @@ class Flight:
     finished: bool = False
     error: BaseException | None = None
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _sinks: dict[Sink, trio.Event] = attrs.field(factory=dict)
+    """Caught-up followers taking tokens as they come, each with what wakes it."""
 
     async def publish(self, event: Event) -> None:
         """Record an event and wake the subscribers."""
@@ -92,13 +98,32 @@ class Flight:
         await trio.lowlevel.checkpoint()
 
     def publish_nowait(self, event: Event) -> None:
-        """Record an event and wake the subscribers, without a checkpoint."""
+        """Record an event and hand it on, without a checkpoint: to each
+        caught-up follower that can take it without waiting, else by waking it."""
         self.events.append(event)
-        self._wake()
-
-    def _wake(self) -> None:
+        for sink, woken in list(self._sinks.items()):
+            if not sink(event):
+                del self._sinks[sink]
+                woken.set()
         self._changed.set()
         self._changed = trio.Event()
+
+    def _wake(self) -> None:
+        """The flight ended or diverged: every follower looks again."""
+        for woken in self._sinks.values():
+            woken.set()
+        self._sinks.clear()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def taken_as_they_come(self, sink: Sink) -> None:
+        """Let ``sink`` take each new event as it is published, until one it
+        cannot take without waiting, or the end; the caller then looks again."""
+        woken = self._sinks[sink] = trio.Event()
+        try:
+            await woken.wait()
+        finally:
+            self._sinks.pop(sink, None)
 
     async def changed(self) -> None:
         """Wait for the next event or the end."""
@@ -206,8 +231,18 @@ class Flights:
                 continue
             if flight.finished:
                 break
-            # No checkpoint since the length check, so no wake-up can be missed.
-            await flight.changed()
+
+            # Caught up: take tokens as they are published, with no task switch
+            # per token; anything else, or a token that would wait, wakes us.
+            def take(event: Event) -> bool:
+                nonlocal index
+                if type(event) is Token and turn.push_token(event.text):
+                    index += 1
+                    return True
+                return False
+
+            # No checkpoint since the length check, so no event can be missed.
+            await flight.taken_as_they_come(take)
         if flight.error is not None:
             raise own_copy(flight.error)
         turn.adopt(flight.turn.outcome())

@@ -117,6 +117,18 @@ class _Output:
             self.merge.withdrawn(self.id)
             raise
 
+    def try_send(self, event: Event) -> bool:
+        """Send without waiting if there is room; ``False`` (nothing sent) if not."""
+        if self.merge.join(self.id, event):
+            return True
+        self.merge.queued[self.id] += 1
+        try:
+            self.channel.send_nowait((self.id, event))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.merge.withdrawn(self.id)
+            return False
+        return True
+
     def send_nowait(self, event: Event) -> None:
         # Advisory only (queue positions): a lagging client skips one.
         self.merge.queued[self.id] += 1
