@@ -31,6 +31,7 @@ from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
 __all__ = [
     "MAX_QUERY_TERMS",
     "FAQEntry",
+    "KBCounters",
     "KBStatistics",
     "KnowledgeBase",
     "Passage",
@@ -85,6 +86,36 @@ class KBStatistics:
     threads_waiting: int
     threads_peak: int
     connections: int
+
+
+@attrs.define
+class KBCounters:
+    """What a store counts, and its :class:`KBStatistics` with its limiter's use."""
+
+    entries: int = 0
+    searches: int = 0
+    added: int = 0
+    errors: int = 0
+    peak: int = 0
+    """The most calls ever running at once in the store's worker threads."""
+
+    def statistics(
+        self, backend: str, limiter: trio.CapacityLimiter, connections: int
+    ) -> KBStatistics:
+        """These counts, the limiter's use now, and ``connections``."""
+        used = limiter.statistics()
+        return KBStatistics(
+            backend=backend,
+            entries=self.entries,
+            searches=self.searches,
+            added=self.added,
+            errors=self.errors,
+            threads_busy=used.borrowed_tokens,
+            threads_total=int(used.total_tokens),
+            threads_waiting=used.tasks_waiting,
+            threads_peak=self.peak,
+            connections=connections,
+        )
 
 
 class KnowledgeBase(Protocol):

@@ -58,6 +58,7 @@ from chatd.config import KBSettings
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
 from chatd.stores.kb import (
     FAQEntry,
+    KBCounters,
     KBStatistics,
     Passage,
     confidence,
@@ -354,12 +355,8 @@ class ArangoKnowledgeBase:
     _db: StandardDatabase = attrs.field(init=False)
     _limiter: trio.CapacityLimiter = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
-    _entries: int = attrs.field(default=0, init=False)
-    _searches: int = attrs.field(default=0, init=False)
-    _added: int = attrs.field(default=0, init=False)
-    _errors: int = attrs.field(default=0, init=False)
+    _counts: KBCounters = attrs.field(factory=KBCounters, init=False)
     _busy: int = attrs.field(default=0, init=False)
-    _peak: int = attrs.field(default=0, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -386,14 +383,16 @@ class ArangoKnowledgeBase:
 
     async def set_up(self) -> None:
         """Create the database, collection and view if they are missing."""
-        self._entries = await self._run(lambda: _set_up(self._client, self.settings, self.view))
+        self._counts.entries = await self._run(
+            lambda: _set_up(self._client, self.settings, self.view)
+        )
 
     async def search(self, query: str, limit: int = 3) -> list[Passage]:
         """Entries ranked by BM25 over the query's significant terms, with confidence."""
         terms = query_terms(query)
         if not terms or limit < 1:
             return []
-        self._searches += 1
+        self._counts.searches += 1
         aql, bind = _search_query(terms, limit)
         bind |= {"@view": self.view, "@collection": self.settings.arango_collection}
         result = await self._run(lambda: self._query(aql, bind)[0])
@@ -404,33 +403,21 @@ class ArangoKnowledgeBase:
         if not entries:
             return 0
         documents = _documents(entries)
-        changed, self._entries = await self._run(lambda: self._add(documents))
-        self._added += changed
+        changed, self._counts.entries = await self._run(lambda: self._add(documents))
+        self._counts.added += changed
         return changed
 
     async def count(self) -> int:
         """How many entries there are."""
         collection = self._db.collection(self.settings.arango_collection)
-        self._entries = await self._run(lambda: _value(collection.count()))
-        return self._entries
+        self._counts.entries = await self._run(lambda: _value(collection.count()))
+        return self._counts.entries
 
     def statistics(self) -> KBStatistics:
         """Counters and the limiter's use. ``connections`` counts those the HTTP
         pool has opened: the pool keeps at most ``threads``, so more means
         ArangoDB closed idle ones and they were opened again."""
-        limiter = self._limiter.statistics()
-        return KBStatistics(
-            backend="arango",
-            entries=self._entries,
-            searches=self._searches,
-            added=self._added,
-            errors=self._errors,
-            threads_busy=limiter.borrowed_tokens,
-            threads_total=int(limiter.total_tokens),
-            threads_waiting=limiter.tasks_waiting,
-            threads_peak=self._peak,
-            connections=self._http.connections_opened(),
-        )
+        return self._counts.statistics("arango", self._limiter, self._http.connections_opened())
 
     async def aclose(self) -> None:
         """Close the HTTP pool; later calls raise ``trio.ClosedResourceError``."""
@@ -463,12 +450,12 @@ class ArangoKnowledgeBase:
     def _in_worker(self, work: Callable[[], T]) -> T:
         with self._lock:
             self._busy += 1
-            self._peak = max(self._peak, self._busy)
+            self._counts.peak = max(self._counts.peak, self._busy)
         try:
             return work()
         except (ArangoError, _NoAnswer, ConnectionError) as exc:
             with self._lock:
-                self._errors += 1
+                self._counts.errors += 1
             raise _translate(exc) from exc
         finally:
             with self._lock:

@@ -36,6 +36,7 @@ import trio
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
 from chatd.stores.kb import (
     FAQEntry,
+    KBCounters,
     KBStatistics,
     Passage,
     confidence,
@@ -255,12 +256,8 @@ class SQLiteKnowledgeBase:
     _limiter: trio.CapacityLimiter = attrs.field(init=False)
     _pool: _ConnectionPool = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
-    _entries: int = attrs.field(default=0, init=False)
-    _searches: int = attrs.field(default=0, init=False)
-    _added: int = attrs.field(default=0, init=False)
-    _errors: int = attrs.field(default=0, init=False)
+    _counts: KBCounters = attrs.field(factory=KBCounters, init=False)
     _busy: int = attrs.field(default=0, init=False)
-    _peak: int = attrs.field(default=0, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -269,14 +266,14 @@ class SQLiteKnowledgeBase:
 
     async def set_up(self) -> None:
         """Switch to WAL mode and create the schema if it is missing."""
-        self._entries = await self._run(_set_up)
+        self._counts.entries = await self._run(_set_up)
 
     async def search(self, query: str, limit: int = 3) -> list[Passage]:
         """Entries ranked by BM25 over the query's significant terms, with confidence."""
         terms = query_terms(query)
         if not terms or limit < 1:
             return []
-        self._searches += 1
+        self._counts.searches += 1
         return await self._run(lambda conn: _search(conn, terms, limit))
 
     async def add(self, entries: Sequence[FAQEntry]) -> int:
@@ -284,30 +281,18 @@ class SQLiteKnowledgeBase:
         if not entries:
             return 0
         batch = list(entries)
-        changed, self._entries = await self._run(lambda conn: _add(conn, batch))
-        self._added += changed
+        changed, self._counts.entries = await self._run(lambda conn: _add(conn, batch))
+        self._counts.added += changed
         return changed
 
     async def count(self) -> int:
         """How many entries there are."""
-        self._entries = await self._run(_count)
-        return self._entries
+        self._counts.entries = await self._run(_count)
+        return self._counts.entries
 
     def statistics(self) -> KBStatistics:
         """Counters and the limiter's use; ``threads_peak`` is measured in the workers."""
-        limiter = self._limiter.statistics()
-        return KBStatistics(
-            backend="sqlite",
-            entries=self._entries,
-            searches=self._searches,
-            added=self._added,
-            errors=self._errors,
-            threads_busy=limiter.borrowed_tokens,
-            threads_total=int(limiter.total_tokens),
-            threads_waiting=limiter.tasks_waiting,
-            threads_peak=self._peak,
-            connections=self._pool.open_count,
-        )
+        return self._counts.statistics("sqlite", self._limiter, self._pool.open_count)
 
     async def aclose(self) -> None:
         """Close every connection; later calls raise ``trio.ClosedResourceError``."""
@@ -330,7 +315,7 @@ class SQLiteKnowledgeBase:
     def _in_worker(self, work: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             self._busy += 1
-            self._peak = max(self._peak, self._busy)
+            self._counts.peak = max(self._counts.peak, self._busy)
         try:
             conn = self._pool.take()
             try:
@@ -342,7 +327,7 @@ class SQLiteKnowledgeBase:
             return result
         except sqlite3.Error as exc:
             with self._lock:
-                self._errors += 1
+                self._counts.errors += 1
             raise _translate(exc, self.path) from exc
         finally:
             with self._lock:
