@@ -41,11 +41,9 @@ goes on locally (its followers lose it as above); a follower that cannot read
 answers locally if it relayed nothing, or else ends with that same retryable
 error. The first failure is logged as a warning, the recovery too.
 
-Reading: one task per process multiplexes ``XREAD BLOCK`` (``block_ms``) over
-every followed stream, on a connection and a thread of its own, and renews
-every follower's registration in one script per ``lease_s / 3``. So following
-costs one thread per process however many flights are followed, and never
-holds a connection that the request path waits for.
+Reading: one task per process multiplexes every followed stream
+(:mod:`chatd.pipeline.flight_reader`), so following costs one thread per
+process however many flights are followed.
 """
 
 from __future__ import annotations
@@ -54,8 +52,8 @@ import collections
 import functools
 import math
 import secrets
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import orjson
@@ -75,6 +73,7 @@ from chatd.pipeline.codec import (
     outcome_to_json,
 )
 from chatd.pipeline.events import Queued
+from chatd.pipeline.flight_reader import Inbox, StreamReader, evaluate
 from chatd.pipeline.flights import Flight, Flights, FlightsStatistics, Work
 from chatd.stores.redis_client import RedisClient
 
@@ -86,7 +85,6 @@ LOST = "the instance answering this was lost"
 LOST_RETRY_MS = 1000
 STREAM_MAXLEN = 4096
 """Records kept per stream (approximately): each is a batch of events."""
-_READ_COUNT = 256
 _MAX_CLAIMS = 3
 
 # Keys computed inside the scripts (followers from the lease and a token) are
@@ -165,10 +163,6 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def _eval(client: redis.Redis, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    return script(keys=keys, args=args, client=client)
-
-
 @attrs.define(eq=False)
 class _Lead:
     """What a leader knows of its flight in Redis."""
@@ -188,112 +182,6 @@ class _Lead:
 
     def poke(self) -> None:
         self.poked.set()
-
-
-@attrs.define(eq=False)
-class _Inbox:
-    """One followed stream, as the reader hands it to its follower."""
-
-    stream: str
-    lease: str
-    followers: str
-    leader: str
-    token: str
-    last_id: bytes = b"0-0"
-    records: list[bytes] = attrs.field(factory=list)
-    ending: bool = False
-    """The lease is no longer the leader's: lost once the stream is read to its end."""
-    lost: bool = False
-    _changed: trio.Event = attrs.field(factory=trio.Event)
-
-    def take(self) -> list[bytes]:
-        records, self.records = self.records, []
-        return records
-
-    def wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def changed(self) -> None:
-        await self._changed.wait()
-
-
-@attrs.define(eq=False)
-class _StreamReader:
-    """The process's one reader of followed streams (see the module docstring)."""
-
-    client: RedisClient
-    heartbeat: Script
-    block_ms: int
-    beat_s: float
-    ttl_ms: int
-    on_failure: Callable[[ChatdError], None]
-    _inboxes: dict[str, _Inbox] = attrs.field(factory=dict, init=False)
-    _wanted: trio.Event = attrs.field(factory=trio.Event, init=False)
-
-    def watch(self, inbox: _Inbox) -> None:
-        self._inboxes[inbox.stream] = inbox
-        self._wanted.set()
-
-    def unwatch(self, inbox: _Inbox) -> None:
-        if self._inboxes.get(inbox.stream) is inbox:
-            del self._inboxes[inbox.stream]
-
-    async def run(self) -> NoReturn:
-        beat_at = trio.current_time() + self.beat_s
-        try:
-            while True:
-                if not self._inboxes:
-                    await self._wanted.wait()
-                    self._wanted = trio.Event()
-                    continue
-                inboxes = list(self._inboxes.values())
-                try:
-                    if trio.current_time() >= beat_at:
-                        beat_at = trio.current_time() + self.beat_s
-                        await self._beat(inboxes)
-                    streams = {i.stream: i.last_id for i in inboxes}
-                    replies = await self.client.call(_xread, streams, self.block_ms)
-                except ChatdError as exc:
-                    self.on_failure(exc)
-                    for inbox in inboxes:
-                        inbox.lost = True
-                        inbox.wake()
-                    await trio.sleep(self.block_ms / 1000)  # its followers unwatch meanwhile
-                    continue
-                self._deliver(inboxes, replies)
-        finally:
-            self.client.redis.connection_pool.disconnect()
-
-    async def _beat(self, inboxes: list[_Inbox]) -> None:
-        """Renew every registration; note the streams whose leader is gone."""
-        keys = [k for i in inboxes for k in (i.lease, i.followers)]
-        args = [self.ttl_ms, *(a for i in inboxes for a in (i.leader, i.token))]
-        alive = await self.client.call(_eval, self.heartbeat, keys, args)
-        for inbox, ok in zip(inboxes, alive, strict=True):
-            inbox.ending = inbox.ending or not ok
-
-    def _deliver(self, inboxes: list[_Inbox], replies: Any) -> None:
-        read: dict[str, int] = {}
-        for name, entries in replies or ():
-            inbox = self._inboxes.get(name.decode())
-            if inbox is None:
-                continue
-            for entry_id, fields in entries:
-                inbox.records.append(fields[b"r"])
-                inbox.last_id = entry_id
-            read[inbox.stream] = len(entries)
-            inbox.wake()
-        # An ending leader wrote its end before its lease went: a read that came
-        # back short after the heartbeat saw that has everything there will be.
-        for inbox in inboxes:
-            if inbox.ending and read.get(inbox.stream, 0) < _READ_COUNT:
-                inbox.lost = True
-                inbox.wake()
-
-
-def _xread(client: redis.Redis, streams: dict[str, bytes], block_ms: int) -> Any:
-    return client.xread(streams, count=_READ_COUNT, block=block_ms)  # type: ignore[arg-type]
 
 
 @attrs.define
@@ -318,7 +206,7 @@ class RedisFlights(Flights):
     _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _redis_down: bool = attrs.field(default=False, init=False)
     _scripts: dict[str, Script] = attrs.field(factory=dict, init=False)
-    _reader: _StreamReader = attrs.field(init=False)
+    _reader: StreamReader = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         for name, source in (
@@ -328,7 +216,7 @@ class RedisFlights(Flights):
             ("heartbeat", _HEARTBEAT),
         ):
             self._scripts[name] = self.redis.redis.register_script(source)
-        self._reader = _StreamReader(
+        self._reader = StreamReader(
             self.redis.dedicated(),
             self._scripts["heartbeat"],
             self.block_ms,
@@ -420,7 +308,7 @@ class RedisFlights(Flights):
         ``None`` if Redis cannot be used now."""
         args = [token, _ms(self.lease_s), _ms(self.lease_s)]
         try:
-            leader = await self.redis.call(_eval, self._scripts["claim"], [self._key(key)], args)
+            leader = await self.redis.call(evaluate, self._scripts["claim"], [self._key(key)], args)
         except ChatdError as exc:
             self._redis_failed(exc)
             return None
@@ -485,7 +373,7 @@ class RedisFlights(Flights):
             keys = [lead.lease, lead.followers, lead.stream]
             args = [lead.token, _ms(self.lease_s), _ms(2 * self.lease_s), int(alone)]
             try:
-                state = await self.redis.call(_eval, self._scripts["renew"], keys, args)
+                state = await self.redis.call(evaluate, self._scripts["renew"], keys, args)
             except ChatdError as exc:
                 self._redis_failed(exc)
                 self._close(flight, lead)
@@ -531,7 +419,7 @@ class RedisFlights(Flights):
             args = [lead.token, STREAM_MAXLEN, _ms(keep), int(end is not None), *records]
             try:
                 owned = await self.redis.call(
-                    _eval, self._scripts["publish"], [lead.lease, lead.stream], args
+                    evaluate, self._scripts["publish"], [lead.lease, lead.stream], args
                 )
             except ChatdError as exc:
                 self._redis_failed(exc)
@@ -559,7 +447,7 @@ class RedisFlights(Flights):
         """Relay the leader's stream into ``flight``: ``True`` once it ended,
         ``False`` if the leader was lost first. Raises the flight's error."""
         stream = self._key(flight.key, leader)
-        inbox = _Inbox(stream, self._key(flight.key), stream + ":followers", leader, token)
+        inbox = Inbox(stream, self._key(flight.key), stream + ":followers", leader, token)
         self._reader.watch(inbox)
         ended = False
         try:
