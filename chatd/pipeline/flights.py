@@ -105,14 +105,17 @@ class Flight:
             if not sink(event):
                 del self._sinks[sink]
                 woken.set()
-        self._changed.set()
-        self._changed = trio.Event()
+        self._wake_pulling()
 
     def _wake(self) -> None:
         """The flight ended or diverged: every follower looks again."""
         for woken in self._sinks.values():
             woken.set()
         self._sinks.clear()
+        self._wake_pulling()
+
+    def _wake_pulling(self) -> None:
+        """Wake the followers waiting in :meth:`changed`."""
         self._changed.set()
         self._changed = trio.Event()
 

@@ -22,6 +22,7 @@ the socket) and could be any other.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import math
 from collections.abc import Mapping
@@ -98,6 +99,19 @@ class _Merge:
         """An item counted as queued never went in (the send was cancelled or refused)."""
         self.taken(request_id)
 
+    def put_nowait(
+        self, channel: trio.MemorySendChannel[Outgoing], request_id: str | None, event: Event
+    ) -> None:
+        """Queue an item without waiting, counted; raises as ``send_nowait`` does,
+        with nothing counted."""
+        if request_id is not None:
+            self.queued[request_id] += 1
+        try:
+            channel.send_nowait((request_id, event))
+        except BaseException:
+            self.withdrawn(request_id)
+            raise
+
 
 @attrs.frozen
 class _Output:
@@ -121,21 +135,16 @@ class _Output:
         """Send without waiting if there is room; ``False`` (nothing sent) if not."""
         if self.merge.join(self.id, event):
             return True
-        self.merge.queued[self.id] += 1
         try:
-            self.channel.send_nowait((self.id, event))
+            self.merge.put_nowait(self.channel, self.id, event)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.merge.withdrawn(self.id)
             return False
         return True
 
     def send_nowait(self, event: Event) -> None:
         # Advisory only (queue positions): a lagging client skips one.
-        self.merge.queued[self.id] += 1
-        try:
-            self.channel.send_nowait((self.id, event))
-        except trio.WouldBlock:
-            self.merge.withdrawn(self.id)
+        with contextlib.suppress(trio.WouldBlock):
+            self.merge.put_nowait(self.channel, self.id, event)
 
 
 async def _next(receive: trio.MemoryReceiveChannel[Outgoing]) -> Outgoing | None:
@@ -244,13 +253,9 @@ class Connection:
         it is dropped rather than given an unbounded pile of replies."""
         if self._writer_done.is_set() or self._out_closed:
             return  # closing: the client hears 1001 instead
-        out = self._writer()
-        if request_id is not None:
-            self._merge.queued[request_id] += 1
         try:
-            out.send_nowait((request_id, event))
+            self._merge.put_nowait(self._writer(), request_id, event)
         except trio.WouldBlock:
-            self._merge.withdrawn(request_id)
             log.warning("client not reading its replies: dropping it", connection=self.id)
             self.reap("client stopped reading")
 
