@@ -106,6 +106,11 @@ class LLMSettings:
     extra_headers: dict[str, str] = attrs.field(factory=dict)
     timeouts: LLMTimeouts = attrs.field(factory=LLMTimeouts)
     max_connections: int = attrs.field(default=1000, validator=_positive)
+    """Connections to the endpoint open at once (a call waits for one beyond that)."""
+    coalesce_ms: float = attrs.field(default=50.0, validator=_non_negative)
+    """A stream whose pieces come faster than this reads them this far apart, so
+    one read (and one frame to the client) carries several; the first piece of
+    an answer is never delayed. 0 reads each piece as it arrives."""
     retries: int = attrs.field(default=2, validator=_non_negative)
     retry_backoff_s: float = attrs.field(default=0.1, validator=_non_negative)
     fallbacks: list[LLMFallbackSettings] = attrs.field(factory=list)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import email.utils
+import math
 import ssl
 import time
 import typing
@@ -28,21 +29,22 @@ import trio
 
 from chatd.config import LLMSettings, LLMTimeouts
 from chatd.exceptions import (
+    DeadlineExceeded,
     UpstreamHTTPError,
     UpstreamProtocolError,
     UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from chatd.llm.body import BodyRead, BrokenBody, direct_reader
 from chatd.llm.openai import ChunkAssembler, parse_completion
 from chatd.llm.sse import SSEDecoder
+from chatd.llm.transport import BODY, ResponseBody, TrioTransport
 from chatd.llm.types import ChatEvent, ChatRequest, Completion, TextDelta
+from chatd.ticks import sleep_until_tick
 
 __all__ = ["LLMClient", "LLMStream", "open_llm_client"]
 
 _ERROR_BODY_LIMIT = 64 * 1024
-_SHARD_SIZE = 16
 _BODY_LIMIT = 16 * 1024 * 1024
 _DRAIN_AFTER_DONE_S = 1.0
 _CLOSE_TIMEOUT_S = 1.0
@@ -75,30 +77,66 @@ def _error_message(body: bytes) -> str:
     return str(err)[:300]
 
 
+_SLACK = 0.125
+"""How late, as a share of ``gap_s``, a gap timeout may fire: the deadline is
+moved only when it would fire early, so a steady stream moves it about every
+``gap_s / 8`` rather than on every read."""
+
+
 @attrs.define
 class LLMStream:
     """The events of one streamed call; iterate with ``async for``.
 
-    A class, not an async generator, so each read's deadline scope opens and
-    closes inside one ``__anext__`` and never spans a ``yield``.
+    Its deadlines are one cancel scope around the whole call (``scope``,
+    which :meth:`LLMClient.stream` owns), moved as the phases go: until the
+    first delta, ``ttft_s`` from the start; then ``gap_s`` from the start of
+    each read, moved forward only when it would otherwise fire early (so a
+    gap timeout fires between ``gap_s`` and ``1.125 * gap_s`` of silence);
+    after ``[DONE]``, a second to read the body's end. None of them passes
+    ``total_s``. Nothing is entered or left per read.
+
+    With ``coalesce_s``, a stream whose pieces come faster than that waits
+    so long after each read (rounded to a shared tick, see
+    :func:`chatd.ticks.sleep_until_tick`) that one read carries everything the
+    server sent meanwhile; the first delta is never delayed.
     """
 
     _response: httpx.Response
     _timeouts: LLMTimeouts
     _started_at: float
     _total_deadline: float
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    """The call's deadline scope."""
+    coalesce_s: float = 0.0
+    _body: ResponseBody | None = None
     _pending: collections.deque[ChatEvent] = attrs.field(factory=collections.deque)
     _chunks: AsyncGenerator[bytes, None] | None = None
-    _read_body: BodyRead | None = None
     _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
     _assembler: ChunkAssembler = attrs.field(factory=ChunkAssembler)
     _last_output: float | None = None
+    _last_read: float = -math.inf
+    _fast: bool = False
+    _phase: str = "ttft"
+    """The phase the scope's deadline is set for."""
+    _reading: bool = False
     _finished: bool = False
     completion: Completion | None = None
     """Set once the stream has ended well."""
 
+    def __attrs_post_init__(self) -> None:
+        body = self._response.extensions.get(BODY)
+        if isinstance(body, ResponseBody):
+            self._body = body
+
+    @property
+    def expired_phase(self) -> str:
+        """What the deadline was guarding when it fired: a phase of the call
+        (``ttft``, ``gap``, ``total``), or ``reader`` if it fired
+        while the caller, not the LLM, kept the stream waiting."""
+        return self._phase if self._reading else "reader"
+
     async def aclose(self) -> None:
-        """Close the body iterator (the caller closes the response).
+        """Close the body iterator, where httpx's is used (the caller closes the response).
 
         httpx's body iterators are async generators nested three deep; closing
         only the outermost leaves the inner ones to the garbage collector (a
@@ -125,19 +163,19 @@ class LLMStream:
             await self._read()
         return self._pending.popleft()
 
-    def _deadline(self) -> tuple[float, str]:
-        if self._assembler.done:
-            phase_deadline, phase = trio.current_time() + _DRAIN_AFTER_DONE_S, "drain"
-        elif self._last_output is None:
-            phase_deadline, phase = self._started_at + self._timeouts.ttft_s, "ttft"
-        else:
-            phase_deadline, phase = self._last_output + self._timeouts.gap_s, "gap"
-        if self._total_deadline <= phase_deadline:
-            return self._total_deadline, "total"
-        return phase_deadline, phase
+    def _arm(self, now: float, *, first: bool = False) -> None:
+        """Move the gap deadline for the read starting ``now``, if it would fire
+        early (or, after the first delta, replace the ttft deadline)."""
+        gap = self._timeouts.gap_s
+        if first or self.scope.deadline < now + gap:
+            deadline = min(now + gap * (1 + _SLACK), self._total_deadline)
+            self.scope.deadline = deadline
+            self._phase = "total" if deadline >= self._total_deadline else "gap"
 
-    async def _via_httpx(self) -> bytes | None:
-        """The next piece of the body through httpx's iterators (``None`` at the end)."""
+    async def _next_chunk(self) -> bytes | None:
+        """The next piece of the body (``None`` at the end)."""
+        if self._body is not None:
+            return await self._body.receive_some()
         if self._chunks is None:
             # httpx types it as an iterator; it is an async generator
             self._chunks = typing.cast(AsyncGenerator[bytes, None], self._response.aiter_raw())
@@ -147,41 +185,44 @@ class LLMStream:
             return None
 
     async def _read(self) -> None:
-        if self._read_body is None:
-            self._read_body = direct_reader(self._response) or self._via_httpx
-        deadline, phase = self._deadline()
-        chunk: bytes | None = None
-        with trio.CancelScope(deadline=deadline) as scope:
-            try:
-                chunk = await self._read_body()
-            except (httpx.HTTPError, BrokenBody) as exc:
-                raise UpstreamProtocolError(
-                    f"LLM connection broke mid-stream: {exc or type(exc).__name__}"
-                ) from exc
-        if scope.cancelled_caught:
-            if self._assembler.done:  # the answer is whole; the server just lingers
-                self._finished = True
-                return
-            limit = {
-                "ttft": self._timeouts.ttft_s,
-                "gap": self._timeouts.gap_s,
-                "total": self._timeouts.total_s,
-            }[phase]
-            raise UpstreamTimeout(f"LLM {phase} timeout after {limit:g} s", phase=phase)
         if self._assembler.done:  # after [DONE]: read to the end so the connection is reused
-            self._finished = chunk is None
+            with trio.move_on_after(_DRAIN_AFTER_DONE_S) as lingering:
+                self._finished = await self._read_chunk() is None
+            self._finished = self._finished or lingering.cancelled_caught
             return
+        if self._last_output is not None:
+            if self._fast:
+                await sleep_until_tick(self._last_read + self.coalesce_s)
+            self._arm(trio.current_time())
+        chunk = await self._read_chunk()
+        now = trio.current_time()
+        self._fast = now - self._last_read < self.coalesce_s
+        self._last_read = now
         if chunk is None:
             events = self._assembler.feed(self._decoder.close())
             self._finished = True
         else:
             events = self._assembler.feed(self._decoder.feed(chunk))
         if events:
-            self._last_output = trio.current_time()
+            first = self._last_output is None
+            self._last_output = now
+            if first:  # from now on, the gap phase
+                self._arm(now, first=True)
             self._pending.extend(events)
         if self._assembler.done or chunk is None:
             self.completion = self._assembler.finish()
             self._pending.append(self.completion)
+
+    async def _read_chunk(self) -> bytes | None:
+        self._reading = True  # left set if the read is cancelled: the deadline hit the LLM
+        try:
+            chunk = await self._next_chunk()
+        except httpx.HTTPError as exc:
+            raise UpstreamProtocolError(
+                f"LLM connection broke mid-stream: {exc or type(exc).__name__}"
+            ) from exc
+        self._reading = False
+        return chunk
 
     @classmethod
     def of_completion(
@@ -197,14 +238,6 @@ class LLMStream:
         return stream
 
 
-@attrs.define(eq=False)
-class _Shard:
-    """One httpx client (one connection pool) and the calls it carries now."""
-
-    http: httpx.AsyncClient
-    active: int = 0
-
-
 @attrs.define
 class LLMClient:
     """Calls one OpenAI-compatible endpoint. Make it with :func:`open_llm_client`."""
@@ -212,7 +245,9 @@ class LLMClient:
     base_url: str
     model: str
     timeouts: LLMTimeouts
-    _shards: list[_Shard]
+    _http: httpx.AsyncClient
+    coalesce_s: float = 0.0
+    """See :class:`LLMStream`: pieces of a fast stream are read together."""
 
     @asynccontextmanager
     async def stream(self, request: ChatRequest) -> AsyncIterator[LLMStream]:
@@ -230,51 +265,63 @@ class LLMClient:
 
     @asynccontextmanager
     async def _call(self, request: ChatRequest, *, stream: bool) -> AsyncIterator[LLMStream]:
+        """The call's block runs inside its deadline scope: a deadline that
+        fires cancels the block, and leaves it as :class:`UpstreamTimeout`."""
         started = trio.current_time()
-        total_deadline = started + self.timeouts.total_s
+        timeouts = self.timeouts
+        total_deadline = started + timeouts.total_s
         # Headers of a streamed answer come with its first token; of a plain one, at the end.
         first_deadline = (
-            min(total_deadline, started + self.timeouts.ttft_s) if stream else total_deadline
+            min(total_deadline, started + timeouts.ttft_s) if stream else total_deadline
         )
         body = orjson.dumps(request.to_json(self.model, stream=stream))
-        shard = min(self._shards, key=lambda s: s.active)
-        http_request = shard.http.build_request("POST", "chat/completions", content=body)
-        response = None
-        opened: LLMStream | None = None
-        shard.active += 1
-        try:
-            with trio.CancelScope(deadline=first_deadline) as scope:
-                response = await self._send(shard.http, http_request)
+        http_request = self._http.build_request("POST", "chat/completions", content=body)
+        response: httpx.Response | None = None
+        events: LLMStream | None = None
+        with trio.CancelScope(deadline=first_deadline) as scope:
+            try:
+                response = await self._send(http_request)
                 if response.status_code >= 400:
                     await self._raise_for_status(response)
                 content_type = response.headers.get("content-type", "")
                 if "text/event-stream" in content_type:
-                    events = opened = LLMStream(response, self.timeouts, started, total_deadline)
-                elif "json" in content_type:
-                    events = LLMStream.of_completion(
-                        response, self.timeouts, await self._read(response)
+                    events = LLMStream(
+                        response,
+                        timeouts,
+                        started,
+                        total_deadline,
+                        scope=scope,
+                        coalesce_s=self.coalesce_s,
+                        phase="ttft" if first_deadline < total_deadline else "total",
                     )
+                elif "json" in content_type:
+                    events = LLMStream.of_completion(response, timeouts, await self._read(response))
                 else:
                     raise UpstreamProtocolError(
                         f"LLM answered with content-type {content_type!r}, not an event stream"
                     )
-            if scope.cancelled_caught:
+                yield events
+            finally:
+                if response is not None:
+                    with trio.move_on_after(_CLOSE_TIMEOUT_S) as cleanup:
+                        cleanup.shield = True
+                        if events is not None:
+                            await events.aclose()
+                        await response.aclose()
+        if scope.cancelled_caught:
+            phase = events.expired_phase if events is not None and events.scope is scope else None
+            if phase is None:
                 phase = "ttft" if first_deadline < total_deadline else "total"
-                limit = self.timeouts.ttft_s if phase == "ttft" else self.timeouts.total_s
-                raise UpstreamTimeout(f"LLM {phase} timeout after {limit:g} s", phase=phase)
-            yield events
-        finally:
-            shard.active -= 1
-            if response is not None:
-                with trio.move_on_after(_CLOSE_TIMEOUT_S) as cleanup:
-                    cleanup.shield = True
-                    if opened is not None:
-                        await opened.aclose()
-                    await response.aclose()
+            if phase == "reader":
+                raise DeadlineExceeded(
+                    f"the LLM stream waited over {timeouts.gap_s:g} s for its reader"
+                )
+            limit = {"ttft": timeouts.ttft_s, "gap": timeouts.gap_s, "total": timeouts.total_s}
+            raise UpstreamTimeout(f"LLM {phase} timeout after {limit[phase]:g} s", phase=phase)
 
-    async def _send(self, http: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    async def _send(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await http.send(request, stream=True)
+            return await self._http.send(request, stream=True)
         except httpx.ConnectTimeout as exc:
             raise UpstreamTimeout(
                 f"LLM connect timeout after {self.timeouts.connect_s:g} s", phase="connect"
@@ -339,37 +386,17 @@ async def open_llm_client(
         **settings.extra_headers,
     }
     timeouts = settings.timeouts
-    # httpcore's pool does O(connections²) work on every request it assigns
-    # (1.0.9: a list of every connection per idle one, and a readability poll
-    # per connection), which measured ~6 ms of CPU per call at 200 pooled
-    # connections. Small pools, with calls sent to the least busy, keep that
-    # cost flat however many streams are open.
-    shard_count = 1 if transport is not None else -(-settings.max_connections // _SHARD_SIZE)
-    per_shard = min(settings.max_connections, _SHARD_SIZE)
-    # One TLS context for all shards: each makes its own otherwise (~1 MB, ~20 ms).
-    tls = ssl.create_default_context(cafile=certifi.where())
-    async with contextlib.AsyncExitStack() as stack:
-        shards = [
-            _Shard(
-                await stack.enter_async_context(
-                    httpx.AsyncClient(
-                        base_url=url.rstrip("/") + "/",
-                        headers=headers,
-                        # Reads are bounded by our own per-phase deadlines on trio's clock.
-                        timeout=httpx.Timeout(
-                            connect=timeouts.connect_s,
-                            read=None,
-                            write=timeouts.connect_s,
-                            pool=None,
-                        ),
-                        limits=httpx.Limits(
-                            max_connections=per_shard, max_keepalive_connections=per_shard
-                        ),
-                        transport=transport,
-                        verify=tls,
-                    )
-                )
-            )
-            for _ in range(shard_count)
-        ]
-        yield LLMClient(url, settings.model, timeouts, shards)
+    if transport is None:
+        # One TLS context for the pool: each connection would make its own (~1 MB, ~20 ms).
+        tls = ssl.create_default_context(cafile=certifi.where())
+        transport = TrioTransport(verify=tls, max_connections=settings.max_connections)
+    async with httpx.AsyncClient(
+        base_url=url.rstrip("/") + "/",
+        headers=headers,
+        # Reads are bounded by our own per-phase deadlines on trio's clock.
+        timeout=httpx.Timeout(
+            connect=timeouts.connect_s, read=None, write=timeouts.connect_s, pool=None
+        ),
+        transport=transport,
+    ) as http:
+        yield LLMClient(url, settings.model, timeouts, http, coalesce_s=settings.coalesce_ms / 1000)

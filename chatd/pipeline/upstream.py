@@ -119,21 +119,23 @@ class Upstream:
         while True:
             with contextlib.ExitStack() as attempts:
                 endpoint, attempt = self._admit(attempts)
-                async with contextlib.AsyncExitStack() as stack:
-                    try:
-                        events = await stack.enter_async_context(endpoint.client.stream(request))
+                streaming = False
+                try:
+                    async with endpoint.client.stream(request) as events:
                         first = await events.__anext__()
-                    except Exception as exc:
-                        if not _retryable(exc) or tries >= self.retries:
-                            raise
-                        attempt.failure()
-                        error = str(exc)
-                    else:
                         # The first event is in: the endpoint works. Saying so now
                         # frees a half-open probe slot for the rest of the stream.
                         attempt.success()
+                        streaming = True
                         yield _Resumed(first, events)
                         return
+                except Exception as exc:
+                    # A deadline fires as the block ends, so failures before the
+                    # first event are caught around the whole block.
+                    if streaming or not _retryable(exc) or tries >= self.retries:
+                        raise
+                    attempt.failure()
+                    error = str(exc)
             tries += 1
             delay = self.backoff_s * (2 ** (tries - 1)) * self.rng.uniform(0.5, 1.5)
             log.info("retrying the LLM", attempt=tries, error=error, delay_s=round(delay, 3))

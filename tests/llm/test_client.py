@@ -18,6 +18,7 @@ import trio
 
 from chatd.config import LLMSettings, LLMTimeouts
 from chatd.exceptions import (
+    DeadlineExceeded,
     UpstreamHTTPError,
     UpstreamProtocolError,
     UpstreamRefused,
@@ -91,7 +92,8 @@ async def test_text_stream_ends_with_completion(autojump_clock: trio.abc.Clock) 
     ("steps", "phase", "at"),
     [
         ([2.5, text_chunk("late")], "ttft", 2.0),
-        ([1.0, text_chunk("a"), 1.5, text_chunk("b")], "gap", 2.0),
+        # a gap deadline moves only when it would fire early: up to gap_s / 8 late
+        ([1.0, text_chunk("a"), 1.5, text_chunk("b")], "gap", 2.125),
         # keep-alive comments are not tokens: they reset neither deadline
         ([0.9, b": ping\n\n", 0.9, b": ping\n\n", 0.9, text_chunk("x")], "ttft", 2.0),
         ([1.5] + [text_chunk("t"), 0.9] * 20, "total", 10.0),
@@ -107,6 +109,23 @@ async def test_phase_deadlines(
     assert info.value.phase == phase
     assert trio.current_time() == pytest.approx(at)
     assert script.closed, "the upstream response must be closed"
+
+
+async def test_a_busy_reader_is_not_the_llms_fault(autojump_clock: trio.abc.Clock) -> None:
+    """A caller that keeps the stream waiting past the gap limit gets a timeout
+    that does not blame the LLM (no UpstreamTimeout for the breaker to count)."""
+    script = Script([text_chunk("a"), 0.1, text_chunk("b"), END])
+    llm = LLMSettings(url="http://llm.test/v1", timeouts=TIMEOUTS)
+    with pytest.raises(DeadlineExceeded) as info:
+        async with (
+            open_llm_client(llm, transport=httpx.MockTransport(sse(script))) as client,
+            client.stream(REQUEST) as events,
+        ):
+            async for _event in events:
+                await trio.sleep(5)
+    assert not isinstance(info.value, UpstreamTimeout)
+    assert "waited over 1 s for its reader" in str(info.value)
+    assert trio.current_time() == pytest.approx(1.125)
 
 
 async def test_headers_late_is_ttft(autojump_clock: trio.abc.Clock) -> None:
