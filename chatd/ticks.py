@@ -20,19 +20,22 @@ import math
 
 import trio
 
-__all__ = ["sleep_until_tick"]
+__all__ = ["RESOLUTION", "sleep_until_tick"]
+
+RESOLUTION = 0.01
+"""The default tick: waits end on multiples of 10 ms."""
 
 _TICKS: trio.lowlevel.RunVar[dict[int, trio.Event]] = trio.lowlevel.RunVar("chatd_ticks")
 
 
-async def sleep_until_tick(when: float, resolution: float = 0.01) -> None:
+async def sleep_until_tick(when: float, resolution: float = RESOLUTION) -> None:
     """Sleep until ``when`` rounded up to a multiple of ``resolution`` (trio's clock)."""
     try:
         ticks = _TICKS.get()
     except LookupError:
         ticks = {}
         _TICKS.set(ticks)
-    tick = math.ceil(when / resolution)
+    tick = math.ceil(when / resolution - 1e-9)  # 0.07 / 0.01 is 7.000000000000001
     event = ticks.get(tick)
     if event is not None:
         await event.wait()

@@ -62,6 +62,11 @@ class ServerSettings:
     api_keys: list[str] = attrs.field(factory=list)
     token_merge_ms: float = attrs.field(default=50.0, validator=_non_negative)
     send_queue: int = attrs.field(default=256, validator=_positive)
+    """Events an HTTP (SSE) answer may have waiting for its client."""
+    send_buffer_bytes: int = attrs.field(default=256 * 1024, validator=_positive)
+    """Bytes a WebSocket may hold that its client has not read before the
+    connection's requests wait for room (past four times that, a client that
+    sends frames but reads no replies is dropped)."""
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
     websocket_ping_interval_s: float = attrs.field(default=20.0, validator=_positive)
     websocket_deflate: bool = False

@@ -1,30 +1,31 @@
 """One WebSocket connection: frames in, requests run, events out.
 
-Three kinds of task share the connection's nursery: the reader (always
-reading, so a disconnect is seen at once and ``cancel`` is never stuck
-behind a busy answer), one task per ``chat``, and the writer. Requests hand
-their events to the writer through one bounded channel; the writer merges an
-answer's tokens into fewer frames, both when the client lags (everything
-already queued goes out together) and within ``server.token_merge_ms`` of an
-answer's previous token frame (the first token always goes out at once).
-The writer and its channel start with the first frame to send, and the task
-that waits for a drain with the drain: an idle connection is its reader
-alone, since thousands of idle connections multiply every task and channel.
-A token of an answer whose merged frame is already waiting for its window,
-with nothing else of that answer still queued, joins that frame directly
-(:class:`_Merge`): no trip through the channel, no waking the writer.
+The connection's own task reads frames (always reading, so a disconnect is
+seen at once and ``cancel`` is never stuck behind a busy answer) and starts
+one task per ``chat`` in the connection's nursery. Nothing waits to write:
+a request's event becomes its frame and goes to the transport at once
+(:class:`_Outbox`), which writes it to the socket if the socket takes it.
+Tokens are merged into fewer frames in two cases:
+
+- within ``server.token_merge_ms`` of the previous frame of the same answer
+  (the first token of an answer always goes out at once): the tokens wait,
+  merged, until the window ends;
+- while the client lags (the socket holds bytes it has not sent): an
+  answer's tokens wait, merged, until the socket has taken what it holds.
+
+Either way a task is started to finish the job (a tick-shared sleep, or a
+wait for the socket), and ends once nothing waits: an idle connection is its
+reader alone, and a steady stream slower than the window runs no task but
+its request's. A request whose answer has piled up past its limit, or whose
+client has past ``server.send_buffer_bytes`` unsent, waits for room.
 
 The connection does not know how frames travel: :class:`FrameTransport` is
-hypercorn's ASGI messages today (quart-trio's websocket where quart serves
-the socket) and could be any other.
+chatd's own WebSocket (:mod:`chatd.server.websocket`) and could be another.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import itertools
-import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -36,123 +37,219 @@ from chatd.exceptions import ChatdError, ClientError, Overloaded, Unauthorized
 from chatd.pipeline import ChatInput, Event, Pipeline, encode, is_terminal
 from chatd.pipeline.events import Pong, Token, error_event
 from chatd.server.frames import chat_fields, json_object
+from chatd.ticks import RESOLUTION, sleep_until_tick
 
 __all__ = ["Connection", "FrameTransport"]
 
 log = structlog.get_logger("chatd.server")
 
-Outgoing = tuple[str | None, Event]
 _ids = itertools.count(1)
+
+_PENDING_CHARS = 64 * 1024
+"""Merged text an answer may have waiting before its request waits for room."""
+_CLOSE_WAIT_S = 1.0
 
 
 class FrameTransport(Protocol):
-    """Text frames to and from one client."""
+    """Text frames to and from one client; sending never waits."""
 
-    async def receive(self) -> str | bytes:
-        """The next frame; a closed connection cancels the caller instead."""
+    async def receive(self) -> str | bytes | None:
+        """The next frame; ``None`` once the client has gone."""
         ...
 
-    async def send(self, frame: str) -> None:
-        """Send one text frame."""
+    def send_nowait(self, frame: bytes) -> None:
+        """Send one text frame (UTF-8), now or as soon as the network takes it."""
+        ...
+
+    @property
+    def buffered(self) -> int:
+        """Bytes sent that the network has not taken yet."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until the network has taken everything sent."""
+        ...
+
+    def ping(self) -> None:
+        """Ask the client for a sign of life (a WebSocket ping)."""
+        ...
+
+    @property
+    def last_received(self) -> float:
+        """When anything last came from the client (trio's clock)."""
         ...
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the connection with a WebSocket close code."""
+        """Close with a WebSocket close code (bounded)."""
+        ...
+
+    def aborted(self) -> None:
+        """Drop the connection at once (a client that stopped reading)."""
         ...
 
 
-_MERGE_CAP = 256
-"""Texts a waiting frame takes directly; past that, tokens queue (and wait) as usual."""
+@attrs.define(eq=False)
+class _Outbox:
+    """A connection's outgoing frames: written at once, or merged and flushed later."""
 
-
-@attrs.define
-class _Merge:
-    """What the writer and the requests share to merge tokens at the source.
-
-    ``pending`` holds each answer's token texts waiting for its window (the
-    writer's); ``queued`` counts each request's items in the channel that the
-    writer has not taken yet. A token may join ``pending`` directly only when
-    none of its request's items is queued: it can overtake nothing.
-    """
-
+    transport: FrameTransport
+    window: float
+    limit: int
+    """Bytes the transport may hold unsent before requests wait for room."""
+    nursery: trio.Nursery
     pending: dict[str, list[str]] = attrs.field(factory=dict)
-    queued: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    """Each answer's token texts waiting for their frame."""
+    pending_chars: dict[str, int] = attrs.field(factory=dict)
+    due: dict[str, float] = attrs.field(factory=dict)
+    """When an answer's waiting tokens go out (absent: when the socket drains)."""
+    last: dict[str, float] = attrs.field(factory=dict)
+    """When each answer's last token frame went out."""
+    stalled_since: float | None = None
+    """Since when the transport has held bytes it could not send."""
+    frames: int = 0
+    closed: bool = False
+    _flushing: bool = False
+    _room: trio.Event | None = None
+    _hold_within: float = attrs.field(init=False)
 
-    def join(self, request_id: str, event: Event) -> bool:
-        """Add a token to its answer's waiting frame, if it may; ``True`` if it did."""
-        if type(event) is not Token or self.queued[request_id]:
-            return False
-        texts = self.pending.get(request_id)
-        if texts is None or len(texts) >= _MERGE_CAP:
-            return False
-        texts.append(event.text)
-        return True
+    def __attrs_post_init__(self) -> None:
+        # A tick's leeway: a stream that comes in windows already (the LLM
+        # client's coalesced reads) wakes on ticks, a little early or late.
+        self._hold_within = self.window - min(RESOLUTION, self.window / 4)
 
-    def taken(self, request_id: str | None) -> None:
-        """The writer took one of ``request_id``'s items off the channel."""
-        if request_id is not None and self.queued[request_id] > 0:
-            self.queued[request_id] -= 1
-            if not self.queued[request_id]:
-                del self.queued[request_id]
-
-    def withdrawn(self, request_id: str | None) -> None:
-        """An item counted as queued never went in (the send was cancelled or refused)."""
-        self.taken(request_id)
-
-    def put_nowait(
-        self, channel: trio.MemorySendChannel[Outgoing], request_id: str | None, event: Event
-    ) -> None:
-        """Queue an item without waiting, counted; raises as ``send_nowait`` does,
-        with nothing counted."""
+    def put(self, request_id: str | None, event: Event) -> None:
+        """Send an event of ``request_id``'s (or of the connection's, ``None``)."""
+        if self.closed:
+            return
+        if type(event) is Token and request_id is not None:
+            self._token(request_id, event.text)
+            return
         if request_id is not None:
-            self.queued[request_id] += 1
+            if request_id in self.pending:
+                self._flush(request_id, trio.current_time())
+            if is_terminal(event):
+                self.last.pop(request_id, None)
+        self._write(encode(event, request_id))
+
+    def _token(self, request_id: str, text: str) -> None:
+        texts = self.pending.get(request_id)
+        if texts is not None:
+            texts.append(text)
+            self.pending_chars[request_id] += len(text)
+            return
+        now = trio.current_time()
+        last = self.last.get(request_id)
+        if self.transport.buffered:  # lagging: merge until the socket drains
+            self._hold(request_id, text)
+        elif last is not None and now - last < self._hold_within:
+            self._hold(request_id, text)
+            self.due[request_id] = last + self.window
+        else:
+            self.last[request_id] = now
+            self._write(encode(Token(text), request_id))
+            return
+        self._start_flushing()
+
+    def _hold(self, request_id: str, text: str) -> None:
+        self.pending[request_id] = [text]
+        self.pending_chars[request_id] = len(text)
+
+    def _flush(self, request_id: str, now: float) -> None:
+        texts = self.pending.pop(request_id)
+        del self.pending_chars[request_id]
+        self.due.pop(request_id, None)
+        self.last[request_id] = now
+        self._write(encode(Token("".join(texts)), request_id))
+
+    def _write(self, frame: bytes) -> None:
+        self.transport.send_nowait(frame)
+        self.frames += 1
+        if self.transport.buffered and self.stalled_since is None:
+            self.stalled_since = trio.current_time()
+            self._start_flushing()
+
+    def _start_flushing(self) -> None:
+        if not self._flushing and not self.closed:
+            self._flushing = True
+            self.nursery.start_soon(self._flush_until_done)
+
+    async def _flush_until_done(self) -> None:
+        """Drain the socket and flush merged tokens as they fall due, then end."""
         try:
-            channel.send_nowait((request_id, event))
-        except BaseException:
-            self.withdrawn(request_id)
-            raise
+            while not self.closed:
+                now = trio.current_time()
+                if self.transport.buffered:
+                    await self.transport.drain()
+                    self.stalled_since = None
+                    now = trio.current_time()
+                    for request_id in list(self.pending):  # all that piled up meanwhile
+                        self._flush(request_id, now)
+                    self._wake()
+                elif self.due:
+                    when = min(self.due.values())
+                    if when > now:
+                        await sleep_until_tick(when)
+                        now = trio.current_time()
+                    for request_id, at in list(self.due.items()):
+                        if at <= now:
+                            self._flush(request_id, now)
+                    self._wake()
+                else:
+                    break
+        finally:
+            self._flushing = False
+            self._wake()
+
+    def crowded(self, request_id: str) -> bool:
+        """True if ``request_id`` should wait before sending more."""
+        return (
+            self.transport.buffered > self.limit
+            or self.pending_chars.get(request_id, 0) > _PENDING_CHARS
+        )
+
+    async def room(self, request_id: str) -> None:
+        """Wait until ``request_id`` may send again."""
+        while self.crowded(request_id) and not self.closed:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    async def flush_all(self) -> None:
+        """Send everything waiting and let the socket take it (a drain's last step)."""
+        now = trio.current_time()
+        for request_id in list(self.pending):
+            self._flush(request_id, now)
+        await self.transport.drain()
 
 
 @attrs.frozen
 class _Output:
-    """A request's view of the writer: its events tagged with its id."""
+    """A request's view of its connection's outbox: its events tagged with its id."""
 
     id: str
-    channel: trio.MemorySendChannel[Outgoing]
-    merge: _Merge
+    outbox: _Outbox
 
     async def send(self, event: Event) -> None:
-        if self.merge.join(self.id, event):
-            return
-        self.merge.queued[self.id] += 1
-        try:
-            await self.channel.send((self.id, event))
-        except BaseException:
-            self.merge.withdrawn(self.id)
-            raise
+        """Send now; wait afterwards if the client has fallen far behind."""
+        self.outbox.put(self.id, event)
+        if self.outbox.crowded(self.id):
+            await self.outbox.room(self.id)
 
     def try_send(self, event: Event) -> bool:
-        """Send without waiting if there is room; ``False`` (nothing sent) if not."""
-        if self.merge.join(self.id, event):
-            return True
-        try:
-            self.merge.put_nowait(self.channel, self.id, event)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        """Send if that needs no waiting; ``False`` (nothing sent) if it would wait."""
+        if self.outbox.crowded(self.id):
             return False
+        self.outbox.put(self.id, event)
         return True
 
     def send_nowait(self, event: Event) -> None:
-        # Advisory only (queue positions): a lagging client skips one.
-        with contextlib.suppress(trio.WouldBlock):
-            self.merge.put_nowait(self.channel, self.id, event)
-
-
-async def _next(receive: trio.MemoryReceiveChannel[Outgoing]) -> Outgoing | None:
-    """The next item, or ``None`` at the end of the channel."""
-    try:
-        return await receive.receive()
-    except trio.EndOfChannel:
-        return None
+        """Advisory events (queue positions): a lagging client skips them."""
+        self.try_send(event)
 
 
 def _valid_id(value: object) -> bool:
@@ -171,19 +268,22 @@ class Connection:
     """Set when the server drains, which also calls :meth:`drain`."""
     last_activity: float = attrs.field(factory=trio.current_time, init=False)
     """When a frame last came in or went out (for the idle reaper)."""
-    send_started: float | None = attrs.field(default=None, init=False)
-    """When the send under way began; ``None`` when none is (for the stall reaper)."""
     reaped: str | None = attrs.field(default=None, init=False)
     _requests: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False)
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
-    _out: trio.MemorySendChannel[Outgoing] | None = attrs.field(default=None, init=False)
-    _merge: _Merge = attrs.field(factory=_Merge, init=False)
-    _out_closed: bool = attrs.field(default=False, init=False)
-    _writer_done: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _out: _Outbox | None = attrs.field(default=None, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _transport: FrameTransport | None = attrs.field(default=None, init=False)
     _drain_started: bool = attrs.field(default=False, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+    _pinged_at: float | None = attrs.field(default=None, init=False)
+    _frames_counted: int = attrs.field(default=0, init=False)
+
+    @property
+    def send_started(self) -> float | None:
+        """Since when the client has left bytes unread; ``None`` while it keeps up."""
+        return self._out.stalled_since if self._out is not None else None
 
     def reap(self, reason: str) -> None:
         """Drop the connection now (the janitor calls this); its requests stop."""
@@ -196,27 +296,54 @@ class Connection:
         """Requests under way on this connection."""
         return len(self._requests)
 
+    def keep_alive(self, now: float, interval: float) -> str | None:
+        """Ping a client silent for ``interval``; a reason to drop it if it stayed
+        silent through a whole interval after a ping (a half-open connection)."""
+        transport = self._transport
+        if transport is None:
+            return None
+        if transport.last_received >= (self._pinged_at or -1.0):
+            self._pinged_at = None  # it answered, or spoke since
+        if self._pinged_at is not None:
+            return "no answer to pings" if now - self._pinged_at > interval else None
+        if now - transport.last_received >= interval:
+            self._pinged_at = now
+            transport.ping()
+        return None
+
+    def count_frames(self) -> None:
+        """Add the frames sent since the last call to the metric (done by the
+        janitor's sweep and at the end, not per frame)."""
+        if self._out is not None:
+            total = self._out.frames
+            self.pipeline.metrics.frames_sent(total - self._frames_counted)
+            self._frames_counted = total
+
     async def serve(self, transport: FrameTransport) -> None:
-        """Read, run and write until the transport closes (which cancels us)."""
+        """Read, run and write until the client goes (or the connection is dropped)."""
         self._idle.set()
         self._transport = transport
+        settings = self.pipeline.settings.server
         try:
             async with trio.open_nursery() as nursery:
                 self._scope, self._nursery = nursery.cancel_scope, nursery
+                self._out = _Outbox(
+                    transport, settings.token_merge_ms / 1000, settings.send_buffer_bytes, nursery
+                )
                 if self.draining.is_set():  # began before we were here to be told
                     self.drain()
                 while True:
                     frame = await transport.receive()
+                    if frame is None:  # gone: its requests are cancelled with the nursery
+                        nursery.cancel_scope.cancel()
+                        break
                     self.last_activity = trio.current_time()
                     self._handle(frame, nursery)
         finally:
             self._nursery = None  # closed to new tasks: drain() now does nothing
-        if (
-            self.draining.is_set() and self.reaped is None
-        ):  # the writer is gone, so nothing is sent after the close
-            with trio.move_on_after(1.0) as cleanup:
-                cleanup.shield = True
-                await transport.close(1001, "server shutting down")
+            if self._out is not None:
+                self._out.closed = True
+            self.count_frames()
 
     def drain(self) -> None:
         """The server drains: close (1001) once no request is in flight. The
@@ -225,37 +352,24 @@ class Connection:
             self._drain_started = True
             self._nursery.start_soon(self._stop_when_drained)
 
-    def _writer(self) -> trio.MemorySendChannel[Outgoing]:
-        """The writer's channel; the first call opens it and starts the writer."""
-        if self._out is None:
-            assert self._nursery is not None and self._transport is not None
-            settings = self.pipeline.settings.server
-            send, receive = trio.open_memory_channel[Outgoing](settings.send_queue)
-            self._out = send
-            window = settings.token_merge_ms / 1000
-            self._nursery.start_soon(self._write, receive, self._transport, window)
-        return self._out
-
     async def _stop_when_drained(self) -> None:
-        """Once idle, let the writer (if any) send everything, then end."""
+        """Once idle, let everything waiting go out, then end."""
         await self._idle.wait()
-        assert self._scope is not None
-        self._out_closed = True
-        if self._out is not None:
-            await self._out.aclose()  # the writer ends once every request's clone is closed too
-            with trio.move_on_after(1.0):
-                await self._writer_done.wait()
+        assert self._scope is not None and self._out is not None
+        self._closing = True
+        with trio.move_on_after(_CLOSE_WAIT_S):
+            await self._out.flush_all()
         self._scope.cancel()
 
-    def _reply(self, request_id: str | None, event: Event, nursery: trio.Nursery) -> None:
-        """A reply to a frame itself (pong, refusals), queued without waiting so
-        the reader never blocks. A client whose queue is full is not reading:
-        it is dropped rather than given an unbounded pile of replies."""
-        if self._writer_done.is_set() or self._out_closed:
+    def _reply(self, request_id: str | None, event: Event) -> None:
+        """A reply to a frame itself (pong, refusals), sent without waiting so
+        the reader never blocks. A client far behind on its replies is not
+        reading: it is dropped rather than given an unbounded pile of them."""
+        out = self._out
+        if out is None or self._closing:
             return  # closing: the client hears 1001 instead
-        try:
-            self._merge.put_nowait(self._writer(), request_id, event)
-        except trio.WouldBlock:
+        out.put(request_id, event)
+        if out.transport.buffered > 4 * out.limit:
             log.warning("client not reading its replies: dropping it", connection=self.id)
             self.reap("client stopped reading")
 
@@ -278,13 +392,13 @@ class Connection:
                 if scope is not None:
                     scope.cancel()
             elif kind == "ping":
-                self._reply(request_id, Pong(), nursery)
+                self._reply(request_id, Pong())
             elif kind is None:
                 raise ClientError("frame has no 'type'")
             else:
                 raise ClientError(f"unknown frame type {kind!r}")
         except ChatdError as exc:
-            self._reply(request_id, error_event(exc), nursery)
+            self._reply(request_id, error_event(exc))
 
     def _chat(
         self, frame: Mapping[str, Any], request_id: str | None, nursery: trio.Nursery
@@ -294,98 +408,25 @@ class Connection:
         if request_id in self._requests:
             raise ClientError(f"a request with id {request_id!r} is already in flight")
         message, session, metadata = chat_fields(frame)
-        if self._out_closed:
+        if self._closing:
             return  # the connection is closing for a drain: the client hears 1001
         if not self.authorized:
             raise Unauthorized("missing or wrong API key")
         limit = self.pipeline.settings.limits.max_requests_per_connection
         if len(self._requests) >= limit:
             raise Overloaded(f"{limit} requests already in flight on this connection")
+        assert self._out is not None
         chat = ChatInput(request_id, message, session, metadata, self.client)
         if not self._requests:
             self._idle = trio.Event()
         scope = self._requests[request_id] = trio.CancelScope()
-        nursery.start_soon(
-            self._run, chat, scope, _Output(request_id, self._writer().clone(), self._merge)
-        )
+        nursery.start_soon(self._run, chat, scope, _Output(request_id, self._out))
 
     async def _run(self, chat: ChatInput, scope: trio.CancelScope, out: _Output) -> None:
         try:
-            async with out.channel:
-                await self.pipeline.run(chat, out, scope)
+            await self.pipeline.run(chat, out, scope)
         finally:
+            self.last_activity = trio.current_time()
             del self._requests[chat.id]
             if not self._requests:
                 self._idle.set()
-
-    async def _write(
-        self, receive: trio.MemoryReceiveChannel[Outgoing], transport: FrameTransport, window: float
-    ) -> None:
-        """Send events in order per request, merging each answer's tokens."""
-        merge = self._merge
-        pending = merge.pending  # request id -> token texts not yet sent
-        due: dict[str, float] = {}  # request id -> when its pending tokens go out
-        last: dict[str, float] = {}  # request id -> when its last token frame went out
-        ended = False
-        async with receive:
-            while not ended:
-                batch: list[Outgoing] = []
-                item: Outgoing | None = None
-                if due:
-                    with trio.move_on_at(min(due.values())) as waiting:
-                        item = await _next(receive)
-                    closed = item is None and not waiting.cancelled_caught
-                else:  # no scope to make when nothing waits on a window
-                    item = await _next(receive)
-                    closed = item is None
-                if closed:  # closing: send what is pending, then stop
-                    ended = True
-                    due = dict.fromkeys(due, -math.inf)
-                elif item is not None:
-                    batch.append(item)
-                while not ended:  # whatever else is queued goes out with it
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                    except trio.EndOfChannel:
-                        ended = True
-                        due = dict.fromkeys(due, -math.inf)
-                now = trio.current_time()
-                frames: list[bytes] = []
-                for request_id, event in batch:
-                    merge.taken(request_id)
-                    if type(event) is Token and request_id is not None:
-                        if request_id not in pending:
-                            pending[request_id] = []
-                            due[request_id] = max(now, last.get(request_id, -math.inf) + window)
-                        pending[request_id].append(event.text)
-                        continue
-                    if request_id in pending:
-                        frames.append(self._flush(request_id, pending, due, last, now))
-                    if is_terminal(event) and request_id is not None:
-                        last.pop(request_id, None)
-                    frames.append(encode(event, request_id))
-                for request_id in [r for r, t in due.items() if t <= now]:
-                    frames.append(self._flush(request_id, pending, due, last, now))
-                for frame in frames:
-                    self.send_started = trio.current_time()
-                    await transport.send(frame.decode())
-                    self.send_started = None
-                if frames:
-                    self.last_activity = trio.current_time()
-                    self.pipeline.metrics.frames_sent(len(frames))
-        self._writer_done.set()
-
-    @staticmethod
-    def _flush(
-        request_id: str,
-        pending: dict[str, list[str]],
-        due: dict[str, float],
-        last: dict[str, float],
-        now: float,
-    ) -> bytes:
-        texts = pending.pop(request_id)
-        del due[request_id]
-        last[request_id] = now
-        return encode(Token("".join(texts)), request_id)

@@ -1,9 +1,11 @@
 """Running chatd: one nursery for the process's lifetime.
 
 ``serve()`` starts the built-in simulated LLM when no LLM URL is configured,
-then hypercorn with the app, and drains on SIGINT or SIGTERM: ``/readyz``
-turns 503, hypercorn stops accepting and gives in-flight requests
-``server.shutdown_grace_s``; a second signal exits at once.
+then the front door (:mod:`chatd.server.front`: WebSockets served by chatd,
+other HTTP by hypercorn and the quart app), and drains on SIGINT or SIGTERM:
+``/readyz`` turns 503, in-flight requests get ``server.shutdown_grace_s``,
+then the listener closes and connections end as they fall idle; a second
+signal exits at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import attrs
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from chatd.config import Settings
 from chatd.exceptions import ConfigError
@@ -29,8 +30,9 @@ from chatd.pipeline import Pipeline
 from chatd.pipeline.flights import Flights
 from chatd.pipeline.flights_redis import RedisFlights
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
-from chatd.server import deflate, pings
-from chatd.server.app import AppState, create_app
+from chatd.server.app import WS_PATH, AppState, create_app, serve_websocket
+from chatd.server.front import serve_front_door
+from chatd.server.hypercorn_compat import open_http_server
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
 
@@ -55,7 +57,7 @@ class Running:
 
 def listen(settings: Settings) -> tuple[str, socket.socket]:
     """Bind and listen now, before anything else logs, so the first log line can
-    name the address; hypercorn serves a duplicate of the descriptor. The
+    name the address; the front door accepts on it. The
     workers of ``--workers N`` each listen on the same port with SO_REUSEPORT,
     and the kernel spreads new connections over them."""
     try:
@@ -78,17 +80,11 @@ def url_of(sock: socket.socket) -> str:
 
 
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
-    pings.install()
-    deflate.install(deflate=settings.server.websocket_deflate)
     config = HypercornConfig()
     # Our own drain cancels what is left at the grace; hypercorn's is the backstop.
     config.graceful_timeout = settings.server.shutdown_grace_s + 5
-    config.websocket_ping_interval = settings.server.websocket_ping_interval_s
-    # Frames past limits.max_frame_bytes get a too_large error; far past it,
-    # hypercorn closes the socket (1009) rather than buffering them.
-    config.websocket_max_message_size = max(4 * settings.limits.max_frame_bytes, 1 << 20)
+    config.websocket_ping_interval = None  # hypercorn serves no WebSocket: chatd does
     config.accesslog = None
-    # hypercorn's own "Running on" line would come first; ours names the address.
     quiet = logging.getLogger("chatd.hypercorn")
     quiet.setLevel(logging.WARNING)
     config.errorlog = quiet
@@ -133,9 +129,7 @@ async def _serve_all(
             llm_url = sim.base_url
         pipeline = await nursery.start(_run_pipeline, settings, llm_url, extra_tools)
         state = AppState(pipeline, llm_url=llm_url, llm_simulated=settings.llm.url is None)
-        # hypercorn owns and closes a duplicate; ``listener`` is closed by serve().
-        config.bind = [f"fd://{os.dup(listener.fileno())}"]
-        await nursery.start(_serve_app, create_app(state), config, drain, stopped)
+        await nursery.start(_serve_connections, state, listener, config, drain, stopped)
         if settings.llm.url is None:
             log.info("simulated LLM started in-process", llm_url=llm_url)
         else:
@@ -162,7 +156,7 @@ async def _serve_all(
         if handle_signals:
             nursery.start_soon(_watch_signals, start_drain, nursery.cancel_scope)
         task_status.started(Running(url, llm_url, state, start_drain))
-        # hypercorn returns once a drain's in-flight work is done or its grace is up.
+        # The connections end once a drain's in-flight work is done or its grace is up.
         await stopped.wait()
         nursery.cancel_scope.cancel()
 
@@ -197,21 +191,39 @@ async def _run_pipeline(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _serve_app(
-    app: object,
+async def _serve_connections(
+    state: AppState,
+    listener: socket.socket,
     config: HypercornConfig,
-    drain: trio.Event,
+    stop_accepting: trio.Event,
     stopped: trio.Event,
     *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Accept until told to stop, then let every connection end: WebSockets
+    close (1001) as they fall idle, idle HTTP keep-alive connections close, and
+    whatever is left after hypercorn's graceful timeout is cancelled."""
     try:
-        await hypercorn_serve(
-            app,  # type: ignore[arg-type]
-            config,
-            shutdown_trigger=drain.wait,
-            task_status=task_status,
-        )
+        async with (
+            open_http_server(create_app(state), config) as (serve_http, close_idle),
+            trio.open_nursery() as handlers,
+        ):
+            async with trio.open_nursery() as door:
+                await door.start(
+                    functools.partial(
+                        serve_front_door,
+                        listener,
+                        websocket_path=WS_PATH,
+                        serve_websocket=functools.partial(serve_websocket, state),
+                        serve_http=serve_http,
+                        handlers=handlers,
+                    )
+                )
+                task_status.started()
+                await stop_accepting.wait()
+                door.cancel_scope.cancel()
+            close_idle.set()
+            handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
     finally:
         stopped.set()
 

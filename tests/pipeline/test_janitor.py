@@ -83,11 +83,14 @@ class _Pipeline:
 
 @attrs.define
 class _Transport:
-    """Hands over the given frames, then waits; ``send`` can hang forever."""
+    """Hands over the given frames, then waits; with ``hang``, nothing it is
+    sent ever leaves (a client that stopped reading)."""
 
     frames: list[str]
     hang: bool = False
     sent: list[str] = attrs.field(factory=list)
+    last_received: float = 0.0
+    _held: list[bytes] = attrs.field(factory=list)
 
     async def receive(self) -> str:
         if self.frames:
@@ -95,13 +98,28 @@ class _Transport:
         await trio.sleep_forever()
         raise AssertionError  # pragma: no cover
 
-    async def send(self, frame: str) -> None:
+    def send_nowait(self, frame: bytes) -> None:
         if self.hang:
+            self._held.append(frame)
+        else:
+            self.sent.append(frame.decode())
+
+    @property
+    def buffered(self) -> int:
+        return sum(map(len, self._held))
+
+    async def drain(self) -> None:
+        if self._held:
             await trio.sleep_forever()
-        self.sent.append(frame)
+
+    def ping(self) -> None:
+        self.last_received = trio.current_time()  # it answers at once
 
     async def close(self, code: int, reason: str) -> None:
         self.sent.append(f"close {code}")
+
+    def aborted(self) -> None:
+        self.sent.append("aborted")
 
 
 async def serve_connection(transport: _Transport) -> tuple[float, str | None]:

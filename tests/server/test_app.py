@@ -1,4 +1,4 @@
-"""``/v1/ws`` served from hypercorn's ASGI messages, without quart's per-socket layer."""
+"""``/v1/ws`` served by chatd's own WebSocket, everything else by hypercorn and quart."""
 
 from __future__ import annotations
 
@@ -33,15 +33,17 @@ def task_names() -> Iterator[str]:
         tasks.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
 
 
-async def test_idle_sockets_run_no_quart_tasks(settings: Settings) -> None:
-    """An idle connection is read straight from hypercorn's queue: quart-trio's
-    queue-filling task and handler task (and their nursery) are not there.
-    The sockets still answer, and each is forgotten once closed."""
+async def test_idle_sockets_run_no_hypercorn_or_quart_tasks(settings: Settings) -> None:
+    """A WebSocket is chatd's alone: no task of hypercorn's or quart-trio's is
+    there for it. The sockets still answer, and each is forgotten once closed."""
     async with open_chatd(settings) as chatd:
         state = chatd.running.state
         async with open_chat_client(chatd.ws_url) as a, open_chat_client(chatd.ws_url) as b:
             await wait_until(lambda: len(state.connections) == 2, within=5)
-            assert not [name for name in task_names() if name.startswith("quart_trio.")]
+            names = list(task_names())
+            per_socket = ("quart_trio.", "hypercorn.trio.tcp_server.", "hypercorn.protocol.")
+            assert not [n for n in names if n.startswith(per_socket)]
+            assert len([n for n in names if n.endswith("._run_handler")]) == 2  # one task each
             for client in (a, b):
                 await client.send({"type": "chat", "id": "q", "message": "hello"})
                 assert (await client.finish("q"))["type"] == "done"
@@ -49,7 +51,7 @@ async def test_idle_sockets_run_no_quart_tasks(settings: Settings) -> None:
 
 
 async def test_plain_get_of_the_socket_path_is_still_400(settings: Settings) -> None:
-    """quart keeps its /v1/ws route: a GET without the upgrade is a bad request, not 404."""
+    """A GET of /v1/ws without the upgrade reaches quart: a bad request, not 404."""
     async with open_chatd(settings) as chatd, httpx.AsyncClient(base_url=chatd.url) as http:
         assert (await http.get("/v1/ws")).status_code == 400
         assert (await http.get("/v1/nope")).status_code == 404
@@ -88,17 +90,17 @@ async def test_handler_failure_closes_1011(
             assert (await client.finish("q"))["type"] == "done"
 
 
-async def test_idle_connection_has_no_writer_until_it_has_a_frame_to_send(
-    settings: Settings,
-) -> None:
-    """The writer (and the task that waits for a drain) cost nothing while idle."""
+async def test_an_idle_connection_is_its_reader_alone(settings: Settings) -> None:
+    """No task but the connection's own while idle, and none left after a ping
+    is answered: replies go out at once, a task starts only to wait for a
+    socket that is full or for a merge window."""
     async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
         await wait_until(lambda: len(chatd.running.state.connections) == 1, within=5)
-        writers = [n for n in task_names() if n.endswith(("._write", "._stop_when_drained"))]
-        assert writers == []
+        extra = ("._flush_until_done", "._stop_when_drained", "._run")
+        assert [n for n in task_names() if n.endswith(extra)] == []
         await client.send({"type": "ping", "id": "p"})
         await client.wait_for("p", "pong")
-        assert [n for n in task_names() if n.endswith("Connection._write")] != []
+        assert [n for n in task_names() if n.endswith(extra)] == []
 
 
 async def test_drain_closes_idle_connections_old_and_new(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""The connection's writer on trio's virtual clock: token merging and ordering."""
+"""A connection's outbox on trio's virtual clock: token merging, ordering, room."""
 
 from __future__ import annotations
 
@@ -9,55 +9,72 @@ import orjson
 import pytest
 import trio
 
-from chatd.observability.metrics import Metrics
 from chatd.pipeline.events import Accepted, Done, Event, Token
-from chatd.server.connection import Connection, _Merge, _Output
+from chatd.server.connection import _Outbox, _Output
 
 
 @attrs.define
 class Recorder:
-    """A transport that records frames with their send time; can be made slow."""
+    """A transport that records frames with the time the network took them.
+
+    While ``blocked``, frames wait (``buffered`` counts their bytes) until
+    :meth:`unblock`, as a client that stops reading would make them wait."""
 
     frames: list[tuple[float, dict[str, Any]]] = attrs.field(factory=list)
-    delay: float = 0.0
+    blocked: bool = False
+    _waiting: list[bytes] = attrs.field(factory=list)
+    _unblocked: trio.Event = attrs.field(factory=trio.Event)
 
-    async def receive(self) -> str:
-        await trio.sleep_forever()
-        raise AssertionError  # pragma: no cover
+    @property
+    def buffered(self) -> int:
+        return sum(len(f) for f in self._waiting)
 
-    async def send(self, frame: str) -> None:
-        await trio.sleep(self.delay)
-        self.frames.append((trio.current_time(), orjson.loads(frame)))
+    def send_nowait(self, frame: bytes) -> None:
+        if self.blocked or self._waiting:
+            self._waiting.append(frame)
+        else:
+            self.frames.append((trio.current_time(), orjson.loads(frame)))
 
+    async def drain(self) -> None:
+        await self._unblocked.wait()
+        now = trio.current_time()
+        self.frames.extend((now, orjson.loads(f)) for f in self._waiting)
+        self._waiting.clear()
 
-@attrs.frozen
-class _Pipeline:
-    """What the writer needs of a pipeline: somewhere to count frames."""
+    def unblock(self) -> None:
+        self.blocked = False
+        self._unblocked.set()
 
-    metrics: Metrics = attrs.field(factory=Metrics)
+    def texts(self, request_id: str = "a") -> list[str]:
+        return [f.get("text", f["type"]) for _t, f in self.frames if f["id"] == request_id]
 
 
 def done(request_id: str) -> Done:
     return Done(request_id, "stop", "direct", False, False, {}, {})
 
 
-async def run_writer(
-    events: list[tuple[float, str, Event]], window: float, delay: float = 0.0
+async def run(
+    events: list[tuple[float, str, Event]],
+    window: float,
+    transport: Recorder | None = None,
+    unblock_at: float | None = None,
 ) -> Recorder:
-    """Send ``(at, id, event)`` as the requests do (through their outputs, so
-    tokens may join a waiting frame directly) and return what the writer sent."""
-    transport = Recorder(delay=delay)
-    send, receive = trio.open_memory_channel[tuple[str | None, Event]](100)
-    connection = Connection(pipeline=_Pipeline(), client="test")  # type: ignore[arg-type]
-    outputs: dict[str, _Output] = {}
+    """Send ``(at, id, event)`` as the requests do, through their outputs, and
+    return what reached the network."""
+    transport = transport or Recorder()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection._write, receive, transport, window)
+        outbox = _Outbox(transport, window, 1 << 20, nursery)  # type: ignore[arg-type]
         start = trio.current_time()
+        if unblock_at is not None:
+
+            async def unblock() -> None:
+                await trio.sleep_until(start + unblock_at)
+                transport.unblock()
+
+            nursery.start_soon(unblock)
         for at, request_id, event in events:
             await trio.sleep_until(start + at)
-            if request_id not in outputs:
-                outputs[request_id] = _Output(request_id, send.clone(), connection._merge)
-            nursery.start_soon(outputs[request_id].send, event)
+            await _Output(request_id, outbox).send(event)
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     return transport
@@ -65,7 +82,7 @@ async def run_writer(
 
 async def test_first_token_at_once_then_merged_per_window(autojump_clock: trio.abc.Clock) -> None:
     """The first token goes out at once; the next ones within the window go out together."""
-    sent = await run_writer(
+    sent = await run(
         [(0.0, "a", Token("one")), (0.005, "a", Token(" two")), (0.010, "a", Token(" three"))],
         window=0.020,
     )
@@ -75,23 +92,41 @@ async def test_first_token_at_once_then_merged_per_window(autojump_clock: trio.a
     ]
 
 
+async def test_a_stream_slower_than_the_window_goes_out_token_by_token(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Tokens further apart than the window each go out at once, as they come."""
+    sent = await run([(i * 0.2, "a", Token(f"{i}")) for i in range(4)], window=0.05)
+    assert [(round(t, 3), f["text"]) for t, f in sent.frames] == [
+        (0.0, "0"),
+        (0.2, "1"),
+        (0.4, "2"),
+        (0.6, "3"),
+    ]
+
+
 async def test_window_zero_sends_each_token(autojump_clock: trio.abc.Clock) -> None:
     """With no window, tokens that arrive apart go out apart."""
-    sent = await run_writer([(0.0, "a", Token("one")), (0.005, "a", Token(" two"))], window=0.0)
-    assert [f["text"] for _t, f in sent.frames] == ["one", " two"]
+    sent = await run([(0.0, "a", Token("one")), (0.005, "a", Token(" two"))], window=0.0)
+    assert sent.texts() == ["one", " two"]
 
 
 async def test_lagging_client_gets_merged_tokens(autojump_clock: trio.abc.Clock) -> None:
-    """While a send is slow, queued tokens are merged into one frame."""
+    """While the client does not read, an answer's tokens merge into one frame,
+    sent once it reads again."""
     events: list[tuple[float, str, Event]] = [(i * 0.01, "a", Token(f"{i} ")) for i in range(10)]
-    sent = await run_writer(events, window=0.0, delay=0.05)
-    assert "".join(f["text"] for _t, f in sent.frames) == "".join(f"{i} " for i in range(10))
-    assert len(sent.frames) < 10
+    transport = Recorder()
+    transport.send_nowait(orjson.dumps({"type": "pong", "id": "x"}))
+    transport.blocked = True
+    transport.send_nowait(orjson.dumps({"type": "pong", "id": "y"}))  # waits: buffered
+    sent = await run(events, window=0.0, transport=transport, unblock_at=0.5)
+    assert sent.texts() == ["".join(f"{i} " for i in range(10))]
+    assert round(sent.frames[-1][0], 3) == 0.5
 
 
 async def test_pending_tokens_flush_before_other_events(autojump_clock: trio.abc.Clock) -> None:
-    """A request's pending tokens always go out before its next event, per request."""
-    sent = await run_writer(
+    """A request's waiting tokens always go out before its next event, per request."""
+    sent = await run(
         [
             (0.0, "a", Accepted("r1")),
             (0.0, "a", Token("x")),
@@ -101,72 +136,60 @@ async def test_pending_tokens_flush_before_other_events(autojump_clock: trio.abc
         ],
         window=0.5,
     )
-    frames_a = [f for _t, f in sent.frames if f["id"] == "a"]
-    assert [f["type"] for f in frames_a] == ["accepted", "token", "token", "done"]
-    assert [f.get("text") for f in frames_a[1:3]] == ["x", "y"]
-    assert frames_a[-1]["request_id"] == "r1"
-    assert [f["text"] for _t, f in sent.frames if f["id"] == "b"] == ["other"]
+    assert sent.texts("a") == ["accepted", "x", "y", "done"]
+    assert [round(t, 3) for t, f in sent.frames if f["id"] == "a"] == [0.0, 0.0, 0.003, 0.003]
+    assert sent.texts("b") == ["other"]
 
 
 @pytest.mark.parametrize("window", [0.0, 0.02])
 async def test_terminal_is_last(autojump_clock: trio.abc.Clock, window: float) -> None:
     """Nothing for a request follows its terminal event."""
-    sent = await run_writer(
+    sent = await run(
         [(0.0, "a", Token("x")), (0.001, "a", Token("y")), (0.002, "a", done("r"))],
         window=window,
     )
     assert sent.frames[-1][1]["type"] == "done"
+    assert sent.texts() == ["x", "y", "done"]
 
 
-async def test_a_token_never_overtakes_its_requests_queued_event(
-    autojump_clock: trio.abc.Clock,
-) -> None:
-    """A token joins its answer's waiting frame directly only when nothing else of
-    that request is still queued: here an event is queued behind a slow send, so
-    the token after it waits its turn instead of joining the earlier frame."""
-    sent = await run_writer(
+async def test_order_holds_while_the_client_lags(autojump_clock: trio.abc.Clock) -> None:
+    """An event sent while the client lags goes after the tokens before it, and
+    the tokens after it do not join the frame before it."""
+    transport = Recorder(blocked=True)
+    transport.send_nowait(b'{"type":"pong","id":"z"}')
+    sent = await run(
         [
-            (0.0, "a", Token("1")),  # out at once; the send takes 0.05
-            (0.06, "a", Token("2")),  # waits for a's window (until 0.5)
-            (0.07, "b", Token("x")),  # out at once: the writer is busy until 0.12
-            (0.08, "a", Accepted("r")),  # queued behind b's send
-            (0.09, "a", Token("3")),  # must not join "2" ahead of it
+            (0.0, "a", Token("1")),
+            (0.01, "a", Token("2")),
+            (0.02, "a", Accepted("r")),
+            (0.03, "a", Token("3")),
         ],
-        window=0.5,
-        delay=0.05,
+        window=0.0,
+        transport=transport,
+        unblock_at=0.1,
     )
-    frames_a = [f for _t, f in sent.frames if f["id"] == "a"]
-    assert [f.get("text", f["type"]) for f in frames_a] == ["1", "2", "accepted", "3"]
+    assert sent.texts() == ["12", "accepted", "3"]
 
 
-@attrs.define
-class CountingMerge(_Merge):
-    """Counts the items the writer takes off the channel."""
-
-    count: int = 0
-
-    def taken(self, request_id: str | None) -> None:
-        self.count += 1
-        super().taken(request_id)
-
-
-async def test_tokens_join_a_waiting_frame_without_waking_the_writer(
+async def test_a_request_waits_for_room_and_a_push_is_refused(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """Tokens of an answer whose frame waits for its window are merged at the
-    source: the channel carries only the first of each frame."""
-    transport = Recorder()
-    send, receive = trio.open_memory_channel[tuple[str | None, Event]](100)
-    connection = Connection(pipeline=_Pipeline(), client="test")  # type: ignore[arg-type]
-    connection._merge = merge = CountingMerge()
-    out = _Output("a", send, merge)
+    """Past the outbox's limit a request's send waits until the client reads, and
+    ``try_send`` (a flight's push) says no rather than wait."""
+    transport = Recorder(blocked=True)
+    transport.send_nowait(orjson.dumps({"type": "pong", "id": "z" * 200}))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection._write, receive, transport, 0.05)
-        for index in range(20):
-            await out.send(Token(f"{index} "))
-            await trio.sleep(0.01)
+        outbox = _Outbox(transport, 0.0, 100, nursery)  # type: ignore[arg-type]
+        out = _Output("a", outbox)
+        assert not out.try_send(Token("pushed"))
+        with trio.move_on_after(1) as waiting:
+            await out.send(Accepted("r"))
+        assert waiting.cancelled_caught, "it waited for room"
+        nursery.start_soon(out.send, Token("after"))
         await trio.sleep(1)
+        transport.unblock()
+        await trio.sleep(0.1)
+        assert out.try_send(Token("now"))
         nursery.cancel_scope.cancel()
-    assert "".join(f["text"] for _t, f in transport.frames) == "".join(f"{i} " for i in range(20))
-    assert len(transport.frames) == 5  # the first at once, then one per 50 ms
-    assert merge.count == len(transport.frames), "one channel item per frame, not per token"
+    assert transport.texts() == ["accepted", "after", "now"]
+    assert transport.texts("z" * 200) == ["pong"]
