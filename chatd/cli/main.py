@@ -21,6 +21,21 @@ __all__ = ["main"]
 log = structlog.get_logger("chatd.cli")
 
 
+def _workers(value: str) -> int | str:
+    """``--workers``: a positive number, or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count <= 0:
+        raise argparse.ArgumentTypeError(
+            f'expected a number greater than 0 or "auto", not {value!r}'
+        )
+    return count
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatd", description="A chatbot backend on trio: tools, streaming answers."
@@ -34,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="a TOML configuration file")
     serve.add_argument("--llm-url", help="OpenAI-style base URL ending in /v1")
     serve.add_argument(
-        "--workers", type=int, help="processes on the one socket (default 1; share via Redis)"
+        "--workers",
+        type=_workers,
+        help='processes on the one socket: a number, or "auto" for one per core '
+        "(default 1; they share state via Redis)",
     )
 
     sim = commands.add_parser("sim-llm", help="run the simulated LLM alone")
@@ -120,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from chatd.cli.kb import run_kb_load
 
             return run_kb_load(settings, args.file)
-        if args.command == "serve" and settings.server.workers > 1:
+        if args.command == "serve" and settings.server.worker_count > 1:
             from chatd.server.workers import supervise
 
             trio.run(supervise, settings, _worker_args(args))

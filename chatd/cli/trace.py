@@ -121,6 +121,12 @@ class LogIndex:
         event = line.get("event")
         if event == "request summary":
             request.summary = line
+            if self.request_id is not None:  # its spans, unless their own lines came first
+                known = {span.span_id for span in request.spans}
+                for raw in line.get("spans") or ():
+                    span = Span.from_line(raw) if isinstance(raw, dict) else None
+                    if span is not None and span.span_id not in known:
+                        request.spans.append(span)
             return request
         if self.request_id is not None:
             if event == "span":

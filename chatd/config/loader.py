@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -127,6 +127,11 @@ def _make_converter() -> cattrs.Converter:
         return structure
 
     conv.register_structure_hook_factory(_is_json_leaf, json_leaf)
+
+    def count_or_auto(value: object, _type: object) -> int | str:
+        return "auto" if value == "auto" else _strict_int(value, int)
+
+    conv.register_structure_hook(int | Literal["auto"], count_or_auto)
     return conv
 
 

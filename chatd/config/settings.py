@@ -7,6 +7,7 @@ Validators raise :class:`InvalidSetting` so the loader can name the key.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import attrs
@@ -30,6 +31,11 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: float | int) -> 
 def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float | int) -> None:
     if value < 0:
         raise InvalidSetting(attr.name, value, "a number of 0 or more")
+
+
+def _workers(_inst: object, attr: attrs.Attribute[Any], value: int | str) -> None:
+    if value != "auto" and (not isinstance(value, int) or value <= 0):
+        raise InvalidSetting(attr.name, value, 'a number greater than 0, or "auto"')
 
 
 def _port(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
@@ -72,8 +78,16 @@ class ServerSettings:
     websocket_deflate: bool = False
     """Accept permessage-deflate when a client offers it (browsers do): off, as
     token frames are tiny and each compressed connection holds ~100 KiB more."""
-    workers: int = attrs.field(default=1, validator=_positive)
-    """Processes serving the one listening socket; share state through ``redis.url``."""
+    workers: int | Literal["auto"] = attrs.field(default=1, validator=_workers)
+    """Processes serving the one listening socket (``"auto"``: one per core this
+    process may run on); they share state through ``redis.url``."""
+
+    @property
+    def worker_count(self) -> int:
+        """:attr:`workers` as a number."""
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        return self.workers
 
 
 @attrs.frozen

@@ -1,12 +1,14 @@
 """Request spans: where one request's time went, written as structlog lines.
 
-A :class:`RequestTrace` belongs to one request. Each span it times ends in one
-log line (event ``"span"``) and the request ends in one ``"request summary"``
-line; ``chatd trace`` reads both back. Nothing is logged per token, and the
-text of messages and answers only with ``include_text`` (``log.include_text``).
-A span costs one dict (its attributes, which become the line), one small
-record kept for the summary, and one log call (~12 µs with JSON rendering, of
-which ~4 µs is the span's own bookkeeping).
+A :class:`RequestTrace` belongs to one request, which ends in one ``"request
+summary"`` line carrying every span it timed (``spans``: a list of the span
+lines below, less the fields every line has); with ``log_spans`` (chatd sets
+it at ``log.level = "debug"``) each span is also logged as it ends, as its
+own line (event ``"span"``). ``chatd trace`` reads either back. Nothing is
+logged per token, and the text of messages and answers only with
+``include_text`` (``log.include_text``). A span costs one dict (its
+attributes, which become its line) and one small record kept for the
+summary; a logged span one log call more (~12 µs with JSON rendering).
 
 Span line fields: ``request_id``, ``span`` (name), ``span_id``, ``parent_id``,
 ``start`` (ms after the request started), ``duration_ms``, ``outcome`` (``ok``,
@@ -158,6 +160,8 @@ class RequestTrace:
     clock: Callable[[], float] = trio.current_time
     log: SpanLogger | None = None
     include_text: bool = False
+    log_spans: bool = True
+    """Log each span as it ends, besides listing it in the summary."""
     started: float = attrs.field(init=False)
     _next_id: int = attrs.field(default=ROOT_SPAN_ID, init=False)
     # Open spans point at the trace; ended ones are kept as plain records, so a
@@ -166,6 +170,7 @@ class RequestTrace:
         factory=dict, init=False
     )
     _ended: list[_Ended] = attrs.field(factory=list, init=False)
+    _lines: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _logger: SpanLogger = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -219,6 +224,7 @@ class RequestTrace:
         line: dict[str, Any] = {"request_id": self.request_id, **fields}
         for key, value in self._derived_timings().items():
             line.setdefault(key, value)
+        line.setdefault("spans", self._lines)
         if not self.include_text:
             for key in TEXT_FIELDS.intersection(line):
                 del line[key]
@@ -298,7 +304,9 @@ class RequestTrace:
         self._ended.append(
             _Ended(name, handle.span_id, handle.parent_id, handle.start, end, line.get("ttft_ms"))
         )
-        self._logger.info("span", request_id=self.request_id, **line)
+        self._lines.append(line)
+        if self.log_spans:
+            self._logger.info("span", request_id=self.request_id, **line)
 
     def _derived_timings(self) -> dict[str, float]:
         timings = {"total_ms": _ms(self.clock() - self.started)}

@@ -127,6 +127,7 @@ class Pipeline:
             request_id,
             log=structlog.get_logger("chatd.trace").bind(**context),
             include_text=self.settings.log.include_text,
+            log_spans=self.settings.log.level == "debug",
         )
         started = trace.started
         turn = Turn(

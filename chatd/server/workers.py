@@ -1,7 +1,7 @@
 """``chatd serve --workers N``: several processes on one listening socket.
 
-One process uses one core for Python work. With ``server.workers`` above 1,
-this process becomes a supervisor: it reserves the address (a socket bound
+One process uses one core for Python work. With ``server.workers`` above 1
+(``auto``: one per core), this process becomes a supervisor: it reserves the address (a socket bound
 with SO_REUSEPORT that never listens, so port 0 becomes one real port),
 starts the built-in simulated LLM if no LLM URL is configured (so every
 worker talks to the same one), and runs N ``chatd serve`` workers, each
@@ -51,7 +51,7 @@ async def supervise(settings: Settings, worker_args: Sequence[str]) -> None:
     url = url_of(reserved)
     host, port = reserved.getsockname()[:2]
     worker_args = [*worker_args, "--host", host, "--port", str(port)]
-    count = settings.server.workers
+    count = settings.server.worker_count
     log.info(
         "listening",
         url=url,

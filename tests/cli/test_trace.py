@@ -172,6 +172,22 @@ def test_timeline_draws_the_span_tree_with_bars_and_timings(log_file: Path) -> N
     ]
 
 
+def test_the_summary_alone_draws_the_same_timeline(
+    log_file: Path, ok_lines: list[str], tmp_path: Path
+) -> None:
+    """Below debug level spans are not lines of their own: the summary's list of
+    them draws the same timeline."""
+    only_summary = tmp_path / "info.log"
+    only_summary.write_text("".join(line for line in ok_lines if '"event":"span"' not in line))
+    assert '"event":"span"' in "".join(ok_lines)
+    drawn = []
+    for path in (log_file, only_summary):
+        out = console()
+        render_timeline(out, index(path, "req_ok").requests["req_ok"])
+        drawn.append(out.export_text())
+    assert drawn[0] == drawn[1]
+
+
 def test_timeline_of_a_failure_shows_the_error_and_log_lines(log_file: Path) -> None:
     """A failed request: its outcome, the span's exception, the other lines it logged."""
     out = console()

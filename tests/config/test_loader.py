@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,16 @@ def test_env_scalars_are_parsed() -> None:
             "expected a table of strings (a JSON object in the environment)",
         ),
         (
+            {"CHATD_SERVER_WORKERS": "many"},
+            "config: server.workers = 'many' (from environment CHATD_SERVER_WORKERS): "
+            "expected an integer or one of 'auto'",
+        ),
+        (
+            {"CHATD_SERVER_WORKERS": "0"},
+            "config: server.workers = 0 (from environment CHATD_SERVER_WORKERS): "
+            'expected a number greater than 0, or "auto"',
+        ),
+        (
             {"CHATD_REDIS_URL": "http://x"},
             "config: redis.url = 'http://x' (from environment CHATD_REDIS_URL): "
             "expected a redis:// URL",
@@ -116,6 +127,13 @@ def test_bad_env_value_names_key_value_and_expectation(env: dict[str, str], mess
         load_settings(env=env)
     assert str(info.value) == message
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "count"), [("3", 3), ("auto", len(os.sched_getaffinity(0)))])
+def test_workers_is_a_number_or_auto(value: str, count: int) -> None:
+    """``server.workers``: a count, or ``auto`` for one per core this process may use."""
+    settings = load_settings(env={"CHATD_SERVER_WORKERS": value})
+    assert settings.server.worker_count == count
 
 
 def test_bad_file_value(tmp_path: Path) -> None:

@@ -119,7 +119,13 @@ async def test_identical_questions_on_two_instances_make_one_llm_call(cluster: C
     assert len(answers) == 1 and "" not in answers
     alone = [event for event in done if not event["shared"] and not event["cached"]]
     assert len(alone) == 1, "one request led; the 99 others shared its flight or its cache"
-    followed = [line for line in cluster.instances[1].lines() if line.get("span") == "flight"]
+    followed = [
+        span
+        for line in cluster.instances[1].lines()
+        if line.get("event") == "request summary"
+        for span in line["spans"]
+        if span["span"] == "flight"
+    ]
     assert followed, "instance b answered through a flight"
 
 

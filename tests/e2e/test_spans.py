@@ -25,13 +25,14 @@ async def test_path_a_writes_its_spans_and_one_summary(chatd: Chatd, client: Cha
             done = await client.finish("a")
     request_id = done["request_id"]
     mine = [line for line in logs if line.get("request_id") == request_id]
-    spans = {line["span"]: line for line in mine if line["event"] == "span"}
+    assert not [line for line in mine if line["event"] == "span"], "spans only at debug level"
+    (summary,) = [line for line in mine if line["event"] == "request summary"]
+    spans = {span["span"]: span for span in summary["spans"]}
     assert {"admission", "prepare", "cache", "flight", "router", "tools", "tool"} <= spans.keys()
     assert {"answer", "stream"} <= spans.keys()
     assert spans["router"]["parent_id"] == spans["flight"]["span_id"]
     assert spans["tool"]["parent_id"] == spans["tools"]["span_id"]
     assert all(line["outcome"] == "ok" for line in spans.values())
-    (summary,) = [line for line in mine if line["event"] == "request summary"]
     assert (summary["path"], summary["outcome"]) == ("tools", "done")
     assert summary["first_token_ms"] <= summary["total_ms"]
     assert {"router_ttft_ms", "tools_ms", "answer_ttft_ms"} <= summary.keys()
@@ -56,7 +57,7 @@ async def spans_of(
     server_id = done.get("request_id") or client.events[request_id][0]["request_id"]
     mine = [line for line in logs if line.get("request_id") == server_id]
     (summary,) = [line for line in mine if line["event"] == "request summary"]
-    return {line["span"]: line for line in mine if line["event"] == "span"}, summary
+    return {span["span"]: span for span in summary["spans"]}, summary
 
 
 async def test_direct_path_spans(client: ChatClient) -> None:
@@ -113,8 +114,17 @@ async def test_text_only_when_asked(make_settings: MakeSettings) -> None:
     assert "42" in summary["answer"]
 
 
-async def test_lines_carry_connection_id(client: ChatClient) -> None:
-    """Every span line of a WebSocket request names its connection too."""
-    spans, summary = await spans_of(client, "c", "hello there")
-    ids = {line["connection_id"] for line in [*spans.values(), summary]}
+async def test_lines_carry_connection_id(make_settings: MakeSettings) -> None:
+    """At debug level each span is a line of its own too, and every line of a
+    WebSocket request (spans and summary) names its connection."""
+    settings = make_settings(log=LogSettings(level="debug"))
+    async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
+        with structlog.testing.capture_logs() as logs, trio.fail_after(10):
+            await client.chat("c", "hello there")
+            done = await client.finish("c")
+    lines = [line for line in logs if line.get("request_id") == done["request_id"]]
+    (summary,) = [line for line in lines if line["event"] == "request summary"]
+    span_lines = [line for line in lines if line["event"] == "span"]
+    assert [line["span"] for line in span_lines] == [span["span"] for span in summary["spans"]]
+    ids = {line["connection_id"] for line in lines}
     assert len(ids) == 1 and ids.pop().startswith("conn_")
