@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable, Sequence
@@ -79,6 +80,19 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
+def _raise_open_files_limit() -> None:
+    """Every connection is a descriptor, and every LLM stream another: take
+    the hard limit on open files as the soft one (as Go's runtime does), or
+    the common soft default of 1,024 caps chatd at a few hundred chats."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):  # some systems cap it below the hard limit
+            log.warning("cannot raise the limit on open files", soft=soft, hard=hard)
+
+
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
     # Our own drain cancels what is left at the grace; hypercorn's is the backstop.
@@ -106,6 +120,7 @@ async def serve(
         log.info("worker serving", url=url, pid=os.getpid())
     else:
         log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws")
+    _raise_open_files_limit()
     config = _hypercorn_config(settings)
     with listener:
         await _serve_all(settings, url, listener, config, handle_signals, extra_tools, task_status)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import resource
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -212,6 +214,28 @@ async def test_a_connection_closed_by_the_server_while_idle_is_replaced(
         assert (await client.get(url)).content == b"ok"
         await trio.sleep(0.05)  # the FIN arrives
         assert (await client.get(url)).content == b"ok"
+
+
+async def test_connections_past_descriptor_1024(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A busy server holds thousands of descriptors: checkout's check of an idle
+    connection works past select()'s limit of 1,024."""
+    server = HTTPServer()
+    url = await serve(server)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async with httpx.AsyncClient(transport=TrioTransport()) as http:
+            with trio.fail_after(5):
+                for _ in range(3):
+                    assert (await http.get(url)).content == b"hello"
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert server.connections == 1
 
 
 async def test_keepalive_expiry(serve: Callable[[Handler], Awaitable[str]]) -> None:
