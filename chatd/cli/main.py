@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             from chatd.server import serve
 
-            trio.run(serve, settings)
+            trio.run(functools.partial(serve, settings, own_process=True))
         else:
             trio.run(_run_sim, settings)
     except (ConfigError, BaseExceptionGroup, KeyboardInterrupt) as exc:

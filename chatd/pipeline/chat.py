@@ -27,7 +27,7 @@ from chatd.observability.metrics import Metrics
 from chatd.observability.spans import RequestTrace, SpanHandle
 from chatd.pipeline.admission import Admission
 from chatd.pipeline.answer import ChatStreamer, Outcome, Turn, answer
-from chatd.pipeline.events import Accepted, Done, Error, Event, Queued, error_event
+from chatd.pipeline.events import Accepted, Done, Error, Event, Queued, error_event, merged
 from chatd.pipeline.flights import Flight, Flights, flight_key, replay
 from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
@@ -290,7 +290,7 @@ class Pipeline:
         with turn.trace.under(span):
             await self._fly(messages, turn)
         if self.cache is not None and turn.shareable and turn.finish_reason in ("stop", "length"):
-            events = tuple(e for e in flight.events if not isinstance(e, Queued))
+            events = merged(e for e in flight.events if not isinstance(e, Queued))
             await self.cache.put(key, CachedAnswer(events, turn.outcome()))
 
     async def _remember(self, chat: ChatInput, turn: Turn) -> None:

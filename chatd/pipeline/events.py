@@ -8,7 +8,7 @@ unset, so the wire carries exactly what protocol.md lists.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -30,6 +30,7 @@ __all__ = [
     "encode",
     "error_event",
     "is_terminal",
+    "merged",
 ]
 
 
@@ -120,6 +121,25 @@ class Pong:
 
 
 Event = Accepted | Queued | Route | ToolStart | ToolEnd | Token | Done | Error | Pong
+
+
+def merged(events: Iterable[Event]) -> tuple[Event, ...]:
+    """``events`` with each run of tokens made one token (its texts joined): what
+    a client reads is the same, and a kept answer holds a few objects, not one
+    per token (fewer for the garbage collector to walk)."""
+    out: list[Event] = []
+    texts: list[str] = []
+    for event in events:
+        if type(event) is Token:
+            texts.append(event.text)
+            continue
+        if texts:
+            out.append(Token("".join(texts)))
+            texts = []
+        out.append(event)
+    if texts:
+        out.append(Token("".join(texts)))
+    return tuple(out)
 
 
 def is_terminal(event: Event) -> bool:

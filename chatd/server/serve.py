@@ -11,6 +11,7 @@ signal exits at once.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import resource
@@ -80,6 +81,22 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
+def _freeze_the_heap() -> None:
+    """Keep the garbage collector off what start-up made (modules, the app,
+    the knowledge base: ~80,000 objects), which lives as long as the process,
+    and let it run less often: chatd's requests make few reference cycles
+    (about 20 objects' worth each), so most collections find nothing.
+
+    A full collection walks every object it tracks. Measured under load (200
+    users x 3 rounds of 100 tokens at 40/s): before, collections took ~10% of
+    chatd's CPU and the longest 80-137 ms, every first token waiting behind
+    it; frozen, with answers cached as a few objects each, and a first
+    generation of 10,000 objects (not 700), 1.5% and at most ~36 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def _raise_open_files_limit() -> None:
     """Every connection is a descriptor, and every LLM stream another: take
     the hard limit on open files as the soft one (as Go's runtime does), or
@@ -110,9 +127,12 @@ async def serve(
     *,
     handle_signals: bool = True,
     extra_tools: Sequence[Tool] = (),
+    own_process: bool = False,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run chatd until drained by a signal (or cancelled)."""
+    """Run chatd until drained by a signal (or cancelled). ``own_process``
+    (``chatd serve``): the process is chatd's alone, so it may tune things
+    that are the whole process's, such as the garbage collector."""
     url, listener = listen(settings)
     worker = os.environ.get(WORKER_ENV)
     if worker:
@@ -123,7 +143,9 @@ async def serve(
     _raise_open_files_limit()
     config = _hypercorn_config(settings)
     with listener:
-        await _serve_all(settings, url, listener, config, handle_signals, extra_tools, task_status)
+        await _serve_all(
+            settings, url, listener, config, handle_signals, extra_tools, own_process, task_status
+        )
     log.info("stopped")
 
 
@@ -134,6 +156,7 @@ async def _serve_all(
     config: HypercornConfig,
     handle_signals: bool,
     extra_tools: Sequence[Tool],
+    own_process: bool,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     drain, stopped = trio.Event(), trio.Event()
@@ -170,6 +193,8 @@ async def _serve_all(
 
         if handle_signals:
             nursery.start_soon(_watch_signals, start_drain, nursery.cancel_scope)
+        if own_process:
+            _freeze_the_heap()
         task_status.started(Running(url, llm_url, state, start_drain))
         # The connections end once a drain's in-flight work is done or its grace is up.
         await stopped.wait()
