@@ -21,7 +21,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from chatd.config import Settings
 from chatd.llm.sim import SimServer, serve_sim_llm
 from chatd.pipeline import Pipeline
-from chatd.server import Running, serve
+from chatd.server.serve import Running, serve
 from chatd.tools.base import Tool
 
 __all__ = ["ChatClient", "Chatd", "open_chat_client", "open_chatd", "wait_until"]

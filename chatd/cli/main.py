@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             trio.run(supervise, settings, _worker_args(args))
         elif args.command == "serve":
-            from chatd.server import serve
+            from chatd.server.serve import serve
 
             trio.run(functools.partial(serve, settings, own_process=True))
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import structlog
@@ -34,10 +34,12 @@ from chatd.pipeline.ratelimit import RateLimiter
 from chatd.pipeline.registry import RequestRegistry
 from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache
-from chatd.stores.redis_client import RedisClient
 from chatd.stores.sessions import SessionStore
 from chatd.tools.base import ToolContext
 from chatd.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from chatd.stores.redis_client import RedisClient
 
 __all__ = ["CachedAnswer", "ChatInput", "Pipeline", "RequestOutput"]
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
-from redis import Redis
-from redis.commands.core import Script
 
 from chatd.exceptions import RateLimited
-from chatd.stores.redis_client import RedisClient
+
+if TYPE_CHECKING:  # redis-py is imported only where Redis is configured
+    from redis import Redis
+    from redis.commands.core import Script
+
+    from chatd.stores.redis_client import RedisClient
 
 __all__ = ["MemoryRateLimiter", "RateLimiter", "RedisRateLimiter"]
 

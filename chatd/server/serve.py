@@ -26,24 +26,20 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from chatd.config import Settings
-from chatd.exceptions import ConfigError
 from chatd.llm.sim import serve_sim_llm
 from chatd.pipeline import Pipeline
 from chatd.pipeline.flights import Flights
-from chatd.pipeline.flights_redis import RedisFlights
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
 from chatd.server.app import WS_PATH, AppState, create_app, serve_websocket
 from chatd.server.front import serve_front_door
 from chatd.server.hypercorn_compat import open_http_server
+from chatd.server.listen import WORKER_ENV, listen
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
 
-__all__ = ["WORKER_ENV", "Running", "listen", "serve", "url_of"]
+__all__ = ["Running", "serve"]
 
 log = structlog.get_logger("chatd.server")
-
-WORKER_ENV = "CHATD_INHERIT_WORKER"
-"""Set for a worker of ``--workers N``: its number, from 1, put on its log lines."""
 
 
 @attrs.frozen
@@ -55,30 +51,6 @@ class Running:
     llm_url: str
     state: AppState
     drain: Callable[[], None]
-
-
-def listen(settings: Settings) -> tuple[str, socket.socket]:
-    """Bind and listen now, before anything else logs, so the first log line can
-    name the address; the front door accepts on it. The
-    workers of ``--workers N`` each listen on the same port with SO_REUSEPORT,
-    and the kernel spreads new connections over them."""
-    try:
-        sock = socket.create_server(
-            (settings.server.host, settings.server.port),
-            backlog=1024,
-            reuse_port=WORKER_ENV in os.environ,
-        )
-    except OSError as exc:
-        where = f"{settings.server.host}:{settings.server.port}"
-        raise ConfigError(f"server: cannot listen on {where}: {exc.strerror}") from exc
-    return url_of(sock), sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """``http://host:port`` of a bound socket."""
-    host, port = sock.getsockname()[:2]
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
 
 
 def _freeze_the_heap() -> None:
@@ -220,6 +192,8 @@ async def _run_pipeline(
             if pipeline.redis is None:
                 pipeline.flights = Flights(nursery, deadline_s)
             else:  # shared with every instance on this Redis
+                from chatd.pipeline.flights_redis import RedisFlights
+
                 pipeline.flights = RedisFlights(
                     nursery,
                     deadline_s,

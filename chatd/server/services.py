@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import attrs
 import httpx
@@ -22,8 +23,6 @@ from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache, MemoryAnswerCache
 from chatd.stores.fallback import FallbackAnswerCache, FallbackRateLimiter, FallbackSessionStore
 from chatd.stores.kb import KnowledgeBase, open_knowledge_base
-from chatd.stores.redis_client import RedisClient, open_redis
-from chatd.stores.redis_stores import RedisAnswerCache, RedisSessionStore
 from chatd.stores.sessions import MemorySessionStore, SessionStore
 from chatd.tools.base import Tool
 from chatd.tools.calculator import Calculator
@@ -31,6 +30,9 @@ from chatd.tools.clock import Clock
 from chatd.tools.faq import FrequentlyAsked
 from chatd.tools.http import http_tools
 from chatd.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:  # redis-py is imported only where Redis is configured
+    from chatd.stores.redis_client import RedisClient
 
 __all__ = ["builtin_tools", "open_pipeline", "open_upstream"]
 
@@ -82,11 +84,13 @@ async def open_pipeline(
         httpx.AsyncClient() as tool_http,
         contextlib.AsyncExitStack() as stack,
     ):
-        redis = (
-            await stack.enter_async_context(open_redis(settings.redis, settings.breakers.redis))
-            if settings.redis.url
-            else None
-        )
+        redis = None
+        if settings.redis.url:
+            from chatd.stores.redis_client import open_redis
+
+            redis = await stack.enter_async_context(
+                open_redis(settings.redis, settings.breakers.redis)
+            )
         kb = GuardedKnowledgeBase(raw_kb, CircuitBreaker("kb", settings.breakers.kb))
         registry = ToolRegistry(
             [*builtin_tools(settings, kb, tool_http), *extra_tools],
@@ -127,6 +131,8 @@ def _stores(
     )
     if redis is None:
         return sessions, rate_limiter, cache
+    from chatd.stores.redis_stores import RedisAnswerCache, RedisSessionStore
+
     shared_cache = None
     if cache is not None:
         shared_cache = FallbackAnswerCache(

@@ -30,8 +30,7 @@ import trio
 
 from chatd.config import Settings
 from chatd.exceptions import ConfigError
-from chatd.llm.sim import serve_sim_llm
-from chatd.server.serve import WORKER_ENV, url_of
+from chatd.server.listen import WORKER_ENV, url_of
 
 __all__ = ["supervise"]
 
@@ -68,6 +67,8 @@ async def supervise(settings: Settings, worker_args: Sequence[str]) -> None:
     with reserved:
         async with trio.open_nursery() as nursery:
             if settings.llm.url is None:
+                from chatd.llm.sim import serve_sim_llm
+
                 sim = await nursery.start(serve_sim_llm, settings.sim)
                 env["CHATD_LLM_URL"] = sim.base_url
                 log.info("simulated LLM started in the supervisor", llm_url=sim.base_url)

@@ -16,6 +16,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, TextMessage
+from wsproto.events import Request as WSRequest
 
 from chatd.server.front import _consume, _peek_head, _request
 from chatd.server.websocket import WebSocket, accept
@@ -82,12 +85,21 @@ async def test_ping_is_answered_and_close_is_a_handshake(echo_server: Started) -
 async def test_a_message_over_the_limit_closes_1009(echo_server: Started) -> None:
     """Far past the limit the connection closes with 1009 (message too big)."""
     port, _ = await echo_server(max_message_bytes=1000)
+    client = WSConnection(ConnectionType.CLIENT)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
     with trio.fail_after(5):
-        async with trio_websocket.open_websocket("127.0.0.1", port, "/v1/ws", use_ssl=False) as ws:
-            await ws.send_message("x" * 5000)
-            with pytest.raises(trio_websocket.ConnectionClosed) as info:
-                await ws.get_message()
-    assert info.value.reason.code == 1009
+        await stream.send_all(client.send(WSRequest(host="x", target="/v1/ws")))
+        events: list[object] = []
+        while not any(isinstance(e, AcceptConnection) for e in events):
+            client.receive_data(await stream.receive_some(4096) or None)
+            events.extend(client.events())
+        await stream.send_all(client.send(TextMessage("x" * 5000)))
+        closed = None
+        while closed is None:
+            client.receive_data(await stream.receive_some(4096) or None)
+            closed = next((e for e in client.events() if isinstance(e, CloseConnection)), None)
+    assert closed.code == 1009
+    await stream.aclose()
 
 
 async def handshake(port: int, *lines: str) -> bytes:
