@@ -126,6 +126,7 @@ class HTTP11Connection:
     def __init__(self, net: _Socket | _TLS) -> None:
         self._net = net
         self._h11 = h11.Connection(h11.CLIENT)
+        self._body_done = False
         self.idle_since = 0.0
         self.closed = False
 
@@ -156,18 +157,32 @@ class HTTP11Connection:
                 )
 
     async def receive_body(self) -> bytes | None:
-        """The next piece of the response body; ``None`` once it is complete."""
+        """All of the response body that has come so far and not been taken,
+        waiting for some if none has; ``None`` once the body is complete.
+
+        An SSE answer sends each token as its own chunk: a read that found
+        several returns them together, so a caller that waits between calls
+        (the LLM client's coalescing) gets everything that came meanwhile."""
+        if self._body_done:
+            return None
         conn = self._h11
+        parts: list[bytes] = []
         while True:
             event = conn.next_event()
             if type(event) is h11.Data:
-                return bytes(event.data)
-            if event is h11.NEED_DATA:
+                parts.append(event.data)
+            elif event is h11.NEED_DATA:
+                if parts:
+                    break
                 await self._receive()
             elif type(event) is h11.EndOfMessage:
-                return None
+                self._body_done = True
+                if not parts:
+                    return None
+                break
             else:  # ConnectionClosed before the end: h11 raised already if the body was cut
                 raise h11.RemoteProtocolError("server closed the connection mid-body")
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     async def _receive(self) -> None:
         try:
@@ -185,6 +200,7 @@ class HTTP11Connection:
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()
+        self._body_done = False
         return True
 
     def is_dead(self) -> bool:

@@ -102,6 +102,28 @@ async def test_text_answer_streams(client: LLMClient) -> None:
     assert completion.usage.completion_tokens > 1
 
 
+@pytest.mark.parametrize(("coalesce_ms", "most"), [(0, None), (50, 3)])
+async def test_a_fast_stream_is_read_in_windows(
+    sim: SimServer, transport: httpx.AsyncBaseTransport, coalesce_ms: float, most: int | None
+) -> None:
+    """At 2,000 tokens/s an answer of ~40 tokens arrives within one 50 ms
+    window: coalesced, chatd's transport reads it in a few reads (one delta
+    each); not coalesced, in many. (httpx's own transport hands up one chunk
+    per read whatever has arrived: coalescing only spaces its reads.)"""
+    settings = LLMSettings(url=sim.base_url, coalesce_ms=coalesce_ms)
+    async with open_llm_client(settings, transport=transport) as llm:
+        events = await stream(llm, ask("hello there, nice day"))
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    completion = events[-1]
+    assert isinstance(completion, Completion)
+    assert completion.usage is not None and completion.usage.completion_tokens > 20
+    assert "".join(d.text for d in deltas) == completion.content
+    if most is None:
+        assert len(deltas) > 10
+    elif isinstance(transport, TrioTransport):
+        assert len(deltas) <= most
+
+
 async def test_tool_calls_stream_and_assemble(client: LLMClient) -> None:
     """Arithmetic and a time question call calculator and clock, arguments whole."""
     events = await stream(client, ask("what is 12*(3+4) and what time is it?", tools=TOOLS))

@@ -70,6 +70,9 @@ def sse(script: Script, status: int = 200, **headers: str) -> Callable[[httpx.Re
 
 
 async def collect(handler: Callable[[httpx.Request], Any], **settings: Any) -> list[Any]:
+    """The events of one call; reads are not coalesced unless ``coalesce_ms`` is given
+    (the scripted body is read on demand, so a wait shifts what comes after it)."""
+    settings.setdefault("coalesce_ms", 0)
     llm = LLMSettings(url="http://llm.test/v1", timeouts=TIMEOUTS, **settings)
     async with (
         open_llm_client(llm, transport=httpx.MockTransport(handler)) as client,
@@ -86,6 +89,24 @@ async def test_text_stream_ends_with_completion(autojump_clock: trio.abc.Clock) 
     assert events[-1] == Completion("Hello", (), "stop", None)
     assert trio.current_time() == pytest.approx(1.0)
     assert script.closed
+
+
+async def test_reads_after_the_first_delta_wait_a_window(autojump_clock: trio.abc.Clock) -> None:
+    """With coalesce_ms the first delta goes at once; the read after it waits the
+    window (on a 10 ms tick); so does each read after one that found data
+    waiting; a read that had to wait for the server is followed by one that
+    does not wait (the stream is slower than the window)."""
+    script = Script([0.5, text_chunk("a"), text_chunk("b"), 0.2, text_chunk("c"), END])
+    times: list[float] = []
+    llm = LLMSettings(url="http://llm.test/v1", timeouts=TIMEOUTS, coalesce_ms=50)
+    async with (
+        open_llm_client(llm, transport=httpx.MockTransport(sse(script))) as client,
+        client.stream(REQUEST) as events,
+    ):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                times.append(trio.current_time())
+    assert times == pytest.approx([0.5, 0.55, 0.8])
 
 
 @pytest.mark.parametrize(
@@ -115,7 +136,7 @@ async def test_a_busy_reader_is_not_the_llms_fault(autojump_clock: trio.abc.Cloc
     """A caller that keeps the stream waiting past the gap limit gets a timeout
     that does not blame the LLM (no UpstreamTimeout for the breaker to count)."""
     script = Script([text_chunk("a"), 0.1, text_chunk("b"), END])
-    llm = LLMSettings(url="http://llm.test/v1", timeouts=TIMEOUTS)
+    llm = LLMSettings(url="http://llm.test/v1", timeouts=TIMEOUTS, coalesce_ms=0)
     with pytest.raises(DeadlineExceeded) as info:
         async with (
             open_llm_client(llm, transport=httpx.MockTransport(sse(script))) as client,
