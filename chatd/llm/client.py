@@ -161,6 +161,11 @@ class LLMStream:
     def __aiter__(self) -> LLMStream:
         return self
 
+    async def read_to_end(self) -> None:
+        """Read what is left of the body (after the completion: its end)."""
+        while not self._finished:
+            await self._read()
+
     async def __anext__(self) -> ChatEvent:
         while not self._pending:
             if self._finished:
@@ -326,6 +331,11 @@ class LLMClient:
                         f"LLM answered with content-type {content_type!r}, not an event stream"
                     )
                 yield events
+                # Left after the completion (most callers stop there): the body's
+                # last bytes are on their way, and reading them keeps the
+                # connection for the next call instead of closing it.
+                if events.completion is not None:
+                    await events.read_to_end()
             finally:
                 if response is not None:
                     with trio.move_on_after(_CLOSE_TIMEOUT_S) as cleanup:

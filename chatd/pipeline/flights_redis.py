@@ -339,7 +339,13 @@ class RedisFlights(Flights):
                 nursery.start_soon(self._mirror, flight, lead)
                 await work(flight)
                 nursery.cancel_scope.cancel()
-            end = _record("outcome", outcome_to_json(flight.turn.outcome()))
+            # Diverged, followers elsewhere answer alone, even if the mirror
+            # never ran between the divergence and the end.
+            end = (
+                _DIVERGED
+                if lead.diverged
+                else _record("outcome", outcome_to_json(flight.turn.outcome()))
+            )
         except BaseException as exc:
             end = self._end_of(flight, lead, first_leaf(exc))
             raise

@@ -241,13 +241,31 @@ async def test_cancel_closes_upstream_within_100ms(sim: SimServer, client: LLMCl
     assert stats.completed == 0
 
 
+async def until_completion(client: LLMClient, request: ChatRequest) -> Completion:
+    """Stop reading at the completion, as the pipeline's answer call does."""
+    with trio.fail_after(10):
+        async with client.stream(request) as events:
+            async for event in events:
+                if isinstance(event, Completion):
+                    return event
+    raise AssertionError("no completion")
+
+
+@pytest.mark.parametrize("how", ["all events", "until the completion", "complete()"])
 async def test_a_finished_answer_leaves_its_connection_to_the_next_call(
-    sim: SimServer, client: LLMClient, transport: httpx.AsyncBaseTransport
+    sim: SimServer, client: LLMClient, transport: httpx.AsyncBaseTransport, how: str
 ) -> None:
-    """Three calls one after another: one connection, kept alive between them."""
+    """Three calls one after another: one connection, kept alive between them,
+    also when the caller stops at the completion (the body's end is read then)."""
     for _ in range(3):
-        events = await stream(client, ask("hello there, nice day"))
-        assert isinstance(events[-1], Completion)
+        if how == "all events":
+            completion = (await stream(client, ask("hello there, nice day")))[-1]
+        elif how == "until the completion":
+            completion = await until_completion(client, ask("hello there, nice day"))
+        else:
+            with trio.fail_after(10):
+                completion = await client.complete(ask("hello there, nice day"))
+        assert isinstance(completion, Completion)
     if isinstance(transport, TrioTransport):
         (pool,) = transport.statistics().values()
         assert (pool.in_use, pool.idle) == (0, 1)
