@@ -83,10 +83,14 @@ class _Pool:
         self, pool_timeout: float | None, connect_timeout: float | None
     ) -> HTTP11Connection:
         """A connection with a slot held for it: an idle one, else a new one."""
-        with trio.move_on_after(_seconds(pool_timeout)) as waiting:
-            await self.slots.acquire()
-        if waiting.cancelled_caught:
-            raise httpx.PoolTimeout(f"no connection free within {pool_timeout:g} s")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.slots.acquire_nowait()  # no schedule point when one is free
+        except trio.WouldBlock:
+            with trio.move_on_after(_seconds(pool_timeout)) as waiting:
+                await self.slots.acquire()
+            if waiting.cancelled_caught:
+                raise httpx.PoolTimeout(f"no connection free within {pool_timeout:g} s") from None
         try:
             now = trio.current_time()
             while self.idle:

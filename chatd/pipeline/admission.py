@@ -80,16 +80,16 @@ class Admission:
     async def _acquire(
         self, limiter: trio.CapacityLimiter, token: object, on_position: PositionCallback
     ) -> float:
-        # As trio's own acquire does: a cancelled caller takes nothing, and the
-        # checkpoint after taking a slot cannot raise (or the slot would leak,
-        # since the caller's ``finally`` is not yet in force).
+        # A cancelled caller takes nothing. A free slot is taken without the
+        # schedule point trio's own acquire has: under load each yield on the
+        # way to the LLM call is a turn at the back of the run queue, and a
+        # first token waits for all of them.
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             limiter.acquire_on_behalf_of_nowait(token)
         except trio.WouldBlock:
             pass
         else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return 0.0
         if len(self._queue) >= self.limits.max_queue:
             raise Overloaded(

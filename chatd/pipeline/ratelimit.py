@@ -61,7 +61,9 @@ class MemoryRateLimiter:
 
     async def check(self, client: str) -> None:
         """See :meth:`RateLimiter.check`."""
-        await trio.lowlevel.checkpoint()
+        # Nothing here waits: a cancel point, not a schedule point, since under
+        # load every yield before the LLM call is a turn at the back of the queue.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self.rate_per_minute <= 0:
             return
         now = trio.current_time()
@@ -118,7 +120,7 @@ class RedisRateLimiter:
     async def check(self, client: str) -> None:
         """See :meth:`RateLimiter.check`."""
         if self.rate_per_minute <= 0:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             return
         wait_ms = await self.redis.call(self._run, self.redis.key("ratelimit", client))
         if wait_ms > 0:

@@ -61,7 +61,7 @@ class MemoryAnswerCache(Generic[T]):
 
     async def get(self, key: str) -> T | None:
         """See :meth:`AnswerCache.get`."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()  # nothing waits: no schedule point
         entry = self._entries.get(key)
         if entry is not None and entry[0] <= trio.current_time():
             del self._entries[key]
@@ -76,7 +76,7 @@ class MemoryAnswerCache(Generic[T]):
 
     async def put(self, key: str, value: T) -> None:
         """See :meth:`AnswerCache.put`."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._entries[key] = (trio.current_time() + self.ttl_s, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
