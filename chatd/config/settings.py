@@ -244,6 +244,9 @@ class JanitorSettings:
     streaming_s: float = attrs.field(default=300.0, validator=_positive)
     stalled_client_s: float = attrs.field(default=30.0, validator=_positive)
     idle_connection_s: float = attrs.field(default=600.0, validator=_positive)
+    gc_interval_s: float = attrs.field(default=300.0, validator=_positive)
+    """How often ``chatd serve`` runs Python's cycle collector, which it keeps
+    from running on its own (chatd.server.heap: each pause held every stream)."""
 
 
 @attrs.frozen

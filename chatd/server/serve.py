@@ -11,7 +11,6 @@ signal exits at once.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 import resource
@@ -32,6 +31,7 @@ from chatd.pipeline.flights import Flights
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
 from chatd.server.app import WS_PATH, AppState, create_app, serve_websocket
 from chatd.server.front import serve_front_door
+from chatd.server.heap import PeriodicCollection, freeze_the_heap
 from chatd.server.hypercorn_compat import open_http_server
 from chatd.server.listen import WORKER_ENV, listen
 from chatd.server.services import open_pipeline
@@ -51,22 +51,6 @@ class Running:
     llm_url: str
     state: AppState
     drain: Callable[[], None]
-
-
-def _freeze_the_heap() -> None:
-    """Keep the garbage collector off what start-up made (modules, the app,
-    the knowledge base: ~80,000 objects), which lives as long as the process,
-    and let it run less often: chatd's requests make few reference cycles
-    (about 20 objects' worth each), so most collections find nothing.
-
-    A full collection walks every object it tracks. Measured under load (200
-    users x 3 rounds of 100 tokens at 40/s): before, collections took ~10% of
-    chatd's CPU and the longest 80-137 ms, every first token waiting behind
-    it; frozen, with answers cached as a few objects each, and a first
-    generation of 10,000 objects (not 700), 1.5% and at most ~36 ms."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 def _raise_open_files_limit() -> None:
@@ -103,8 +87,8 @@ async def serve(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run chatd until drained by a signal (or cancelled). ``own_process``
-    (``chatd serve``): the process is chatd's alone, so it may tune things
-    that are the whole process's, such as the garbage collector."""
+    (``chatd serve``): the process is chatd's alone, so it may set what is the
+    whole process's, such as the garbage collector (:mod:`chatd.server.heap`)."""
     url, listener = listen(settings)
     worker = os.environ.get(WORKER_ENV)
     if worker:
@@ -166,7 +150,8 @@ async def _serve_all(
         if handle_signals:
             nursery.start_soon(_watch_signals, start_drain, nursery.cancel_scope)
         if own_process:
-            _freeze_the_heap()
+            freeze_the_heap()
+            janitor.sweepers.append(PeriodicCollection(settings.janitor.gc_interval_s).sweep)
         task_status.started(Running(url, llm_url, state, start_drain))
         # The connections end once a drain's in-flight work is done or its grace is up.
         await stopped.wait()
