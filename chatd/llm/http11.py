@@ -28,6 +28,7 @@ _READ_BYTES = 64 * 1024
 _EAGER_READS = 16
 """Reads in a row that may find data waiting before one yields to the scheduler,
 so a fast stream cannot keep other tasks from running."""
+_JUST_NOW_S = 0.0005
 
 
 def _readable(fd: int) -> bool:
@@ -46,17 +47,27 @@ class _Socket:
         self._fd = stream.socket.fileno()
         self._eager = 0
         self._closed = False
+        self._drained_at = -1.0
+        """When a read last took everything there was (a short read)."""
 
     async def receive(self) -> bytes:
+        fd = self._fd
+        if trio.current_time() - self._drained_at < _JUST_NOW_S:
+            # Drained a moment ago: a read now would only fail (a system call
+            # and an exception per token of a slow stream), so wait first.
+            self._eager = 0
+            await trio.lowlevel.wait_readable(fd)
         while True:
             if self._closed:  # the descriptor's number may already be another file's
                 raise trio.ClosedResourceError("the connection was closed")
             try:
-                data = os.read(self._fd, _READ_BYTES)
+                data = os.read(fd, _READ_BYTES)
             except BlockingIOError:
                 self._eager = 0
-                await trio.lowlevel.wait_readable(self._fd)
+                await trio.lowlevel.wait_readable(fd)
                 continue
+            if len(data) < _READ_BYTES:
+                self._drained_at = trio.current_time()
             self._eager += 1
             if self._eager >= _EAGER_READS:
                 self._eager = 0

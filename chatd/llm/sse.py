@@ -47,6 +47,29 @@ class SSEDecoder:
         """Take the next bytes of the stream; return the events they complete."""
         if not chunk:
             return []
+        if (
+            chunk.endswith(b"\n\n")
+            and self._started
+            and not (self._buf or self._data or self._event or self._skip_lf)
+        ):
+            events = self._whole_data_events(chunk)
+            if events is not None:
+                return events
+        return self._feed(chunk)
+
+    def _whole_data_events(self, chunk: bytes) -> list[SSEEvent] | None:
+        """The common case, cheaply: whole events of one ``data: `` line each
+        (an LLM's every chunk); ``None`` for anything else."""
+        if b"\r" in chunk:
+            return None
+        events = []
+        for block in chunk[:-2].split(b"\n\n"):
+            if not block.startswith(b"data: ") or b"\n" in block:
+                return None
+            events.append(SSEEvent(block[6:], "message", self._id))
+        return events
+
+    def _feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._skip_lf:  # the previous read ended in CR: this LF belongs to it
             self._skip_lf = False
             if chunk[:1] == b"\n":

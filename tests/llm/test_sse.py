@@ -98,3 +98,17 @@ def test_endless_line_is_an_error() -> None:
     decoder.feed(b"data: " + b"x" * 900)
     with pytest.raises(UpstreamProtocolError, match="longer than 1000 bytes"):
         decoder.feed(b"x" * 200)
+
+
+@given(events=events_st, newline=st.sampled_from(["\n", "\r\n"]), comments=st.booleans())
+def test_whole_events_per_read_as_llms_send_them(
+    events: list[tuple[list[str], str]], newline: str, comments: bool
+) -> None:
+    """Each read one or more whole events (the decoder's fast path when they are
+    plain ``data:`` lines): the same events as any other split."""
+    decoder = SSEDecoder()
+    out: list[SSEEvent] = []
+    for index in range(0, len(events), 2):  # one read, two events
+        out += decoder.feed(encode(events[index : index + 2], newline, False, comments))
+    out += decoder.close()
+    assert out == expected(events)
