@@ -11,6 +11,7 @@ shared, and absolute times move from run to run.
     python benchmarks/vs_go.py                 # every load, 2 alternating runs each
     python benchmarks/vs_go.py --only tools    # the loads whose name has "tools"
     python benchmarks/vs_go.py --harness PATH  # vs-go somewhere else
+    python benchmarks/vs_go.py --render benchmarks/results/vs-go.json   # the report again
 
 Needs the harness (it builds go-ref with Debian's golang-go on first use) and
 about 25 minutes for every load.
@@ -93,12 +94,67 @@ def run_load(harness: Path, args: str, chatd_args: str, idle: bool, runs: int) -
         return result
 
 
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "n/a"
+
+
+def _ratio(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "-"
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The Markdown report of a run: the targets first, then every figure."""
+    lines = [
+        "# chatd against the Go reference (vs-go)",
+        "",
+        f"Commit {payload['commit']}; medians of {payload['runs']} alternating runs of "
+        "`../shared/bench/vs-go` per load, chatd/Go ratios from the same runs. Every message "
+        "is unique (no cache hit, no shared flight); both servers get limits above the load.",
+        "",
+        "| load (vs-go USERS ROUNDS TOK/S KIND WORDS) | figure | chatd/Go | target | verdict "
+        "| chatd | Go |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in payload["loads"]:
+        label = f"{result['name']}: `{result['load']}`" + (
+            f" `{result['chatd_args']}`" if result["chatd_args"] else ""
+        )
+        for row in result["rows"]:
+            figure = row["figure"]
+            target = {"errors": "0", "chats done": "all"}.get(figure, f"≤ {row['target']}x")
+            lines.append(
+                f"| {label} | {figure} | {_ratio(row.get('ratio'))} | {target} | "
+                f"{row['verdict']} | {_number(row.get('chatd'))} | {_number(row.get('go'))} |"
+            )
+    lines += ["", "## Every figure", ""]
+    for result in payload["loads"]:
+        flags = f" {result['chatd_args']}" if result["chatd_args"] else ""
+        lines += [f"### {result['name']} (`{result['load']}`{flags})", ""]
+        lines.append("| figure | chatd/Go | chatd | Go |\n|---|---|---|---|")
+        for figure, row in result["all"]["figures"].items():
+            lines.append(
+                f"| {figure} | {_ratio(row.get('ratio'))} | {_number(row.get('chatd'))} | "
+                f"{_number(row.get('go'))} |"
+            )
+        lines.append("")
+    lines += ["## Machine", "", machine_markdown(payload["machine"]), ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--harness", type=Path, default=ROOT.parent / "shared/bench/vs-go")
     parser.add_argument("--runs", type=int, default=2, help="alternating runs per load")
     parser.add_argument("--only", help="run only the loads whose name contains this")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only write the report of an earlier run"
+    )
     args = parser.parse_args()
+    results_dir = ROOT / "benchmarks" / "results"
+    if args.render:
+        payload = json.loads(args.render.read_text())
+        write_results(results_dir, "vs-go", payload, render(payload))
+        return
     if not args.harness.exists():
         sys.exit(f"no vs-go harness at {args.harness} (the team's shared/bench)")
     commit = subprocess.run(
@@ -119,50 +175,8 @@ def main() -> None:
         results.append(
             {"name": name, "load": load, "chatd_args": chatd_args, "rows": rows, "all": measured}
         )
-    lines = [
-        "# chatd against the Go reference (vs-go)",
-        "",
-        f"Commit {commit}; medians of {args.runs} alternating runs of `../shared/bench/vs-go` "
-        "per load, chatd/Go ratios from the same runs. Every message is unique (no cache hit, "
-        "no shared flight); both servers get limits above the load.",
-        "",
-        "| load (vs-go USERS ROUNDS TOK/S KIND WORDS) | figure | chatd | Go | chatd/Go | "
-        "target | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-
-    def number(value: Any) -> str:
-        return f"{value:.4g}" if isinstance(value, int | float) else "n/a"
-
-    for result in results:
-        label = f"{result['name']}: `{result['load']}`" + (
-            f" `{result['chatd_args']}`" if result["chatd_args"] else ""
-        )
-        for row in result["rows"]:
-            target = (
-                "0"
-                if row["figure"] == "errors"
-                else ("all" if row["figure"] == "chats done" else f"≤ {row['target']}x")
-            )
-            lines.append(
-                f"| {label} | {row['figure']} | {number(row.get('chatd'))} | "
-                f"{number(row.get('go'))} | {number(row.get('ratio'))} | {target} | "
-                f"{row['verdict']} |"
-            )
-    lines += ["", "## Every figure", ""]
-    for result in results:
-        lines.append(f"### {result['name']} (`{result['load']}` {result['chatd_args']})".rstrip())
-        lines.append("")
-        lines.append("| figure | chatd | Go | chatd/Go |\n|---|---|---|---|")
-        for figure, row in result["all"]["figures"].items():
-            lines.append(
-                f"| {figure} | {number(row.get('chatd'))} | {number(row.get('go'))} | "
-                f"{number(row.get('ratio'))} |"
-            )
-        lines.append("")
-    lines += ["## Machine", "", machine_markdown(machine), ""]
     payload = {"commit": commit, "runs": args.runs, "loads": results, "machine": machine}
-    write_results(ROOT / "benchmarks" / "results", "vs-go", payload, "\n".join(lines))
+    write_results(results_dir, "vs-go", payload, render(payload))
 
 
 if __name__ == "__main__":
