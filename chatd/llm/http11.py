@@ -6,7 +6,9 @@ socket's file descriptor: a read that finds data returns without a trip
 through the scheduler, and one that finds none waits in
 ``trio.lowlevel.wait_readable``, so a streamed body costs one system call
 and one wake-up per network read, not a cancel scope and five layers of
-generators. TLS goes through ``trio.SSLStream``.
+generators. TLS goes through ``trio.SSLStream``. h11 writes requests and
+reads response heads and bodies, but for a chunked body (an SSE answer, one
+chunk per token), which :class:`~chatd.llm.chunked.ChunkedBody` decodes.
 
 Errors come out as trio's and h11's own (``trio.BrokenResourceError``,
 ``h11.RemoteProtocolError``, ``OSError``); the transport maps them to httpx's.
@@ -21,6 +23,8 @@ import ssl
 
 import h11
 import trio
+
+from chatd.llm.chunked import ChunkedBody
 
 __all__ = ["HTTP11Connection", "open_connection"]
 
@@ -138,6 +142,10 @@ class HTTP11Connection:
         self._net = net
         self._h11 = h11.Connection(h11.CLIENT)
         self._body_done = False
+        self._method = b""
+        self._chunked: ChunkedBody | None = None
+        """The body being read, where it is chunked (h11 reads the rest)."""
+        self._keep_alive = False
         self.idle_since = 0.0
         self.closed = False
 
@@ -146,6 +154,7 @@ class HTTP11Connection:
     ) -> None:
         """Write the whole request (head and body) in one go."""
         conn = self._h11
+        self._method = method
         parts = [conn.send(h11.Request(method=method, target=target, headers=headers))]
         if body:
             parts.append(conn.send(h11.Data(data=body)))
@@ -159,6 +168,8 @@ class HTTP11Connection:
             if event is h11.NEED_DATA:
                 await self._receive()
             elif isinstance(event, h11.Response):
+                if self._method != b"HEAD" and event.status_code not in (204, 304):
+                    self._take_chunked_body(event)
                 return event
             elif isinstance(event, h11.ConnectionClosed):
                 raise h11.RemoteProtocolError("server closed the connection before answering")
@@ -166,6 +177,15 @@ class HTTP11Connection:
                 raise h11.RemoteProtocolError(
                     f"unexpected {type(event).__name__} before a response"
                 )
+
+    def _take_chunked_body(self, head: h11.Response) -> None:
+        """Read a chunked body here, not through h11 (see chatd.llm.chunked)."""
+        encodings = b",".join(v for k, v in head.headers if k == b"transfer-encoding")
+        if encodings.split(b",")[-1].strip().lower() != b"chunked":
+            return
+        closing = any(k == b"connection" and b"close" in v.lower() for k, v in head.headers)
+        self._keep_alive = head.http_version == b"1.1" and not closing
+        self._chunked = ChunkedBody(self._h11.trailing_data[0])
 
     async def receive_body(self) -> bytes | None:
         """All of the response body that has come so far and not been taken,
@@ -176,6 +196,19 @@ class HTTP11Connection:
         (the LLM client's coalescing) gets everything that came meanwhile."""
         if self._body_done:
             return None
+        chunked = self._chunked
+        if chunked is not None:
+            while True:
+                data = chunked.take()
+                if data:
+                    return data
+                if chunked.done:
+                    self._body_done = True
+                    return None
+                more = await self._read()
+                if not more:
+                    raise h11.RemoteProtocolError("server closed the connection mid-body")
+                chunked.feed(more)
         conn = self._h11
         parts: list[bytes] = []
         while True:
@@ -196,22 +229,34 @@ class HTTP11Connection:
         return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     async def _receive(self) -> None:
+        self._h11.receive_data(await self._read())  # b"": the server closed its end
+
+    async def _read(self) -> bytes:
         try:
-            data = await self._net.receive()
+            return await self._net.receive()
         except OSError as exc:
             if exc.errno in (errno.ECONNRESET, errno.EPIPE):
                 raise trio.BrokenResourceError(str(exc)) from exc
             raise
-        self._h11.receive_data(data)  # b"": the server closed its end
 
     def finished(self) -> bool:
         """The exchange is over and the connection can take another request
         (which this call makes ready)."""
         conn = self._h11
+        chunked, self._chunked = self._chunked, None
+        self._body_done = False
+        if chunked is not None:  # h11 never saw the body: a fresh h11 for the next one
+            reusable = (
+                chunked.done
+                and not chunked.leftover
+                and self._keep_alive
+                and conn.our_state is h11.DONE
+            )
+            self._h11 = h11.Connection(h11.CLIENT)
+            return reusable
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()
-        self._body_done = False
         return True
 
     def is_dead(self) -> bool:

@@ -238,6 +238,41 @@ async def test_connections_past_descriptor_1024(
     assert server.connections == 1
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"5;ext=1\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\n",  # an extension, a trailer
+        b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n",
+    ],
+)
+@pytest.mark.parametrize("close", [False, True])
+async def test_chunked_bodies_and_keep_alive(
+    serve: Callable[[Handler], Awaitable[str]], reply: bytes, close: bool
+) -> None:
+    """A chunked body (chatd decodes those itself) comes out whole; the
+    connection is reused unless the server said ``Connection: close``."""
+    connections: list[int] = []
+
+    async def chunked(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await stream.receive_some(65536):
+                head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+                await stream.send_all(head + (b"connection: close\r\n" if close else b"") + b"\r\n")
+                await stream.send_all(reply)
+                if close:
+                    await stream.aclose()
+                    return
+
+    url = await serve(chunked)
+    transport = TrioTransport()
+    async with httpx.AsyncClient(transport=transport) as http:
+        with trio.fail_after(5):
+            for _ in range(2):
+                assert (await http.get(url)).content == b"hello"
+    assert len(connections) == (2 if close else 1)
+
+
 async def test_keepalive_expiry(serve: Callable[[Handler], Awaitable[str]]) -> None:
     """A connection idle for longer than ``keepalive_expiry`` is not reused."""
     server = HTTPServer()
