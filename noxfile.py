@@ -49,7 +49,13 @@ def bench(session: nox.Session) -> None:
     script at full size and then ``targets.py --full`` (about 12 minutes more)."""
     session.install("-e", ".[test,bench]")
     full = "--full" in session.posargs
-    micro = ("bench_sim.py", "bench_client.py", "bench_breaker.py")
+    micro = (
+        "bench_sim.py",
+        "bench_client.py",
+        "bench_breaker.py",
+        "bench_ws_send.py",  # issue 13: a WebSocket message through each server
+        "bench_request_cost.py",  # issue 13: what one chat costs, counted
+    )
     end_to_end = (
         "bench_pipeline.py",
         "bench_resilience.py",
