@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -20,6 +21,15 @@ __all__ = ["configure_logging"]
 
 def _dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
+
+
+def _without_spans(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """On a terminal a summary line leaves its spans out (a JSON log keeps
+    them, for ``chatd trace``): a person reads the timings already there."""
+    event.pop("spans", None)
+    return event
 
 
 def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> None:
@@ -36,14 +46,16 @@ def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> No
         if console
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        *([_without_spans] if console else []),
+        renderer,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, settings.level.upper())
         ),
