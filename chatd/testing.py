@@ -135,17 +135,20 @@ class ChatClient:
 @asynccontextmanager
 async def open_chat_client(url: str, **kwargs: Any) -> AsyncIterator[ChatClient]:
     """A :class:`ChatClient` connected to ``url``, reading in the background."""
-    async with open_websocket_url(url, **kwargs) as ws:
-        try:
-            async with trio.open_nursery() as nursery:
+    # The reader outlives the connection: trio-websocket's own reader task hands
+    # each frame over one at a time, so a frame that arrived just before the
+    # close would hold that task, and the close with it, if nobody took it.
+    async with trio.open_nursery() as nursery:
+        async with open_websocket_url(url, **kwargs) as ws:
+            try:
                 client = ChatClient(ws)
                 nursery.start_soon(client.receive_forever)
                 yield client
-                nursery.cancel_scope.cancel()
-        finally:
-            # When the server closes first, trio-websocket (0.12) ends its reader
-            # on the TCP close without closing its own stream; close it here.
-            await ws._stream.aclose()
+            finally:
+                # When the server closes first, trio-websocket (0.12) ends its reader
+                # on the TCP close without closing its own stream; close it here.
+                await ws._stream.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def wait_until(predicate: Callable[[], bool], *, within: float) -> None:
