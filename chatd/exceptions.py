@@ -7,6 +7,7 @@ errors (httpx, redis, sqlite) are translated where they are caught, with
 
     ChatdError                      internal
     ├── ConfigError                 (start-up only, never on the wire)
+    ├── ServerFailed                (a long-lived task gave up; never on the wire)
     ├── ToolFailed                  (a tool_end with ok false, never terminal)
     ├── ClientError                 bad_request
     │   ├── TooLarge                too_large
@@ -51,6 +52,11 @@ class ChatdError(Exception):
 
 class ConfigError(ChatdError):
     """A configuration key has a bad value; start-up stops with this one line."""
+
+
+class ServerFailed(ChatdError):
+    """A long-lived task failed and could not be restarted: the server drained
+    and stopped, and exits non-zero."""
 
 
 class ToolFailed(ChatdError):

@@ -14,7 +14,7 @@ from chatd import __version__
 from chatd.cli.chat import add_chat_arguments, run_chat
 from chatd.cli.trace import add_trace_arguments, run_trace
 from chatd.config import Settings, load_settings
-from chatd.exceptions import ConfigError, first_leaf
+from chatd.exceptions import ConfigError, ServerFailed, first_leaf
 from chatd.observability import configure_logging
 
 __all__ = ["main"]
@@ -149,10 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(functools.partial(serve, settings, own_process=True))
         else:
             trio.run(_run_sim, settings)
-    except (ConfigError, BaseExceptionGroup, KeyboardInterrupt) as exc:
+    except (ConfigError, ServerFailed, BaseExceptionGroup, KeyboardInterrupt) as exc:
         error = first_leaf(exc)
         if isinstance(error, KeyboardInterrupt):
             return 0
+        if isinstance(error, ServerFailed):
+            print(f"chatd: {error}", file=sys.stderr)
+            return 1
         if not isinstance(error, ConfigError):
             raise
         print(f"chatd: {error}", file=sys.stderr)

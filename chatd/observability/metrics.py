@@ -22,6 +22,7 @@ chatd_cached_answers_total             counter                  request_finished
 chatd_cancellations_total              counter   cause          cancelled
 chatd_frames_sent_total                counter                  frames_sent
 chatd_redis_fallbacks_total            counter   store          redis_fallback
+chatd_task_failures_total              counter   task           task_failed
 chatd_limiter_in_use                   gauge     limiter        admission
 chatd_limiter_capacity                 gauge     limiter        admission
 chatd_queue_depth                      gauge                    admission
@@ -43,7 +44,8 @@ chatd_active_connections               gauge                    connections
 ``path`` is ``direct``, ``tool_stream``, ``tools`` or ``none`` (refused or failed
 before routing); ``outcome`` is ``done``, ``cancelled`` or the protocol error
 code; ``store`` is ``cache``, ``sessions`` or ``rate_limits`` (a call answered
-from local memory because Redis failed); ``chatd_breaker_state`` is 0 closed,
+from local memory because Redis failed); ``task`` is a long-lived task's
+name (``TASKS``, or ``sweeper <name>``); ``chatd_breaker_state`` is 0 closed,
 1 half_open, 2 open. Every label
 value comes from a small fixed set: never pass ids or messages.
 
@@ -70,6 +72,7 @@ __all__ = [
     "CANCEL_CAUSES",
     "REDIS_STORES",
     "REQUEST_STATES",
+    "TASKS",
     "CancelCause",
     "Metrics",
 ]
@@ -81,6 +84,9 @@ CANCEL_CAUSES: tuple[CancelCause, ...] = get_args(CancelCause)
 
 REDIS_STORES = ("cache", "sessions", "rate_limits")
 """The ``store`` label of ``chatd_redis_fallbacks_total``, zero-filled like causes."""
+
+TASKS = ("janitor", "queue_positions", "flights_reader", "connection_reader", "connection_writer")
+"""The ``task`` label of ``chatd_task_failures_total``, zero-filled; sweepers add theirs."""
 
 REQUEST_STATES = ("preparing", "queued", "routing", "tools", "streaming")
 """``chatd.pipeline.registry.RequestState``, zero-filled (a test keeps them equal)."""
@@ -244,6 +250,7 @@ class Metrics:
     _cancellations: Counter = attrs.field(init=False)
     _frames: Counter = attrs.field(init=False)
     _redis_fallbacks: Counter = attrs.field(init=False)
+    _task_failures: Counter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
@@ -275,6 +282,11 @@ class Metrics:
         )
         for store in REDIS_STORES:
             self._redis_fallbacks.labels(store)
+        self._task_failures = counter(
+            "chatd_task_failures_total", "Failures of long-lived tasks, by task.", ["task"]
+        )
+        for task in TASKS:
+            self._task_failures.labels(task)
         self.registry.register(self._live)
 
     def request_finished(
@@ -311,6 +323,10 @@ class Metrics:
     def redis_fallback(self, store: str) -> None:
         """Count one call to a Redis store answered from local memory instead."""
         self._redis_fallbacks.labels(store).inc()
+
+    def task_failed(self, task: str) -> None:
+        """Count one failure of a long-lived task (the supervisor's ``on_failure``)."""
+        self._task_failures.labels(task).inc()
 
     def bind(
         self,

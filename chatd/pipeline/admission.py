@@ -23,7 +23,7 @@ import trio
 from chatd.config import LimitsSettings
 from chatd.exceptions import Overloaded
 
-__all__ = ["Admission", "AdmissionStatistics"]
+__all__ = ["Admission", "AdmissionStatistics", "Slot"]
 
 PositionCallback = Callable[[int], None]
 """Told the waiter's queue position (1 = next); must not block."""
@@ -39,6 +39,23 @@ class AdmissionStatistics:
     llm_streams_total: int
     queued: int
     max_queue: int
+
+
+@attrs.define(eq=False)
+class Slot:
+    """A slot held: how long it was queued for, and its early release."""
+
+    limiter: trio.CapacityLimiter
+    token: object
+    waited: float
+    """Seconds spent queued for it."""
+    held: bool = True
+
+    def release(self) -> None:
+        """Give the slot back now (again: nothing)."""
+        if self.held:
+            self.held = False
+            self.limiter.release_on_behalf_of(self.token)
 
 
 @attrs.define
@@ -68,14 +85,15 @@ class Admission:
     @asynccontextmanager
     async def slot(
         self, limiter: trio.CapacityLimiter, on_position: PositionCallback
-    ) -> AsyncIterator[float]:
-        """Hold a slot of ``limiter``; yields the seconds spent queued."""
+    ) -> AsyncIterator[Slot]:
+        """Hold a slot of ``limiter`` for the block, or until released sooner."""
         token = object()
         waited = await self._acquire(limiter, token, on_position)
+        held = Slot(limiter, token, waited)
         try:
-            yield waited
+            yield held
         finally:
-            limiter.release_on_behalf_of(token)
+            held.release()
 
     async def _acquire(
         self, limiter: trio.CapacityLimiter, token: object, on_position: PositionCallback
@@ -116,10 +134,14 @@ class Admission:
         """Tell each waiter its new position when it changed; runs forever."""
         while True:
             await trio.sleep(interval_s)
-            for position, waiter in enumerate(list(self._queue.values()), start=1):
-                if waiter.position != position:
-                    waiter.position = position
-                    waiter.on_position(position)
+            self.update_positions()
+
+    def update_positions(self) -> None:
+        """Tell each waiter its new position, where it changed."""
+        for position, waiter in enumerate(list(self._queue.values()), start=1):
+            if waiter.position != position:
+                waiter.position = position
+                waiter.on_position(position)
 
     def statistics(self) -> AdmissionStatistics:
         """Occupancy of the limiters and the queue."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import attrs
 import orjson
@@ -37,7 +37,7 @@ from chatd.llm import (
 from chatd.observability.spans import RequestTrace
 from chatd.pipeline.events import Event, Queued, Route, Token, ToolEnd, ToolStart
 from chatd.pipeline.registry import RequestState
-from chatd.tools.base import ToolContext
+from chatd.tools.base import Tool, ToolContext, ToolResult
 from chatd.tools.registry import ToolOutcome, ToolRegistry
 
 __all__ = ["ChatStreamer", "Outcome", "Turn", "answer"]
@@ -231,11 +231,16 @@ class _Tools:
             )
         )
 
-    async def stream_answer(self, outcome: ToolOutcome) -> bool:
-        """Path B: if ``outcome`` is a confident natural answer, stream it; say so."""
+    def natural(self, outcome: ToolOutcome) -> _Natural | None:
+        """Path B's answer, if ``outcome`` is a confident natural answer."""
         tool, result = self.registry.get(outcome.tool), outcome.result
         if tool is None or not tool.natural_answer or result is None or result.answer is None:
-            return False
+            return None
+        return _Natural(tool, result)
+
+    async def stream_answer(self, natural: _Natural) -> None:
+        """Path B: stream the tool's answer to the client."""
+        tool, result = natural
         await self.turn.route("tool_stream", [tool.name])
         send, receive = trio.open_memory_channel[str](0)
         with self.turn.trace.span("tool_stream", tool=tool.name):
@@ -249,7 +254,13 @@ class _Tools:
                 async with receive:
                     async for piece in receive:
                         await self.turn.token(piece)
-        return True
+
+
+class _Natural(NamedTuple):
+    """A confident natural answer: the tool and its result."""
+
+    tool: Tool
+    result: ToolResult
 
 
 def _early_call(
@@ -275,14 +286,26 @@ def _early_call(
     return ToolCall(begun.id, begun.name, orjson.dumps(arguments).decode())
 
 
+def _keep() -> None:
+    """The default for ``done_with_llm``: nothing to give back."""
+
+
 async def answer(
-    turn: Turn, llm: ChatStreamer, registry: ToolRegistry, messages: Sequence[Message]
+    turn: Turn,
+    llm: ChatStreamer,
+    registry: ToolRegistry,
+    messages: Sequence[Message],
+    *,
+    done_with_llm: Callable[[], None] = _keep,
 ) -> None:
-    """Answer the prompt down whichever path the router picks."""
+    """Answer the prompt down whichever path the router picks. ``done_with_llm``
+    is called once no more LLM calls will be made (Path B: the FAQ answers),
+    so the caller can give back the LLM-stream slot it holds."""
     turn.on_state("routing")
     tools = _Tools(turn, registry)
     router = ChatRequest(list(messages), tools=registry.openai_tools())
     early: ToolOutcome | None = None
+    natural: _Natural | None = None
     completion: Completion | None = None
     with turn.trace.span("router") as span:
         async with llm.stream(router) as events:
@@ -294,12 +317,17 @@ async def answer(
                     call = _early_call(registry, event, messages)
                     if call is not None:
                         (early,) = await tools.run([call])
-                        if await tools.stream_answer(early):
-                            return  # leaving the router's stream closes it: no more tokens paid
+                        natural = tools.natural(early)
+                        if natural is not None:
+                            break  # leaving closes the router's stream: no more tokens paid
                 elif isinstance(event, Completion):
                     turn.count(event)
                     span.set(finish_reason=event.finish_reason, tool_calls=len(event.tool_calls))
                     completion = event
+    if natural is not None:
+        done_with_llm()
+        await tools.stream_answer(natural)
+        return
     if completion is None or turn.path == "direct" or not completion.tool_calls:
         if turn.path is None:
             await turn.route("direct")
@@ -316,7 +344,10 @@ async def answer(
     tool = registry.get(calls[0].name)
     if not done and len(calls) == 1 and tool is not None and tool.natural_answer:
         done = await tools.run(calls)
-        if await tools.stream_answer(done[0]):
+        natural = tools.natural(done[0])
+        if natural is not None:
+            done_with_llm()
+            await tools.stream_answer(natural)
             return
     await turn.route("tools", [c.name for c in calls])
     outcomes = [*done, *await tools.run(calls[len(done) :])] if calls[len(done) :] else done

@@ -144,8 +144,13 @@ class Pipeline:
             try:
                 terminal = await self._attempt(chat, out, scope, turn, request_id, started)
                 await out.send(terminal)
+            except Exception as exc:  # the output failed (a bug): this request ends, alone
+                log.error("request crashed", exc_info=exc)
             finally:
-                self._count(chat, turn, terminal, started)
+                try:
+                    self._count(chat, turn, terminal, started)
+                except Exception as exc:
+                    log.error("request summary failed", exc_info=exc)
 
     async def _attempt(
         self,
@@ -158,18 +163,17 @@ class Pipeline:
     ) -> Done | Error:
         """Everything but sending the terminal event, which it returns."""
         try:
-            with turn.trace.span("admission"):
-                await self.check(chat)
-            await out.send(Accepted(request_id))
             timeout = self.settings.limits.request_timeout_s
-            with (
-                self.requests.track(request_id) as tracked,
-                scope,
-                trio.move_on_after(timeout) as deadline,
-                tracked.scope,
-            ):
-                turn.on_state = tracked.enter
-                await self._answer(chat, turn)
+            # The checks run in the client's scope too: a cancel stops a rate
+            # limiter's call to Redis as it stops the answer.
+            deadline = trio.move_on_after(timeout)  # counts from when it is entered
+            with self.requests.track(request_id) as tracked, scope:
+                with turn.trace.span("admission"):
+                    await self.check(chat)
+                await out.send(Accepted(request_id))
+                with deadline, tracked.scope:
+                    turn.on_state = tracked.enter
+                    await self._answer(chat, turn)
             if deadline.cancelled_caught:
                 self.metrics.cancelled("deadline")
                 raise DeadlineExceeded(f"the request passed its {timeout:g} s deadline")
@@ -235,7 +239,8 @@ class Pipeline:
         limits = self.settings.limits
         trace = turn.trace
         with trace.span("prepare") as prepare:
-            async with self.admission.slot(self.admission.prepare, turn.queued) as waited:
+            async with self.admission.slot(self.admission.prepare, turn.queued) as held:
+                waited = held.waited
                 _record_queue(trace, waited, "prepare")
                 history = await self.sessions.history(chat.session_key) if chat.session else []
                 messages = build_prompt(
@@ -277,10 +282,10 @@ class Pipeline:
     async def _fly(self, messages: list[Message], turn: Turn) -> None:
         """Answer with an LLM-stream slot held throughout."""
         turn.on_state("queued")
-        async with self.admission.slot(self.admission.llm_streams, turn.queued) as waited:
-            turn.queue_s += waited
-            _record_queue(turn.trace, waited, "llm_streams")
-            await answer(turn, self.llm, self.tools, messages)
+        async with self.admission.slot(self.admission.llm_streams, turn.queued) as held:
+            turn.queue_s += held.waited
+            _record_queue(turn.trace, held.waited, "llm_streams")
+            await answer(turn, self.llm, self.tools, messages, done_with_llm=held.release)
 
     async def _fly_and_keep(
         self, messages: list[Message], key: str, span: SpanHandle, flight: Flight

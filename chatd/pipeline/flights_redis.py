@@ -75,6 +75,7 @@ from chatd.pipeline.codec import (
 from chatd.pipeline.events import Queued
 from chatd.pipeline.flight_reader import Inbox, StreamReader, evaluate
 from chatd.pipeline.flights import Flight, Flights, FlightsStatistics, Work
+from chatd.resilience.supervisor import Supervisor
 from chatd.stores.redis_client import RedisClient
 
 __all__ = ["RedisFlights", "RedisFlightsStatistics"]
@@ -202,6 +203,8 @@ class RedisFlights(Flights):
     """A leader writes its new events to Redis at most this often (the first at once)."""
     ended_keep_s: float = attrs.field(default=30.0, kw_only=True)
     """How long a finished flight's stream is kept, for followers still reading it."""
+    supervisor: Supervisor = attrs.field(factory=Supervisor, kw_only=True)
+    """Runs the stream reader, restarting it if it fails."""
     _leads: dict[Flight, _Lead] = attrs.field(factory=dict, init=False)
     _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _redis_down: bool = attrs.field(default=False, init=False)
@@ -224,7 +227,9 @@ class RedisFlights(Flights):
             _ms(self.lease_s),
             self._redis_failed,
         )
-        self.nursery.start_soon(self._reader.run, name="flights stream reader")
+        self.nursery.start_soon(
+            self.supervisor.run, "flights_reader", self._reader.run, name="flights stream reader"
+        )
 
     def join(self, key: str, make_turn: Callable[[], Turn], work: Work) -> tuple[Flight, bool]:
         """As :meth:`Flights.join`; a new flight leads or follows across instances."""

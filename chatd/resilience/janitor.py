@@ -4,12 +4,16 @@ Each part that holds something reapable offers a *sweeper*: a function that
 reaps what is due and says what it reaped (requests past their state's
 deadline, clients that stopped reading, idle connections, orphaned flights,
 expired sessions and cache entries). The janitor calls every sweeper each
-``interval_s`` seconds and logs every reap with its reason.
+``interval_s`` seconds and logs every reap with its reason. A sweeper that
+raises is reported to the :class:`~chatd.resilience.supervisor.Supervisor`
+(logged and counted, as ``sweeper <name>``) and the others still run; the
+janitor's own task runs under the supervisor too.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -17,7 +21,9 @@ import attrs
 import structlog
 import trio
 
-__all__ = ["Janitor", "Reap", "Sweeper"]
+from chatd.resilience.supervisor import Supervisor
+
+__all__ = ["Janitor", "Reap", "Sweeper", "sweeper_name"]
 
 log = structlog.get_logger("chatd.janitor")
 
@@ -41,6 +47,7 @@ class Janitor:
 
     interval_s: float
     sweepers: list[Sweeper] = attrs.field(factory=list)
+    supervisor: Supervisor = attrs.field(factory=Supervisor)
     reaps: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
     )
@@ -49,7 +56,12 @@ class Janitor:
         """One pass over every sweeper, logging each reap."""
         reaped: list[Reap] = []
         for sweeper in self.sweepers:
-            for reap in sweeper():
+            try:
+                reaps = sweeper()
+            except Exception as exc:
+                self.supervisor.failed(f"sweeper {sweeper_name(sweeper)}", exc)
+                continue
+            for reap in reaps:
                 log.info("reaped", kind=reap.kind, id=reap.id, reason=reap.reason)
                 self.reaps[reap.kind, reap.reason] += 1
                 reaped.append(reap)
@@ -60,3 +72,12 @@ class Janitor:
         while True:
             await trio.sleep(self.interval_s)
             self.sweep()
+
+
+def sweeper_name(sweeper: Sweeper) -> str:
+    """A sweeper's name for logs and metrics: its function's, and for a
+    partial its first argument's (``_expired(session)``)."""
+    if isinstance(sweeper, functools.partial):
+        first = f"({sweeper.args[0]})" if sweeper.args else ""
+        return f"{sweeper_name(sweeper.func)}{first}"
+    return getattr(sweeper, "__qualname__", type(sweeper).__name__)

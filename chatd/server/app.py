@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 
 from chatd.pipeline import Pipeline
 from chatd.resilience.janitor import Reap
+from chatd.resilience.supervisor import Supervisor
 from chatd.server.auth import identify
 from chatd.server.connection import Connection
 from chatd.server.http_chat import register_http_chat
@@ -42,6 +43,8 @@ class AppState:
     llm_simulated: bool
     connections: set[Connection] = attrs.field(factory=set)
     drain_started: trio.Event = attrs.field(factory=trio.Event)
+    supervisor: Supervisor = attrs.field(factory=Supervisor)
+    """Told when a connection's reader or writer fails (logged and counted)."""
 
     @property
     def draining(self) -> bool:
@@ -122,8 +125,9 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
     code, reason = 1000, ""
     try:
         await connection.serve(websocket)
-    except Exception:
-        log.exception("websocket handler failed")
+    except Exception as exc:  # this connection's fault: it ends, the others go on
+        task = "connection_writer" if connection.writer_failed else "connection_reader"
+        state.supervisor.failed(task, exc)
         code, reason = 1011, "internal error"
     finally:
         state.connections.discard(connection)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import attrs
 import structlog
@@ -36,7 +36,7 @@ import trio
 from chatd.exceptions import ChatdError, ClientError, Overloaded, Unauthorized
 from chatd.pipeline import ChatInput, Event, Pipeline, encode, is_terminal
 from chatd.pipeline.events import Pong, Token, error_event
-from chatd.server.frames import chat_fields, json_object
+from chatd.server.frames import chat_fields, id_from_prefix, json_object
 from chatd.ticks import RESOLUTION, sleep_until_tick
 
 __all__ = ["Connection", "FrameTransport"]
@@ -108,6 +108,8 @@ class _Outbox:
     """Since when the transport has held bytes it could not send."""
     frames: int = 0
     closed: bool = False
+    failed: bool = False
+    """The task writing merged and waiting frames raised (a bug): the connection ends."""
     _flushing: bool = False
     _room: trio.Event | None = None
     _hold_within: float = attrs.field(init=False)
@@ -196,6 +198,9 @@ class _Outbox:
                     self._wake()
                 else:
                     break
+        except Exception:
+            self.failed = True
+            raise
         finally:
             self._flushing = False
             self._wake()
@@ -252,7 +257,7 @@ class _Output:
         self.try_send(event)
 
 
-def _valid_id(value: object) -> bool:
+def _valid_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 1 <= len(value) <= 128 and value.isprintable()
 
 
@@ -290,6 +295,11 @@ class Connection:
         self.reaped = reason
         if self._scope is not None:
             self._scope.cancel()
+
+    @property
+    def writer_failed(self) -> bool:
+        """The connection ended because its writer task raised."""
+        return self._out is not None and self._out.failed
 
     @property
     def in_flight(self) -> int:
@@ -379,6 +389,10 @@ class Connection:
         try:
             if isinstance(raw, bytes):
                 raise ClientError("frames must be text (JSON), not binary")
+            if len(raw) > limits.max_frame_bytes:  # too_large, but for which request?
+                candidate = id_from_prefix(raw)
+                if _valid_id(candidate):
+                    request_id = candidate
             frame = json_object(raw, "frame", limits.max_frame_bytes)
             if _valid_id(frame.get("id")):
                 request_id = frame["id"]

@@ -6,6 +6,7 @@ so both refuse the same things with the same words.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,16 @@ import orjson
 
 from chatd.exceptions import ClientError, TooLarge
 
-__all__ = ["chat_fields", "json_object"]
+__all__ = ["chat_fields", "id_from_prefix", "json_object"]
+
+_PREFIX_CHARS = 1024
+"""How much of an oversized frame is read for its ``id``."""
+_OPEN = re.compile(r"\s*\{")
+_MEMBER = re.compile(
+    r'\s*"((?:[^"\\]|\\.)*)"\s*:\s*'  # a key
+    r'("(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|null)'  # a scalar value
+    r"\s*([,}])"
+)
 
 
 def json_object(raw: str | bytes, what: str, limit: int) -> dict[str, Any]:
@@ -27,6 +37,28 @@ def json_object(raw: str | bytes, what: str, limit: int) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ClientError(f"{what} must be a JSON object")
     return data
+
+
+def id_from_prefix(raw: str | bytes) -> object:
+    """The top-level ``id`` of a frame too large to parse, read from its first
+    members: client libraries write ``type`` and ``id`` before the message, so
+    the prefix has it. ``None`` when a member before it is not a plain scalar
+    or runs past the prefix."""
+    head = raw[:_PREFIX_CHARS]
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    match = _OPEN.match(text)
+    while match is not None:
+        match = _MEMBER.match(text, match.end())
+        if match is None:
+            return None
+        if match.group(1) == "id":
+            try:
+                return orjson.loads(match.group(2))
+            except orjson.JSONDecodeError:
+                return None
+        if match.group(3) == "}":
+            return None
+    return None
 
 
 def chat_fields(data: Mapping[str, Any]) -> tuple[str, str | None, dict[str, Any]]:

@@ -1,22 +1,26 @@
 """``POST /v1/chat``: the same pipeline over HTTP (protocol.md §2).
 
-With ``Accept: text/event-stream`` the request's events stream as SSE; the
-request runs in the app's nursery under its own cancel scope, and the
-response body only reads a channel, so no nursery or cancel scope ever spans
-a ``yield`` of the body generator. When the client goes away, quart cancels
-the body and its ``finally`` cancels the request. Otherwise the request runs
-inside the handler and one JSON object answers it.
+With ``Accept: text/event-stream`` the request's events stream as SSE, served
+at the ASGI level (:func:`with_sse_chat`, around the quart app) so the
+request owns its work: one nursery, inside the ASGI call hypercorn made for
+this request, holds the pipeline, the writer and a watcher for the client's
+disconnect. A disconnect, a crash or the deadline ends exactly that
+request's work, nothing else's. The body is read up to the size limit and no
+further. Otherwise quart runs the request inside its handler and one JSON
+object answers it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import attrs
 import orjson
+import structlog
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -27,7 +31,9 @@ from chatd.pipeline.events import Done, Error, Token, error_event
 from chatd.server.auth import identify
 from chatd.server.frames import chat_fields, json_object
 
-__all__ = ["HTTP_STATUS", "register_http_chat"]
+__all__ = ["HTTP_STATUS", "register_http_chat", "with_sse_chat"]
+
+log = structlog.get_logger("chatd.server")
 
 HTTP_STATUS = {
     "bad_request": 400,
@@ -44,18 +50,19 @@ HTTP_STATUS = {
 """The HTTP status for each protocol error code."""
 
 
-def _error_response(error: Error) -> Response:
+def _error_parts(error: Error) -> tuple[int, bytes, dict[str, str]]:
+    """An error's HTTP status, JSON body and headers."""
     body: dict[str, Any] = {"code": error.code, "message": error.message}
-    headers = {}
+    headers = {"Content-Type": "application/json"}
     if error.retry_after_ms is not None:
         body["retry_after_ms"] = error.retry_after_ms
         headers["Retry-After"] = str(max(1, -(-error.retry_after_ms // 1000)))
-    return Response(
-        orjson.dumps({"error": body}),
-        status=HTTP_STATUS.get(error.code, 500),
-        content_type="application/json",
-        headers=headers,
-    )
+    return HTTP_STATUS.get(error.code, 500), orjson.dumps({"error": body}), headers
+
+
+def _error_response(error: Error) -> Response:
+    status, body, headers = _error_parts(error)
+    return Response(body, status=status, headers=headers)
 
 
 @attrs.define
@@ -97,27 +104,43 @@ class _Collector:
         pass
 
 
-async def _read_chat(pipeline: Pipeline) -> ChatInput:
-    """The request body as a :class:`ChatInput`, or a client error."""
-    settings = pipeline.settings
-    client, ok = identify(
-        settings.server.api_keys,
-        request.headers.get("Authorization"),
-        request.args.get("api_key"),
-        request.remote_addr or "unknown",
-    )
+def _check_client(
+    pipeline: Pipeline, authorization: str | None, api_key: str | None, remote: str
+) -> str:
+    """Who is asking, or :class:`Unauthorized`."""
+    client, ok = identify(pipeline.settings.server.api_keys, authorization, api_key, remote)
     if not ok:
         raise Unauthorized("missing or wrong API key")
-    limit = settings.limits.max_frame_bytes
-    if (request.content_length or 0) > limit:
-        raise TooLarge(f"body is {request.content_length} bytes; the limit is {limit}")
-    data = json_object(await request.get_data(cache=False), "body", limit)
+    return client
+
+
+def _check_length(pipeline: Pipeline, length: int) -> None:
+    limit = pipeline.settings.limits.max_frame_bytes
+    if length > limit:
+        raise TooLarge(f"body is {length} bytes; the limit is {limit}")
+
+
+def _chat_input(pipeline: Pipeline, body: str | bytes, client: str) -> ChatInput:
+    data = json_object(body, "body", pipeline.settings.limits.max_frame_bytes)
     message, session, metadata = chat_fields(data)
     return ChatInput("http_" + secrets.token_hex(6), message, session, metadata, client)
 
 
+async def _read_chat(pipeline: Pipeline) -> ChatInput:
+    """The request body as a :class:`ChatInput`, or a client error."""
+    client = _check_client(
+        pipeline,
+        request.headers.get("Authorization"),
+        request.args.get("api_key"),
+        request.remote_addr or "unknown",
+    )
+    _check_length(pipeline, request.content_length or 0)
+    return _chat_input(pipeline, await request.get_data(cache=False), client)
+
+
 def register_http_chat(app: QuartTrio, pipeline: Pipeline) -> None:
-    """Add ``POST /v1/chat`` to ``app``."""
+    """Add ``POST /v1/chat`` (JSON answers) to ``app``; :func:`with_sse_chat`
+    serves its SSE requests before they reach the app."""
 
     @app.post("/v1/chat")
     async def http_chat() -> Response:
@@ -125,8 +148,6 @@ def register_http_chat(app: QuartTrio, pipeline: Pipeline) -> None:
             chat = await _read_chat(pipeline)
         except ChatdError as exc:
             return _error_response(error_event(exc))
-        if "text/event-stream" in request.headers.get("Accept", ""):
-            return _stream(app, pipeline, chat)
         collector = _Collector()
         await pipeline.run(chat, collector, trio.CancelScope())
         terminal = collector.terminal
@@ -145,29 +166,111 @@ def register_http_chat(app: QuartTrio, pipeline: Pipeline) -> None:
         return Response(orjson.dumps(answer), content_type="application/json")
 
 
-def _stream(app: QuartTrio, pipeline: Pipeline, chat: ChatInput) -> Response:
-    send, receive = trio.open_memory_channel[tuple[str, Event]](pipeline.settings.server.send_queue)
-    scope = trio.CancelScope()
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]
+"""An ASGI 3 application: ``app(scope, receive, send)``."""
 
-    async def run() -> None:
-        async with send:
-            await pipeline.run(chat, _ChannelOutput(chat.id, send, scope), scope)
 
-    app.nursery.start_soon(run)
+def with_sse_chat(app: ASGIApp, pipeline: Pipeline) -> ASGIApp:
+    """``app``, with ``POST /v1/chat`` asking for ``text/event-stream`` served
+    here, each request owning its work (see the module docstring)."""
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async with receive:
-                async for request_id, event in receive:
-                    yield b"event: %s\ndata: %s\n\n" % (
+    async def asgi(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/v1/chat"
+            and scope["method"] == "POST"
+            and b"text/event-stream" in _header(scope, b"accept", b"")
+        ):
+            await _serve_sse(pipeline, scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return asgi
+
+
+def _header(scope: dict[str, Any], name: bytes, default: bytes) -> bytes:
+    return next((v for k, v in scope["headers"] if k.lower() == name), default)
+
+
+async def _read_sse_chat(
+    pipeline: Pipeline, scope: dict[str, Any], receive: Receive
+) -> ChatInput | None:
+    """The request as a :class:`ChatInput` (``None``: the client left), or a
+    client error; the body is read up to the limit, never past it."""
+    authorization = _header(scope, b"authorization", b"").decode("latin1") or None
+    query = parse_qsl(scope["query_string"].decode("latin1"), keep_blank_values=True)
+    remote = (scope.get("client") or ("unknown",))[0]
+    client = _check_client(
+        pipeline, authorization, next((v for k, v in query if k == "api_key"), None), remote
+    )
+    length = _header(scope, b"content-length", b"")
+    if length.isdigit():
+        _check_length(pipeline, int(length))
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        _check_length(pipeline, len(body))
+        if not message.get("more_body", False):
+            break
+    return _chat_input(pipeline, bytes(body), client)
+
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+async def _serve_sse(
+    pipeline: Pipeline, scope: dict[str, Any], receive: Receive, send: Send
+) -> None:
+    """One SSE request, start to end, in a nursery of its own."""
+    try:
+        chat = await _read_sse_chat(pipeline, scope, receive)
+    except ChatdError as exc:
+        status, body, headers = _error_parts(error_event(exc))
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+        return
+    if chat is None:
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    events, events_out = trio.open_memory_channel[tuple[str, Event]](
+        pipeline.settings.server.send_queue
+    )
+    cancel = trio.CancelScope()  # the client's: nothing cancels it but its leaving
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                async with events:
+                    await pipeline.run(chat, _ChannelOutput(chat.id, events, cancel), cancel)
+
+            async def watch_for_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()  # the client left: its request ends now
+
+            nursery.start_soon(run)
+            nursery.start_soon(watch_for_disconnect)
+            async with events_out:
+                async for request_id, event in events_out:
+                    frame = b"event: %s\ndata: %s\n\n" % (
                         event.type.encode(),
                         encode(event, request_id),
                     )
-        finally:
-            scope.cancel()
-
-    response = Response(body(), content_type="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    response.timeout = None
-    return response
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+            nursery.cancel_scope.cancel()  # answered: stop watching
+    except Exception as exc:  # this request's fault: it ends here, nothing else does
+        log.error("request crashed", http_request=chat.id, exc_info=exc)
+        error = Error("internal", "internal error; the log has it under " + chat.id)
+        frame = b"event: error\ndata: %s\n\n" % encode(error, chat.id)
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -5,7 +5,10 @@ then the front door (:mod:`chatd.server.front`: WebSockets served by chatd,
 other HTTP by hypercorn and the quart app), and drains on SIGINT or SIGTERM:
 ``/readyz`` turns 503, in-flight requests get ``server.shutdown_grace_s``,
 then the listener closes and connections end as they fall idle; a second
-signal exits at once.
+signal exits at once. Long-lived tasks run behind one
+:class:`~chatd.resilience.supervisor.Supervisor`: a failure is logged,
+counted and the task restarted; one that cannot go on drains the server,
+which then raises :class:`~chatd.exceptions.ServerFailed` (exit status 1).
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from chatd.config import Settings
+from chatd.exceptions import ServerFailed
 from chatd.llm.sim import serve_sim_llm
+from chatd.observability.metrics import Metrics
 from chatd.pipeline import Pipeline
 from chatd.pipeline.flights import Flights
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
+from chatd.resilience.supervisor import Supervisor
 from chatd.server.app import WS_PATH, AppState, create_app, serve_websocket
 from chatd.server.front import serve_front_door
 from chatd.server.heap import PeriodicCollection, freeze_the_heap
+from chatd.server.http_chat import with_sse_chat
 from chatd.server.hypercorn_compat import open_http_server
 from chatd.server.listen import WORKER_ENV, listen
 from chatd.server.services import open_pipeline
@@ -98,10 +105,24 @@ async def serve(
         log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws")
     _raise_open_files_limit()
     config = _hypercorn_config(settings)
+    metrics = Metrics()
+    supervisor = Supervisor(metrics.task_failed)
     with listener:
         await _serve_all(
-            settings, url, listener, config, handle_signals, extra_tools, own_process, task_status
+            settings,
+            url,
+            listener,
+            config,
+            metrics,
+            supervisor,
+            handle_signals,
+            extra_tools,
+            own_process,
+            task_status,
         )
+    if supervisor.fatal_task is not None:
+        log.error("stopped after a task failed", task=supervisor.fatal_task)
+        raise ServerFailed(f"the {supervisor.fatal_task} task failed and could not go on")
     log.info("stopped")
 
 
@@ -110,6 +131,8 @@ async def _serve_all(
     url: str,
     listener: socket.socket,
     config: HypercornConfig,
+    metrics: Metrics,
+    supervisor: Supervisor,
     handle_signals: bool,
     extra_tools: Sequence[Tool],
     own_process: bool,
@@ -121,8 +144,15 @@ async def _serve_all(
         if llm_url is None:
             sim = await nursery.start(serve_sim_llm, settings.sim)
             llm_url = sim.base_url
-        pipeline = await nursery.start(_run_pipeline, settings, llm_url, extra_tools)
-        state = AppState(pipeline, llm_url=llm_url, llm_simulated=settings.llm.url is None)
+        pipeline = await nursery.start(
+            _run_pipeline, settings, llm_url, extra_tools, metrics, supervisor
+        )
+        state = AppState(
+            pipeline,
+            llm_url=llm_url,
+            llm_simulated=settings.llm.url is None,
+            supervisor=supervisor,
+        )
         await nursery.start(_serve_connections, state, listener, config, drain, stopped)
         if settings.llm.url is None:
             log.info("simulated LLM started in-process", llm_url=llm_url)
@@ -131,8 +161,9 @@ async def _serve_all(
         janitor = Janitor(
             settings.janitor.interval_s,
             [pipeline.requests.sweep, state.sweep_connections, *_store_sweepers(pipeline)],
+            supervisor,
         )
-        nursery.start_soon(janitor.run)
+        nursery.start_soon(supervisor.run, "janitor", janitor.run)
         pipeline.metrics.bind(
             admission=pipeline.admission,
             breakers=pipeline.breakers,
@@ -147,6 +178,7 @@ async def _serve_all(
             if not state.draining:
                 nursery.start_soon(_drain, state, settings.server.shutdown_grace_s, drain)
 
+        nursery.start_soon(_drain_when_fatal, supervisor, start_drain)
         if handle_signals:
             nursery.start_soon(_watch_signals, start_drain, nursery.cancel_scope)
         if own_process:
@@ -162,15 +194,19 @@ async def _run_pipeline(
     settings: Settings,
     llm_url: str,
     extra_tools: Sequence[Tool],
+    metrics: Metrics,
+    supervisor: Supervisor,
     *,
     task_status: trio.TaskStatus[Pipeline],
 ) -> NoReturn:
     """Own the pipeline's resources and its background tasks for the process's life."""
     async with (
-        open_pipeline(settings, llm_url, extra_tools) as pipeline,
+        open_pipeline(settings, llm_url, extra_tools, metrics) as pipeline,
         trio.open_nursery() as nursery,
     ):
-        nursery.start_soon(pipeline.admission.run_position_updates)
+        nursery.start_soon(
+            supervisor.run, "queue_positions", pipeline.admission.run_position_updates
+        )
         if settings.flights.enabled:
             # Flights live in this server-owned nursery, never in a caller's.
             deadline_s = settings.limits.request_timeout_s
@@ -184,6 +220,7 @@ async def _run_pipeline(
                     deadline_s,
                     redis=pipeline.redis,
                     lease_s=settings.redis.flight_lease_s,
+                    supervisor=supervisor,
                 )
         task_status.started(pipeline)
         await trio.sleep_forever()
@@ -204,7 +241,10 @@ async def _serve_connections(
     whatever is left after hypercorn's graceful timeout is cancelled."""
     try:
         async with (
-            open_http_server(create_app(state), config) as (serve_http, close_idle),
+            open_http_server(with_sse_chat(create_app(state), state.pipeline), config) as (
+                serve_http,
+                close_idle,
+            ),
             trio.open_nursery() as handlers,
         ):
             async with trio.open_nursery() as door:
@@ -256,6 +296,12 @@ async def _drain(state: AppState, grace_s: float, stop_accepting: trio.Event) ->
         log.warning("drain grace ran out: cancelled requests", cancelled=cancelled)
     # Accepting until now lets /readyz say 503 and late requests hear shutting_down.
     stop_accepting.set()
+
+
+async def _drain_when_fatal(supervisor: Supervisor, start_drain: Callable[[], None]) -> None:
+    """A task that could not go on: drain, as SIGTERM would (serve() then raises)."""
+    await supervisor.fatal.wait()
+    start_drain()
 
 
 async def _watch_signals(start_drain: Callable[[], None], scope: trio.CancelScope) -> NoReturn:

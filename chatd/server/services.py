@@ -74,10 +74,14 @@ async def open_upstream(settings: Settings, llm_url: str) -> AsyncIterator[Upstr
 
 @asynccontextmanager
 async def open_pipeline(
-    settings: Settings, llm_url: str, extra_tools: Sequence[Tool] = ()
+    settings: Settings,
+    llm_url: str,
+    extra_tools: Sequence[Tool] = (),
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Pipeline]:
     """A :class:`Pipeline` over the configured LLM, knowledge base and tools
-    (plus ``extra_tools``, for tests and embedders)."""
+    (plus ``extra_tools``, for tests and embedders), counting into ``metrics``
+    (a new one if not given)."""
     async with (
         open_upstream(settings, llm_url) as upstream,
         open_knowledge_base(settings.kb) as raw_kb,
@@ -100,7 +104,7 @@ async def open_pipeline(
         breakers["kb"] = kb.breaker
         if redis is not None:
             breakers["redis"] = redis.breaker
-        metrics = Metrics()
+        metrics = metrics or Metrics()
         sessions, rate_limiter, cache = _stores(settings, redis, metrics.redis_fallback)
         yield Pipeline(
             settings=settings,

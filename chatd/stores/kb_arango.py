@@ -56,6 +56,7 @@ from requests.adapters import HTTPAdapter
 
 from chatd.config import KBSettings
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
+from chatd.resilience.cleanup import CLOSE_WITHIN_S, close_in_thread
 from chatd.stores.kb import (
     FAQEntry,
     KBCounters,
@@ -424,9 +425,14 @@ class ArangoKnowledgeBase:
         if self._closed:
             return
         self._closed = True
-        # Bounded: a call still running ends within timeout_s; closing is quick.
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._client.close, limiter=self._limiter)
+        # Through the limiter: a call still running (it ends within timeout_s)
+        # finishes before the pool it uses closes.
+        await close_in_thread(
+            "arangodb connections",
+            self._client.close,
+            limiter=self._limiter,
+            within_s=self.settings.timeout_s + CLOSE_WITHIN_S,
+        )
 
     def _query(self, aql: str, bind: dict[str, Any]) -> list[Any]:
         # python-arango annotates max_runtime as numbers.Number, which no float matches for mypy.

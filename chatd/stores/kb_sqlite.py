@@ -34,6 +34,7 @@ import orjson
 import trio
 
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
+from chatd.resilience.cleanup import close_in_thread
 from chatd.stores.kb import (
     FAQEntry,
     KBCounters,
@@ -299,11 +300,9 @@ class SQLiteKnowledgeBase:
         if self._closed:
             return
         self._closed = True
-        # Closing must happen even if we are being cancelled, or connections
-        # leak. It is bounded: close() only finishes a WAL checkpoint, and no
-        # query is running (calls are never abandoned, see the module docstring).
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._pool.close, limiter=self._limiter)
+        # Through the limiter: no query is running when the pool closes (calls
+        # are never abandoned, see the module docstring).
+        await close_in_thread("sqlite connections", self._pool.close, limiter=self._limiter)
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:

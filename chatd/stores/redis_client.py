@@ -26,6 +26,7 @@ import trio
 from chatd.config import BreakerSettings, RedisSettings
 from chatd.exceptions import UpstreamError, UpstreamUnavailable
 from chatd.resilience.breaker import CircuitBreaker
+from chatd.resilience.cleanup import close_in_thread
 
 __all__ = ["RedisClient", "RedisStatistics", "open_redis"]
 
@@ -122,4 +123,4 @@ async def open_redis(
             settings.prefix,
         )
     finally:
-        await trio.to_thread.run_sync(pool.disconnect)
+        await close_in_thread("redis connections", pool.disconnect)

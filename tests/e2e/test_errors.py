@@ -79,12 +79,32 @@ async def test_too_large(make_settings: MakeSettings) -> None:
     settings = make_settings(limits=LimitsSettings(max_frame_bytes=2000, max_message_chars=100))
     async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
         with trio.fail_after(10):
-            await client.send({"type": "chat", "id": "big", "message": "x" * 3000})
-            error = await client.wait_for(None, "error")
+            await client.send('{"message": "' + "x" * 3000 + '", "type": "chat", "id": "late"}')
+            error = await client.wait_for(None, "error")  # its id is past what is read
             assert error["code"] == "too_large"
             done = await ask(client, "long", "y" * 101)
             assert done["code"] == "too_large"
             assert "limit is 100" in done["message"]
+
+
+async def test_too_large_names_the_request(make_settings: MakeSettings) -> None:
+    """An oversized frame whose id comes first gets too_large with that id at
+    once, while the connection's other requests go on."""
+    settings = make_settings(limits=LimitsSettings(max_frame_bytes=2000))
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        assert server.sim is not None
+        server.sim.set_timing(ttft_ms=50, tokens_per_s=200)
+        with trio.fail_after(10):
+            await client.chat("live", "tell me a long story about the sea")
+            await client.wait_for("live", "accepted")
+            await client.chat("big", "x" * 3000)
+            error = await client.finish("big")
+            assert "done" not in client.types("live")  # it came while the answer streamed
+            done = await client.finish("live")
+    assert (error["type"], error["code"]) == ("error", "too_large")
+    assert client.types("big") == ["error"]
+    assert not client.events[None]
+    assert done["finish_reason"] == "stop"
 
 
 async def test_unauthorized(make_settings: MakeSettings) -> None:

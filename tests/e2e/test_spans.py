@@ -70,12 +70,16 @@ async def test_direct_path_spans(client: ChatClient) -> None:
 
 
 async def test_tool_stream_spans(client: ChatClient) -> None:
-    """Path B: the tool and its streamed answer nest under the router, no answer call."""
+    """Path B: the tool nests under the router; its streamed answer follows the
+    router, closed once the tool was confident; no answer call."""
     spans, summary = await spans_of(client, "b", "How do I reset my password?")
     assert {"router", "tools", "tool", "tool_stream"} <= spans.keys()
     assert "answer" not in spans
     assert spans["tool"]["tool"] == "frequently_asked"
-    assert spans["tool_stream"]["parent_id"] == spans["router"]["span_id"]
+    assert spans["tools"]["parent_id"] == spans["router"]["span_id"]
+    router, streamed = spans["router"], spans["tool_stream"]
+    assert streamed["parent_id"] == router["parent_id"]
+    assert streamed["start"] >= router["start"] + router["duration_ms"]
     assert summary["path"] == "tool_stream"
 
 

@@ -16,9 +16,9 @@ def admission(**limits: float) -> Admission:
 
 async def hold(adm: Admission, seconds: float, positions: list[int] | None = None) -> float:
     record = positions.append if positions is not None else (lambda p: None)
-    async with adm.slot(adm.llm_streams, record) as waited:
+    async with adm.slot(adm.llm_streams, record) as held:
         await trio.sleep(seconds)
-    return waited
+    return held.waited
 
 
 async def test_free_slot_is_immediate(autojump_clock: trio.abc.Clock) -> None:
@@ -106,3 +106,25 @@ async def test_cancelled_before_taking_a_free_slot_leaks_nothing(
             await hold(adm, 1)
     assert adm.statistics().llm_streams_in_use == 0
     assert await hold(adm, 0) == 0.0
+
+
+async def test_released_early_slot_goes_to_the_next_waiter(autojump_clock: trio.abc.Clock) -> None:
+    """A slot released inside its block goes to a waiter at once, and only once."""
+    adm = admission(llm_streams=1)
+    waited: list[float] = []
+
+    async def wait_for_it() -> None:
+        waited.append(await hold(adm, 1))
+
+    async with (
+        adm.slot(adm.llm_streams, lambda _position: None) as held,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(wait_for_it)
+        await trio.sleep(2)
+        held.release()
+        held.release()
+        await trio.sleep(0.5)
+        assert waited == [] and adm.statistics().llm_streams_in_use == 1
+    assert waited == [2.0]
+    assert adm.statistics().llm_streams_in_use == 0

@@ -1,0 +1,65 @@
+"""A request's life in the pipeline, driven directly (no server)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from chatd.config import KBSettings, Settings
+from chatd.pipeline import ChatInput, Event, Pipeline
+from chatd.pipeline.events import Done
+from chatd.server.services import open_pipeline
+
+
+@attrs.define
+class Recorded:
+    events: list[Event] = attrs.field(factory=list)
+
+    async def send(self, event: Event) -> None:
+        self.events.append(event)
+
+    def send_nowait(self, event: Event) -> None:
+        self.events.append(event)
+
+
+@attrs.define
+class StuckRateLimiter:
+    """A rate limiter whose store never answers (a Redis call hanging)."""
+
+    entered: trio.Event = attrs.field(factory=trio.Event)
+    left: bool = False
+
+    async def check(self, client: str) -> None:
+        self.entered.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.left = True
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    settings = Settings(kb=KBSettings(path=str(tmp_path / "kb.sqlite3")))
+    async with open_pipeline(settings, "http://127.0.0.1:9/v1") as pipeline:
+        yield pipeline
+
+
+async def test_cancel_stops_the_rate_limit_check(pipeline: Pipeline) -> None:
+    """The rate-limit check runs in the request's scope: the client's cancel
+    stops it, and the request ends cancelled, tracked no more."""
+    limiter = pipeline.rate_limiter = StuckRateLimiter()
+    out, scope = Recorded(), trio.CancelScope()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipeline.run, ChatInput("c1", "hello"), out, scope)
+            await limiter.entered.wait()
+            assert len(pipeline.requests) == 1
+            scope.cancel()
+    assert limiter.left
+    (terminal,) = out.events
+    assert isinstance(terminal, Done) and terminal.finish_reason == "cancelled"
+    assert len(pipeline.requests) == 0
