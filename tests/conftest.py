@@ -15,12 +15,32 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from chatd.config import RedisSettings
 from chatd.stores.redis_client import RedisClient, open_redis
 from chatd.testing_redis import RedisServer, redis_server_path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """structlog's defaults, but tracebacks as plain text: its default (rich,
+    with every frame's locals) can take seconds to render a failure inside a
+    server, holding the event loop, where chatd's own console logging
+    (``configure_logging``) prints plain text."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            ),
+        ]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -75,9 +75,12 @@ class Janitor:
 
 
 def sweeper_name(sweeper: Sweeper) -> str:
-    """A sweeper's name for logs and metrics: its function's, and for a
-    partial its first argument's (``_expired(session)``)."""
+    """A sweeper's name for logs and metrics: ``Class.method`` for a bound
+    method, a function's name, and for a partial its first argument too
+    (``_expired(session)``)."""
     if isinstance(sweeper, functools.partial):
         first = f"({sweeper.args[0]})" if sweeper.args else ""
         return f"{sweeper_name(sweeper.func)}{first}"
-    return getattr(sweeper, "__qualname__", type(sweeper).__name__)
+    owner = getattr(sweeper, "__self__", None)
+    name: str = getattr(sweeper, "__name__", type(sweeper).__name__)
+    return name if owner is None else f"{type(owner).__name__}.{name}"

@@ -11,6 +11,9 @@ import pytest
 import trio
 
 from chatd.config import LimitsSettings, ServerSettings
+from chatd.pipeline import ChatInput, Pipeline
+from chatd.pipeline.chat import RequestOutput
+from chatd.pipeline.events import Accepted
 from chatd.testing import Chatd, open_chatd, wait_until
 from tests.e2e.conftest import MakeSettings
 
@@ -161,3 +164,48 @@ async def test_metrics_count_requests(chatd: Chatd, http: httpx.AsyncClient) -> 
     assert samples[("chatd_breaker_state", (("dependency", "llm"),))] == 0
     assert samples[("chatd_limiter_in_use", (("limiter", "llm_streams"),))] == 0
     assert ("chatd_time_to_first_token_seconds_count", (("path", "tools"),)) in samples
+
+
+async def test_sse_request_failure_stays_its_own(
+    chatd: Chatd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One SSE request's work raises mid-way (injected): it ends with an
+    ``internal`` error, the SSE streams beside it end with their own terminal
+    events, and later requests are served."""
+    run = Pipeline.run
+
+    async def faulty(
+        self: Pipeline, chat: ChatInput, out: RequestOutput, scope: trio.CancelScope
+    ) -> None:
+        if chat.message != "boom":
+            return await run(self, chat, out, scope)
+        await out.send(Accepted("req_boom"))
+        await trio.sleep(0.2)
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(Pipeline, "run", faulty)
+    assert chatd.sim is not None
+    chatd.sim.set_timing(ttft_ms=50, tokens_per_s=100)
+    results: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+
+    async def stream(http: httpx.AsyncClient, name: str, message: str) -> None:
+        headers = {"Accept": "text/event-stream"}
+        response = await http.post("/v1/chat", json={"message": message}, headers=headers)
+        results[name] = sse_events(response.text)
+
+    async with httpx.AsyncClient(base_url=chatd.url, timeout=20) as http:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    story = f"tell me a long story about the sea, number {i}"
+                    nursery.start_soon(stream, http, f"ok{i}", story)
+                nursery.start_soon(stream, http, "boom", "boom")
+            (kind, error) = results["boom"][-1]
+            assert (kind, error["code"]) == ("error", "internal")
+            assert "injected" not in error["message"]
+            for i in range(3):
+                kinds = [kind for kind, _data in results[f"ok{i}"]]
+                assert kinds[0] == "accepted" and kinds[-1] == "done" and "token" in kinds
+            await stream(http, "later", "hello there")
+            assert results["later"][-1][0] == "done"
+            assert (await http.post("/v1/chat", json={"message": "hi"})).is_success

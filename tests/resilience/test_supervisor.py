@@ -111,3 +111,19 @@ async def test_failures_are_logged_with_the_task_name(
     await supervisor.run("named", Flaky(failures=1), restart=restart)
     out = capsys.readouterr().out
     assert "task failed" in out and "named" in out and "failure 1" in out
+
+
+def test_sweeper_names() -> None:
+    """Sweepers are named by class and method, function, or partial's first argument."""
+    import functools
+
+    from chatd.config import JanitorSettings
+    from chatd.pipeline.registry import RequestRegistry
+    from chatd.resilience.janitor import sweeper_name
+
+    def _expired(kind: str) -> list[object]:
+        return []
+
+    assert sweeper_name(RequestRegistry(JanitorSettings()).sweep) == "RequestRegistry.sweep"
+    assert sweeper_name(functools.partial(_expired, "session")) == "_expired(session)"
+    assert sweeper_name(_expired) == "_expired"
