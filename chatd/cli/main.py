@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import structlog
 import trio
@@ -125,10 +127,37 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     return worker
 
 
+def _end_cleanly_on_sigterm() -> None:
+    """``serve``: SIGTERM does what Ctrl-C does until trio's signal receiver
+    (serve's drain, or the workers' supervisor) takes it over, and again once
+    that lets go: a KeyboardInterrupt, which main() turns into status 0.
+
+    Its default action would kill a server that is still starting (status
+    -15), when there is nothing in flight to drain.
+    """
+    # trio makes SIGINT a KeyboardInterrupt only over Python's own handler
+    # (not over SIG_IGN, as a shell leaves for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _as_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+
+
+def _as_sigint(_signum: int, frame: FrameType | None) -> None:
+    """Hand SIGTERM to whatever handles SIGINT now. Inside ``trio.run`` that is
+    trio's handler: where raising the KeyboardInterrupt at once could corrupt
+    trio's own state, it raises it at the next checkpoint instead."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # someone set SIG_IGN or SIG_DFL since
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``chatd``; returns the process exit status."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            _end_cleanly_on_sigterm()  # in the try: a pending SIGTERM arrives at once
         if args.command == "chat":
             return run_chat(args)
         if args.command == "trace":
