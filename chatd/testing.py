@@ -77,10 +77,14 @@ class ChatClient:
     """A WebSocket client that keeps every event, sorted by request id."""
 
     ws: WebSocketConnection
+    read_delay_s: float = 0.0
+    """A pause after each frame read: a slow reader."""
     events: dict[str | None, list[dict[str, Any]]] = attrs.field(
         factory=lambda: collections.defaultdict(list)
     )
     _arrived: trio.Event = attrs.field(factory=trio.Event)
+    gone: trio.Event = attrs.field(factory=trio.Event)
+    """Set once the connection has closed and every frame before it was read."""
 
     async def send(self, frame: Mapping[str, Any] | str) -> None:
         """Send a frame (an object is JSON-encoded; a string goes as is)."""
@@ -97,11 +101,15 @@ class ChatClient:
             try:
                 message = await self.ws.get_message()
             except ConnectionClosed:
+                self.gone.set()
+                self._arrived.set()
                 return
             event = orjson.loads(message)
             self.events[event.get("id")].append(event)
             self._arrived.set()
             self._arrived = trio.Event()
+            if self.read_delay_s:
+                await trio.sleep(self.read_delay_s)
 
     async def drop(self) -> None:
         """Drop the TCP connection, as a network failure would: no close handshake."""
@@ -123,6 +131,17 @@ class ChatClient:
                     return event
             await self._arrived.wait()
 
+    async def finish_or_gone(self, request_id: str) -> dict[str, Any] | None:
+        """The request's terminal event, or ``None`` if the connection closed
+        without one (the server dropped it)."""
+        while True:
+            for event in self.events[request_id]:
+                if event["type"] in TERMINAL:
+                    return event
+            if self.gone.is_set():
+                return None
+            await self._arrived.wait()
+
     def answer(self, request_id: str) -> str:
         """The request's answer so far: its tokens joined."""
         return "".join(e["text"] for e in self.events[request_id] if e["type"] == "token")
@@ -133,15 +152,18 @@ class ChatClient:
 
 
 @asynccontextmanager
-async def open_chat_client(url: str, **kwargs: Any) -> AsyncIterator[ChatClient]:
-    """A :class:`ChatClient` connected to ``url``, reading in the background."""
+async def open_chat_client(
+    url: str, *, read_delay_s: float = 0.0, **kwargs: Any
+) -> AsyncIterator[ChatClient]:
+    """A :class:`ChatClient` connected to ``url``, reading in the background
+    (pausing ``read_delay_s`` after each frame: a slow reader)."""
     # The reader outlives the connection: trio-websocket's own reader task hands
     # each frame over one at a time, so a frame that arrived just before the
     # close would hold that task, and the close with it, if nobody took it.
     async with trio.open_nursery() as nursery:
         async with open_websocket_url(url, **kwargs) as ws:
             try:
-                client = ChatClient(ws)
+                client = ChatClient(ws, read_delay_s)
                 nursery.start_soon(client.receive_forever)
                 yield client
             finally:

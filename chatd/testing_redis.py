@@ -45,6 +45,11 @@ class RedisServer:
         """The ``redis://`` URL to reach it."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def running(self) -> bool:
+        """Started, and not stopped since."""
+        return self._process is not None
+
     def start(self, timeout_s: float = 10.0) -> None:
         """Start it and wait until it answers PING."""
         binary = redis_server_path()
