@@ -85,7 +85,14 @@ CANCEL_CAUSES: tuple[CancelCause, ...] = get_args(CancelCause)
 REDIS_STORES = ("cache", "sessions", "rate_limits")
 """The ``store`` label of ``chatd_redis_fallbacks_total``, zero-filled like causes."""
 
-TASKS = ("janitor", "queue_positions", "flights_reader", "connection_reader", "connection_writer")
+TASKS = (
+    "janitor",
+    "queue_positions",
+    "flights_reader",
+    "connection_setup",
+    "connection_reader",
+    "connection_writer",
+)
 """The ``task`` label of ``chatd_task_failures_total``, zero-filled; sweepers add theirs."""
 
 REQUEST_STATES = ("preparing", "queued", "routing", "tools", "streaming")

@@ -10,6 +10,9 @@ accepted it. A head that does not arrive whole within ``_HEAD_WAIT_S`` or
 
 Each connection's task runs in ``handlers``, the nursery the caller owns, so
 the caller decides how long connections may outlive the listener (a drain).
+Each runs behind a barrier: a client that goes mid-handshake ends only its
+own connection, and anything else one connection raises is reported
+(``on_failure``) and closes that connection, never the nursery they share.
 """
 
 from __future__ import annotations
@@ -91,6 +94,22 @@ async def _consume(stream: trio.SocketStream, size: int) -> None:
         size -= len(await stream.receive_some(size))
 
 
+async def _guarded(
+    dispatch: Callable[[trio.SocketStream], Awaitable[None]],
+    on_failure: Callable[[str, BaseException], None],
+    stream: trio.SocketStream,
+) -> None:
+    """One connection's whole life, its failures kept to itself."""
+    try:
+        await dispatch(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went mid-way (a reset during the handshake, say)
+    except Exception as exc:
+        on_failure("connection_setup", exc)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
 async def serve_front_door(
     listener: socket.socket,
     *,
@@ -98,13 +117,16 @@ async def serve_front_door(
     serve_websocket: ServeWebSocket,
     serve_http: ServeHTTP,
     handlers: trio.Nursery,
+    on_failure: Callable[[str, BaseException], None],
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept on ``listener`` (which this closes on exit) until cancelled; each
-    connection's task goes to ``handlers``."""
-    handler = functools.partial(
+    connection's task goes to ``handlers``; ``on_failure(task, error)`` hears
+    what a connection raised."""
+    dispatch = functools.partial(
         _dispatch, websocket_path.encode("ascii"), serve_websocket, serve_http
     )
+    handler = functools.partial(_guarded, dispatch, on_failure)
     await trio.serve_listeners(
         handler,
         [trio.SocketListener(trio.socket.from_stdlib_socket(listener))],

@@ -256,6 +256,7 @@ async def _serve_connections(
                         serve_websocket=functools.partial(serve_websocket, state),
                         serve_http=serve_http,
                         handlers=handlers,
+                        on_failure=state.supervisor.failed,
                     )
                 )
                 task_status.started()

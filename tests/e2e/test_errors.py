@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import Any
 
 import orjson
 import pytest
 import trio
+import trio.lowlevel
 import trio_websocket
 
 from chatd.config import LimitsSettings, LLMSettings, ServerSettings
@@ -292,3 +295,26 @@ async def test_client_flooding_frames_without_reading_is_dropped(
                     break
             await wait_until(lambda: not server.running.state.connections, within=5)
         await ws._stream.aclose()  # trio-websocket leaves it open after an abort
+
+
+async def test_clients_resetting_mid_handshake_harm_nobody(chatd: Chatd) -> None:
+    """Hundreds of clients that send a WebSocket upgrade and reset at once
+    (some while chatd answers the handshake) end only their own connections."""
+    port = int(chatd.url.rsplit(":", 1)[1])
+    head = (
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    reset = struct.pack("ii", 1, 0)  # SO_LINGER 0: close sends RST
+    with trio.fail_after(30):
+        for i in range(300):
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", port))
+            await sock.send(head)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+            sock.close()
+            if i % 3 == 0:
+                await trio.lowlevel.checkpoint()
+        async with open_chat_client(chatd.ws_url) as client:
+            done = await ask(client, "after", "hello there")
+    assert done["type"] == "done"
