@@ -42,12 +42,18 @@ class ChatdError(Exception):
 
     code: ClassVar[str] = "internal"
     retry_after_ms: int | None = None
+    detail: str | None = None
+    """For operators only (logs, traces): what ``message``, which users read, leaves out."""
 
-    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_ms: int | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if retry_after_ms is not None:
             self.retry_after_ms = retry_after_ms
+        if detail is not None:
+            self.detail = detail
 
 
 class ConfigError(ChatdError):
@@ -113,9 +119,15 @@ class UpstreamRefused(UpstreamUnavailable):
     """The dependency said it cannot take the call now (HTTP 429 or 503)."""
 
     def __init__(
-        self, message: str, *, status: int, body: str, retry_after_ms: int | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        body: str,
+        retry_after_ms: int | None = None,
+        detail: str | None = None,
     ) -> None:
-        super().__init__(message, retry_after_ms=retry_after_ms)
+        super().__init__(message, retry_after_ms=retry_after_ms, detail=detail)
         self.status = status
         self.body = body
 
@@ -129,8 +141,8 @@ class UpstreamError(ChatdError):
 class UpstreamHTTPError(UpstreamError):
     """The dependency answered with an HTTP error status; its body is kept."""
 
-    def __init__(self, message: str, *, status: int, body: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, status: int, body: str, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
         self.status = status
         self.body = body
 

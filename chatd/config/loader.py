@@ -28,6 +28,7 @@ from cattrs.errors import (
 
 from chatd.config.settings import InvalidSetting, Settings
 from chatd.exceptions import ConfigError
+from chatd.redaction import MASK, redact
 
 __all__ = ["ENV_PREFIX", "env_keys", "load_settings"]
 
@@ -232,7 +233,12 @@ def _message(raw: Mapping[str, Any], sources: Mapping[KeyPath, str], exc: BaseEx
     where = next((sources[path[:i]] for i in range(len(path), 0, -1) if path[:i] in sources), None)
     origin = f" (from {where})" if where else ""
     key = ".".join(path).replace(".[", "[")
-    return f"config: {key} = {value!r}{origin}: expected {expected}"
+    shown = MASK if _SECRET_KEYS & set(path) else redact(repr(value))
+    return f"config: {key} = {shown}{origin}: expected {expected}"
+
+
+_SECRET_KEYS = {"api_key", "api_keys", "arango_password", "extra_headers", "headers"}
+"""Keys whose values a config error never prints (URLs lose their passwords)."""
 
 
 def load_settings(

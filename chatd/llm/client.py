@@ -42,6 +42,7 @@ from chatd.llm.openai import ChunkAssembler, parse_completion
 from chatd.llm.sse import SSEDecoder
 from chatd.llm.transport import BODY, ResponseBody, TrioTransport
 from chatd.llm.types import ChatEvent, ChatRequest, Completion, TextDelta
+from chatd.redaction import redact, redact_url
 from chatd.ticks import sleep_until_tick
 
 __all__ = ["LLMClient", "LLMStream", "open_llm_client"]
@@ -367,7 +368,8 @@ class LLMClient:
             raise UpstreamTimeout(f"LLM timed out: {type(exc).__name__}", phase="ttft") from exc
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(
-                f"cannot reach the LLM at {self.base_url}: {exc or type(exc).__name__}"
+                "cannot reach the LLM",
+                detail=f"{redact_url(str(self.base_url))}: {exc or type(exc).__name__}",
             ) from exc
 
     async def _read(self, response: httpx.Response) -> bytes:
@@ -394,15 +396,19 @@ class LLMClient:
             pass  # the status alone is still worth reporting
         text = body[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
         status = response.status_code
-        message = f"LLM answered HTTP {status}: {_error_message(body)}"
+        # The provider's own words may quote credentials or the prompt: they
+        # go to the log (redacted), and users read the status alone.
+        message = f"LLM answered HTTP {status}"
+        detail = redact(_error_message(body))
         if status in (429, 503):
             raise UpstreamRefused(
                 message,
                 status=status,
                 body=text,
                 retry_after_ms=_retry_after_ms(response.headers.get("retry-after")),
+                detail=detail,
             )
-        raise UpstreamHTTPError(message, status=status, body=text)
+        raise UpstreamHTTPError(message, status=status, body=text, detail=detail)
 
 
 @asynccontextmanager

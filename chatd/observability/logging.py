@@ -15,6 +15,7 @@ import orjson
 import structlog
 
 from chatd.config import LogSettings
+from chatd.redaction import redact
 
 __all__ = ["configure_logging"]
 
@@ -30,6 +31,12 @@ def _without_spans(
     them, for ``chatd trace``): a person reads the timings already there."""
     event.pop("spans", None)
     return event
+
+
+def _redacted(_logger: Any, _name: str, line: Any) -> Any:
+    """The rendered line (the renderer's string) with its secrets masked
+    (:mod:`chatd.redaction`)."""
+    return redact(line)
 
 
 def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> None:
@@ -53,6 +60,7 @@ def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> No
         structlog.processors.format_exc_info,
         *([_without_spans] if console else []),
         renderer,
+        _redacted,
     ]
     structlog.configure(
         processors=processors,

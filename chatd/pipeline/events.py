@@ -15,6 +15,7 @@ import attrs
 import orjson
 
 from chatd.exceptions import ChatdError
+from chatd.redaction import redact
 
 __all__ = [
     "Accepted",
@@ -149,7 +150,7 @@ def is_terminal(event: Event) -> bool:
 
 def error_event(exc: ChatdError) -> Error:
     """The wire form of one of chatd's errors: its code, words and retry hint."""
-    return Error(exc.code, exc.message, exc.retry_after_ms)
+    return Error(exc.code, redact(exc.message), exc.retry_after_ms)
 
 
 _OPTIONAL = frozenset({"error", "retry_after_ms"})

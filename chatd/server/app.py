@@ -20,6 +20,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from chatd.pipeline import Pipeline
+from chatd.redaction import redact_url
 from chatd.resilience.janitor import Reap
 from chatd.resilience.supervisor import Supervisor
 from chatd.server.auth import identify
@@ -174,7 +175,9 @@ def create_app(state: AppState) -> QuartTrio:
             }
             for name, b in breakers.items()
         }
-        dependencies.setdefault("llm", {}).update(url=state.llm_url, simulated=state.llm_simulated)
+        dependencies.setdefault("llm", {}).update(
+            url=redact_url(state.llm_url), simulated=state.llm_simulated
+        )
         body = {
             "status": status,
             "connections": len(state.connections),

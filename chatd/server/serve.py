@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import resource
 import signal
 import socket
@@ -33,6 +34,7 @@ from chatd.llm.sim import serve_sim_llm
 from chatd.observability.metrics import Metrics
 from chatd.pipeline import Pipeline
 from chatd.pipeline.flights import Flights
+from chatd.redaction import add_secrets
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
 from chatd.resilience.supervisor import Supervisor
 from chatd.server.app import WS_PATH, AppState, create_app, serve_websocket
@@ -58,6 +60,25 @@ class Running:
     llm_url: str
     state: AppState
     drain: Callable[[], None]
+
+
+def _secrets(settings: Settings) -> list[str | None]:
+    """Every configured value that logs and errors must never show: keys,
+    passwords, URLs with credentials, header values sent to the LLM and tools."""
+    llm, kb = settings.llm, settings.kb
+    headers = [llm.extra_headers, *(tool.headers for tool in settings.tools.http)]
+    return [
+        llm.api_key,
+        *(f.api_key for f in llm.fallbacks),
+        *settings.server.api_keys,
+        settings.redis.url,
+        kb.arango_url,
+        kb.arango_password,
+        *(v for h in headers for k, v in h.items() if _SECRET_HEADER.search(k)),
+    ]
+
+
+_SECRET_HEADER = re.compile("auth|key|token|secret|cookie|password", re.IGNORECASE)
 
 
 def _raise_open_files_limit() -> None:
@@ -96,6 +117,7 @@ async def serve(
     """Run chatd until drained by a signal (or cancelled). ``own_process``
     (``chatd serve``): the process is chatd's alone, so it may set what is the
     whole process's, such as the garbage collector (:mod:`chatd.server.heap`)."""
+    add_secrets(_secrets(settings))
     url, listener = listen(settings)
     worker = os.environ.get(WORKER_ENV)
     if worker:

@@ -101,7 +101,7 @@ def test_env_scalars_are_parsed() -> None:
         ),
         (
             {"CHATD_LLM_EXTRA_HEADERS": "[1]"},
-            "config: llm.extra_headers = '[1]' (from environment CHATD_LLM_EXTRA_HEADERS): "
+            "config: llm.extra_headers = *** (from environment CHATD_LLM_EXTRA_HEADERS): "
             "expected a table of strings (a JSON object in the environment)",
         ),
         (
@@ -208,3 +208,25 @@ def test_bad_http_tool_names_its_index(tmp_path: Path, text: str, message: str) 
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text), env={})
     assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"CHATD_LLM_URL": "ftp://svc:hunter2pass@llm/v1"},
+            "config: llm.url = 'ftp://svc:***@llm/v1' (from environment CHATD_LLM_URL): "
+            "expected an http:// or https:// URL",
+        ),
+        (
+            {"CHATD_SERVER_API_KEYS": "sk-not-a-list-123"},
+            "config: server.api_keys = *** (from environment CHATD_SERVER_API_KEYS): "
+            "expected a list (JSON in the environment)",
+        ),
+    ],
+)
+def test_config_errors_never_print_secrets(env: dict[str, str], message: str) -> None:
+    """A bad key, password or URL with credentials is named, its secret not shown."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    assert str(info.value) == message

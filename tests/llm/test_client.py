@@ -171,17 +171,22 @@ async def test_cancel_closes_upstream(autojump_clock: trio.abc.Clock) -> None:
 
 
 async def test_http_error_keeps_provider_body() -> None:
-    """An error status raises with the status and the provider's own body and words."""
-    body = b'{"error": {"message": "model gpt-x does not exist", "type": "invalid_request"}}'
+    """An error status raises with the status and the provider's own body; its
+    words go in the operators' detail (redacted), users read the status only."""
+    body = (
+        b'{"error": {"message": "Incorrect API key provided: Bearer sk-secret123456",'
+        b' "type": "invalid_request"}}'
+    )
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, content=body, headers={"content-type": "application/json"})
+        return httpx.Response(401, content=body, headers={"content-type": "application/json"})
 
     with pytest.raises(UpstreamHTTPError) as info:
         await collect(handler)
-    assert info.value.status == 404
+    assert info.value.status == 401
     assert info.value.body == body.decode()
-    assert "model gpt-x does not exist" in str(info.value)
+    assert str(info.value) == "LLM answered HTTP 401"
+    assert info.value.detail == "Incorrect API key provided: Bearer ***"
     assert info.value.code == "upstream_error"
 
 
@@ -196,7 +201,7 @@ async def test_refusal_is_unavailable_with_retry_after(status: int) -> None:
         await collect(handler)
     assert info.value.retry_after_ms == 2000
     assert info.value.code == "upstream_unavailable"
-    assert "slow down" in str(info.value)
+    assert info.value.detail == "slow down"
 
 
 async def test_connection_refused_is_unavailable() -> None:
@@ -212,6 +217,9 @@ async def test_connection_refused_is_unavailable() -> None:
                     [event async for event in events]
     assert not isinstance(info.value.__cause__, UpstreamUnavailable)
     assert isinstance(info.value.__cause__, httpx.ConnectError)
+    assert str(port) not in info.value.message  # where the LLM is, only operators read
+    assert info.value.detail is not None
+    assert info.value.detail.startswith(f"http://127.0.0.1:{port}/v1: ")
 
 
 async def test_broken_mid_stream_is_protocol_error() -> None:

@@ -30,6 +30,7 @@ from chatd.llm.sim.completions import (
 from chatd.llm.sim.http import Exchange, serve_http
 from chatd.llm.sim.pacing import Pacer
 from chatd.llm.sim.rules import Rules, default_rules, load_rules, plan_reply
+from chatd.redaction import redact
 
 __all__ = ["SimServer", "SimStats", "serve_sim_llm"]
 
@@ -215,7 +216,9 @@ class SimServer:
         await exchange.respond(200, orjson.dumps(attrs.asdict(self.statistics())))
 
     async def _last_request_endpoint(self, exchange: Exchange) -> None:
-        await exchange.respond(200, orjson.dumps(attrs.asdict(self._last_request)))
+        last = self._last_request  # shown without the credentials it carried
+        headers = {name: redact(value) for name, value in last.headers.items()}
+        await exchange.respond(200, orjson.dumps({"headers": headers, "body": last.body}))
 
     async def _faults(self, exchange: Exchange) -> None:
         if exchange.request.method == "POST":

@@ -173,13 +173,14 @@ async def test_models_lists_the_simulator(client: httpx.AsyncClient) -> None:
 
 
 async def test_last_request_shows_headers_and_body(client: httpx.AsyncClient) -> None:
-    """The last completion call's headers (lower-cased) and JSON body are kept."""
+    """The last completion call's headers (lower-cased, credentials masked) and
+    JSON body are kept."""
     headers = {"Authorization": "Bearer sk-test", "X-Extra": "yes"}
     body = chat("hello", stream=False)
     with trio.fail_after(GUARD_S):
         await client.post(COMPLETIONS, json=body, headers=headers)
         last = (await client.get("/_sim/last_request")).json()
-    assert last["headers"]["authorization"] == "Bearer sk-test"
+    assert last["headers"]["authorization"] == "Bearer ***"
     assert last["headers"]["x-extra"] == "yes"
     assert last["body"] == body
 
