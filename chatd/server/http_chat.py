@@ -135,7 +135,11 @@ async def _read_chat(pipeline: Pipeline) -> ChatInput:
         request.remote_addr or "unknown",
     )
     _check_length(pipeline, request.content_length or 0)
-    return _chat_input(pipeline, await request.get_data(cache=False), client)
+    body = bytearray()
+    async for chunk in request.body:  # refused as soon as it passes the limit
+        body += chunk
+        _check_length(pipeline, len(body))
+    return _chat_input(pipeline, bytes(body), client)
 
 
 def register_http_chat(app: QuartTrio, pipeline: Pipeline) -> None:

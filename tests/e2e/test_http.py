@@ -209,3 +209,27 @@ async def test_sse_request_failure_stays_its_own(
             await stream(http, "later", "hello there")
             assert results["later"][-1][0] == "done"
             assert (await http.post("/v1/chat", json={"message": "hi"})).is_success
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_oversized_chunked_body_is_refused_while_it_streams(
+    chatd: Chatd, stream: bool
+) -> None:
+    """A chunked body with no Content-Length gets 413 once it passes the limit,
+    before the client has sent the rest (it never sends the end here)."""
+    port = int(chatd.url.rsplit(":", 1)[1])
+    accept = b"Accept: text/event-stream\r\n" if stream else b""
+    chunk = b"x" * 16384
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as sock:
+            await sock.send_all(
+                b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + accept
+                + b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            for _ in range(8):  # 128 KiB, past the 64 KiB limit, and no end chunk
+                await sock.send_all(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await sock.receive_some()
+    assert received.startswith(b"HTTP/1.1 413")
