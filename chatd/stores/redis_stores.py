@@ -18,11 +18,14 @@ from typing import Generic, TypeVar, cast
 import attrs
 import orjson
 import redis
+import structlog
 import trio
 
 from chatd.llm.types import Message
 from chatd.stores.cache import CacheStatistics
 from chatd.stores.redis_client import RedisClient
+
+log = structlog.get_logger("chatd.stores")
 
 __all__ = ["RedisAnswerCache", "RedisSessionStore"]
 
@@ -112,8 +115,19 @@ class RedisSessionStore:
 
     async def history(self, session: str) -> list[Message]:
         """See :meth:`SessionStore.history`."""
-        raw = await self.redis.call(_history, self.redis.key("session", session))
-        return [cast(Message, orjson.loads(item)) for item in raw]
+        key = self.redis.key("session", session)
+        raw = await self.redis.call(_history, key)
+        try:
+            messages = [orjson.loads(item) for item in raw]
+        except orjson.JSONDecodeError:
+            messages = [None]
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+            # Written by something else, or damaged: a session that cannot be
+            # read starts afresh rather than failing every request of it.
+            log.warning("session history unreadable: starting it afresh", session=session)
+            await self.redis.call(lambda r: r.delete(key))
+            return []
+        return [cast(Message, m) for m in messages]
 
     async def append(self, session: str, messages: Sequence[Message]) -> None:
         """See :meth:`SessionStore.append`."""

@@ -90,3 +90,21 @@ async def test_sessions_expire_ttl_after_the_last_append(
         await trio.sleep(TTL_S * 2 / 3)
         sweep(sessions)
         assert await sessions.history("s") == []
+
+
+@pytest.mark.parametrize("stored", [b"{not json", b"[1, 2]", b'{"content": "no role"}'])
+async def test_unreadable_redis_history_is_treated_as_empty(redis_url: str, stored: bytes) -> None:
+    """A session list in Redis that cannot be read (damaged, or written by
+    something else) reads as empty, and the session goes on from there."""
+    from chatd.config import RedisSettings
+    from chatd.stores.redis_client import open_redis
+
+    async with open_redis(RedisSettings(url=redis_url)) as redis:
+        sessions = RedisSessionStore(redis, max_messages=MAX_MESSAGES, ttl_s=60)
+        await sessions.append("s", turn(1))
+        key = redis.key("session", "s")
+        await redis.call(lambda r: r.rpush(key, stored))
+        with trio.fail_after(TIMEOUT):
+            assert await sessions.history("s") == []
+            await sessions.append("s", turn(2))
+            assert await sessions.history("s") == turn(2)
