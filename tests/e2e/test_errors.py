@@ -318,3 +318,22 @@ async def test_clients_resetting_mid_handshake_harm_nobody(chatd: Chatd) -> None
         async with open_chat_client(chatd.ws_url) as client:
             done = await ask(client, "after", "hello there")
     assert done["type"] == "done"
+
+
+async def test_frame_far_over_the_limit_ends_the_connection_cleanly(chatd: Chatd) -> None:
+    """A frame far past the limit closes the socket (1009): its running request
+    is cancelled upstream and the connection leaves every count."""
+    assert chatd.sim is not None
+    sim = chatd.sim
+    sim.set_timing(ttft_ms=10, tokens_per_s=20)
+    with trio.fail_after(10):
+        async with open_chat_client(chatd.ws_url) as client:
+            await client.chat("long", "tell me a long story about the sea")
+            await client.wait_for("long", "token")
+            assert sim.statistics().active == 1
+            await client.send('{"type": "chat", "id": "huge", "message": "' + "x" * 5_000_000)
+            await client.gone.wait()
+            assert client.ws.closed is not None and client.ws.closed.code == 1009
+        await wait_until(lambda: sim.statistics().active == 0, within=5)
+        await wait_until(lambda: not chatd.running.state.connections, within=5)
+        assert not chatd.pipeline.requests
