@@ -181,9 +181,14 @@ class Pipeline:
                 self.metrics.cancelled("janitor")
                 raise DeadlineExceeded(f"reaped by the janitor: {tracked.reaped}")
             finish = turn.finish_reason
-            if scope.cancelled_caught or tracked.scope.cancelled_caught:
+            if tracked.scope.cancelled_caught and not scope.cancelled_caught:
+                self.metrics.cancelled("drain")
+                raise ShuttingDown(
+                    "the server shut down before the answer finished", retry_after_ms=1000
+                )
+            if scope.cancelled_caught:
                 finish = "cancelled"
-                self.metrics.cancelled("client_cancel" if scope.cancelled_caught else "drain")
+                self.metrics.cancelled("client_cancel")
             elif chat.session:
                 await self._remember(chat, turn)
             return self._done(request_id, turn, finish, started)

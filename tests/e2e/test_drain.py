@@ -32,7 +32,8 @@ async def test_drain_lets_answers_finish_then_closes_1001(make_settings: MakeSet
 
 
 async def test_drain_grace_cancels_what_is_left(make_settings: MakeSettings) -> None:
-    """An answer still running at the grace ends done/cancelled, its LLM call closed."""
+    """An answer still running at the grace ends with shutting_down and a retry
+    hint, its LLM call closed."""
     settings = make_settings(server=ServerSettings(shutdown_grace_s=0.3))
     async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
         assert chatd.sim is not None
@@ -42,6 +43,7 @@ async def test_drain_grace_cancels_what_is_left(make_settings: MakeSettings) -> 
             await client.chat("slow", "tell me a long story about the sea")
             await client.wait_for("slow", "token")
             chatd.running.drain()
-            done = await client.finish("slow")
-        assert done["finish_reason"] == "cancelled"
+            error = await client.finish("slow")
+        assert (error["type"], error["code"]) == ("error", "shutting_down")
+        assert error["retry_after_ms"] == 1000
         await wait_until(lambda: sim.statistics().client_disconnects >= 1, within=1)
