@@ -18,6 +18,12 @@ shared: its key is removed, it goes on for the request that started it (its
 tool context is that request's), and every other subscriber *diverges*: it
 answers alone. Nothing reaches a client before that point, as tool calls
 produce no events until the tools start.
+
+A flight's memory is bounded whatever its followers do: once its furthest
+follower is ``WINDOW`` events behind (every one of them has stopped
+reading), the flight stops reading upstream until one catches up. A flight
+paused long enough hits the LLM's gap timeout and ends; one whose followers
+the janitor reaps ends when the last of them leaves.
 """
 
 from __future__ import annotations
@@ -36,7 +42,10 @@ from chatd.pipeline.answer import Turn
 from chatd.pipeline.events import Event, Route, Token, ToolStart
 from chatd.resilience.janitor import Reap
 
-__all__ = ["Flight", "Flights", "FlightsStatistics", "flight_key", "replay"]
+__all__ = ["WINDOW", "Flight", "Flights", "FlightsStatistics", "flight_key", "replay"]
+
+WINDOW = 512
+"""Events a flight records ahead of its furthest follower before it waits."""
 
 log = structlog.get_logger("chatd.flights")
 
@@ -91,13 +100,29 @@ class Flight:
     _changed: trio.Event = attrs.field(factory=trio.Event)
     _sinks: dict[Sink, trio.Event] = attrs.field(factory=dict)
     """Caught-up followers taking tokens as they come, each with what wakes it."""
+    furthest: int = 0
+    """The most events any follower has taken."""
+    _room: trio.Event | None = None
 
     async def publish(self, event: Event) -> None:
         """Record an event and wake the subscribers (the flight's turn sends
-        through this). No checkpoint: nothing here waits, and the flight's
-        work checkpoints at its every read; yielding per event cost a task
-        switch per token."""
+        through this). No checkpoint while a follower keeps up: the flight's
+        work checkpoints at its every read, and yielding per event cost a
+        task switch per token. Past ``WINDOW`` events ahead of every
+        follower, wait for one (the module docstring)."""
         self.publish_nowait(event)
+        while len(self.events) - self.furthest > WINDOW and self.subscribers:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def reached(self, index: int) -> None:
+        """A follower (or a mirror) has taken the first ``index`` events."""
+        if index > self.furthest:
+            self.furthest = index
+            if self._room is not None:
+                self._room.set()
+                self._room = None
 
     def publish_nowait(self, event: Event) -> None:
         """Record an event and hand it on, without a checkpoint: to each
@@ -233,6 +258,7 @@ class Flights:
                 events = flight.events[index:]
                 index += len(events)
                 await replay(events, turn)  # more may come meanwhile: look again
+                flight.reached(index)
                 continue
             if flight.finished:
                 break
@@ -243,6 +269,7 @@ class Flights:
                 nonlocal index
                 if type(event) is Token and turn.push_token(event.text):
                     index += 1
+                    flight.furthest = max(flight.furthest, index)  # it is caught up
                     return True
                 return False
 

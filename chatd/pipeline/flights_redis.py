@@ -413,6 +413,8 @@ class RedisFlights(Flights):
         An end, a lost lease or a Redis failure closes the lead.
         """
         upto = len(flight.events)
+        # Followers on other instances read what is written: it counts as taken.
+        flight.reached(upto)
         events = [] if lead.diverged else flight.events[lead.sent : upto]
         batch = [event_to_json(e) for e in events if not isinstance(e, Queued)]
         records = []

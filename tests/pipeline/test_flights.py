@@ -78,3 +78,78 @@ async def test_followers_get_every_event_in_order(autojump_clock: trio.abc.Clock
     assert followers[0].pushed >= len(TEXTS) - 2, "caught up, it took tokens as they came"
     assert followers[1].pushed == 5
     assert followers[2].pushed == 0
+
+
+async def test_a_flight_waits_for_its_furthest_follower(autojump_clock: trio.abc.Clock) -> None:
+    """When every follower has stopped reading, the flight stops reading its
+    answer WINDOW events ahead of the furthest; it goes on when one reads
+    again, and ends when the last one leaves."""
+    from chatd.pipeline.flights import WINDOW
+
+    produced: list[int] = []
+    stalled = trio.Event()
+
+    async def long_answer(flight: Flight) -> None:
+        await flight.turn.route("direct")
+        for i in range(10 * WINDOW):
+            await flight.turn.token(f"t{i} ")
+            produced.append(i)
+            await trio.sleep(0.001)
+
+    class Stalling(Follower):
+        """Reads the first 10 events, then nothing until told."""
+
+        async def send(self, event: Event) -> None:
+            if len(self.received) >= 10:
+                await stalled.wait()
+            await super().send(event)
+
+    follower = Stalling(room=0)
+    async with trio.open_nursery() as nursery:
+        flights = Flights(nursery, deadline_s=600)
+        flight, created = flights.join("key", own_turn, long_answer)
+
+        async def follow() -> None:
+            try:
+                await flights.follow(flight, follower.turn("r1"), created=created)
+            finally:
+                flights.leave(flight, created=created)
+
+        async with trio.open_nursery() as following:
+            following.start_soon(follow)
+            await trio.sleep(60)
+            assert len(flight.events) <= 10 + WINDOW + 1, "it waited for its follower"
+            held = len(produced)
+            await trio.sleep(60)
+            assert len(produced) == held
+            stalled.set()  # reading again: the answer goes on to its end
+        assert len(produced) == 10 * WINDOW
+        assert len(follower.received) == 10 * WINDOW + 1
+
+
+async def test_a_paused_flight_ends_when_its_followers_leave(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Followers that never read and then leave (the janitor reaped them) end it."""
+    from chatd.pipeline.flights import WINDOW
+
+    async def endless(flight: Flight) -> None:
+        await flight.turn.route("direct")
+        while True:
+            await flight.turn.token("t ")
+            await trio.sleep(0.001)
+
+    async def never(event: Event) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        flights = Flights(nursery, deadline_s=600)
+        flight, created = flights.join("key", own_turn, endless)
+        with trio.move_on_after(30):  # the reaper's doing
+            try:
+                await flights.follow(flight, Turn(never, ToolContext("r1")), created=created)
+            finally:
+                flights.leave(flight, created=created)
+        await trio.sleep(1)
+        assert flight.finished and len(flight.events) <= WINDOW + 2
+        assert flights.statistics().in_flight == 0
