@@ -244,7 +244,9 @@ class Pipeline:
         limits = self.settings.limits
         trace = turn.trace
         with trace.span("prepare") as prepare:
-            async with self.admission.slot(self.admission.prepare, turn.queued) as held:
+            async with self.admission.slot(
+                self.admission.prepare, turn.queued, chat.client
+            ) as held:
                 waited = held.waited
                 _record_queue(trace, waited, "prepare")
                 history = await self.sessions.history(chat.session_key) if chat.session else []
@@ -264,14 +266,14 @@ class Pipeline:
                 turn.cached = True
                 return
         if self.flights is None:
-            await self._fly(messages, turn)
+            await self._fly(messages, turn, chat.client)
             return
 
         def make_turn() -> Turn:
             return Turn(_unsent, turn.context, trace=turn.trace)
 
         with trace.span("flight") as span:
-            work = functools.partial(self._fly_and_keep, messages, key, span)
+            work = functools.partial(self._fly_and_keep, messages, key, span, chat.client)
             flight, created = self.flights.join(key, make_turn, work)
             span.set(created=created)
             if not created:
@@ -282,25 +284,26 @@ class Pipeline:
             finally:
                 self.flights.leave(flight, created=created)
         if not followed:  # the flight stopped being shared before any event: answer alone
-            await self._fly(messages, turn)
+            await self._fly(messages, turn, chat.client)
 
-    async def _fly(self, messages: list[Message], turn: Turn) -> None:
-        """Answer with an LLM-stream slot held throughout."""
+    async def _fly(self, messages: list[Message], turn: Turn, client: str) -> None:
+        """Answer with an LLM-stream slot held throughout (queued fairly among
+        ``client``'s peers)."""
         turn.on_state("queued")
-        async with self.admission.slot(self.admission.llm_streams, turn.queued) as held:
+        async with self.admission.slot(self.admission.llm_streams, turn.queued, client) as held:
             turn.queue_s += held.waited
             _record_queue(turn.trace, held.waited, "llm_streams")
             await answer(turn, self.llm, self.tools, messages, done_with_llm=held.release)
 
     async def _fly_and_keep(
-        self, messages: list[Message], key: str, span: SpanHandle, flight: Flight
+        self, messages: list[Message], key: str, span: SpanHandle, client: str, flight: Flight
     ) -> None:
         """A flight's work: answer, then keep a shareable answer in the cache.
         Its spans go under its creator's ``flight`` span (this task is not the
         creator's child)."""
         turn = flight.turn
         with turn.trace.under(span):
-            await self._fly(messages, turn)
+            await self._fly(messages, turn, client)
         if self.cache is not None and turn.shareable and turn.finish_reason in ("stop", "length"):
             events = merged(e for e in flight.events if not isinstance(e, Queued))
             await self.cache.put(key, CachedAnswer(events, turn.outcome()))

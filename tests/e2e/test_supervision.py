@@ -167,6 +167,8 @@ async def test_connection_writer_failure_ends_only_that_connection(
     # A second token within a second of the first waits for the writer.
     settings = make_settings(server=ServerSettings(token_merge_ms=1000))
     async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as victim:
+        assert chatd.sim is not None
+        chatd.sim.set_timing(ttft_ms=10, tokens_per_s=50)  # many reads, not one
         with trio.fail_after(10):
             await victim.chat("long", "tell me a long story about the sea")
             with pytest.raises(trio_websocket.ConnectionClosed) as closed:

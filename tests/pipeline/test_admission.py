@@ -128,3 +128,56 @@ async def test_released_early_slot_goes_to_the_next_waiter(autojump_clock: trio.
         assert waited == [] and adm.statistics().llm_streams_in_use == 1
     assert waited == [2.0]
     assert adm.statistics().llm_streams_in_use == 0
+
+
+async def test_freed_slots_go_round_robin_over_clients(autojump_clock: trio.abc.Clock) -> None:
+    """One client's burst does not push back another's request: freed slots go
+    to each waiting client in turn."""
+    adm = admission(llm_streams=1, max_queue=100)
+    served: list[str] = []
+
+    async def ask(name: str, client: str) -> None:
+        async with adm.slot(adm.llm_streams, lambda _position: None, client):
+            served.append(name)
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        for name in ["a1", "a2", "a3", "a4", "a5"]:
+            nursery.start_soon(ask, name, "A")
+            await trio.sleep(0.01)
+        nursery.start_soon(ask, "b1", "B")
+        await trio.sleep(0.01)
+        nursery.start_soon(ask, "c1", "C")
+    assert served == ["a1", "a2", "b1", "c1", "a3", "a4", "a5"]
+
+
+async def test_a_full_queue_makes_room_for_a_new_client(autojump_clock: trio.abc.Clock) -> None:
+    """A client new to a full queue takes the newest place of the client
+    holding the most (refused, saying why); once shares are even, refusals
+    are the newcomer's."""
+    adm = admission(llm_streams=1, max_queue=3, queue_timeout_s=100)
+    outcomes: dict[str, str] = {}
+
+    async def ask(name: str, client: str) -> None:
+        try:
+            async with adm.slot(adm.llm_streams, lambda _position: None, client):
+                outcomes[name] = "served"
+                await trio.sleep(1)
+        except Overloaded as exc:
+            outcomes[name] = exc.message
+
+    async with trio.open_nursery() as nursery:
+        for name in ["a0", "a1", "a2", "a3"]:  # a0 holds the slot; a1..a3 fill the queue
+            nursery.start_soon(ask, name, "A")
+            await trio.sleep(0.01)
+        for name, client in [("b1", "B"), ("c1", "C"), ("d1", "D")]:
+            nursery.start_soon(ask, name, client)
+            await trio.sleep(0.01)
+    assert "holds the most" in outcomes["a3"] and "holds the most" in outcomes["a2"]
+    assert "queue is full" in outcomes["d1"]
+    assert [n for n in ["a0", "a1", "b1", "c1"] if outcomes[n] == "served"] == [
+        "a0",
+        "a1",
+        "b1",
+        "c1",
+    ]
