@@ -6,7 +6,7 @@ import argparse
 import functools
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 
 import structlog
@@ -130,7 +130,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 def _end_cleanly_on_sigterm() -> None:
     """``serve``: SIGTERM does what Ctrl-C does until trio's signal receiver
     (serve's drain, or the workers' supervisor) takes it over, and again once
-    that lets go: a KeyboardInterrupt, which main() turns into status 0.
+    that lets go: a KeyboardInterrupt, which main() turns into status 0
+    (:func:`_serve` has trio raise it only at a checkpoint).
 
     Its default action would kill a server that is still starting (status
     -15), when there is nothing in flight to drain.
@@ -143,13 +144,35 @@ def _end_cleanly_on_sigterm() -> None:
 
 
 def _as_sigint(_signum: int, frame: FrameType | None) -> None:
-    """Hand SIGTERM to whatever handles SIGINT now. Inside ``trio.run`` that is
-    trio's handler: where raising the KeyboardInterrupt at once could corrupt
-    trio's own state, it raises it at the next checkpoint instead."""
+    """Hand SIGTERM to whatever handles SIGINT now: Python's KeyboardInterrupt,
+    or inside ``trio.run`` trio's, which raises it in the main task."""
     handler = signal.getsignal(signal.SIGINT)
     if not callable(handler):  # someone set SIG_IGN or SIG_DFL since
         raise KeyboardInterrupt
     handler(signal.SIGINT, frame)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    """``chatd serve``: one server, or the supervisor of several."""
+    run: Callable[[], Awaitable[None]]
+    if settings.server.worker_count > 1:
+        from chatd.server.workers import supervise
+
+        run = functools.partial(supervise, settings, _worker_args(args))
+    else:
+        from chatd.server.serve import serve
+
+        run = functools.partial(serve, settings, own_process=True)
+    try:
+        # A KeyboardInterrupt (Ctrl-C, or SIGTERM while starting) only at a
+        # checkpoint of the main task: raised between two bytecodes it can
+        # leave a nursery entered and never exited, and trio's state corrupt
+        # (tests/cli/test_workers.py saw it: a traceback, or a hang).
+        trio.run(run, restrict_keyboard_interrupt_to_checkpoints=True)
+    finally:
+        # Served: a SIGTERM now has nothing left to stop, and as a
+        # KeyboardInterrupt past main()'s try it would make the status 130.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,14 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from chatd.cli.kb import run_kb_load
 
             return run_kb_load(settings, args.file)
-        if args.command == "serve" and settings.server.worker_count > 1:
-            from chatd.server.workers import supervise
-
-            trio.run(supervise, settings, _worker_args(args))
-        elif args.command == "serve":
-            from chatd.server.serve import serve
-
-            trio.run(functools.partial(serve, settings, own_process=True))
+        if args.command == "serve":
+            _serve(args, settings)
         else:
             trio.run(_run_sim, settings)
     except (ConfigError, ServerFailed, BaseExceptionGroup, KeyboardInterrupt) as exc:
