@@ -117,9 +117,9 @@ async def _run_sim(settings: Settings) -> None:
         )
 
 
-def _worker_args(args: argparse.Namespace) -> list[str]:
-    """``serve`` with this one's configuration, as one worker of several."""
-    worker = ["serve", "--workers", "1"]
+def _worker_command(args: argparse.Namespace) -> list[str]:
+    """``chatd serve`` with this one's configuration, as one worker of several."""
+    worker = [sys.executable, "-m", "chatd", "serve", "--workers", "1"]
     if args.config:
         worker += ["--config", args.config]
     if args.llm_url:
@@ -134,7 +134,9 @@ def _end_cleanly_on_sigterm() -> None:
     (:func:`_serve` has trio raise it only at a checkpoint).
 
     Its default action would kill a server that is still starting (status
-    -15), when there is nothing in flight to drain.
+    -15), when there is nothing in flight to drain. A worker of
+    ``--workers N`` starts with SIGTERM blocked (:mod:`chatd.server.workers`),
+    so one that came while Python was starting arrives here, on unblocking.
     """
     # trio makes SIGINT a KeyboardInterrupt only over Python's own handler
     # (not over SIG_IGN, as a shell leaves for background jobs).
@@ -158,7 +160,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     if settings.server.worker_count > 1:
         from chatd.server.workers import supervise
 
-        run = functools.partial(supervise, settings, _worker_args(args))
+        run = functools.partial(supervise, settings, _worker_command(args))
     else:
         from chatd.server.serve import serve
 

@@ -81,6 +81,12 @@ class ServerSettings:
     workers: int | Literal["auto"] = attrs.field(default=1, validator=_workers)
     """Processes serving the one listening socket (``"auto"``: one per core this
     process may run on); they share state through ``redis.url``."""
+    worker_stop_margin_s: float = attrs.field(default=5.0, validator=_non_negative)
+    """With ``workers`` above 1: how long past ``shutdown_grace_s`` a worker asked
+    to stop (SIGTERM) may take to close its connections and exit before the
+    supervisor kills it (SIGKILL) and exits 1. Keep their sum below your process
+    manager's stop timeout (systemd's ``TimeoutStopSec``, Kubernetes'
+    ``terminationGracePeriodSeconds``)."""
 
     @property
     def worker_count(self) -> int:

@@ -12,24 +12,33 @@ only through Redis (``redis.url``): without it each keeps its own cache,
 sessions, rate limits and flights, which the supervisor warns about.
 
 Signals: the workers run in their own process group, so a terminal's Ctrl-C
-reaches only the supervisor, which passes SIGTERM on (each worker drains as a
-single process would); a second signal is passed on too, and stops them at
-once. A worker that dies unasked is started again after a pause.
+reaches only the supervisor. On SIGINT or SIGTERM it sends each worker
+SIGTERM (each drains as a single process would) and waits
+``server.shutdown_grace_s`` plus ``server.worker_stop_margin_s``; a worker
+still running then is killed (SIGKILL), and a second signal kills them at
+once. The supervisor exits 0 only if every worker exited by itself with
+status 0 (else :class:`~chatd.exceptions.ServerFailed`: status 1). A worker
+that dies unasked is started again after a pause.
+
+A worker starts with SIGTERM blocked; chatd's ``main()`` unblocks it once a
+SIGTERM would end the worker cleanly (:mod:`chatd.cli.main`), so one asked to
+stop while Python is still starting exits 0 instead of dying of the signal.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
-import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
+import attrs
 import structlog
 import trio
 
 from chatd.config import Settings
-from chatd.exceptions import ConfigError
+from chatd.exceptions import ConfigError, ServerFailed
 from chatd.server.listen import WORKER_ENV, url_of
 
 __all__ = ["supervise"]
@@ -37,90 +46,145 @@ __all__ = ["supervise"]
 log = structlog.get_logger("chatd.workers")
 
 RESTART_PAUSE_S = 1.0
+REAP_AFTER_KILL_S = 5.0
+"""A bound on waiting for a killed worker to be gone (SIGKILL cannot be
+ignored, but a process stuck in the kernel can outlast it)."""
+
+# Runs in the child between fork and exec. Python warns that a preexec_fn can
+# deadlock when the parent has threads (as trio's thread cache does): one that
+# takes a lock another thread held at the fork would wait forever. This one is
+# a single system call and takes none. Popen has no other way to set the mask.
+_BLOCK_SIGTERM = functools.partial(signal.pthread_sigmask, signal.SIG_BLOCK, [signal.SIGTERM])
 
 
-async def supervise(settings: Settings, worker_args: Sequence[str]) -> None:
-    """Run ``settings.server.workers`` workers until a signal drains them.
+async def supervise(settings: Settings, worker_command: Sequence[str]) -> None:
+    """Run ``settings.server.workers`` workers until a signal stops them.
 
-    ``worker_args`` are the arguments after ``python -m chatd`` that start one
-    worker with the same configuration (``serve --config ...``); the
-    supervisor adds the host and port.
+    ``worker_command`` starts one worker with the same configuration
+    (``python -m chatd serve --workers 1 --config ...``); the supervisor adds
+    the host and port. Raises :class:`ServerFailed` when a worker had to be
+    killed or exited non-zero once asked to stop.
     """
-    reserved = _reserve(settings)
-    url = url_of(reserved)
-    host, port = reserved.getsockname()[:2]
-    worker_args = [*worker_args, "--host", host, "--port", str(port)]
-    count = settings.server.worker_count
-    log.info(
-        "listening",
-        url=url,
-        ws_url=url.replace("http", "ws", 1) + "/v1/ws",
-        workers=count,
-    )
-    if settings.redis.url is None:
-        log.warning(
-            "workers share no state without redis.url: each has its own cache, "
-            "sessions, rate limits and flights",
+    # First of all: a signal from here on stops whichever workers have started.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        reserved = _reserve(settings)
+        url = url_of(reserved)
+        host, port = reserved.getsockname()[:2]
+        count = settings.server.worker_count
+        log.info(
+            "listening",
+            url=url,
+            ws_url=url.replace("http", "ws", 1) + "/v1/ws",
             workers=count,
         )
-    env = dict(os.environ)
-    with reserved:
-        async with trio.open_nursery() as nursery:
-            if settings.llm.url is None:
-                from chatd.llm.sim import serve_sim_llm
+        if settings.redis.url is None:
+            log.warning(
+                "workers share no state without redis.url: each has its own cache, "
+                "sessions, rate limits and flights",
+                workers=count,
+            )
+        env = dict(os.environ)
+        with reserved:
+            async with trio.open_nursery() as nursery:
+                if settings.llm.url is None:
+                    from chatd.llm.sim import serve_sim_llm
 
-                sim = await nursery.start(serve_sim_llm, settings.sim)
-                env["CHATD_LLM_URL"] = sim.base_url
-                log.info("simulated LLM started in the supervisor", llm_url=sim.base_url)
-            stopping = trio.Event()
-            processes: list[trio.Process | None] = [None] * count
-            async with trio.open_nursery() as workers:
-                for index in range(count):
-                    workers.start_soon(
-                        _keep_running,
-                        index,
-                        [sys.executable, "-m", "chatd", *worker_args],
-                        dict(env, **{WORKER_ENV: str(index + 1)}),
-                        processes,
-                        stopping,
-                    )
-                nursery.start_soon(_pass_signals, processes, stopping)
-            nursery.cancel_scope.cancel()  # every worker has exited: stop the simulator
-    log.info("stopped")
+                    sim = await nursery.start(serve_sim_llm, settings.sim)
+                    env["CHATD_LLM_URL"] = sim.base_url
+                    log.info("simulated LLM started in the supervisor", llm_url=sim.base_url)
+                workers = _Workers(
+                    [*worker_command, "--host", host, "--port", str(port)],
+                    env,
+                    settings.server.shutdown_grace_s + settings.server.worker_stop_margin_s,
+                )
+                nursery.start_soon(workers.stop_on, signals)
+                async with trio.open_nursery() as running:
+                    for number in range(1, count + 1):
+                        running.start_soon(workers.keep_running, number)
+                # Every worker has exited: stop the simulator and the signal watch.
+                nursery.cancel_scope.cancel()
+        if workers.failures:
+            log.error("stopped: not every worker exited cleanly", failures=workers.failures)
+            raise ServerFailed("workers did not stop cleanly: " + ", ".join(workers.failures))
+        log.info("stopped")
 
 
-async def _keep_running(
-    index: int,
-    command: list[str],
-    env: dict[str, str],
-    processes: list[trio.Process | None],
-    stopping: trio.Event,
-) -> None:
-    """Run worker ``index``, again whenever it dies before a signal asked it to."""
-    while not stopping.is_set():
-        process = await trio.lowlevel.open_process(command, env=env, start_new_session=True)
-        processes[index] = process
-        log.info("worker started", worker=index + 1, pid=process.pid)
-        # Shielded: the supervisor waits for its workers; it never abandons one.
-        with trio.CancelScope(shield=True):
-            status = await process.wait()
-        processes[index] = None
-        if stopping.is_set():
-            log.info("worker exited", worker=index + 1, pid=process.pid, status=status)
+@attrs.define
+class _Workers:
+    """The worker processes: started, restarted, asked to stop, killed."""
+
+    command: list[str]
+    env: dict[str, str]
+    stop_after_s: float
+    """From SIGTERM to SIGKILL."""
+    running: dict[int, trio.Process] = attrs.field(factory=dict, init=False)
+    """By worker number, from 1."""
+    stopping: trio.Event = attrs.field(factory=trio.Event, init=False)
+    killing: bool = attrs.field(default=False, init=False)
+    failures: list[str] = attrs.field(factory=list, init=False)
+    """How the workers that did not exit by themselves with 0 ended."""
+
+    async def keep_running(self, number: int) -> None:
+        """Run worker ``number``, again whenever it dies before it was asked to stop."""
+        env = dict(self.env, **{WORKER_ENV: str(number)})
+        while not self.stopping.is_set():
+            process = await trio.lowlevel.open_process(
+                self.command, env=env, start_new_session=True, preexec_fn=_BLOCK_SIGTERM
+            )
+            self.running[number] = process
+            log.info("worker started", worker=number, pid=process.pid)
+            if self.stopping.is_set():  # asked while this one was being started
+                self._stop(number, process)
+            try:
+                status = await process.wait()
+            finally:
+                del self.running[number]
+                if process.returncode is None:  # the supervisor failed: take the worker along
+                    process.kill()
+                    with trio.move_on_after(REAP_AFTER_KILL_S) as reaping:
+                        reaping.shield = True
+                        await process.wait()
+            if self.stopping.is_set():
+                log.info("worker exited", worker=number, pid=process.pid, status=status)
+                if status == -signal.SIGKILL:
+                    self.failures.append(f"worker {number} killed")
+                elif status != 0:
+                    self.failures.append(f"worker {number} exited with status {status}")
+                return
+            log.error("worker died; starting it again", worker=number, status=status)
+            with trio.move_on_after(RESTART_PAUSE_S):
+                await self.stopping.wait()
+
+    async def stop_on(self, signals: AsyncIterator[int]) -> None:
+        """The first signal asks every worker to stop (SIGTERM); a second one,
+        or ``stop_after_s`` passing, kills those still running (SIGKILL)."""
+        signum = await anext(signals)
+        log.info(
+            "signal: asking the workers to stop",
+            signal=signal.Signals(signum).name,
+            kill_after_s=self.stop_after_s,
+        )
+        self.stopping.set()
+        for number, process in self.running.items():
+            self._stop(number, process)
+        with trio.move_on_after(self.stop_after_s) as waiting:
+            signum = await anext(signals)
+            log.warning("second signal: killing the workers", signal=signal.Signals(signum).name)
+        if waiting.cancelled_caught and self.running:
+            log.error("workers still running past the grace", grace_s=self.stop_after_s)
+        self.killing = True
+        for number, process in self.running.items():
+            self._stop(number, process)
+
+    def _stop(self, number: int, process: trio.Process) -> None:
+        """SIGTERM, or SIGKILL once the supervisor is killing."""
+        if process.returncode is not None:
             return
-        log.error("worker died; starting it again", worker=index + 1, status=status)
-        await trio.sleep(RESTART_PAUSE_S)
-
-
-async def _pass_signals(processes: list[trio.Process | None], stopping: trio.Event) -> None:
-    """SIGINT or SIGTERM to the supervisor: SIGTERM to every worker, each time."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("signal: passing SIGTERM to the workers", signal=signal.Signals(signum).name)
-            stopping.set()
-            for process in processes:
-                if process is not None and process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
+        if self.killing:
+            log.error("worker killed", worker=number, pid=process.pid)
+            process.kill()
+        else:
+            process.terminate()
 
 
 def _reserve(settings: Settings) -> socket.socket:
