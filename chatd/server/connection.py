@@ -48,6 +48,9 @@ _ids = itertools.count(1)
 _PENDING_CHARS = 64 * 1024
 """Merged text an answer may have waiting before its request waits for room."""
 _CLOSE_WAIT_S = 1.0
+_READ_AHEAD = 4
+"""Frames are read while the client has fewer than this many send buffers
+(``server.send_buffer_bytes``) of replies and events unread."""
 
 
 class FrameTransport(Protocol):
@@ -215,9 +218,18 @@ class _Outbox:
     async def room(self, request_id: str) -> None:
         """Wait until ``request_id`` may send again."""
         while self.crowded(request_id) and not self.closed:
-            if self._room is None:
-                self._room = trio.Event()
-            await self._room.wait()
+            await self._wait_for_room()
+
+    async def until_taken_below(self, size: int) -> None:
+        """Wait until the transport holds at most ``size`` bytes unsent."""
+        while self.transport.buffered > size and not self.closed:
+            self._start_flushing()  # (running already, as bytes wait)
+            await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        if self._room is None:
+            self._room = trio.Event()
+        await self._room.wait()
 
     def _wake(self) -> None:
         if self._room is not None:
@@ -343,6 +355,10 @@ class Connection:
                 if self.draining.is_set():  # began before we were here to be told
                     self.drain()
                 while True:
+                    # A client sending faster than it reads is read no further
+                    # until it reads: its replies stay bounded, and nothing it
+                    # was promised is dropped (one that never reads is reaped).
+                    await self._out.until_taken_below(_READ_AHEAD * self._out.limit)
                     frame = await transport.receive()
                     if frame is None:  # gone: its requests are cancelled with the nursery
                         nursery.cancel_scope.cancel()
@@ -372,16 +388,12 @@ class Connection:
         self._scope.cancel()
 
     def _reply(self, request_id: str | None, event: Event) -> None:
-        """A reply to a frame itself (pong, refusals), sent without waiting so
-        the reader never blocks. A client far behind on its replies is not
-        reading: it is dropped rather than given an unbounded pile of them."""
+        """A reply to a frame itself (pong, refusals), sent without waiting: the
+        reader bounds them, reading no more frames while replies pile up."""
         out = self._out
         if out is None or self._closing:
             return  # closing: the client hears 1001 instead
         out.put(request_id, event)
-        if out.transport.buffered > 4 * out.limit:
-            log.warning("client not reading its replies: dropping it", connection=self.id)
-            self.reap("client stopped reading")
 
     def _handle(self, raw: str | bytes, nursery: trio.Nursery) -> None:
         limits = self.pipeline.settings.limits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from typing import Any
@@ -12,7 +13,7 @@ import trio
 import trio.lowlevel
 import trio_websocket
 
-from chatd.config import LimitsSettings, LLMSettings, ServerSettings
+from chatd.config import JanitorSettings, LimitsSettings, LLMSettings, ServerSettings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
 from tests.e2e.conftest import MakeSettings
 
@@ -278,23 +279,51 @@ async def test_bad_frames_leave_requests_in_flight_alone(chatd: Chatd, client: C
 async def test_client_flooding_frames_without_reading_is_dropped(
     make_settings: MakeSettings,
 ) -> None:
-    """Replies pile up for nobody: a client that only sends is dropped once its
-    unread replies pass four times server.send_buffer_bytes (here each reply
-    is an error echoing a long unknown type, so the socket's buffers fill)."""
-    settings = make_settings(server=ServerSettings(send_buffer_bytes=16 * 1024))
+    """Replies pile up for nobody: a client that only sends is read no further
+    once its unread replies pass four times server.send_buffer_bytes (here
+    each reply is an error echoing a long unknown type), and is dropped as
+    stalled by the janitor."""
+    settings = make_settings(
+        server=ServerSettings(send_buffer_bytes=16 * 1024),
+        janitor=JanitorSettings(interval_s=0.1, stalled_client_s=1),
+    )
     frame = orjson.dumps({"type": "x" * 30_000}).decode()
     async with (
         open_chatd(settings) as server,
         trio_websocket.open_websocket_url(server.ws_url) as ws,
     ):
         with trio.fail_after(20):
-            for _ in range(2000):
-                try:
-                    await ws.send_message(frame)
-                except trio_websocket.ConnectionClosed:
-                    break
-            await wait_until(lambda: not server.running.state.connections, within=5)
+            async with trio.open_nursery() as nursery:
+
+                async def flood() -> None:
+                    with contextlib.suppress(trio_websocket.ConnectionClosed):
+                        for _ in range(2000):
+                            await ws.send_message(frame)
+
+                nursery.start_soon(flood)
+                await wait_until(lambda: not server.running.state.connections, within=15)
+                nursery.cancel_scope.cancel()
         await ws._stream.aclose()  # trio-websocket leaves it open after an abort
+
+
+async def test_a_pipelined_burst_is_answered_whole(make_settings: MakeSettings) -> None:
+    """1,000 chats sent back to back by a client that reads: none is dropped;
+    each gets exactly one terminal event (an answer, or overloaded past the
+    per-connection cap), and the connection stays open."""
+    settings = make_settings(server=ServerSettings(send_buffer_bytes=16 * 1024))
+    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+        ids = [f"b{i}" for i in range(1000)]
+        with trio.fail_after(60):
+            for request_id in ids:
+                await client.chat(request_id, f"hello there, number {request_id}")
+            for request_id in ids:
+                await client.finish(request_id)
+        for request_id in ids:
+            types = client.types(request_id)
+            assert sum(t in ("done", "error") for t in types) == 1, (request_id, types)
+        codes = {e["code"] for i in ids for e in client.events[i] if e["type"] == "error"}
+        assert codes <= {"overloaded"}
+        assert client.ws.closed is None
 
 
 async def test_clients_resetting_mid_handshake_harm_nobody(chatd: Chatd) -> None:
