@@ -311,7 +311,10 @@ async def test_a_pipelined_burst_is_answered_whole(make_settings: MakeSettings) 
     each gets exactly one terminal event (an answer, or overloaded past the
     per-connection cap), and the connection stays open."""
     settings = make_settings(server=ServerSettings(send_buffer_bytes=16 * 1024))
-    async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
+    async with (
+        open_chatd(settings) as server,
+        open_chat_client(server.ws_url, read_delay_s=0.002) as client,
+    ):
         ids = [f"b{i}" for i in range(1000)]
         with trio.fail_after(60):
             for request_id in ids:
