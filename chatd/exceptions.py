@@ -61,8 +61,9 @@ class ConfigError(ChatdError):
 
 
 class ServerFailed(ChatdError):
-    """A long-lived task failed and could not be restarted: the server drained
-    and stopped, and exits non-zero."""
+    """The server stopped for a failure, and ``chatd serve`` exits 1: a
+    long-lived task failed and could not be restarted (the server drained
+    first), or a worker had to be killed because it did not stop in time."""
 
 
 class ToolFailed(ChatdError):
