@@ -209,3 +209,50 @@ async def test_second_signal_kills_the_workers_at_once(tmp_path: Path) -> None:
         assert supervisor.events("second signal: killing the workers", signal="SIGINT")
         assert not supervisor.events("workers still running past the grace")
         assert {line["worker"] for line in supervisor.events("worker killed")} == {1, 2}
+
+
+async def test_sigterm_with_50_streams_in_flight(tmp_path: Path) -> None:
+    """SIGTERM to ``--workers 2`` with 50 answers streaming: each ends with one
+    terminal event (its answer, or shutting_down once the grace is over), every
+    worker exits by itself, and the supervisor exits 0."""
+    async with open_chatd(
+        tmp_path,
+        "--workers",
+        "2",
+        CHATD_SERVER_SHUTDOWN_GRACE_S="1",
+        CHATD_SIM_TOKENS_PER_S="20",  # long answers: they outlast the grace
+    ) as supervisor:
+        await supervisor.wait_for("worker serving", count=2)
+        url = supervisor.events("listening")[0]["url"]
+        ws_url = url.replace("http", "ws", 1) + "/v1/ws"
+        terminals: list[dict[str, Any]] = []
+
+        async def streams(index: int, started: trio.Event) -> None:
+            async with open_chat_client(ws_url) as client:
+                ids = [f"s{index}-{n}" for n in range(5)]
+                for n, request_id in enumerate(ids):
+                    part = chr(ord("a") + index) + chr(ord("a") + n)  # unique, no digits
+                    await client.chat(request_id, f"tell me a long story about the sea, {part}")
+                for request_id in ids:
+                    await client.wait_for(request_id, "token")
+                started.set()
+                for request_id in ids:
+                    terminals.append(await client.finish(request_id))
+                    types = client.types(request_id)
+                    assert sum(t in ("done", "error") for t in types) == 1, types
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                ready = []
+                for index in range(10):
+                    ready.append(trio.Event())
+                    nursery.start_soon(streams, index, ready[-1])
+                for event in ready:
+                    await event.wait()
+                supervisor.proc.send_signal(signal.SIGTERM)
+        assert len(terminals) == 50
+        endings = {(t["type"], t.get("finish_reason") or t.get("code")) for t in terminals}
+        assert endings <= {("done", "stop"), ("error", "shutting_down")}, endings
+        assert ("error", "shutting_down") in endings, "some answers outlasted the grace"
+        assert await supervisor.exit_status() == 0
+        assert not supervisor.events("worker killed")
