@@ -170,17 +170,19 @@ class _Conversation:
         self._connecting.deadline = trio.current_time() + CONNECT_TIMEOUT_S
         try:
             with self._connecting:
-                async with open_websocket_url(
-                    url, extra_headers=headers, disconnect_timeout=CLOSE_TIMEOUT_S
-                ) as self._ws:
-                    self._connecting.deadline = math.inf
-                    self.printer.note(f"connected to {url}, session {self.session}")
-                    with self._chatting:
-                        await self._chat(self._ws, lines)
-                    if self._lost is not None:
+                try:
+                    async with open_websocket_url(
+                        url, extra_headers=headers, disconnect_timeout=CLOSE_TIMEOUT_S
+                    ) as self._ws:
+                        self._connecting.deadline = math.inf
+                        self.printer.note(f"connected to {url}, session {self.session}")
+                        with self._chatting:
+                            await self._chat(self._ws, lines)
+                finally:
+                    if self._ws is not None:
                         # trio-websocket 0.12 leaves the TCP stream open when the
-                        # peer drops it (1006), and its close then does nothing.
-                        await self._ws._stream.aclose()
+                        # peer closed or dropped it first; closing it twice is harmless.
+                        await trio.aclose_forcefully(self._ws._stream)
         except HandshakeError as exc:
             if self._ws is None:
                 self.printer.fail(f"cannot connect to {url}: {_connect_failure(exc)}")
@@ -221,6 +223,11 @@ class _Conversation:
                 self._gone(exc.reason)
                 return
             event = orjson.loads(frame)
+            if event["type"] == "error" and event.get("code") == "unauthorized":
+                # The connection itself is refused (the server closes it next).
+                self._lost = f"the server refused the connection: {event.get('message')}"
+                self._chatting.cancel()
+                return
             # An error without an id answers a frame chatd could not read (one
             # over its size limit, say): ours, as only one is ever in flight.
             if self._current is None or event.get("id") not in (self._current, None):

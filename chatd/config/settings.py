@@ -58,7 +58,8 @@ class ServerSettings:
     """Where and how the chat server listens.
 
     ``api_keys`` empty means no authentication; otherwise clients send one as
-    ``Authorization: Bearer KEY`` (or ``?api_key=KEY`` on the WebSocket URL).
+    ``Authorization: Bearer KEY`` (or ``?api_key=KEY`` on the WebSocket URL),
+    and a WebSocket upgrade without a good key is refused (401).
     ``token_merge_ms`` is the window in which an answer's tokens are merged
     into one frame (the first token of an answer always goes out at once).
     """
@@ -66,13 +67,17 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=_port)
     api_keys: list[str] = attrs.field(factory=list)
+    allowed_origins: list[str] = attrs.field(factory=list)
+    """Web pages (``https://app.example``) that may open a WebSocket or post
+    chats from a browser; ``"*"`` for any. Empty: chatd's own origin and
+    loopback pages only (:mod:`chatd.server.origins`)."""
     token_merge_ms: float = attrs.field(default=50.0, validator=_non_negative)
     send_queue: int = attrs.field(default=256, validator=_positive)
     """Events an HTTP (SSE) answer may have waiting for its client."""
     send_buffer_bytes: int = attrs.field(default=256 * 1024, validator=_positive)
     """Bytes a WebSocket may hold that its client has not read before the
-    connection's requests wait for room (past four times that, a client that
-    sends frames but reads no replies is dropped)."""
+    connection's requests wait for room (past four times that, no more of the
+    client's frames are read until it reads)."""
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
     websocket_ping_interval_s: float = attrs.field(default=20.0, validator=_positive)
     websocket_deflate: bool = False

@@ -19,14 +19,16 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from chatd.pipeline import Pipeline
+from chatd.pipeline import Pipeline, encode
+from chatd.pipeline.events import Error
 from chatd.redaction import redact_url
 from chatd.resilience.janitor import Reap
 from chatd.resilience.supervisor import Supervisor
 from chatd.server.auth import identify
 from chatd.server.connection import Connection
 from chatd.server.http_chat import register_http_chat
-from chatd.server.websocket import accept
+from chatd.server.origins import host_allowed, origin_allowed
+from chatd.server.websocket import accept, refuse
 
 __all__ = ["WS_PATH", "AppState", "create_app", "serve_websocket"]
 
@@ -100,9 +102,30 @@ def _identify(api_keys: list[str], request: h11.Request, peer: str) -> tuple[str
     )
 
 
+def _header(request: h11.Request, name: bytes) -> str | None:
+    value = next((v for k, v in request.headers if k == name), None)
+    return None if value is None else value.decode("latin1")
+
+
 async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h11.Request) -> None:
-    """Serve one ``/v1/ws`` connection whose upgrade request has been read."""
+    """Serve one ``/v1/ws`` connection whose upgrade request has been read:
+    refused (403) unless its page's origin and the host it names are allowed
+    (:mod:`chatd.server.origins`). With API keys set and no good one, the
+    client hears an ``unauthorized`` error and the close code 1008 at once
+    (a browser cannot read a refused upgrade's status)."""
     settings = state.pipeline.settings
+    host = _header(request, b"host")
+    if not host_allowed(host, settings.server.host):
+        await refuse(stream, 403, b"Forbidden: this server answers to a loopback name only")
+        return
+    if not origin_allowed(_header(request, b"origin"), host, settings.server.allowed_origins):
+        await refuse(stream, 403, b"Forbidden: this page's origin is not allowed")
+        return
+    try:
+        peer = stream.socket.getpeername()[0]
+    except OSError:
+        peer = "unknown"
+    client, ok = _identify(settings.server.api_keys, request, peer or "unknown")
     websocket = await accept(
         stream,
         request,
@@ -113,12 +136,11 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
     )
     if websocket is None:
         return
-    try:
-        peer = stream.socket.getpeername()[0]
-    except OSError:
-        peer = "unknown"
-    client, ok = _identify(settings.server.api_keys, request, peer or "unknown")
-    connection = Connection(state.pipeline, client, authorized=ok, draining=state.drain_started)
+    if not ok:
+        websocket.send_nowait(encode(Error("unauthorized", "missing or wrong API key"), None))
+        await websocket.close(1008, "missing or wrong API key")
+        return
+    connection = Connection(state.pipeline, client, draining=state.drain_started)
     state.connections.add(connection)
     # The calling task is this connection's own, and so is its copy of the
     # context (no need to unbind): every line of its requests carries its id.

@@ -33,7 +33,7 @@ import attrs
 import structlog
 import trio
 
-from chatd.exceptions import ChatdError, ClientError, Overloaded, Unauthorized
+from chatd.exceptions import ChatdError, ClientError, Overloaded
 from chatd.pipeline import ChatInput, Event, Pipeline, encode, is_terminal
 from chatd.pipeline.events import Pong, Token, error_event
 from chatd.server.frames import chat_fields, id_from_prefix, json_object
@@ -279,7 +279,6 @@ class Connection:
 
     pipeline: Pipeline
     client: str
-    authorized: bool = True
     id: str = attrs.field(factory=lambda: f"conn_{next(_ids)}")
     draining: trio.Event = attrs.field(factory=trio.Event)
     """Set when the server drains, which also calls :meth:`drain`."""
@@ -436,8 +435,6 @@ class Connection:
         message, session, metadata = chat_fields(frame)
         if self._closing:
             return  # the connection is closing for a drain: the client hears 1001
-        if not self.authorized:
-            raise Unauthorized("missing or wrong API key")
         limit = self.pipeline.settings.limits.max_requests_per_connection
         if len(self._requests) >= limit:
             raise Overloaded(f"{limit} requests already in flight on this connection")

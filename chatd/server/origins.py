@@ -13,15 +13,21 @@ DNS rebinding points a name the attacker owns at 127.0.0.1, making the
 page's origin the attacker's and chatd its "own" server: when chatd listens
 on a loopback address, the ``Host`` a request names must be a loopback
 name too.
+
+:func:`guard_http` applies both to every HTTP request (and requires JSON for
+chats); ``chatd.server.app.serve_websocket`` to WebSocket upgrades.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["host_allowed", "is_loopback", "origin_allowed"]
+import orjson
+
+__all__ = ["guard_http", "host_allowed", "is_loopback", "origin_allowed"]
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -72,3 +78,75 @@ def origin_allowed(origin: str | None, host_header: str | None, allowed: Sequenc
     if is_loopback(parts.hostname):
         return True
     return host_header is not None and parts.netloc.lower() == host_header.strip().lower()
+
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]
+
+_CORS_PREFLIGHT = [
+    (b"access-control-allow-methods", b"GET, POST"),
+    (b"access-control-allow-headers", b"authorization, content-type, accept"),
+    (b"access-control-max-age", b"600"),
+]
+
+
+def guard_http(app: ASGIApp, listening_on: str, allowed: Sequence[str]) -> ASGIApp:
+    """``app`` behind the checks for every HTTP request: a ``Host`` that is not
+    loopback on a loopback server, or an ``Origin`` not allowed, is refused
+    (403); ``POST /v1/chat`` needs ``Content-Type: application/json`` (415),
+    so no page can post one as a CORS-simple ``text/plain`` request. Allowed
+    cross-origin pages get CORS headers (and preflights an answer); others
+    get none."""
+
+    async def guarded(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = {k.lower(): v.decode("latin1") for k, v in scope["headers"]}
+        host, origin = headers.get(b"host"), headers.get(b"origin")
+        if not host_allowed(host, listening_on):
+            await _refuse(send, 403, "forbidden", "this server answers to a loopback name only")
+            return
+        if not origin_allowed(origin, host, allowed):
+            await _refuse(send, 403, "forbidden", "this page's origin is not allowed")
+            return
+        cross = origin is not None and urlsplit(origin).netloc.lower() != (host or "").lower()
+        if cross and scope["method"] == "OPTIONS":
+            assert origin is not None
+            await _respond(send, 204, b"", _cors(origin) + _CORS_PREFLIGHT)
+            return
+        if scope["path"] == "/v1/chat" and scope["method"] == "POST":
+            kind = headers.get(b"content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                await _refuse(send, 415, "bad_request", "a chat's body must be application/json")
+                return
+        if not cross:
+            await app(scope, receive, send)
+            return
+        assert origin is not None
+
+        async def send_with_cors(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_cors(origin)]}
+            await send(message)
+
+        await app(scope, receive, send_with_cors)
+
+    return guarded
+
+
+def _cors(origin: str) -> list[tuple[bytes, bytes]]:
+    return [(b"access-control-allow-origin", origin.encode("latin1")), (b"vary", b"origin")]
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    await _respond(send, status, body, [(b"content-type", b"application/json")])
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -43,6 +43,7 @@ from chatd.server.heap import PeriodicCollection, freeze_the_heap
 from chatd.server.http_chat import with_sse_chat
 from chatd.server.hypercorn_compat import open_http_server
 from chatd.server.listen import WORKER_ENV, listen
+from chatd.server.origins import ASGIApp, guard_http
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
 
@@ -263,10 +264,7 @@ async def _serve_connections(
     whatever is left after hypercorn's graceful timeout is cancelled."""
     try:
         async with (
-            open_http_server(with_sse_chat(create_app(state), state.pipeline), config) as (
-                serve_http,
-                close_idle,
-            ),
+            open_http_server(_http_app(state), config) as (serve_http, close_idle),
             trio.open_nursery() as handlers,
         ):
             async with trio.open_nursery() as door:
@@ -288,6 +286,14 @@ async def _serve_connections(
             handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
     finally:
         stopped.set()
+
+
+def _http_app(state: AppState) -> ASGIApp:
+    """The quart app, its SSE chats served in front of it, all behind the
+    Origin and Host checks."""
+    server = state.pipeline.settings.server
+    app = with_sse_chat(create_app(state), state.pipeline)
+    return guard_http(app, server.host, server.allowed_origins)
 
 
 def _store_sweepers(pipeline: Pipeline) -> list[Sweeper]:

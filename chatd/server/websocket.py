@@ -38,7 +38,7 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError, generate_accept_token, split_comma_header
 
-__all__ = ["WebSocket", "accept", "is_upgrade"]
+__all__ = ["WebSocket", "accept", "is_upgrade", "refuse"]
 
 _READ_BYTES = 64 * 1024
 _CLOSE_WAIT_S = 1.0
@@ -109,6 +109,11 @@ async def accept(
         max_message_bytes,
         plain=not extensions,
     )
+
+
+async def refuse(stream: trio.SocketStream, status: int, reason: bytes) -> None:
+    """Answer an upgrade request with ``status`` (plain text) and close."""
+    await _send_and_close(stream, _reject(status, reason))
 
 
 async def _send_and_close(stream: trio.SocketStream, data: bytes) -> None:

@@ -231,13 +231,17 @@ async def test_server_going_away_ends_with_status_1(settings: Settings) -> None:
 
 
 async def test_api_key_is_sent(settings: Settings) -> None:
-    """With api_keys configured, the right key is answered and a wrong one refused."""
+    """With api_keys configured, the right key is answered; a wrong one is
+    refused at once, which the client says before it exits 1."""
     settings = attrs.evolve(settings, server=ServerSettings(api_keys=["sesame"]))
     async with open_chatd(settings) as server:
         refused, answered = Terminal(), Terminal()
-        assert await refused.chat(server.ws_url, script("hello"), api_key="wrong") == 0
+        lines = script("hello", gate=trio.Event())  # it is refused before it asks
+        assert await refused.chat(server.ws_url, lines, api_key="wrong") == 1
+        await lines.aclose()
         assert await answered.chat(server.ws_url, script("hello"), api_key="sesame") == 0
-    assert "  [error unauthorized: " in refused.output
+    last = refused.output.splitlines()[-1]  # its error frame, or its close (1008), first
+    assert last.startswith("chatd chat: the server ") and "missing or wrong API key" in last
     assert "  [done: " in answered.output
 
 

@@ -112,13 +112,18 @@ async def test_too_large_names_the_request(make_settings: MakeSettings) -> None:
 
 
 async def test_unauthorized(make_settings: MakeSettings) -> None:
-    """With API keys set, a chat without a good key is unauthorized; with one it runs."""
+    """With API keys set, a WebSocket without a good key hears unauthorized and
+    is closed (1008) at once, holding nothing; with a key its chats run."""
     settings = make_settings(server=ServerSettings(api_keys=["sesame"]))
     async with open_chatd(settings) as server:
-        async with open_chat_client(server.ws_url) as client:
-            assert (await ask(client, "a", "hello"))["code"] == "unauthorized"
-        async with open_chat_client(server.ws_url + "?api_key=wrong") as client:
-            assert (await ask(client, "b", "hello"))["code"] == "unauthorized"
+        for url in (server.ws_url, server.ws_url + "?api_key=wrong"):
+            async with open_chat_client(url) as client:
+                with trio.fail_after(10):
+                    await client.gone.wait()
+                (error,) = client.events[None]
+                assert error["code"] == "unauthorized"
+                assert client.ws.closed is not None and client.ws.closed.code == 1008
+        assert not server.running.state.connections
         async with open_chat_client(server.ws_url + "?api_key=sesame") as client:
             assert (await ask(client, "c", "hello"))["type"] == "done"
         headers = [("Authorization", "Bearer sesame")]
@@ -334,7 +339,7 @@ async def test_clients_resetting_mid_handshake_harm_nobody(chatd: Chatd) -> None
     (some while chatd answers the handshake) end only their own connections."""
     port = int(chatd.url.rsplit(":", 1)[1])
     head = (
-        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     reset = struct.pack("ii", 1, 0)  # SO_LINGER 0: close sends RST

@@ -81,7 +81,9 @@ async def test_sse_stream(http: httpx.AsyncClient) -> None:
 )
 async def test_bad_bodies(http: httpx.AsyncClient, body: bytes, status: int, code: str) -> None:
     """Malformed bodies get 400 with an error object."""
-    response = await http.post("/v1/chat", content=body)
+    response = await http.post(
+        "/v1/chat", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
 
@@ -126,7 +128,7 @@ async def test_sse_client_leaving_cancels(chatd: Chatd) -> None:
         # would outlive a break as unclosed async generators).
         async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
             await stream.send_all(
-                b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                b"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                 % (len(body), body)
             )
@@ -223,7 +225,7 @@ async def test_oversized_chunked_body_is_refused_while_it_streams(
     with trio.fail_after(10):
         async with await trio.open_tcp_stream("127.0.0.1", port) as sock:
             await sock.send_all(
-                b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 + accept
                 + b"Transfer-Encoding: chunked\r\n\r\n"
             )
