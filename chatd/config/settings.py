@@ -203,6 +203,14 @@ class LimitsSettings:
     request_timeout_s: float = attrs.field(default=120.0, validator=_positive)
     prompt_token_budget: int = attrs.field(default=6000, validator=_positive)
     max_requests_per_connection: int = attrs.field(default=64, validator=_positive)
+    max_requests_per_client: int = attrs.field(default=256, validator=_positive)
+    """Requests in flight from one client (its API key, else its address) over
+    all its connections and HTTP requests; past it, ``overloaded``."""
+    max_connections: int = attrs.field(default=20000, validator=_positive)
+    """WebSockets open at once; past it, a new one hears ``overloaded`` and is
+    closed (1013, try again later)."""
+    max_connections_per_client: int = attrs.field(default=256, validator=_positive)
+    """WebSockets one client may hold open at once (the same refusal)."""
     rate_per_minute: float = attrs.field(default=0.0, validator=_non_negative)
     """Chat requests a client (its API key, else its address) may start per
     minute, with bursts of up to one minute's worth; 0 means no limit."""
@@ -254,7 +262,7 @@ class JanitorSettings:
     tools_s: float = attrs.field(default=60.0, validator=_positive)
     streaming_s: float = attrs.field(default=300.0, validator=_positive)
     stalled_client_s: float = attrs.field(default=30.0, validator=_positive)
-    idle_connection_s: float = attrs.field(default=600.0, validator=_positive)
+    idle_connection_s: float = attrs.field(default=60.0, validator=_positive)
     gc_interval_s: float = attrs.field(default=300.0, validator=_positive)
     """How often ``chatd serve`` runs Python's cycle collector, which it keeps
     from running on its own (chatd.server.heap: each pause held every stream)."""

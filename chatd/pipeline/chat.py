@@ -11,9 +11,11 @@ connection closed) propagates, as nobody is left to tell.
 
 from __future__ import annotations
 
+import collections
 import functools
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -21,7 +23,14 @@ import structlog
 import trio
 
 from chatd.config import Settings
-from chatd.exceptions import ChatdError, DeadlineExceeded, ShuttingDown, TooLarge, first_leaf
+from chatd.exceptions import (
+    ChatdError,
+    DeadlineExceeded,
+    Overloaded,
+    ShuttingDown,
+    TooLarge,
+    first_leaf,
+)
 from chatd.llm import Message
 from chatd.observability.metrics import Metrics
 from chatd.observability.spans import RequestTrace, SpanHandle
@@ -105,19 +114,41 @@ class Pipeline:
     redis: RedisClient | None = None
     """The shared Redis, where one is configured (flights across instances use it)."""
     draining: bool = False
+    in_flight: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    """Requests in flight by client, for ``limits.max_requests_per_client``."""
 
     def new_request_id(self) -> str:
         """A server-made id, unique enough to find a request in the logs."""
         return "req_" + secrets.token_hex(8)
 
     async def check(self, chat: ChatInput) -> None:
-        """Refuse before acceptance: draining, too large, rate limited."""
+        """Refuse before acceptance: draining, too large, too many in flight
+        from this client, rate limited."""
         if self.draining:
             raise ShuttingDown("the server is shutting down", retry_after_ms=1000)
-        limit = self.settings.limits.max_message_chars
-        if len(chat.message) > limit:
-            raise TooLarge(f"message is {len(chat.message)} characters; the limit is {limit}")
+        limits = self.settings.limits
+        if len(chat.message) > limits.max_message_chars:
+            raise TooLarge(
+                f"message is {len(chat.message)} characters; "
+                f"the limit is {limits.max_message_chars}"
+            )
+        if self.in_flight[chat.client] > limits.max_requests_per_client:
+            raise Overloaded(
+                f"{limits.max_requests_per_client} requests of this client already in flight",
+                retry_after_ms=1000,
+            )
         await self.rate_limiter.check(chat.client)
+
+    @contextmanager
+    def _counted(self, client: str) -> Iterator[None]:
+        """Count a request of ``client``'s in flight for the block."""
+        self.in_flight[client] += 1
+        try:
+            yield
+        finally:
+            self.in_flight[client] -= 1
+            if not self.in_flight[client]:
+                del self.in_flight[client]
 
     async def run(self, chat: ChatInput, out: RequestOutput, scope: trio.CancelScope) -> None:
         """Run one chat to exactly one terminal event on ``out``."""
@@ -167,7 +198,7 @@ class Pipeline:
             # The checks run in the client's scope too: a cancel stops a rate
             # limiter's call to Redis as it stops the answer.
             deadline = trio.move_on_after(timeout)  # counts from when it is entered
-            with self.requests.track(request_id) as tracked, scope:
+            with self.requests.track(request_id) as tracked, self._counted(chat.client), scope:
                 with turn.trace.span("admission"):
                     await self.check(chat)
                 await out.send(Accepted(request_id))

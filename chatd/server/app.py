@@ -9,6 +9,7 @@ and ``/metrics``.
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -45,6 +46,8 @@ class AppState:
     llm_url: str
     llm_simulated: bool
     connections: set[Connection] = attrs.field(factory=set)
+    clients: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    """Open WebSockets by client, for ``limits.max_connections_per_client``."""
     drain_started: trio.Event = attrs.field(factory=trio.Event)
     supervisor: Supervisor = attrs.field(factory=Supervisor)
     """Told when a connection's reader or writer fails (logged and counted)."""
@@ -140,8 +143,18 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
         websocket.send_nowait(encode(Error("unauthorized", "missing or wrong API key"), None))
         await websocket.close(1008, "missing or wrong API key")
         return
+    limits = settings.limits
+    if (
+        len(state.connections) >= limits.max_connections
+        or state.clients[client] >= limits.max_connections_per_client
+    ):
+        refusal = Error("overloaded", "too many connections; try again later", 1000)
+        websocket.send_nowait(encode(refusal, None))
+        await websocket.close(1013, "too many connections")
+        return
     connection = Connection(state.pipeline, client, draining=state.drain_started)
     state.connections.add(connection)
+    state.clients[client] += 1
     # The calling task is this connection's own, and so is its copy of the
     # context (no need to unbind): every line of its requests carries its id.
     structlog.contextvars.bind_contextvars(connection_id=connection.id)
@@ -154,6 +167,9 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
         code, reason = 1011, "internal error"
     finally:
         state.connections.discard(connection)
+        state.clients[client] -= 1
+        if not state.clients[client]:
+            del state.clients[client]
     if connection.reaped == "client stopped reading":
         websocket.aborted()  # it would not read a close frame either
     elif connection.draining.is_set() and connection.reaped is None:
