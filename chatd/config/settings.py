@@ -205,12 +205,15 @@ class LimitsSettings:
     max_requests_per_connection: int = attrs.field(default=64, validator=_positive)
     max_requests_per_client: int = attrs.field(default=256, validator=_positive)
     """Requests in flight from one client (its API key, else its address) over
-    all its connections and HTTP requests; past it, ``overloaded``."""
+    all its connections and HTTP requests; past it, ``overloaded``. Clients
+    known only by a loopback address (a local proxy or load test may stand for
+    many users) are not capped per client: give them keys."""
     max_connections: int = attrs.field(default=20000, validator=_positive)
     """WebSockets open at once; past it, a new one hears ``overloaded`` and is
     closed (1013, try again later)."""
     max_connections_per_client: int = attrs.field(default=256, validator=_positive)
-    """WebSockets one client may hold open at once (the same refusal)."""
+    """WebSockets one client may hold open at once (the same refusal; loopback
+    addresses are exempt, as above)."""
     rate_per_minute: float = attrs.field(default=0.0, validator=_non_negative)
     """Chat requests a client (its API key, else its address) may start per
     minute, with bursts of up to one minute's worth; 0 means no limit."""

@@ -21,6 +21,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from chatd.pipeline import Pipeline, encode
+from chatd.pipeline.chat import is_local
 from chatd.pipeline.events import Error
 from chatd.redaction import redact_url
 from chatd.resilience.janitor import Reap
@@ -144,9 +145,8 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
         await websocket.close(1008, "missing or wrong API key")
         return
     limits = settings.limits
-    if (
-        len(state.connections) >= limits.max_connections
-        or state.clients[client] >= limits.max_connections_per_client
+    if len(state.connections) >= limits.max_connections or (
+        state.clients[client] >= limits.max_connections_per_client and not is_local(client)
     ):
         refusal = Error("overloaded", "too many connections; try again later", 1000)
         websocket.send_nowait(encode(refusal, None))
