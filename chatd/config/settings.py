@@ -199,6 +199,9 @@ class LimitsSettings:
     max_queue: int = attrs.field(default=1000, validator=_non_negative)
     queue_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     max_message_chars: int = attrs.field(default=8000, validator=_positive)
+    max_answer_chars: int = attrs.field(default=100_000, validator=_positive)
+    """An answer is cut here (``finish_reason`` ``length``, its LLM call closed):
+    whatever the LLM does, one answer's memory is bounded."""
     max_frame_bytes: int = attrs.field(default=65536, validator=_positive)
     request_timeout_s: float = attrs.field(default=120.0, validator=_positive)
     prompt_token_budget: int = attrs.field(default=6000, validator=_positive)
@@ -278,6 +281,9 @@ class CacheSettings:
     enabled: bool = True
     ttl_s: float = attrs.field(default=300.0, validator=_positive)
     max_entries: int = attrs.field(default=10_000, validator=_positive)
+    max_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    """What the in-process cache may hold, as encoded events; past it the least
+    recently used entries go (Redis keeps its own under its ``maxmemory``)."""
 
 
 @attrs.frozen

@@ -40,7 +40,7 @@ from chatd.pipeline.registry import RequestState
 from chatd.tools.base import Tool, ToolContext, ToolResult
 from chatd.tools.registry import ToolOutcome, ToolRegistry
 
-__all__ = ["ChatStreamer", "Outcome", "Turn", "answer"]
+__all__ = ["AnswerTooLong", "ChatStreamer", "Outcome", "Turn", "answer"]
 
 log = structlog.get_logger("chatd.pipeline")
 
@@ -55,6 +55,11 @@ class ChatStreamer(Protocol):
     def stream(
         self, request: ChatRequest
     ) -> AbstractAsyncContextManager[AsyncIterator[ChatEvent]]: ...
+
+
+class AnswerTooLong(Exception):
+    """An answer reached its turn's ``max_chars``: whoever streams it stops
+    (leaving closes the LLM call); the answer ends with ``length``."""
 
 
 @attrs.frozen
@@ -96,6 +101,9 @@ class Turn:
     first_token_at: float | None = None
     queue_s: float = 0.0
     tools_used: tuple[str, ...] = ()
+    max_chars: int | None = None
+    """Past this many characters, :meth:`token` raises :class:`AnswerTooLong`."""
+    _chars: int = 0
     _text: list[str] = attrs.field(factory=list)
 
     def outcome(self) -> Outcome:
@@ -136,6 +144,10 @@ class Turn:
         """Send the next piece of the answer."""
         if not text:
             return
+        if self.max_chars is not None:
+            self._chars += len(text)
+            if self._chars > self.max_chars:
+                raise AnswerTooLong(f"the answer passed {self.max_chars} characters")
         if self.first_token_at is None:
             self.first_token_at = trio.current_time()
             self.on_state("streaming")

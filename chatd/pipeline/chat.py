@@ -36,8 +36,17 @@ from chatd.llm import Message
 from chatd.observability.metrics import Metrics
 from chatd.observability.spans import RequestTrace, SpanHandle
 from chatd.pipeline.admission import Admission
-from chatd.pipeline.answer import ChatStreamer, Outcome, Turn, answer
-from chatd.pipeline.events import Accepted, Done, Error, Event, Queued, error_event, merged
+from chatd.pipeline.answer import AnswerTooLong, ChatStreamer, Outcome, Turn, answer
+from chatd.pipeline.events import (
+    Accepted,
+    Done,
+    Error,
+    Event,
+    Queued,
+    encode,
+    error_event,
+    merged,
+)
 from chatd.pipeline.flights import Flight, Flights, flight_key, replay
 from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
@@ -74,6 +83,10 @@ class CachedAnswer:
 
     events: tuple[Event, ...]
     outcome: Outcome
+
+    def nbytes(self) -> int:
+        """About what it holds: its events as the wire would carry them."""
+        return sum(len(encode(event, None)) for event in self.events)
 
 
 async def _unsent(event: Event) -> None:
@@ -184,6 +197,7 @@ class Pipeline:
             notify=out.send_nowait,
             push=getattr(out, "try_send", None),
             trace=trace,
+            max_chars=self.settings.limits.max_answer_chars,
         )
         terminal: Done | Error | None = None
         with structlog.contextvars.bound_contextvars(request_id=request_id):
@@ -316,7 +330,7 @@ class Pipeline:
             return
 
         def make_turn() -> Turn:
-            return Turn(_unsent, turn.context, trace=turn.trace)
+            return Turn(_unsent, turn.context, trace=turn.trace, max_chars=turn.max_chars)
 
         with trace.span("flight") as span:
             work = functools.partial(self._fly_and_keep, messages, key, span, chat.client)
@@ -339,7 +353,10 @@ class Pipeline:
         async with self.admission.slot(self.admission.llm_streams, turn.queued, client) as held:
             turn.queue_s += held.waited
             _record_queue(turn.trace, held.waited, "llm_streams")
-            await answer(turn, self.llm, self.tools, messages, done_with_llm=held.release)
+            try:
+                await answer(turn, self.llm, self.tools, messages, done_with_llm=held.release)
+            except* AnswerTooLong:  # its stream closed on the way out
+                turn.finish_reason = "length"
 
     async def _fly_and_keep(
         self, messages: list[Message], key: str, span: SpanHandle, client: str, flight: Flight

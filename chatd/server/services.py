@@ -129,7 +129,12 @@ def _stores(
     sessions = MemorySessionStore()
     rate_limiter = MemoryRateLimiter(settings.limits.rate_per_minute)
     cache = (
-        MemoryAnswerCache[CachedAnswer](settings.cache.ttl_s, settings.cache.max_entries)
+        MemoryAnswerCache[CachedAnswer](
+            settings.cache.ttl_s,
+            settings.cache.max_entries,
+            settings.cache.max_bytes,
+            CachedAnswer.nbytes,
+        )
         if settings.cache.enabled
         else None
     )

@@ -10,6 +10,7 @@ holds is opaque here: the pipeline stores the events it will replay.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 import attrs
@@ -46,15 +47,24 @@ class CacheStatistics:
     expired: int
 
 
+def _one(_value: object) -> int:
+    return 1
+
+
 @attrs.define
 class MemoryAnswerCache(Generic[T]):
-    """Entries in this process, each for ``ttl_s``, at most ``max_entries``."""
+    """Entries in this process, each for ``ttl_s``, at most ``max_entries`` and
+    ``max_bytes`` (as ``size`` tells an entry's; by default there is no byte
+    bound worth the name)."""
 
     ttl_s: float
     max_entries: int
-    _entries: collections.OrderedDict[str, tuple[float, T]] = attrs.field(
+    max_bytes: int = 1 << 62
+    size: Callable[[T], int] = _one
+    _entries: collections.OrderedDict[str, tuple[float, T, int]] = attrs.field(
         factory=collections.OrderedDict, init=False
     )
+    _bytes: int = attrs.field(default=0, init=False)
     _hits: int = attrs.field(default=0, init=False)
     _misses: int = attrs.field(default=0, init=False)
     _expired: int = attrs.field(default=0, init=False)
@@ -64,7 +74,7 @@ class MemoryAnswerCache(Generic[T]):
         await trio.lowlevel.checkpoint_if_cancelled()  # nothing waits: no schedule point
         entry = self._entries.get(key)
         if entry is not None and entry[0] <= trio.current_time():
-            del self._entries[key]
+            self._drop(key)
             self._expired += 1
             entry = None
         if entry is None:
@@ -77,17 +87,25 @@ class MemoryAnswerCache(Generic[T]):
     async def put(self, key: str, value: T) -> None:
         """See :meth:`AnswerCache.put`."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._entries[key] = (trio.current_time() + self.ttl_s, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        size = self.size(value)
+        if size > self.max_bytes:
+            return  # it would push out everything else
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (trio.current_time() + self.ttl_s, value, size)
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))  # the least recently used
+
+    def _drop(self, key: str) -> None:
+        self._bytes -= self._entries.pop(key)[2]
 
     def expire(self) -> int:
         """Drop expired entries (the janitor calls this); returns how many."""
         now = trio.current_time()
-        stale = [key for key, (until, _v) in self._entries.items() if until <= now]
+        stale = [key for key, (until, _v, _s) in self._entries.items() if until <= now]
         for key in stale:
-            del self._entries[key]
+            self._drop(key)
         self._expired += len(stale)
         return len(stale)
 

@@ -174,3 +174,19 @@ async def test_sessions_belong_to_their_client(make_settings: MakeSettings) -> N
             await ask(bob, "b", "hello again", session="shared")
         contents = [m["content"] for m in chatd.sim.last_request.body["messages"]]
         assert not any("secret" in str(c) for c in contents)
+
+
+async def test_an_answer_past_its_limit_ends_with_length(make_settings: MakeSettings) -> None:
+    """limits.max_answer_chars cuts an answer: done with finish_reason length,
+    no more text than the limit, its LLM stream closed."""
+    from chatd.config import LimitsSettings
+    from chatd.testing import wait_until
+
+    settings = make_settings(limits=LimitsSettings(max_answer_chars=40))
+    async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
+        assert chatd.sim is not None
+        sim = chatd.sim
+        done = await ask(client, "long", "tell me a long story about the sea")
+        assert done["finish_reason"] == "length"
+        assert 0 < len(client.answer("long")) <= 40
+        await wait_until(lambda: sim.statistics().active == 0, within=5)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 from chatd.llm import ChatEvent, ChatRequest, Completion, TextDelta, ToolCall, ToolCallBegin
@@ -135,3 +136,28 @@ async def test_path_b_after_the_router_gives_the_slot_back(
     assert _text(events) == "three to five days "
     assert faq.held_while_streaming == [(0, True)] * 4
     assert llm.calls == 1
+
+
+async def test_an_answer_is_cut_at_its_limit(autojump_clock: trio.abc.Clock) -> None:
+    """Past the turn's max_chars the answer stops (AnswerTooLong), its stream
+    closed, with no more than the limit sent; Path B's stream too."""
+    from chatd.pipeline.answer import AnswerTooLong
+
+    pieces = [TextDelta("word " * 10)] * 100  # 5,000 characters
+    llm = ScriptedLLM([[*pieces, Completion("", (), "stop")]])
+    events: list[Event] = []
+
+    async def send(event: Event) -> None:
+        events.append(event)
+
+    turn = Turn(send, ToolContext("r1"), max_chars=1_000)
+    with pytest.raises(AnswerTooLong):
+        await answer(turn, llm, ToolRegistry([]), QUESTION)
+    assert len(_text(events)) <= 1_000 and llm.open == 0
+
+    faq = SlowFAQ(llm, [False])
+    turn = Turn(send, ToolContext("r2"), max_chars=5)
+    llm.scripts.append([ToolCallBegin(0, "c1", "slow_faq"), Completion("", (), "tool_calls")])
+    with pytest.raises(BaseExceptionGroup) as info:
+        await answer(turn, llm, ToolRegistry([faq]), QUESTION)
+    assert info.group_contains(AnswerTooLong)

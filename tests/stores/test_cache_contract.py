@@ -54,3 +54,19 @@ async def test_values_round_trip_unchanged(cache: AnswerCache[str], clock: Clock
         text = 'ünïcode, "quotes", \n newlines and \x00'
         await cache.put("k", text)
         assert await cache.get("k") == text
+
+
+async def test_memory_cache_is_bounded_in_bytes(autojump_clock: trio.abc.Clock) -> None:
+    """Past max_bytes the least recently used entries go; an entry larger than
+    the whole bound is not kept."""
+    from chatd.stores.cache import MemoryAnswerCache
+
+    cache = MemoryAnswerCache[str](ttl_s=60, max_entries=100, max_bytes=10, size=len)
+    await cache.put("a", "xxxx")
+    await cache.put("b", "yyyy")
+    assert await cache.get("a") == "xxxx"  # now the most recently used
+    await cache.put("c", "zzzz")  # 12 bytes: b, the least recently used, goes
+    assert await cache.get("b") is None
+    assert await cache.get("a") == "xxxx" and await cache.get("c") == "zzzz"
+    await cache.put("huge", "h" * 11)
+    assert await cache.get("huge") is None and cache.statistics().entries == 2
