@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-__all__ = ["MASK", "add_secrets", "key_id", "redact", "redact_url"]
+__all__ = ["MASK", "add_secrets", "key_hash", "key_id", "new_key", "redact", "redact_url"]
 
 MASK = "***"
 
@@ -80,6 +81,17 @@ def redact(text: str) -> str:
 def redact_url(url: str) -> str:
     """A URL as it may be shown: no password, no credential arguments."""
     return redact(url)
+
+
+def key_hash(key: str) -> str:
+    """How a key is written in configuration, so the file holds no key:
+    ``sha256:`` and the hex digest (``chatd keys new`` prints it)."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh client key: ``ck_`` and 32 URL-safe random characters."""
+    return "ck_" + secrets.token_urlsafe(24)
 
 
 def key_id(key: str) -> str:

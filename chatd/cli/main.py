@@ -18,6 +18,7 @@ from chatd.cli.trace import add_trace_arguments, run_trace
 from chatd.config import Settings, load_settings
 from chatd.exceptions import ConfigError, ServerFailed, first_leaf
 from chatd.observability import configure_logging
+from chatd.redaction import key_hash, new_key
 
 __all__ = ["main"]
 
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         "trace", help="draw a request's spans from a JSON log, or list the slowest and failed"
     )
     add_trace_arguments(trace)
+
+    keys = commands.add_parser("keys", help="make API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_commands.add_parser(
+        "new", help="print a new key (give it to the client) and its hash (for the config)"
+    )
 
     kb = commands.add_parser("kb", help="manage the knowledge base")
     kb_commands = kb.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
@@ -187,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_chat(args)
         if args.command == "trace":
             return run_trace(args)
+        if args.command == "keys":
+            key = new_key()
+            print(f"key:  {key}\nhash: {key_hash(key)}")
+            print("Give the key to its client; put the hash in server.api_keys (or operator_keys).")
+            return 0
         settings = _settings(args)
         configure_logging(settings.log)
         if args.command == "kb":

@@ -59,7 +59,10 @@ class ServerSettings:
 
     ``api_keys`` empty means no authentication; otherwise clients send one as
     ``Authorization: Bearer KEY`` (or ``?api_key=KEY`` on the WebSocket URL),
-    and a WebSocket upgrade without a good key is refused (401).
+    and a WebSocket without a good key is closed at once (1008). Each key is
+    the key or its hash, ``sha256:<hex>`` (``chatd keys new`` prints both).
+    With any keys set, ``/metrics`` and ``/readyz``'s details need one of
+    ``operator_keys`` (``/readyz``'s status and ``/healthz`` stay open).
     ``token_merge_ms`` is the window in which an answer's tokens are merged
     into one frame (the first token of an answer always goes out at once).
     """
@@ -67,6 +70,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=_port)
     api_keys: list[str] = attrs.field(factory=list)
+    operator_keys: list[str] = attrs.field(factory=list)
     allowed_origins: list[str] = attrs.field(factory=list)
     """Web pages (``https://app.example``) that may open a WebSocket or post
     chats from a browser; ``"*"`` for any. Empty: chatd's own origin and

@@ -15,9 +15,10 @@ from urllib.parse import parse_qsl
 
 import attrs
 import h11
+import orjson
 import structlog
 import trio
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from chatd.pipeline import Pipeline, encode
@@ -26,7 +27,7 @@ from chatd.pipeline.events import Error
 from chatd.redaction import redact_url
 from chatd.resilience.janitor import Reap
 from chatd.resilience.supervisor import Supervisor
-from chatd.server.auth import identify
+from chatd.server.auth import identify, key_matches, supplied_key
 from chatd.server.connection import Connection
 from chatd.server.http_chat import register_http_chat
 from chatd.server.origins import host_allowed, origin_allowed
@@ -192,8 +193,22 @@ def create_app(state: AppState) -> QuartTrio:
 
     register_http_chat(app, state.pipeline)
 
+    def operator() -> bool:
+        """Whether this request may see operators' details: yes when no keys are
+        configured at all; else with one of ``server.operator_keys``."""
+        server = state.pipeline.settings.server
+        if not server.api_keys and not server.operator_keys:
+            return True
+        supplied = supplied_key(request.headers.get("Authorization"), None)
+        return key_matches(supplied, server.operator_keys)
+
     @app.get("/metrics")
     async def metrics() -> Response:
+        if not operator():
+            body = orjson.dumps(
+                {"error": {"code": "unauthorized", "message": "operator key needed"}}
+            )
+            return Response(body, status=401, content_type="application/json")
         body, content_type = state.pipeline.metrics.render()
         return Response(body, content_type=content_type)
 
@@ -216,11 +231,9 @@ def create_app(state: AppState) -> QuartTrio:
         dependencies.setdefault("llm", {}).update(
             url=redact_url(state.llm_url), simulated=state.llm_simulated
         )
-        body = {
-            "status": status,
-            "connections": len(state.connections),
-            "dependencies": dependencies,
-        }
+        body: dict[str, Any] = {"status": status}
+        if operator():
+            body.update(connections=len(state.connections), dependencies=dependencies)
         return body, 200 if status == "ready" else 503
 
     return app

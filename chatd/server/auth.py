@@ -1,30 +1,54 @@
-"""Credentials: who a client is, and whether it may chat."""
+"""Credentials: who a client is, and whether it may chat or operate.
+
+A configured key is the key itself or, better, its hash (``sha256:<hex>``,
+which ``chatd keys new`` prints beside a fresh key): then the configuration
+holds nothing that would let its reader in. Either way keys are compared in
+constant time, and a key is named by its :func:`~chatd.redaction.key_id`
+(in logs, metrics, rate limits and Redis), never itself.
+"""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 
-from chatd.redaction import key_id
+from chatd.redaction import key_hash, key_id
 
-__all__ = ["identify"]
+__all__ = ["identify", "key_matches", "supplied_key"]
+
+
+def supplied_key(authorization: str | None, api_key_arg: str | None) -> str:
+    """The key a request carries: ``Authorization: Bearer KEY``, else ``?api_key=KEY``."""
+    auth = authorization or ""
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else (api_key_arg or "")
+
+
+def key_matches(supplied: str, keys: Sequence[str]) -> bool:
+    """Whether ``supplied`` is one of ``keys`` (each a key or ``sha256:<hex>``)."""
+    if not supplied:
+        return False
+    hashed = key_hash(supplied).encode()
+    return any(
+        hmac.compare_digest(
+            hashed if key.startswith("sha256:") else supplied.encode(), key.encode()
+        )
+        for key in keys
+    )
 
 
 def identify(
-    api_keys: list[str], authorization: str | None, api_key_arg: str | None, remote: str
+    api_keys: Sequence[str], authorization: str | None, api_key_arg: str | None, remote: str
 ) -> tuple[str, bool]:
     """Who the client is (for rate limits) and whether its credentials are good.
 
-    The key comes from ``Authorization: Bearer KEY`` or else ``?api_key=KEY``.
-    With no ``api_keys`` configured everyone is let in and told apart by key
-    or address; otherwise the key must be one of them (compared in constant
-    time), and a client without a good key is known by its address only. A
-    key is named by its :func:`~chatd.redaction.key_id`, never itself.
+    With no ``api_keys`` configured everyone is let in and told apart by
+    address; otherwise the key must be one of them, and a client without a
+    good key is known by its address only.
     """
-    auth = authorization or ""
-    supplied = auth[7:].strip() if auth.lower().startswith("bearer ") else (api_key_arg or "")
     if not api_keys:
         # Unchecked keys say nothing about who asks: rotating them must not
         # escape a rate limit. Without configured keys, clients are addresses.
         return f"addr:{remote}", True
-    ok = any(hmac.compare_digest(supplied.encode(), key.encode()) for key in api_keys)
+    supplied = supplied_key(authorization, api_key_arg)
+    ok = key_matches(supplied, api_keys)
     return (f"key:{key_id(supplied)}" if ok else f"addr:{remote}"), ok

@@ -72,6 +72,7 @@ def _secrets(settings: Settings) -> list[str | None]:
         llm.api_key,
         *(f.api_key for f in llm.fallbacks),
         *settings.server.api_keys,
+        *settings.server.operator_keys,
         settings.redis.url,
         kb.arango_url,
         kb.arango_password,
