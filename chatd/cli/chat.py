@@ -324,7 +324,9 @@ async def _chat_on_terminal(url: str, session: str, api_key: str | None) -> int:
 
 def run_chat(args: argparse.Namespace) -> int:
     """Run ``chatd chat`` with the arguments :func:`add_chat_arguments` made."""
-    session = args.session or f"cli-{secrets.token_hex(4)}"
+    # Unguessable (22+ characters, letters and digits): the session is this
+    # terminal's alone, on any connection, with or without a key.
+    session = args.session or f"cli-{secrets.token_hex(16)}"
     return trio.run(_chat_on_terminal, args.url, session, args.api_key)
 
 

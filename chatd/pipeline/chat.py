@@ -60,7 +60,7 @@ from chatd.tools.registry import ToolRegistry
 if TYPE_CHECKING:
     from chatd.stores.redis_client import RedisClient
 
-__all__ = ["CachedAnswer", "ChatInput", "Pipeline", "RequestOutput", "is_local"]
+__all__ = ["CachedAnswer", "ChatInput", "Pipeline", "RequestOutput", "is_local", "unguessable"]
 
 log = structlog.get_logger("chatd.pipeline")
 
@@ -93,6 +93,21 @@ async def _unsent(event: Event) -> None:
     raise AssertionError("a flight's turn sends through the flight")  # pragma: no cover
 
 
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def unguessable(session: str) -> bool:
+    """A session name long and varied enough to be a secret of its own: 22 or
+    more URL-safe characters, letters and digits both (a random UUID, or
+    ``secrets.token_urlsafe(16)``: ~128 bits when random)."""
+    return (
+        len(session) >= 22
+        and set(session) <= _TOKEN_CHARS
+        and any(c.isdigit() for c in session)
+        and any(c.isalpha() for c in session)
+    )
+
+
 def is_local(client: str) -> bool:
     """A client known only by a loopback address: this machine (a load test, a
     proxy in front), which the per-client caps leave alone, as it may stand
@@ -114,12 +129,22 @@ class ChatInput:
     session: str | None = None
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     client: str = "anonymous"
+    scope: str = ""
+    """Where a guessable session name of a keyless client is valid: its
+    connection (WebSocket), or this request alone (HTTP)."""
 
     @property
     def session_key(self) -> str:
-        """Where the session's history is kept: the client's, so another client
-        naming the same session cannot read it."""
-        return f"{self.client}/{self.session}"
+        """Where the session's history is kept, so nobody else can read it by
+        naming it: a client with a key, under its key; a name nobody can guess
+        (:func:`unguessable`), under that name, from any connection; any other
+        name of a keyless client (known only by an address others may share),
+        under its address and connection."""
+        if self.client.startswith("key:"):
+            return f"{self.client}/{self.session}"
+        if self.session is not None and unguessable(self.session):
+            return f"token/{self.session}"
+        return f"{self.client}/{self.scope}/{self.session}"
 
 
 @attrs.define

@@ -439,7 +439,7 @@ class Connection:
         if len(self._requests) >= limit:
             raise Overloaded(f"{limit} requests already in flight on this connection")
         assert self._out is not None
-        chat = ChatInput(request_id, message, session, metadata, self.client)
+        chat = ChatInput(request_id, message, session, metadata, self.client, self.id)
         if not self._requests:
             self._idle = trio.Event()
         scope = self._requests[request_id] = trio.CancelScope()

@@ -123,7 +123,8 @@ def _check_length(pipeline: Pipeline, length: int) -> None:
 def _chat_input(pipeline: Pipeline, body: str | bytes, client: str) -> ChatInput:
     data = json_object(body, "body", pipeline.settings.limits.max_frame_bytes)
     message, session, metadata = chat_fields(data)
-    return ChatInput("http_" + secrets.token_hex(6), message, session, metadata, client)
+    request_id = "http_" + secrets.token_hex(6)
+    return ChatInput(request_id, message, session, metadata, client, scope=request_id)
 
 
 async def _read_chat(pipeline: Pipeline) -> ChatInput:

@@ -190,3 +190,34 @@ async def test_an_answer_past_its_limit_ends_with_length(make_settings: MakeSett
         assert done["finish_reason"] == "length"
         assert 0 < len(client.answer("long")) <= 40
         await wait_until(lambda: sim.statistics().active == 0, within=5)
+
+
+async def test_keyless_sessions_belong_to_their_connection(chatd: Chatd) -> None:
+    """Without keys, two users on one address naming the same guessable
+    session do not share it (the locker code stays with its owner); an
+    unguessable session goes on from any connection."""
+    assert chatd.sim is not None
+    async with open_chat_client(chatd.ws_url) as first:
+        await ask(first, "a", "hello there, my locker code is 4242", session="mine")
+    async with open_chat_client(chatd.ws_url) as second:
+        await ask(second, "b", "hello again", session="mine")
+    contents = [m["content"] for m in chatd.sim.last_request.body["messages"]]
+    assert not any("4242" in str(c) for c in contents)
+
+    token = "Kx7fQ2mZ9pL4wR8tV1nB6c"  # 22 URL-safe characters: nobody guesses it
+    async with open_chat_client(chatd.ws_url) as first:
+        await ask(first, "c", "hello there, my locker code is 5151", session=token)
+    async with open_chat_client(chatd.ws_url) as again:
+        await ask(again, "d", "hello again", session=token)
+    contents = [m["content"] for m in chatd.sim.last_request.body["messages"]]
+    assert any("5151" in str(c) for c in contents)
+
+
+def test_unguessable_session_names() -> None:
+    """22+ URL-safe characters with letters and digits; anything shorter or plainer is not."""
+    from chatd.pipeline.chat import unguessable
+
+    assert unguessable("550e8400-e29b-41d4-a716-446655440000")
+    assert unguessable("Kx7fQ2mZ9pL4wR8tV1nB6c")
+    assert not unguessable("s1") and not unguessable("my-long-but-plain-session-name")
+    assert not unguessable("Kx7fQ2mZ9pL4wR8tV1nB6c!")

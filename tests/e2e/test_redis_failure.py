@@ -13,6 +13,9 @@ from chatd.testing import open_chat_client, open_chatd, wait_until
 from chatd.testing_redis import RedisServer
 from tests.e2e.conftest import MakeSettings
 
+SESSION = "s-0123456789abcdefghijklmn"
+"""Unguessable: kept under its own name, whatever the connection."""
+
 
 async def fallbacks(url: str) -> dict[str, float]:
     """``chatd_redis_fallbacks_total`` by store, from /metrics."""
@@ -39,7 +42,7 @@ async def test_chats_go_on_while_redis_is_down_and_use_it_again_after(
 
             async def turn(request_id: str, message: str) -> dict[str, object]:
                 with trio.fail_after(15):
-                    await client.chat(request_id, message, session="s")
+                    await client.chat(request_id, message, session=SESSION)
                     return await client.finish(request_id)
 
             assert (await turn("before", "Tell me about the sea."))["type"] == "done"
@@ -67,7 +70,7 @@ async def test_chats_go_on_while_redis_is_down_and_use_it_again_after(
             # The turn went to Redis: the store there has it.
             sessions = chatd.pipeline.sessions
             assert isinstance(sessions, FallbackSessionStore)
-            history = await sessions.redis.history("addr:127.0.0.1/s")
+            history = await sessions.redis.history(f"token/{SESSION}")
             # It came back empty (no persistence), and turns taken while it was
             # down stayed in local memory: only the last turn is there.
             assert [m["content"] for m in history if m["role"] == "user"] == [

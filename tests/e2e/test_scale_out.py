@@ -133,9 +133,13 @@ async def test_a_session_continues_on_the_other_instance(cluster: Cluster) -> No
     """A turn stored by instance a is part of the prompt on instance b."""
     a, b = cluster.instances
     with trio.fail_after(30):
-        _client, first = await ask(a.ws_url, "My favourite colour is teal.", session="s1")
+        _client, first = await ask(
+            a.ws_url, "My favourite colour is teal.", session="s1-0123456789abcdefghijklmn"
+        )
         assert first["type"] == "done"
-        _client, second = await ask(b.ws_url, "What did I just tell you?", session="s1")
+        _client, second = await ask(
+            b.ws_url, "What did I just tell you?", session="s1-0123456789abcdefghijklmn"
+        )
         assert second["type"] == "done"
     messages = cluster.sim.last_request.body["messages"]
     contents = [m.get("content") for m in messages]
