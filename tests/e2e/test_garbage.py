@@ -31,7 +31,13 @@ def no_collector() -> Iterator[Callable[[], collections.Counter[str]]]:
     def garbage() -> collections.Counter[str]:
         gc.collect()
         found = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        # Saved garbage still holds its cycles: free it for real, or the next
+        # call finds it again (a failed test's traceback, dropped by pytest
+        # once the next test starts, is one such).
         gc.garbage.clear()
+        gc.set_debug(0)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
         return found
 
     try:
