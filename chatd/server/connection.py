@@ -36,7 +36,7 @@ import trio
 from chatd.exceptions import ChatdError, ClientError, Overloaded
 from chatd.pipeline import ChatInput, Event, Pipeline, encode, is_terminal
 from chatd.pipeline.events import Pong, Token, error_event
-from chatd.server.frames import chat_fields, id_from_prefix, json_object
+from chatd.server.frames import byte_length, chat_fields, id_from_prefix, json_object
 from chatd.ticks import RESOLUTION, sleep_until_tick
 
 __all__ = ["Connection", "FrameTransport"]
@@ -400,7 +400,7 @@ class Connection:
         try:
             if isinstance(raw, bytes):
                 raise ClientError("frames must be text (JSON), not binary")
-            if len(raw) > limits.max_frame_bytes:  # too_large, but for which request?
+            if byte_length(raw) > limits.max_frame_bytes:  # too_large, but for which request?
                 candidate = id_from_prefix(raw)
                 if _valid_id(candidate):
                     request_id = candidate

@@ -26,10 +26,19 @@ _MEMBER = re.compile(
 )
 
 
+def byte_length(raw: str | bytes) -> int:
+    """The size of ``raw`` on the wire (UTF-8): limits count bytes, whether a
+    frame arrived as text or a body as bytes. ``isascii`` is a flag read."""
+    if isinstance(raw, bytes) or raw.isascii():
+        return len(raw)
+    return len(raw.encode("utf-8", "surrogatepass"))
+
+
 def json_object(raw: str | bytes, what: str, limit: int) -> dict[str, Any]:
     """``raw`` as a JSON object, or :class:`TooLarge` / :class:`ClientError`."""
-    if len(raw) > limit:
-        raise TooLarge(f"{what} is {len(raw)} bytes; the limit is {limit}")
+    size = byte_length(raw)
+    if size > limit:
+        raise TooLarge(f"{what} is {size} bytes; the limit is {limit}")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

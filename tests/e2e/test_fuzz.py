@@ -26,9 +26,9 @@ Where protocol.md is silent the model follows chatd, saying so: a ``ping``
 whose id is not a valid id is answered ``pong`` without one; a chat
 cancelled before it was accepted (its cancel right behind it) ends with
 ``done``/``cancelled`` and no ``accepted``; ``POST /v1/chat`` refuses a body
-not declared ``application/json`` with 415 (a16dc8f). Where chatd breaks
-protocol.md, a strict xfail holds the bug (``test_frame_limit_counts_bytes``)
-and the model follows chatd so the fuzz goes on finding others.
+not declared ``application/json`` with 415 (a16dc8f). The fuzzer found that
+chatd counted a frame's characters against ``limits.max_frame_bytes``;
+``test_frame_limit_counts_bytes`` keeps it fixed.
 
 Hypothesis runs in a worker thread and each step crosses into the trio loop
 (``trio.from_thread.run``): one server for every example, where a
@@ -59,7 +59,6 @@ import attrs
 import httpx
 import hypothesis.statistics
 import orjson
-import pytest
 import structlog
 import trio
 from hypothesis import HealthCheck, Phase, note, seed, settings
@@ -151,11 +150,9 @@ def valid_id(value: object) -> bool:
 
 
 def frame_size(payload: str) -> int:
-    """What chatd counts against ``limits.max_frame_bytes``: characters, where
-    protocol.md (and ``POST /v1/chat``) count bytes. The fuzzer follows chatd
-    so that it goes on finding other bugs; ``test_frame_limit_counts_bytes``
-    holds the bug (xfail, strict) until chatd counts bytes."""
-    return len(payload)
+    """What protocol.md counts against ``limits.max_frame_bytes``: the frame's
+    UTF-8 bytes, as for a ``POST /v1/chat`` body."""
+    return len(payload.encode())
 
 
 def fuzz_settings(kb_path: Path) -> Settings:
@@ -1432,12 +1429,6 @@ async def test_protocol_fuzz(tmp_path: Path) -> None:
     assert result.rss_end <= result.rss[0] * (1 + MEMORY_TOLERANCE), (run_seed, result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chatd compares a WebSocket frame's characters, not its bytes, with "
-    "limits.max_frame_bytes (chatd/server/connection.py, Connection._handle); "
-    "POST /v1/chat counts bytes",
-)
 async def test_frame_limit_counts_bytes(make_settings: MakeSettings) -> None:
     """A frame of 1,030 characters but over 2,048 bytes (two-byte 'é's) is
     too_large, as the same bytes are as a ``POST /v1/chat`` body."""
@@ -1447,7 +1438,9 @@ async def test_frame_limit_counts_bytes(make_settings: MakeSettings) -> None:
     assert len(payload.decode()) < 2048 < len(payload)
     async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
         async with httpx.AsyncClient(base_url=server.url) as http:
-            response = await http.post("/v1/chat", content=payload)
+            response = await http.post(
+                "/v1/chat", content=payload, headers={"content-type": "application/json"}
+            )
         assert response.status_code == 413
         with trio.fail_after(10):
             await client.send(payload.decode())
