@@ -20,7 +20,8 @@ answers alone. Nothing reaches a client before that point, as tool calls
 produce no events until the tools start.
 
 A flight's memory is bounded whatever its followers do: once its furthest
-follower is ``WINDOW`` events behind (every one of them has stopped
+follower is ``WINDOW`` events or ``WINDOW_CHARS`` characters of answer
+behind (an event is a whole read, many tokens; every follower has stopped
 reading), the flight stops reading upstream until one catches up. A flight
 paused long enough hits the LLM's gap timeout and ends; one whose followers
 the janitor reaps ends when the last of them leaves.
@@ -42,10 +43,20 @@ from chatd.pipeline.answer import Turn
 from chatd.pipeline.events import Event, Route, Token, ToolStart
 from chatd.resilience.janitor import Reap
 
-__all__ = ["WINDOW", "Flight", "Flights", "FlightsStatistics", "flight_key", "replay"]
+__all__ = [
+    "WINDOW",
+    "WINDOW_CHARS",
+    "Flight",
+    "Flights",
+    "FlightsStatistics",
+    "flight_key",
+    "replay",
+]
 
 WINDOW = 512
 """Events a flight records ahead of its furthest follower before it waits."""
+WINDOW_CHARS = 16 * 1024
+"""Characters of answer a flight records ahead of its furthest follower before it waits."""
 
 log = structlog.get_logger("chatd.flights")
 
@@ -103,6 +114,8 @@ class Flight:
     furthest: int = 0
     """The most events any follower has taken."""
     _room: trio.Event | None = None
+    _published_chars: int = 0
+    _taken_chars: int = 0
 
     async def publish(self, event: Event) -> None:
         """Record an event and wake the subscribers (the flight's turn sends
@@ -111,7 +124,12 @@ class Flight:
         task switch per token. Past ``WINDOW`` events ahead of every
         follower, wait for one (the module docstring)."""
         self.publish_nowait(event)
-        while len(self.events) - self.furthest > WINDOW and self.subscribers:
+        if type(event) is Token:
+            self._published_chars += len(event.text)
+        while self.subscribers and (
+            len(self.events) - self.furthest > WINDOW
+            or self._published_chars - self._taken_chars > WINDOW_CHARS
+        ):
             if self._room is None:
                 self._room = trio.Event()
             await self._room.wait()
@@ -119,6 +137,9 @@ class Flight:
     def reached(self, index: int) -> None:
         """A follower (or a mirror) has taken the first ``index`` events."""
         if index > self.furthest:
+            for event in self.events[self.furthest : index]:
+                if type(event) is Token:
+                    self._taken_chars += len(event.text)
             self.furthest = index
             if self._room is not None:
                 self._room.set()
@@ -269,7 +290,7 @@ class Flights:
                 nonlocal index
                 if type(event) is Token and turn.push_token(event.text):
                     index += 1
-                    flight.furthest = max(flight.furthest, index)  # it is caught up
+                    flight.reached(index)  # it is caught up
                     return True
                 return False
 

@@ -153,3 +153,29 @@ async def test_a_paused_flight_ends_when_its_followers_leave(
         await trio.sleep(1)
         assert flight.finished and len(flight.events) <= WINDOW + 2
         assert flights.statistics().in_flight == 0
+
+
+async def test_a_flight_waits_for_characters_too(autojump_clock: trio.abc.Clock) -> None:
+    """A fast stream comes in few, long events: the flight also waits once it is
+    WINDOW_CHARS characters ahead of its furthest follower."""
+    from chatd.pipeline.flights import WINDOW_CHARS
+
+    async def long_reads(flight: Flight) -> None:
+        await flight.turn.route("direct")
+        for _ in range(200):  # 200 reads of 1,000 characters: far fewer than WINDOW events
+            await flight.turn.token("x" * 1_000)
+            await trio.sleep(0.001)
+
+    async def never(event: Event) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        flights = Flights(nursery, deadline_s=600)
+        flight, created = flights.join("key", own_turn, long_reads)
+        with trio.move_on_after(30):
+            try:
+                await flights.follow(flight, Turn(never, ToolContext("r1")), created=created)
+            finally:
+                flights.leave(flight, created=created)
+        chars = sum(len(e.text) for e in flight.events if isinstance(e, Token))
+        assert chars <= WINDOW_CHARS + 2_000
