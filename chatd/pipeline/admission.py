@@ -12,7 +12,11 @@ go round-robin over the clients waiting, each client's own requests in the
 order they came, so one client's burst never pushes back another's single
 request. A client new to a full queue takes the place of the newest waiter
 of the client holding the most places (which is refused), so a flood fills
-the queue with its own requests only until someone else asks.
+the queue with its own requests only until someone else asks. And no one
+client holds more than nine tenths of a limiter's slots (``FairLimiter.share``;
+clients on loopback, which may be many users, excepted): under one client's
+flood, another's request finds a free slot at once instead of waiting for
+the next one to free.
 
 Waiters hear their position when they join and, from
 :meth:`Admission.run_position_updates`, whenever it changes (one pass a
@@ -22,6 +26,7 @@ second over the queue, so a long queue costs O(n) a second, not O(n²)).
 from __future__ import annotations
 
 import collections
+import ipaddress
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -33,7 +38,7 @@ import trio
 from chatd.config import LimitsSettings
 from chatd.exceptions import Overloaded
 
-__all__ = ["Admission", "AdmissionStatistics", "FairLimiter", "Slot"]
+__all__ = ["Admission", "AdmissionStatistics", "FairLimiter", "Slot", "is_local"]
 
 PositionCallback = Callable[[int], None]
 """Told the waiter's queue position (1 = next); must not block."""
@@ -61,24 +66,53 @@ class _Waiter:
     evicted: bool = False
 
 
+def is_local(client: str) -> bool:
+    """A client known only by a loopback address: this machine (a load test, a
+    proxy in front), which may stand for many users, so per-client caps and
+    shares leave it alone. Give such users keys to tell them apart."""
+    if not client.startswith("addr:"):
+        return False
+    try:
+        return ipaddress.ip_address(client[5:]).is_loopback
+    except ValueError:
+        return False
+
+
 @attrs.define(eq=False)
 class FairLimiter:
-    """``total`` slots; waiters served round-robin by client (module docstring)."""
+    """``total`` slots; waiters served round-robin by client; no one client
+    (but a local one) holds the last tenth, so another's request finds a
+    slot at once rather than after the next one frees (module docstring)."""
 
     total: int
     borrowed: int = 0
+    _held: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _waiting: dict[str, collections.deque[_Waiter]] = attrs.field(factory=dict, init=False)
     """Each waiting client's waiters in arrival order; the dict's order is the round."""
 
-    def try_acquire(self) -> bool:
-        """Take a free slot if nobody waits for one."""
-        if self.borrowed < self.total and not self._waiting:
-            self.borrowed += 1
+    @property
+    def share(self) -> int:
+        """The most slots one client may hold."""
+        return self.total - self.total // 10
+
+    def _may_take(self, client: str) -> bool:
+        return self.borrowed < self.total and (self._held[client] < self.share or is_local(client))
+
+    def _take(self, client: str) -> None:
+        self.borrowed += 1
+        self._held[client] += 1
+
+    def try_acquire(self, client: str = "") -> bool:
+        """Take a free slot if nobody waits for one and ``client`` may."""
+        if not self._waiting and self._may_take(client):
+            self._take(client)
             return True
         return False
 
     def enqueue(self, waiter: _Waiter) -> None:
+        """Queue ``waiter``; it may get a slot at once, the others being over their share."""
         self._waiting.setdefault(waiter.client, collections.deque()).append(waiter)
+        self._grant()
 
     def withdraw(self, waiter: _Waiter) -> None:
         """``waiter`` leaves the queue (given up, cancelled, evicted)."""
@@ -88,17 +122,29 @@ class FairLimiter:
             if not queue:
                 del self._waiting[waiter.client]
 
-    def release(self) -> None:
-        """Give a slot back: the next client in the round gets it."""
+    def release(self, client: str = "") -> None:
+        """Give ``client``'s slot back: the next client in the round gets it."""
         self.borrowed -= 1
-        while self.borrowed < self.total and self._waiting:
-            client = next(iter(self._waiting))
-            queue = self._waiting.pop(client)
-            waiter = queue.popleft()
-            if queue:
-                self._waiting[client] = queue  # to the back of the round
-            self.borrowed += 1
-            waiter.granted.set()
+        self._held[client] -= 1
+        if not self._held[client]:
+            del self._held[client]
+        self._grant()
+
+    def _grant(self) -> None:
+        """Hand free slots round the waiting clients that may take them."""
+        granted = True
+        while granted and self.borrowed < self.total and self._waiting:
+            granted = False
+            for client in list(self._waiting):
+                if not self._may_take(client):
+                    continue  # over its share: it keeps its place in the round
+                queue = self._waiting.pop(client)
+                waiter = queue.popleft()
+                if queue:
+                    self._waiting[client] = queue  # to the back of the round
+                self._take(client)
+                waiter.granted.set()
+                granted = True
 
     def in_order(self) -> Iterator[_Waiter]:
         """The waiters in the order they will be served."""
@@ -114,6 +160,7 @@ class Slot:
     """A slot held: how long it was queued for, and its early release."""
 
     limiter: FairLimiter
+    client: str
     waited: float
     """Seconds spent queued for it."""
     held: bool = True
@@ -122,7 +169,7 @@ class Slot:
         """Give the slot back now (again: nothing)."""
         if self.held:
             self.held = False
-            self.limiter.release()
+            self.limiter.release(self.client)
 
 
 @attrs.define
@@ -149,7 +196,7 @@ class Admission:
     ) -> AsyncIterator[Slot]:
         """Hold a slot of ``limiter`` for the block, or until released sooner."""
         waited = await self._acquire(limiter, on_position, client)
-        held = Slot(limiter, waited)
+        held = Slot(limiter, client, waited)
         try:
             yield held
         finally:
@@ -162,7 +209,7 @@ class Admission:
         # schedule point: under load each yield on the way to the LLM call is
         # a turn at the back of the run queue, and a first token waits for all.
         await trio.lowlevel.checkpoint_if_cancelled()
-        if limiter.try_acquire():
+        if limiter.try_acquire(client):
             return 0.0
         if len(self._queue) >= self.limits.max_queue and not self._evict_for(client):
             raise Overloaded(
@@ -180,7 +227,7 @@ class Admission:
                 await waiter.granted.wait()
         except BaseException:
             if waiter.granted.is_set():  # granted as it was cancelled: give it back
-                limiter.release()
+                limiter.release(client)
             raise
         finally:
             self._queue.pop(ticket, None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import ipaddress
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from chatd.exceptions import (
 from chatd.llm import Message
 from chatd.observability.metrics import Metrics
 from chatd.observability.spans import RequestTrace, SpanHandle
-from chatd.pipeline.admission import Admission
+from chatd.pipeline.admission import Admission, is_local
 from chatd.pipeline.answer import AnswerTooLong, ChatStreamer, Outcome, Turn, answer
 from chatd.pipeline.events import (
     Accepted,
@@ -60,7 +59,7 @@ from chatd.tools.registry import ToolRegistry
 if TYPE_CHECKING:
     from chatd.stores.redis_client import RedisClient
 
-__all__ = ["CachedAnswer", "ChatInput", "Pipeline", "RequestOutput", "is_local", "unguessable"]
+__all__ = ["CachedAnswer", "ChatInput", "Pipeline", "RequestOutput", "unguessable"]
 
 log = structlog.get_logger("chatd.pipeline")
 
@@ -106,18 +105,6 @@ def unguessable(session: str) -> bool:
         and any(c.isdigit() for c in session)
         and any(c.isalpha() for c in session)
     )
-
-
-def is_local(client: str) -> bool:
-    """A client known only by a loopback address: this machine (a load test, a
-    proxy in front), which the per-client caps leave alone, as it may stand
-    for many users. Give such users keys to tell them apart."""
-    if not client.startswith("addr:"):
-        return False
-    try:
-        return ipaddress.ip_address(client[5:]).is_loopback
-    except ValueError:
-        return False
 
 
 @attrs.frozen

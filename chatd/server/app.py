@@ -22,7 +22,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from chatd.pipeline import Pipeline, encode
-from chatd.pipeline.chat import is_local
+from chatd.pipeline.admission import is_local
 from chatd.pipeline.events import Error
 from chatd.redaction import redact_url
 from chatd.resilience.janitor import Reap

@@ -181,3 +181,39 @@ async def test_a_full_queue_makes_room_for_a_new_client(autojump_clock: trio.abc
         "b1",
         "c1",
     ]
+
+
+async def test_one_client_leaves_a_tenth_for_the_others(autojump_clock: trio.abc.Clock) -> None:
+    """A client holds at most nine tenths of the slots: another's request is
+    served at once, not after the next slot frees; a loopback client, which
+    may be many users, may take them all."""
+    adm = admission(llm_streams=10, max_queue=100, queue_timeout_s=100)
+    waits: dict[str, float] = {}
+
+    async def ask(name: str, client: str, seconds: float = 10) -> None:
+        async with adm.slot(adm.llm_streams, lambda _position: None, client) as held:
+            waits[name] = held.waited
+            await trio.sleep(seconds)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(12):
+            nursery.start_soon(ask, f"a{i}", "key:A")
+        await trio.sleep(1)
+        assert adm.statistics().llm_streams_in_use == 9  # a9..a11 wait
+        nursery.start_soon(ask, "b", "key:B", 1)
+        await trio.sleep(0.1)
+        assert waits["b"] == 0.0
+    a_waits = sorted(waits[f"a{i}"] for i in range(12))
+    assert a_waits == [0.0] * 9 + [10.0] * 3  # A's last three waited for A's own
+
+    local = admission(llm_streams=10, max_queue=100)
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(hold_as, local, "addr:127.0.0.1")
+        await trio.sleep(1)
+        assert local.statistics().llm_streams_in_use == 10
+
+
+async def hold_as(adm: Admission, client: str) -> None:
+    async with adm.slot(adm.llm_streams, lambda _position: None, client):
+        await trio.sleep(5)
