@@ -47,6 +47,10 @@ _ids = itertools.count(1)
 
 _PENDING_CHARS = 64 * 1024
 """Merged text an answer may have waiting before its request waits for room."""
+_PENDING_TOTAL_CHARS = 2 * _PENDING_CHARS
+"""Merged text all of a connection's answers may have waiting before each of
+them waits: a client with 64 answers in flight that stops reading holds at
+most this much, not 64 times the answer's share."""
 _CLOSE_WAIT_S = 1.0
 _READ_AHEAD = 4
 """Frames are read while the client has fewer than this many send buffers
@@ -103,6 +107,7 @@ class _Outbox:
     pending: dict[str, list[str]] = attrs.field(factory=dict)
     """Each answer's token texts waiting for their frame."""
     pending_chars: dict[str, int] = attrs.field(factory=dict)
+    pending_total: int = 0
     due: dict[str, float] = attrs.field(factory=dict)
     """When an answer's waiting tokens go out (absent: when the socket drains)."""
     last: dict[str, float] = attrs.field(factory=dict)
@@ -141,6 +146,7 @@ class _Outbox:
         if texts is not None:
             texts.append(text)
             self.pending_chars[request_id] += len(text)
+            self.pending_total += len(text)
             return
         now = trio.current_time()
         last = self.last.get(request_id)
@@ -158,10 +164,11 @@ class _Outbox:
     def _hold(self, request_id: str, text: str) -> None:
         self.pending[request_id] = [text]
         self.pending_chars[request_id] = len(text)
+        self.pending_total += len(text)
 
     def _flush(self, request_id: str, now: float) -> None:
         texts = self.pending.pop(request_id)
-        del self.pending_chars[request_id]
+        self.pending_total -= self.pending_chars.pop(request_id)
         self.due.pop(request_id, None)
         self.last[request_id] = now
         self._write(encode(Token("".join(texts)), request_id))
@@ -212,6 +219,7 @@ class _Outbox:
         """True if ``request_id`` should wait before sending more."""
         return (
             self.transport.buffered > self.limit
+            or self.pending_total > _PENDING_TOTAL_CHARS
             or self.pending_chars.get(request_id, 0) > _PENDING_CHARS
         )
 

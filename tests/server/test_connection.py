@@ -193,3 +193,32 @@ async def test_a_request_waits_for_room_and_a_push_is_refused(
         nursery.cancel_scope.cancel()
     assert transport.texts() == ["accepted", "after", "now"]
     assert transport.texts("z" * 200) == ["pong"]
+
+
+async def test_a_connection_not_read_holds_a_bounded_backlog(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Twenty answers to a client that stopped reading: together they hold at
+    most the connection's share of merged text (plus the token each sent
+    before it found the outbox crowded), not twenty times an answer's share."""
+    transport = Recorder(blocked=True)
+    transport.send_nowait(orjson.dumps({"type": "pong", "id": "z"}))  # lagging, under the limit
+    piece = "x" * 8192
+    async with trio.open_nursery() as nursery:
+        outbox = _Outbox(transport, 0.0, 1 << 20, nursery)  # type: ignore[arg-type]
+
+        async def answer(request_id: str) -> None:
+            out = _Output(request_id, outbox)
+            for _ in range(100):
+                await out.send(Token(piece))
+
+        for index in range(20):
+            nursery.start_soon(answer, f"r{index}")
+        await trio.sleep(5)
+        held = sum(outbox.pending_chars.values())
+        assert held == outbox.pending_total
+        assert held <= 128 * 1024 + 20 * len(piece)  # 20 answers at 64 Ki each: 1.4 M
+        transport.unblock()
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert {len("".join(transport.texts(f"r{i}"))) for i in range(20)} == {100 * len(piece)}
