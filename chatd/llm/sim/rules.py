@@ -3,18 +3,32 @@
 :func:`plan_reply` reads a chat-completions request body and decides, with no
 randomness, either a text answer (:class:`TextPlan`) or tool calls
 (:class:`ToolCallsPlan`); the server then streams that plan. The built-in
-rules (protocol.md §3), applied to the last user message:
+rules (protocol.md §3, refined as a sensible small model routes), applied to
+the last user message:
 
-- an arithmetic expression calls ``calculator`` with ``{"expression": ...}``;
-- a question about the current time or date calls ``clock`` with ``{}``;
-- both in one message call both, calculator first;
-- any other question calls ``frequently_asked`` with ``{"question": ...}``;
+- small talk alone ("hi", "thanks!", "who are you?", "ok", "bye") is answered
+  in kind, as text, with what the assistant can help with (small_talk.py);
+- otherwise the message is cut into requests at sentence ends and at
+  "and"/"also" between two requests ("what's 2+2 and how do I reset my
+  password"), and each is planned on its own, its greetings and fillers
+  taken off ("hi, quick question: ..."): an arithmetic expression calls
+  ``calculator`` with ``{"expression": ...}``, a question about the current
+  time or date calls ``clock`` with ``{}``, any other question calls
+  ``frequently_asked`` with ``{"question": ...}``;
+- the calls go calculator first, then clock, then frequently_asked, and the
+  same tool is never called twice with the same arguments;
+- a message that is one question with no wrapper is passed whole, unchanged;
+- a short question that leans on what came before ("and how long does that
+  take?", "what about for international orders?") asks the FAQ the earlier
+  question followed by itself: the earlier one in the same message, or the
+  last FAQ question of the earlier user messages;
 - anything else is answered as text (:func:`compose_reply`).
 
 Only tools the request offers are called. ``tool_choice`` is honoured:
 ``"none"`` answers in text, ``"required"`` always calls a tool, a named
 function is called whatever the message. When the conversation ends in tool
-results, the answer quotes each result verbatim and calls nothing.
+results, the answer quotes each result verbatim, one line per result, and
+calls nothing.
 
 A rules file (:func:`load_rules`) replaces the built-in rules with an ordered
 list of regular expressions; see that function for its format.
@@ -33,7 +47,12 @@ import attrs
 import orjson
 
 from chatd.exceptions import ConfigError
-from chatd.llm.sim.small_talk import compose_reply
+from chatd.llm.sim.small_talk import (
+    compose_reply,
+    is_small_talk,
+    small_talk_reply,
+    strip_pleasantries,
+)
 
 __all__ = [
     "Plan",
@@ -161,20 +180,179 @@ def _trim_expression(run: str) -> str:
     return text
 
 
+_LEADING_CONNECTIVE = re.compile(r"(?:and|but|also|so|or)\s+", re.IGNORECASE)
+
+
 def _is_question(text: str) -> bool:
     stripped = text.strip()
-    return stripped.endswith("?") or bool(_INTERROGATIVE.match(stripped))
+    if stripped.endswith("?"):
+        return True
+    connective = _LEADING_CONNECTIVE.match(stripped)
+    return bool(_INTERROGATIVE.match(stripped, connective.end() if connective else 0))
 
 
-def _builtin_calls(text: str, offered: set[str]) -> list[ToolCall]:
+# --- clauses, requests and follow-ups ---------------------------------------------------
+#
+# A message is cut into pieces at sentence ends and at "and"/"also" between
+# two requests; small-talk pieces are dropped; each request takes the
+# statements before it as its context ("My parcel came today. It is broken,
+# what now?"). "and" splits only when the part after it starts a request of
+# its own: "shipping and handling" or "2 and 3" stay one piece.
+
+_SENTENCE_END = re.compile(r"(?<=[?!.;])\s+|\s*\n\s*")
+_JOINER = re.compile(r"\s*,?\s+(?:and\s+also|and|also)\s+", re.IGNORECASE)
+_FOLLOW_UP_LEAD = re.compile(
+    r"(?:and|but|also|or|(?:what|how)\s+about|what\s+if)(?![\w'])", re.IGNORECASE
+)
+_ANAPHORA = re.compile(
+    r"(?<![\w'])(?:that|it|its|it's|this|those|these|they|them|their)(?![\w'])", re.IGNORECASE
+)
+_FOLLOW_UP_WORDS = 8
+"""A follow-up is short: longer questions carry their own topic."""
+_HISTORY_TURNS = 4
+"""How many earlier user messages a follow-up looks back through for its topic."""
+
+
+def _is_request(text: str) -> bool:
+    """Whether ``text`` asks something: a question, a sum, or the time."""
+    return _is_question(text) or find_expression(text) is not None or bool(_CLOCK.search(text))
+
+
+def _starts_request(text: str) -> bool:
+    """Whether ``text``, the part after an "and", is a request of its own."""
+    return (
+        bool(_INTERROGATIVE.match(text))
+        or find_expression(text) is not None
+        or bool(_CLOCK.search(text))
+    )
+
+
+def _pieces(text: str) -> list[tuple[int, int]]:
+    """``text`` cut at sentence ends and at "and"s between requests, as (start, end) spans."""
+    pieces: list[tuple[int, int]] = []
+    for start, end in _spans(text, _SENTENCE_END, 0, len(text)):
+        current: tuple[int, int] | None = None
+        asks = False  # whether the current piece holds a request: kept, not recomputed
+        for part in _spans(text, _JOINER, start, end):
+            part_asks = _is_request(text[part[0] : part[1]])
+            if current is not None and asks and _starts_request(text[part[0] : part[1]]):
+                pieces.append(current)
+                current = None
+            if current is None:
+                current, asks = part, part_asks
+            else:
+                current, asks = (current[0], part[1]), asks or part_asks
+        if current is not None:
+            pieces.append(current)
+    return pieces
+
+
+def _spans(text: str, separator: re.Pattern[str], start: int, end: int) -> list[tuple[int, int]]:
+    """The non-empty spans of ``text[start:end]`` between matches of ``separator``."""
+    spans = []
+    for match in separator.finditer(text, start, end):
+        if match.start() > start:
+            spans.append((start, match.start()))
+        start = match.end()
+    if end > start:
+        spans.append((start, end))
+    return [(a, b) for a, b in spans if text[a:b].strip()]
+
+
+def _requests(text: str) -> list[str]:
+    """The requests in ``text``, each with its context and without pleasantries.
+
+    A message that is one request with no pleasantries comes back whole and
+    unchanged: protocol.md §3 passes "the message" to ``frequently_asked``.
+    """
+    kept = [(a, b) for a, b in _pieces(text) if not is_small_talk(text[a:b])]
+    groups: list[tuple[int, int]] = []
+    begun: int | None = None
+    for a, b in kept:
+        begun = a if begun is None else begun
+        if _is_request(strip_pleasantries(text[a:b])):
+            groups.append((begun, b))
+            begun = None
+    if begun is not None and groups:  # statements after the last request are its context
+        groups[-1] = (groups[-1][0], kept[-1][1])
+    requests = [strip_pleasantries(text[a:b]) for a, b in groups]
+    if requests == [text.strip()]:
+        return [text]
+    return requests
+
+
+def _is_follow_up(request: str) -> bool:
+    """A short question that leans on what came before: "and how long does that take?"."""
+    if len(request.split()) > _FOLLOW_UP_WORDS:
+        return False
+    return bool(_FOLLOW_UP_LEAD.match(request) or _ANAPHORA.search(request))
+
+
+def _is_faq_question(request: str) -> bool:
+    """A question for the FAQ, tools or not on offer: neither a sum nor about the time."""
+    return _is_question(request) and find_expression(request) is None and not _CLOCK.search(request)
+
+
+def _topic(earlier: list[str]) -> str | None:
+    """The latest question a follow-up can lean on, from the earlier user messages.
+
+    Small talk and other follow-ups are passed over; a sum or a time question
+    ends the search, since the conversation moved on from the FAQ.
+    """
+    for message in reversed(earlier[-_HISTORY_TURNS:]):
+        requests = _requests(message)
+        standalone = [r for r in requests if _is_faq_question(r) and not _is_follow_up(r)]
+        if standalone:
+            return standalone[-1]
+        if any(not _is_faq_question(r) for r in requests):
+            return None
+    return None
+
+
+def _with_topic(topic: str, follow_up: str) -> str:
+    """The question a follow-up stands for: the earlier question, then the follow-up."""
+    topic = topic.strip()
+    if topic[-1:] not in {"?", ".", "!"}:
+        topic += "?"
+    return f"{topic} {follow_up.strip()}"
+
+
+def _builtin_calls(text: str, earlier: list[str], offered: set[str]) -> list[ToolCall]:
+    """The built-in rules' calls for the user message ``text``, after ``earlier`` ones.
+
+    Each request in the message is planned on its own; then the calls go
+    calculator first, then clock, then frequently_asked, each once. Keeping
+    frequently_asked last also keeps it off index 0 in a mixed message, where
+    a caller that guesses a natural-answer tool's arguments from the whole
+    message (chatd's Path B does) would guess wrong.
+    """
+    sums: list[ToolCall] = []
+    clocks: list[ToolCall] = []
+    faq: list[ToolCall] = []
+    asked: list[str] = []  # this message's standalone FAQ questions, for its follow-ups
+    for request in _requests(text):
+        expression = find_expression(request)
+        planned = False
+        if expression is not None and "calculator" in offered:
+            sums.append(ToolCall("calculator", {"expression": expression}))
+            planned = True
+        if "clock" in offered and _CLOCK.search(request):
+            clocks.append(ToolCall("clock", {}))
+            planned = True
+        if planned or "frequently_asked" not in offered or not _is_question(request):
+            continue
+        question = request
+        if _is_follow_up(request):
+            topic = asked[-1] if asked else _topic(earlier)
+            if topic is not None:
+                question = _with_topic(topic, request)
+        else:
+            asked.append(request)
+        faq.append(ToolCall("frequently_asked", {"question": question}))
     calls: list[ToolCall] = []
-    expression = find_expression(text)
-    if expression is not None and "calculator" in offered:
-        calls.append(ToolCall("calculator", {"expression": expression}))
-    if "clock" in offered and _CLOCK.search(text):
-        calls.append(ToolCall("clock", {}))
-    if not calls and "frequently_asked" in offered and _is_question(text):
-        calls.append(ToolCall("frequently_asked", {"question": text}))
+    for call in (*sums, *clocks, *faq):
+        if call not in calls:  # never the same tool twice with the same arguments
+            calls.append(call)
     return calls
 
 
@@ -196,7 +374,8 @@ def plan_reply(body: Mapping[str, Any], rules: Rules) -> Plan:
     quoted = _quote_tool_results(messages)
     if quoted is not None:
         return TextPlan(quoted)
-    text = next((_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    said = [_text(m) for m in messages if m.get("role") == "user"]
+    text = said[-1] if said else ""
     offered = _offered_tools(body)
     choice = body.get("tool_choice", "auto")
     if choice == "none":
@@ -205,7 +384,9 @@ def plan_reply(body: Mapping[str, Any], rules: Rules) -> Plan:
     reply: str | None = None
     calls: list[ToolCall] = []
     if rules.builtin:
-        calls = _builtin_calls(text, offered)
+        reply = small_talk_reply(text)
+        if reply is None:
+            calls = _builtin_calls(text, said[:-1], offered)
     else:
         for rule in rules.entries:
             match = rule.pattern.search(text)

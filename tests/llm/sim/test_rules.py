@@ -174,6 +174,262 @@ def test_tool_results_are_quoted_verbatim() -> None:
     assert text == 'Based on calculator: 6*7 = 42\nBased on clock: {"now": "12:00"}  odd  spacing'
 
 
+# --- small talk, wrappers, several intents, follow-ups ----------------------------------
+
+SMALL_TALK = [
+    "hi",
+    "hello!",
+    "hey there",
+    "thanks!",
+    "thank you so much",
+    "good morning!",
+    "hi, how are you?",
+    "who are you?",
+    "what can you do?",
+    "can you help me?",
+    "ok",
+    "bye",
+]
+
+
+def conversation(*turns: str, tools: list[dict[str, Any]] = TOOLS) -> dict[str, Any]:
+    """A request whose messages alternate user and assistant, starting and ending with the user."""
+    roles = ("user", "assistant")
+    messages = [{"role": roles[i % 2], "content": turn} for i, turn in enumerate(turns)]
+    return {"messages": [{"role": "system", "content": "You are..."}, *messages], "tools": tools}
+
+
+@pytest.mark.parametrize("text", SMALL_TALK)
+def test_small_talk_is_answered_directly_the_same_every_time(text: str) -> None:
+    """Greetings, thanks and small talk get text, never a tool call, however they look."""
+    reply = text_of(plan_reply(body(text), default_rules()))
+    assert reply == text_of(plan_reply(body(text), default_rules()))
+    assert 25 <= len(reply.split()) <= 60
+    assert "You mentioned" not in reply  # not the generic chit-chat filler
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("hi", ["Hi", "help"]),
+        ("hey there", ["Hey", "help"]),
+        ("good morning!", ["Good morning!", "help"]),
+        ("hi, how are you?", ["Hi", "doing well", "help"]),
+        ("thanks!", ["You're welcome"]),
+        ("thank you so much", ["You're welcome"]),
+        ("bye", ["Goodbye"]),
+    ],
+)
+def test_small_talk_is_answered_in_kind(text: str, words: list[str]) -> None:
+    """A greeting gets a greeting and an offer to help; thanks, you're welcome; bye, goodbye."""
+    reply = text_of(plan_reply(body(text), default_rules()))
+    for word in words:
+        assert word in reply
+
+
+@pytest.mark.parametrize("text", ["who are you?", "what can you do?", "can you help me?"])
+def test_who_and_what_says_what_it_helps_with(text: str) -> None:
+    """The assistant says it is the demo store's and lists what it can help with."""
+    reply = text_of(plan_reply(body(text), default_rules()))
+    assert "demo store's assistant" in reply
+    for topic in ("orders", "shipping", "returns", "payments", "account", "arithmetic", "time"):
+        assert topic in reply
+
+
+def test_small_talk_with_no_tools_offered_is_the_same_reply() -> None:
+    """The direct answer does not depend on the tools on offer."""
+    offered = text_of(plan_reply(body("thanks!"), default_rules()))
+    assert text_of(plan_reply(body("thanks!", tools=None), default_rules())) == offered
+
+
+@pytest.mark.parametrize(
+    ("text", "question"),
+    [
+        (
+            "hi, quick question: how long does shipping take to Canada?",
+            "how long does shipping take to Canada?",
+        ),
+        ("Hello! Where is my order?", "Where is my order?"),
+        ("hey there, sorry to bother you, but where is my order?", "where is my order?"),
+        ("ok so, how do I return an item?", "how do I return an item?"),
+        ("how do I cancel my order? Thanks in advance!", "how do I cancel my order?"),
+        ("where is my order please?", "where is my order?"),
+    ],
+)
+def test_faq_gets_the_question_without_greetings_or_fillers(text: str, question: str) -> None:
+    """Greetings and fillers before the question, and thanks after it, are not asked."""
+    assert calls(text) == [ToolCall("frequently_asked", {"question": question})]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Where is my order?",
+        "  how do I reset my password ",
+        "My order arrived damaged. What should I do?",
+        "how are you able to ship so fast?",
+        "how much is shipping and handling?",
+    ],
+)
+def test_question_with_no_wrapper_is_passed_exactly(text: str) -> None:
+    """With nothing to strip, frequently_asked gets the message itself (protocol.md §3)."""
+    assert calls(text) == [ToolCall("frequently_asked", {"question": text})]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "what's 2+2 and how do I reset my password",
+            [
+                ToolCall("calculator", {"expression": "2+2"}),
+                ToolCall("frequently_asked", {"question": "how do I reset my password"}),
+            ],
+        ),
+        (
+            "what time is it and where is my order?",
+            [
+                ToolCall("clock", {}),
+                ToolCall("frequently_asked", {"question": "where is my order?"}),
+            ],
+        ),
+        (
+            "Where is my order? Also, what is 12*3?",
+            [
+                ToolCall("calculator", {"expression": "12*3"}),
+                ToolCall("frequently_asked", {"question": "Where is my order?"}),
+            ],
+        ),
+        (
+            "what is 2+2 and 3*3",
+            [
+                ToolCall("calculator", {"expression": "2+2"}),
+                ToolCall("calculator", {"expression": "3*3"}),
+            ],
+        ),
+    ],
+)
+def test_several_intents_call_several_tools_at_once(text: str, expected: list[ToolCall]) -> None:
+    """Each request in the message gets its own call, calculator then clock then FAQ."""
+    assert calls(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["how much is shipping and handling?", "what is 2 and 3?", "can I pay by card and PayPal?"],
+)
+def test_and_inside_one_request_does_not_split_it(text: str) -> None:
+    """An "and" splits only between two requests: one intent is one call."""
+    assert calls(text) == [ToolCall("frequently_asked", {"question": text})]
+
+
+def test_the_same_call_is_never_made_twice() -> None:
+    """Two requests that plan the same call make it once."""
+    assert calls("what is 2+2? and what is 2+2?") == [ToolCall("calculator", {"expression": "2+2"})]
+    assert calls("what time is it and what's the date?") == [ToolCall("clock", {})]
+
+
+def test_small_talk_beside_a_request_is_dropped() -> None:
+    """Greetings beside a sum are not asked of any tool: only the calculator is called."""
+    assert calls("Hi! How are you? What is 6*7?") == [ToolCall("calculator", {"expression": "6*7"})]
+
+
+@pytest.mark.parametrize(
+    ("earlier", "follow_up", "question"),
+    [
+        (
+            "How do I return an item?",
+            "and how long does that take?",
+            "How do I return an item? and how long does that take?",
+        ),
+        (
+            "How long does shipping take?",
+            "what about for international orders?",
+            "How long does shipping take? what about for international orders?",
+        ),
+        (
+            "How long does shipping take?",
+            "how much does it cost?",
+            "How long does shipping take? how much does it cost?",
+        ),
+        (
+            "hi, how do I return an item",
+            "and if it's damaged?",
+            "how do I return an item? and if it's damaged?",
+        ),
+    ],
+)
+def test_follow_up_carries_the_earlier_question(
+    earlier: str, follow_up: str, question: str
+) -> None:
+    """A short question leaning on the last one asks the FAQ both, earlier first."""
+    plan = plan_reply(conversation(earlier, "Here is what I found.", follow_up), default_rules())
+    assert plan == ToolCallsPlan((ToolCall("frequently_asked", {"question": question}),))
+
+
+def test_follow_up_looks_past_small_talk_and_earlier_follow_ups() -> None:
+    """Thanks in between, or a follow-up before, still leave the last real question as topic."""
+    turns = ["Where is my order?", "...", "thanks!", "...", "and when will it arrive?", "..."]
+    plan = plan_reply(conversation(*turns, "and can I change it?"), default_rules())
+    expected = ToolCall("frequently_asked", {"question": "Where is my order? and can I change it?"})
+    assert plan == ToolCallsPlan((expected,))
+
+
+@pytest.mark.parametrize(
+    "turns",
+    [
+        ("and how long does that take?",),  # nothing earlier
+        ("hi", "Hello!", "and how long does that take?"),  # nothing to lean on
+        ("what is 2+2?", "4", "and how long does that take?"),  # moved on from the FAQ
+    ],
+)
+def test_follow_up_without_an_earlier_question_stands_alone(turns: tuple[str, ...]) -> None:
+    """With no earlier FAQ question to lean on, the follow-up is asked as it is."""
+    plan = plan_reply(conversation(*turns), default_rules())
+    assert plan == ToolCallsPlan((ToolCall("frequently_asked", {"question": turns[-1]}),))
+
+
+def test_standalone_question_ignores_the_history() -> None:
+    """A question that carries its own topic is not mixed with the last one."""
+    plan = plan_reply(
+        conversation("How do I return an item?", "...", "how do I reset my password?"),
+        default_rules(),
+    )
+    question = "how do I reset my password?"
+    assert plan == ToolCallsPlan((ToolCall("frequently_asked", {"question": question}),))
+
+
+def test_follow_up_in_the_same_message_leans_on_the_question_before_it() -> None:
+    """A follow-up after a question in the same message asks the FAQ with that question."""
+    assert calls("How do I return an item? And how long does that take?") == [
+        ToolCall("frequently_asked", {"question": "How do I return an item?"}),
+        ToolCall(
+            "frequently_asked",
+            {"question": "How do I return an item? And how long does that take?"},
+        ),
+    ]
+
+
+def test_two_tool_results_are_both_in_the_answer() -> None:
+    """After a calculator and an FAQ result, the answer quotes both."""
+    request = conversation("what's 2+2 and how do I reset my password")
+    request["messages"] += [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "calculator"}},
+                {"id": "c2", "type": "function", "function": {"name": "frequently_asked"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "2+2 = 4"},
+        {"role": "tool", "tool_call_id": "c2", "content": "FAQ answer: use Forgot password"},
+    ]
+    text = text_of(plan_reply(request, default_rules()))
+    assert "Based on calculator: 2+2 = 4" in text
+    assert "Based on frequently_asked: FAQ answer: use Forgot password" in text
+
+
 # --- rules files ----------------------------------------------------------------------
 
 TOML_RULES = r"""
