@@ -34,6 +34,7 @@ from chatd.llm import (
     ToolCall,
     ToolCallBegin,
 )
+from chatd.llm.types import estimate_prompt_tokens, estimate_tokens
 from chatd.observability.spans import RequestTrace
 from chatd.pipeline.events import Event, Queued, Route, Token, ToolEnd, ToolStart
 from chatd.pipeline.registry import RequestState
@@ -266,6 +267,9 @@ class _Tools:
                 async with receive:
                     async for piece in receive:
                         await self.turn.token(piece)
+                        # Honest usage: what the tool streamed counts as answer
+                        # tokens, estimated (no model counted them).
+                        self.turn.completion_tokens += estimate_tokens(piece)
 
 
 class _Natural(NamedTuple):
@@ -319,10 +323,12 @@ async def answer(
     early: ToolOutcome | None = None
     natural: _Natural | None = None
     completion: Completion | None = None
+    seen = 0
     with turn.trace.span("router") as span:
         async with llm.stream(router) as events:
             async for event in events:
                 span.mark()  # the call's time to first event: keeps the first
+                seen += 1
                 if isinstance(event, TextDelta):
                     await turn.say(event.text)
                 elif isinstance(event, ToolCallBegin) and turn.path is None and early is None:
@@ -331,7 +337,11 @@ async def answer(
                         (early,) = await tools.run([call])
                         natural = tools.natural(early)
                         if natural is not None:
-                            break  # leaving closes the router's stream: no more tokens paid
+                            # Leaving closes the router's stream: no more tokens
+                            # paid, and no usage reported; count what was sent.
+                            turn.prompt_tokens += estimate_prompt_tokens(router.messages)
+                            turn.completion_tokens += seen
+                            break
                 elif isinstance(event, Completion):
                     turn.count(event)
                     span.set(finish_reason=event.finish_reason, tool_calls=len(event.tool_calls))

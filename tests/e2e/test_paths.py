@@ -71,6 +71,19 @@ async def test_tool_stream_skips_second_llm_call(chatd: Chatd, client: ChatClien
     assert client.types("b").index("tool_end") < client.types("b").index("route")
     assert chatd.sim is not None
     assert chatd.sim.statistics().requests == 1
+    # Honest usage: the router's prompt, and the streamed answer (~4 characters a token).
+    assert done["usage"]["prompt_tokens"] > 0
+    assert done["usage"]["completion_tokens"] >= len(client.answer("b")) // 4 > 0
+
+
+async def test_a_cached_answer_says_so_and_what_it_cost(client: ChatClient) -> None:
+    """The same question again is replayed from the cache: ``cached`` is true
+    and the usage is what the answer cost when it was made."""
+    first = await ask(client, "g1", "How do I reset my password?")
+    again = await ask(client, "g2", "How do I reset my password?")
+    assert (first["cached"], again["cached"]) == (False, True)
+    assert again["usage"] == first["usage"] and first["usage"]["prompt_tokens"] > 0
+    assert client.answer("g2") == client.answer("g1")
 
 
 async def test_tools_then_second_call(chatd: Chatd, client: ChatClient) -> None:

@@ -29,6 +29,7 @@ from chatd.llm.sim import wire
 from chatd.llm.sim.http import Exchange
 from chatd.llm.sim.pacing import TOLERANCE_S, Pacer
 from chatd.llm.sim.rules import Plan, TextPlan, ToolCall, tokenize
+from chatd.llm.types import estimate_prompt_tokens
 
 __all__ = [
     "FAULT_MODES",
@@ -133,19 +134,8 @@ def parse_completion_request(raw: bytes) -> CompletionRequest:
         stream=stream,
         include_usage=options.get("include_usage") is True,
         max_tokens=max_tokens,
-        prompt_tokens=_estimate_prompt_tokens(messages),
+        prompt_tokens=estimate_prompt_tokens(messages),
     )
-
-
-def _estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """About four characters a token, like OpenAI's rule of thumb; at least 1."""
-    chars = 0
-    for message in messages:
-        content = message.get("content")
-        chars += len(content) if isinstance(content, str) else len(orjson.dumps(content))
-        if message.get("tool_calls"):
-            chars += len(orjson.dumps(message["tool_calls"]))
-    return max(1, chars // 4)
 
 
 _ERROR_KINDS = {
