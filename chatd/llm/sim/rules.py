@@ -15,8 +15,8 @@ the last user message:
   ``calculator`` with ``{"expression": ...}``, a question about the current
   time or date calls ``clock`` with ``{}``, any other question calls
   ``frequently_asked`` with ``{"question": ...}``;
-- the calls go calculator first, then clock, then frequently_asked, and the
-  same tool is never called twice with the same arguments;
+- the calls go calculator first, then clock, then frequently_asked, the
+  same tool never twice with the same arguments, at most :data:`MAX_CALLS`;
 - a message that is one question with no wrapper is passed whole, unchanged;
 - a short question that leans on what came before ("and how long does that
   take?", "what about for international orders?") asks the FAQ the earlier
@@ -55,6 +55,7 @@ from chatd.llm.sim.small_talk import (
 )
 
 __all__ = [
+    "MAX_CALLS",
     "Plan",
     "Rule",
     "Rules",
@@ -211,6 +212,9 @@ _FOLLOW_UP_WORDS = 8
 """A follow-up is short: longer questions carry their own topic."""
 _HISTORY_TURNS = 4
 """How many earlier user messages a follow-up looks back through for its topic."""
+MAX_CALLS = 8
+"""The most calls one plan makes: a small model asks a few things at once, and a
+long message of questions must not fan out into hundreds of tool runs."""
 
 
 def _is_request(text: str) -> bool:
@@ -330,6 +334,8 @@ def _builtin_calls(text: str, earlier: list[str], offered: set[str]) -> list[Too
     clocks: list[ToolCall] = []
     faq: list[ToolCall] = []
     asked: list[str] = []  # this message's standalone FAQ questions, for its follow-ups
+    history: str | None = None  # the earlier messages' topic, read at most once
+    history_read = False
     for request in _requests(text):
         expression = find_expression(request)
         planned = False
@@ -343,7 +349,9 @@ def _builtin_calls(text: str, earlier: list[str], offered: set[str]) -> list[Too
             continue
         question = request
         if _is_follow_up(request):
-            topic = asked[-1] if asked else _topic(earlier)
+            if not asked and not history_read:
+                history, history_read = _topic(earlier), True
+            topic = asked[-1] if asked else history
             if topic is not None:
                 question = _with_topic(topic, request)
         else:
@@ -353,7 +361,7 @@ def _builtin_calls(text: str, earlier: list[str], offered: set[str]) -> list[Too
     for call in (*sums, *clocks, *faq):
         if call not in calls:  # never the same tool twice with the same arguments
             calls.append(call)
-    return calls
+    return calls[:MAX_CALLS]
 
 
 def _default_arguments(name: str, text: str) -> dict[str, Any]:

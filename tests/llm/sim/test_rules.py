@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from chatd.exceptions import ConfigError
 from chatd.llm.sim.rules import (
+    MAX_CALLS,
     Rules,
     TextPlan,
     ToolCall,
@@ -327,6 +328,53 @@ def test_the_same_call_is_never_made_twice() -> None:
     """Two requests that plan the same call make it once."""
     assert calls("what is 2+2? and what is 2+2?") == [ToolCall("calculator", {"expression": "2+2"})]
     assert calls("what time is it and what's the date?") == [ToolCall("clock", {})]
+
+
+WORDS = [
+    "hi",
+    "thanks",
+    "and",
+    "also",
+    "what",
+    "about",
+    "it",
+    "is",
+    "where",
+    "my",
+    "order",
+    "time",
+    "2+2",
+    "?",
+    ".",
+    "!",
+    ",",
+    "please",
+    "bye",
+]
+
+
+@given(
+    st.lists(st.sampled_from([*WORDS, "quick question:", "\n"]) | st.text(max_size=5), max_size=30),
+    st.lists(st.text(max_size=40), max_size=3),
+)
+def test_any_conversation_gets_one_plan_every_time(words: list[str], earlier: list[str]) -> None:
+    """Whatever was said, planning never fails, gives the same plan twice and calls
+    each tool at most once per set of arguments."""
+    turns = [part for said in earlier for part in (said, "...")]
+    request = conversation(*turns, " ".join(words))
+    plan = plan_reply(request, default_rules())
+    assert plan == plan_reply(request, default_rules())
+    if isinstance(plan, ToolCallsPlan):
+        assert 1 <= len(plan.calls) <= MAX_CALLS
+        assert len(set(map(repr, plan.calls))) == len(plan.calls)
+
+
+def test_a_message_of_many_questions_makes_a_few_calls() -> None:
+    """Forty questions in one message make MAX_CALLS calls, the first ones asked."""
+    text = " ".join(f"what is {n}*{n}?" for n in range(40))
+    assert calls(text) == [
+        ToolCall("calculator", {"expression": f"{n}*{n}"}) for n in range(MAX_CALLS)
+    ]
 
 
 def test_small_talk_beside_a_request_is_dropped() -> None:
