@@ -41,7 +41,7 @@ import tomllib
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import orjson
@@ -238,7 +238,7 @@ def _pieces(text: str) -> list[tuple[int, int]]:
         current: tuple[int, int] | None = None
         asks = False  # whether the current piece holds a request: kept, not recomputed
         for part in _spans(text, _JOINER, start, end):
-            part_asks = _is_request(text[part[0] : part[1]])
+            part_asks = _is_request(strip_pleasantries(text[part[0] : part[1]]))
             if current is not None and asks and _starts_request(text[part[0] : part[1]]):
                 pieces.append(current)
                 current = None
@@ -263,25 +263,33 @@ def _spans(text: str, separator: re.Pattern[str], start: int, end: int) -> list[
     return [(a, b) for a, b in spans if text[a:b].strip()]
 
 
-def _requests(text: str) -> list[str]:
+class _Request(NamedTuple):
+    """One request of a message, with its context; ``question`` if it asks one."""
+
+    text: str
+    question: bool
+
+
+def _requests(text: str) -> list[_Request]:
     """The requests in ``text``, each with its context and without pleasantries.
 
     A message that is one request with no pleasantries comes back whole and
     unchanged: protocol.md §3 passes "the message" to ``frequently_asked``.
     """
     kept = [(a, b) for a, b in _pieces(text) if not is_small_talk(text[a:b])]
-    groups: list[tuple[int, int]] = []
+    groups: list[tuple[int, int, bool]] = []
     begun: int | None = None
     for a, b in kept:
         begun = a if begun is None else begun
-        if _is_request(strip_pleasantries(text[a:b])):
-            groups.append((begun, b))
+        piece = strip_pleasantries(text[a:b])
+        if _is_request(piece):
+            groups.append((begun, b, _is_question(piece)))
             begun = None
     if begun is not None and groups:  # statements after the last request are its context
-        groups[-1] = (groups[-1][0], kept[-1][1])
-    requests = [strip_pleasantries(text[a:b]) for a, b in groups]
-    if requests == [text.strip()]:
-        return [text]
+        groups[-1] = (groups[-1][0], kept[-1][1], groups[-1][2])
+    requests = [_Request(strip_pleasantries(text[a:b]), question) for a, b, question in groups]
+    if len(requests) == 1 and requests[0].text == text.strip():
+        return [requests[0]._replace(text=text)]
     return requests
 
 
@@ -292,9 +300,10 @@ def _is_follow_up(request: str) -> bool:
     return bool(_FOLLOW_UP_LEAD.match(request) or _ANAPHORA.search(request))
 
 
-def _is_faq_question(request: str) -> bool:
+def _is_faq_question(request: _Request) -> bool:
     """A question for the FAQ, tools or not on offer: neither a sum nor about the time."""
-    return _is_question(request) and find_expression(request) is None and not _CLOCK.search(request)
+    text = request.text
+    return request.question and find_expression(text) is None and not _CLOCK.search(text)
 
 
 def _topic(earlier: list[str]) -> str | None:
@@ -305,7 +314,7 @@ def _topic(earlier: list[str]) -> str | None:
     """
     for message in reversed(earlier[-_HISTORY_TURNS:]):
         requests = _requests(message)
-        standalone = [r for r in requests if _is_faq_question(r) and not _is_follow_up(r)]
+        standalone = [r.text for r in requests if _is_faq_question(r) and not _is_follow_up(r.text)]
         if standalone:
             return standalone[-1]
         if any(not _is_faq_question(r) for r in requests):
@@ -336,7 +345,7 @@ def _builtin_calls(text: str, earlier: list[str], offered: set[str]) -> list[Too
     asked: list[str] = []  # this message's standalone FAQ questions, for its follow-ups
     history: str | None = None  # the earlier messages' topic, read at most once
     history_read = False
-    for request in _requests(text):
+    for request, is_question in _requests(text):
         expression = find_expression(request)
         planned = False
         if expression is not None and "calculator" in offered:
@@ -345,7 +354,7 @@ def _builtin_calls(text: str, earlier: list[str], offered: set[str]) -> list[Too
         if "clock" in offered and _CLOCK.search(request):
             clocks.append(ToolCall("clock", {}))
             planned = True
-        if planned or "frequently_asked" not in offered or not _is_question(request):
+        if planned or "frequently_asked" not in offered or not is_question:
             continue
         question = request
         if _is_follow_up(request):
