@@ -86,6 +86,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     load.add_argument("file", help="a .jsonl or .csv file")
     load.add_argument("--config", help="a TOML configuration file")
+    evaluate = kb_commands.add_parser(
+        "eval",
+        help="how often the FAQ answers a labelled set of phrasings right, wrong or not at all",
+    )
+    evaluate.add_argument(
+        "file", nargs="?", help="a labelled set (JSON Lines); default: the sample FAQ's own"
+    )
+    evaluate.add_argument("--config", help="a TOML configuration file")
+    evaluate.add_argument(
+        "--gate", type=float, help="the confidence Path B needs (default tools.faq_min_confidence)"
+    )
+    evaluate.add_argument(
+        "--show",
+        choices=("wrong", "miss", "answered", "all"),
+        help="list the cases with this outcome",
+    )
+    evaluate.add_argument(
+        "--half", choices=("tune", "test"), help="only this half (tune thresholds on 'tune')"
+    )
     return parser
 
 
@@ -202,8 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         configure_logging(settings.log)
         if args.command == "kb":
-            from chatd.cli.kb import run_kb_load
+            from chatd.cli.kb import run_kb_eval, run_kb_load
 
+            if args.kb_command == "eval":
+                return run_kb_eval(settings, args.file, args.gate, args.show, args.half)
             return run_kb_load(settings, args.file)
         if args.command == "serve":
             _serve(args, settings)

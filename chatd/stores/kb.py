@@ -3,8 +3,9 @@
 :class:`KnowledgeBase` is the interface; :class:`~chatd.stores.kb_sqlite.
 SQLiteKnowledgeBase` the embedded implementation and :class:`~chatd.stores.
 kb_arango.ArangoKnowledgeBase` the production one. The parts every backend
-shares live here and do no I/O: how user text becomes search terms, how sure
-a match is (:func:`confidence`), and reading FAQ files.
+shares live here and do no I/O: the interface and reading FAQ files; how user
+text becomes search terms and how sure a match is are :mod:`chatd.stores.
+kb_rank`'s.
 :func:`open_knowledge_base` picks the backend from :class:`~chatd.config.
 KBSettings` and seeds an empty one with the sample FAQ.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import importlib.resources
-import math
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -27,20 +27,17 @@ import trio
 
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
+from chatd.stores.kb_rank import Passage
 
 __all__ = [
-    "MAX_QUERY_TERMS",
     "FAQEntry",
     "KBCounters",
     "KBStatistics",
     "KnowledgeBase",
     "Passage",
-    "confidence",
     "load_faq_file",
     "open_knowledge_base",
-    "query_terms",
     "sample_faq",
-    "term_weight",
 ]
 
 log = structlog.get_logger(__name__)
@@ -53,18 +50,6 @@ class FAQEntry:
     question: str
     answer: str
     tags: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class Passage:
-    """A search hit: the entry, its BM25 ``score`` (higher is better) and a
-    ``confidence`` in [0, 1] that it answers the query (see :func:`confidence`)."""
-
-    question: str
-    answer: str
-    tags: tuple[str, ...]
-    score: float
-    confidence: float
 
 
 @attrs.frozen
@@ -138,89 +123,6 @@ class KnowledgeBase(Protocol):
     def statistics(self) -> KBStatistics:
         """Counters and worker-thread use, without touching the database."""
         ...
-
-
-# --- From user text to search terms ------------------------------------------------------
-
-# Words that say nothing about *which* FAQ entry is meant: function words, the
-# question scaffolding every FAQ shares ("how do I", "can you"), pieces of
-# contractions ("don't" splits into "don" and "t", as SQLite's unicode61 splits
-# it), filler adverbs and light verbs ("take", "make"). Dropping them keeps
-# BM25 from rewarding an entry for sharing "how" with the query, and keeps them
-# out of the coverage share. "where", "when" and "why" stay: they tell "Where
-# is my order?" from "Why was my order cancelled?", as do the particles of
-# phrasal verbs ("sign up", "log out", "turn off"). Kept as text: a list would
-# take 150 lines.
-_STOP_WORDS_TEXT = """
-    a about above after again against all also am an and any anyone anything are aren as
-    at be because been before being below between both but by can cannot could couldn d
-    did didn do does doesn doing don down during each either else even ever every few for
-    from further get gets getting got had hadn has hasn have haven having he hello her
-    here hers herself hi him himself his how i if in into is isn it its itself just ll m
-    may me might mine more most much must mustn my myself need needs no nor not now o of
-    oh ok okay on once one only or other ought our ours ourselves over own please
-    pls possible re really s same say shall shan she should shouldn so some somebody
-    someone something still such t tell than thank thanks that the their theirs them
-    themselves then there these they this those though through thx to too u under until
-    upon us ve very via want wanna wants was wasn way we were weren what whats which
-    while who whom whose will with won would wouldn y yes yet you your yours yourself
-    yourselves able go going know let lets like make take two three four five
-"""
-STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
-
-MAX_QUERY_TERMS = 32
-"""Significant terms kept from one query: bounds the work a long message causes."""
-
-# unicode61 splits on everything that is not a letter, a digit or a private-use
-# character; underscore is punctuation to it. Splitting the same way keeps each
-# term one token, so quoting it gives a one-token FTS string and never a phrase.
-_TOKEN = re.compile(r"[^\W_]+")
-
-
-def query_terms(text: str) -> list[str]:
-    """The significant terms of ``text``: lower-cased, stop words removed,
-    each once, in order, at most :data:`MAX_QUERY_TERMS`."""
-    terms: dict[str, None] = {}
-    for token in _TOKEN.findall(text.casefold()):
-        if token not in STOP_WORDS:
-            terms.setdefault(token, None)
-            if len(terms) == MAX_QUERY_TERMS:
-                break
-    return list(terms)
-
-
-def term_weight(document_frequency: int, documents: int) -> float:
-    """BM25's inverse document frequency: rare terms say more about the
-    entry meant than common ones; a term no entry has weighs most of all."""
-    df = min(document_frequency, documents)
-    return math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
-
-
-def confidence(coverage: float, fit: float, score: float, runner_up: float | None) -> float:
-    """How sure we are that a passage answers the query: ``coverage * max(fit, margin)``.
-
-    ``coverage`` asks whether the entry holds what was asked: the IDF-weighted
-    share of the query's significant terms found in the entry, full credit in
-    its question or tags, half credit only in its answer. An entry missing the
-    query's rare words is about something else, however BM25 ranks it among
-    poor candidates ("who won the 1998 world cup?" scores low everywhere).
-
-    The second factor asks whether *this* entry, not a neighbour, is meant;
-    either of two signs suffices. ``fit`` is the share of the entry question's
-    significant terms that the query accounts for, at most 1: each query term
-    found in the question counts 1, found only in the tags (synonyms) 1/2.
-    "reset my password" fits "How do I reset my password?" fully and "I
-    didn't get the password reset email." by two thirds. ``margin``, the
-    BM25 lead over the next candidate, ``(score - runner_up) / score`` (1 when
-    there is none), lets a paraphrase that shares few words with the entry's
-    question still single it out. A query whose words several entries share
-    equally ("how much is delivery?") has neither and stays low.
-    """
-    if score <= 0.0:
-        return 0.0
-    margin = 1.0 if runner_up is None else (score - runner_up) / score
-    distinct = max(0.0, min(1.0, max(fit, margin)))
-    return max(0.0, min(1.0, coverage * distinct))
 
 
 # --- FAQ files ---------------------------------------------------------------------------

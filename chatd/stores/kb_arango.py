@@ -17,12 +17,12 @@ stemming: the counterpart of SQLite's ``porter unicode61``), present in every
 database, so none needs creating. The database, the collection and the view
 are created at open when missing; an existing view is used as it is.
 
-A search is one AQL query, one thread hop. It ranks by BM25 with the weights
-of the SQLite backend, terms of four characters or more matching as prefixes
-of their stem, as there; it also returns the stems of each candidate's fields
-and each term's document frequency, from which :func:`_passages` measures
-coverage and fit for :func:`~chatd.stores.kb.confidence` exactly as the SQLite
-backend does. User text only ever travels in bind variables.
+A search is one AQL query, one thread hop. It finds candidates by BM25 with
+the weights of the SQLite backend, terms of four characters or more matching
+as prefixes of their stem, as there, and counts each term's document
+frequency; :func:`~chatd.stores.kb_rank.rank` orders and scores them exactly
+as it does for the SQLite backend. User text only ever travels in bind
+variables.
 
 Views are eventually consistent (committed about once a second), so ``add``
 waits for the view to catch up before it returns: a search right after it
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -57,15 +57,8 @@ from requests.adapters import HTTPAdapter
 from chatd.config import KBSettings
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
 from chatd.resilience.cleanup import CLOSE_WITHIN_S, close_in_thread
-from chatd.stores.kb import (
-    FAQEntry,
-    KBCounters,
-    KBStatistics,
-    Passage,
-    confidence,
-    query_terms,
-    term_weight,
-)
+from chatd.stores.kb import FAQEntry, KBCounters, KBStatistics
+from chatd.stores.kb_rank import CANDIDATES, Candidate, Passage, query_terms, rank
 
 __all__ = ["ArangoKnowledgeBase", "open_arango_knowledge_base"]
 
@@ -172,7 +165,7 @@ def _search_query(terms: Sequence[str], limit: int) -> tuple[str, dict[str, Any]
         for field, weight in _FIELDS
     )
     term_rows = ",\n    ".join(
-        f"{{ stems: TOKENS(@{p}, '{_ANALYZER}'), df: FIRST("
+        f"{{ df: FIRST("
         f"FOR d{i} IN @@view SEARCH _ANALYZER({_match(f'd{i}', 'question', p, pre)} OR "
         f"{_match(f'd{i}', 'tags', p, pre)}, '{_ANALYZER}') "
         f"COLLECT WITH COUNT INTO n{i} RETURN n{i}) }}"
@@ -185,15 +178,7 @@ LET candidates = (
     LET score = BM25(d)
     SORT score DESC
     LIMIT @limit
-    RETURN {{
-      question: d.question,
-      answer: d.answer,
-      tags: d.tags,
-      score: score,
-      question_stems: TOKENS(d.question, '{_ANALYZER}'),
-      answer_stems: TOKENS(d.answer, '{_ANALYZER}'),
-      tag_stems: FLATTEN(FOR tag IN d.tags RETURN TOKENS(tag, '{_ANALYZER}'))
-    }}
+    RETURN {{ question: d.question, answer: d.answer, tags: d.tags, score: score }}
 )
 RETURN {{
   candidates: candidates,
@@ -203,63 +188,21 @@ RETURN {{
   ]
 }}
 """
-    # Two candidates at least, so the best one has a runner-up to be measured against.
-    bind: dict[str, Any] = {"limit": max(limit, 2), **dict(zip(params, terms, strict=True))}
+    bind: dict[str, Any] = {
+        "limit": max(limit, CANDIDATES),
+        **dict(zip(params, terms, strict=True)),
+    }
     return query, bind
 
 
-def _has(field_stems: Collection[str], stems: Sequence[str], prefix: bool) -> bool:
-    """Whether a field's stems hold the term, matched as the SEARCH matched it."""
-    if prefix:
-        return any(stem.startswith(p) for p in stems for stem in field_stems)
-    return any(p in field_stems for p in stems)
-
-
 def _passages(result: Mapping[str, Any], terms: Sequence[str], limit: int) -> list[Passage]:
-    """Passages from one search query's result, best first, with confidence.
-
-    Coverage and fit are measured as the SQLite backend measures them: a term
-    in the question or tags earns its full weight, only in the answer half of
-    it; a term in the question counts 1 towards fit, only in the tags 1/2.
-    """
-    candidates = result["candidates"]
-    if not candidates:
-        return []
-    documents = int(result["documents"] or 0)
-    weights = [term_weight(int(row["df"] or 0), documents) for row in result["terms"]]
-    weight_total = sum(weights)
-    scores = [float(c["score"]) for c in candidates]
-    passages = []
-    for index, candidate in enumerate(candidates[:limit]):
-        question_stems = set(candidate["question_stems"])
-        tag_stems = set(candidate["tag_stems"])
-        answer_stems = set(candidate["answer_stems"])
-        credit = fit = 0.0
-        for term, row, weight in zip(terms, result["terms"], weights, strict=True):
-            stems, prefix = row["stems"], _is_prefix(term)
-            if _has(question_stems, stems, prefix):
-                credit, fit = credit + weight, fit + 1.0
-            elif _has(tag_stems, stems, prefix):
-                credit, fit = credit + weight, fit + 0.5
-            elif _has(answer_stems, stems, prefix):
-                credit += weight / 2
-        others = scores[:index] + scores[index + 1 :]
-        question = candidate["question"]
-        passages.append(
-            Passage(
-                question=question,
-                answer=candidate["answer"],
-                tags=tuple(candidate["tags"]),
-                score=scores[index],
-                confidence=confidence(
-                    coverage=credit / weight_total if weight_total else 0.0,
-                    fit=min(1.0, fit / max(1, len(query_terms(question)))),
-                    score=scores[index],
-                    runner_up=max(others, default=None),
-                ),
-            )
-        )
-    return passages
+    """Passages from one search query's result, best first, with confidence."""
+    candidates = [
+        Candidate(c["question"], c["answer"], tuple(c["tags"]), float(c["score"]))
+        for c in result["candidates"]
+    ]
+    frequencies = [int(row["df"] or 0) for row in result["terms"]]
+    return rank(terms, candidates, frequencies, int(result["documents"] or 0), limit)
 
 
 # --- The store ---------------------------------------------------------------------------

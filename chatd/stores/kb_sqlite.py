@@ -35,15 +35,8 @@ import trio
 
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
 from chatd.resilience.cleanup import close_in_thread
-from chatd.stores.kb import (
-    FAQEntry,
-    KBCounters,
-    KBStatistics,
-    Passage,
-    confidence,
-    query_terms,
-    term_weight,
-)
+from chatd.stores.kb import FAQEntry, KBCounters, KBStatistics
+from chatd.stores.kb_rank import CANDIDATES, Candidate, Passage, query_terms, rank
 
 __all__ = ["SQLiteKnowledgeBase", "open_sqlite_knowledge_base"]
 
@@ -126,58 +119,27 @@ def _fts_term(term: str) -> str:
     return quoted + "*" if len(term) >= 4 else quoted
 
 
-def _matching(
-    conn: sqlite3.Connection, column: str, fts_term: str, among: Sequence[int] = ()
-) -> set[int]:
-    """The rows whose ``column`` has the term (only those in ``among``, if given)."""
-    query = "SELECT rowid FROM faq_fts WHERE faq_fts MATCH ?"
-    if among:
-        query += f" AND rowid IN ({', '.join('?' * len(among))})"
-    return {rowid for (rowid,) in conn.execute(query, (f"{column} : {fts_term}", *among))}
+def _document_frequency(conn: sqlite3.Connection, fts_term: str) -> int:
+    """How many entries hold the term in their question or tags."""
+    query = "SELECT count(*) FROM faq_fts WHERE faq_fts MATCH ?"
+    (count,) = conn.execute(query, (f"{{question tags}} : {fts_term}",)).fetchone()
+    return int(count)
 
 
 def _search(conn: sqlite3.Connection, terms: Sequence[str], limit: int) -> list[Passage]:
-    """Rank by BM25, then measure each candidate's term coverage (one thread hop)."""
+    """BM25's candidates and each term's document frequency (one thread hop),
+    ranked and scored by :func:`~chatd.stores.kb_rank.rank`."""
     fts_terms = [_fts_term(term) for term in terms]
-    rows = conn.execute(_SEARCH, (" OR ".join(fts_terms), max(limit, 2))).fetchall()
+    rows = conn.execute(_SEARCH, (" OR ".join(fts_terms), max(limit, CANDIDATES))).fetchall()
     if not rows:
         return []
-    ids = [row[0] for row in rows]
     (documents,) = conn.execute(_COUNT).fetchone()
-    weight_total = 0.0
-    credit = dict.fromkeys(ids, 0.0)
-    fit = dict.fromkeys(ids, 0.0)
-    for fts_term in fts_terms:
-        in_question = _matching(conn, "question", fts_term)
-        in_tags = _matching(conn, "tags", fts_term)
-        in_answer = _matching(conn, "answer", fts_term, among=ids)
-        weight = term_weight(len(in_question | in_tags), documents)
-        weight_total += weight
-        for rowid in ids:
-            if rowid in in_question or rowid in in_tags:
-                credit[rowid] += weight
-                fit[rowid] += 1.0 if rowid in in_question else 0.5
-            elif rowid in in_answer:
-                credit[rowid] += weight / 2
-    scores = [float(row[4]) for row in rows]
-    passages = []
-    for index, (rowid, question, answer, tags, _) in enumerate(rows[:limit]):
-        others = scores[:index] + scores[index + 1 :]
-        passages.append(
-            Passage(
-                question=question,
-                answer=answer,
-                tags=tuple(orjson.loads(tags)),
-                score=scores[index],
-                confidence=confidence(
-                    coverage=credit[rowid] / weight_total,
-                    fit=min(1.0, fit[rowid] / max(1, len(query_terms(question)))),
-                    score=scores[index],
-                    runner_up=max(others, default=None),
-                ),
-            )
-        )
-    return passages
+    frequencies = [_document_frequency(conn, fts_term) for fts_term in fts_terms]
+    candidates = [
+        Candidate(question, answer, tuple(orjson.loads(tags)), float(score))
+        for _, question, answer, tags, score in rows
+    ]
+    return rank(terms, candidates, frequencies, documents, limit)
 
 
 def _add(conn: sqlite3.Connection, entries: Sequence[FAQEntry]) -> tuple[int, int]:

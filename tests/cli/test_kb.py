@@ -9,7 +9,7 @@ from typing import Literal
 import pytest
 import trio
 
-from chatd.cli.kb import load_kb_file, run_kb_load
+from chatd.cli.kb import load_kb_file, run_kb_eval, run_kb_load
 from chatd.config import KBSettings, Settings
 from chatd.stores import open_knowledge_base
 
@@ -87,3 +87,39 @@ def test_run_kb_load_unreachable_arango_exits_2(
     assert out == ""
     assert err.startswith(f"chatd: kb.arango_url = '{url}': cannot open (cannot reach ArangoDB: ")
     assert err.count("\n") == 1
+
+
+def test_run_kb_eval_prints_each_halfs_rates(
+    tmp_path: Path, faq_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A labelled set of the operator's own: each half's hit, wrong, miss and
+    off-topic-answered rates, and the cases asked for with --show."""
+    assert run_kb_load(settings_for(tmp_path), str(faq_file)) == 0
+    cases = tmp_path / "eval.jsonl"
+    cases.write_text(
+        '{"text": "any telescopes for sale?", "question": "Do you sell telescopes?",'
+        ' "split": "tune"}\n'
+        '{"text": "is the observatory open late?",'
+        ' "question": "Is the observatory open at night?", "split": "test"}\n'
+        '{"text": "what is the capital of peru", "question": null, "split": "test"}\n',
+        encoding="utf-8",
+    )
+    capsys.readouterr()
+    assert run_kb_eval(settings_for(tmp_path), str(cases), gate=0.0, show="all") == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:2] == [
+        "gate 0.00",
+        "half   phrasings     hit   wrong    miss off-topic  answered",
+    ]
+    assert "tune           1  100.0%    0.0%    0.0%         0      0.0%" in out
+    assert "'any telescopes for sale?' -> 'Do you sell telescopes?'" in out
+    assert run_kb_eval(settings_for(tmp_path), str(cases), half="tune") == 0
+    assert "test" not in capsys.readouterr().out
+
+
+def test_run_kb_eval_refuses_a_bad_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A line that is not a labelled case: exit 2 naming the file and line."""
+    cases = tmp_path / "eval.jsonl"
+    cases.write_text('{"text": "hi", "question": null, "split": "both"}\n', encoding="utf-8")
+    assert run_kb_eval(settings_for(tmp_path), str(cases)) == 2
+    assert f"{cases}:1: 'split' must be one of tune, test" in capsys.readouterr().err

@@ -14,9 +14,14 @@ import trio
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError
 from chatd.stores import FAQEntry, KnowledgeBase, load_faq_file, open_knowledge_base, sample_faq
-from chatd.stores.kb import MAX_QUERY_TERMS, confidence, query_terms
+from chatd.stores.kb_eval import evaluate, load_eval_set
+from chatd.stores.kb_rank import MAX_QUERY_TERMS, Evidence, query_terms, stems
 
 MIN_CONFIDENCE = 0.5  # tools.faq_min_confidence's default
+# What the held-out half of the evaluation set must show (benchmarks/results/kb-eval.md).
+HIT_AT_LEAST = 0.45
+WRONG_AT_MOST = 0.02
+OFF_TOPIC_AT_MOST = 0.17
 TIMEOUT = 20
 
 PARAPHRASES = [
@@ -111,7 +116,8 @@ async def test_search_is_ranked_and_bounded(kb: KnowledgeBase) -> None:
         passages = await kb.search("refund for my returned order", limit=5)
         single = await kb.search("refund for my returned order", limit=1)
     assert len(passages) == 5
-    assert [p.score for p in passages] == sorted((p.score for p in passages), reverse=True)
+    confidences = [p.confidence for p in passages]
+    assert confidences == sorted(confidences, reverse=True)
     assert all(0.0 <= p.confidence <= 1.0 for p in passages)
     assert single == passages[:1]
 
@@ -186,7 +192,7 @@ async def test_fifty_concurrent_searches_stay_within_the_thread_limit(
 
 
 def test_query_terms_drop_stop_words_and_split_like_sqlite() -> None:
-    """Terms are case-folded, deduplicated, split at punctuation and apostrophes."""
+    """Terms are case-folded, deduplicated, split at punctuation; apostrophes go."""
     assert query_terms("How do I RESET my password? Password!") == ["reset", "password"]
     assert query_terms("I don't like ice_cream") == ["ice", "cream"]
     assert query_terms(" ".join(f"w{i}" for i in range(100))) == [
@@ -194,13 +200,35 @@ def test_query_terms_drop_stop_words_and_split_like_sqlite() -> None:
     ]
 
 
-def test_confidence_needs_coverage_and_a_distinct_entry() -> None:
+def test_query_terms_speak_the_faqs_words() -> None:
+    """Filler goes; customers' words and phrases become the FAQ's; accents fold."""
+    assert query_terms("hi, quick question: can I send it back?") == ["return"]
+    assert query_terms("I want my money back asap thx") == ["refund"]
+    assert query_terms("Où est mon colis?") == ["ou", "est", "mon", "colis"]
+    assert stems("Deliveries") == stems("delivery") == stems("shipping")
+
+
+def test_evidence_needs_coverage_and_a_distinct_entry() -> None:
     """Full coverage of a fitting entry is certain; a tie on a loose fit is not."""
-    assert confidence(1.0, 1.0, 10.0, 10.0) == 1.0
-    assert confidence(1.0, 0.25, 10.0, None) == 1.0
-    assert confidence(1.0, 0.25, 10.0, 9.0) == pytest.approx(0.25)
-    assert confidence(0.3, 1.0, 10.0, 1.0) == pytest.approx(0.3)
-    assert confidence(1.0, 1.0, 0.0, None) == 0.0
+    assert Evidence(1.0, 1.0, 0.0, 0.0).confidence == 1.0
+    assert Evidence(1.0, 0.25, 1.0, 0.0).confidence == 1.0
+    assert Evidence(1.0, 0.25, 0.1, 0.0).confidence == pytest.approx(0.25)
+    assert Evidence(0.3, 1.0, 0.5, 0.0).confidence == pytest.approx(0.3)
+    assert Evidence(0.0, 1.0, 1.0, 0.0).confidence == 0.0
+
+
+async def test_the_evaluation_set_meets_the_bar(kb: KnowledgeBase) -> None:
+    """The held-out half of chatd/data/faq_eval.jsonl at the shipped gate: every
+    backend answers as many of the customers' phrasings with the right entry,
+    as few with a wrong one, and as few off-topic messages from the FAQ."""
+    cases = [case for case in load_eval_set() if case.split == "test"]
+    with trio.fail_after(TIMEOUT * 3):
+        report = await evaluate(kb, cases, MIN_CONFIDENCE)
+    assert (report.phrasings, report.off_topic) == (140, 48)
+    figures = {o: round(report.rate(o), 3) for o in ("hit", "wrong", "answered")}
+    assert report.rate("hit") >= HIT_AT_LEAST, figures
+    assert report.rate("wrong") <= WRONG_AT_MOST, figures
+    assert report.rate("answered") <= OFF_TOPIC_AT_MOST, figures
 
 
 # --- load_faq_file -------------------------------------------------------------------------

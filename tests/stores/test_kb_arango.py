@@ -23,15 +23,14 @@ import trio
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
 from chatd.stores import FAQEntry, open_knowledge_base
-from chatd.stores.kb import confidence, term_weight
 from chatd.stores.kb_arango import (
     _documents,
     _entry_key,
-    _has,
     _passages,
     _search_query,
     open_arango_knowledge_base,
 )
+from chatd.stores.kb_rank import CANDIDATES, Candidate, rank
 
 TIMEOUT = 20
 DB = "/_db/chatd/_api"
@@ -274,13 +273,10 @@ async def test_search_sends_user_text_only_as_bind_variables(fake: FakeArango) -
                 "answer": "Not yet.",
                 "tags": ["space"],
                 "score": 3.5,
-                "question_stems": ["do", "you", "ship", "to", "mar"],
-                "answer_stems": ["not", "yet"],
-                "tag_stems": ["space"],
             }
         ],
         "documents": 1,
-        "terms": [{"stems": ["ship"], "df": 1}, {"stems": ["mar"], "df": 1}],
+        "terms": [{"df": 1}, {"df": 1}],
     }
     fake.routes[("POST", f"{DB}/cursor")] = (201, {"result": [result], "hasMore": False})
     with trio.fail_after(TIMEOUT):
@@ -289,9 +285,9 @@ async def test_search_sends_user_text_only_as_bind_variables(fake: FakeArango) -
             assert kb.statistics().searches == 1
     [(_, _, body)] = [call for call in fake.calls if call[1] == f"{DB}/cursor"]
     assert body["bindVars"] == {
-        "t0": "ship",
+        "t0": "shipping",  # "ship" in the FAQ's words (kb_rank.LEXICON)
         "t1": "mars",
-        "limit": 3,
+        "limit": CANDIDATES,
         "@view": "faq_view",
         "@collection": "faq",
     }
@@ -362,10 +358,7 @@ def test_long_terms_match_stem_prefixes_short_ones_whole_stems() -> None:
     assert "STARTS_WITH(d.question, TOKENS(@t0, 'text_en'))" in query
     assert "d.question IN TOKENS(@t1, 'text_en')" in query
     assert re.findall(r"@@?\w+", query).count("@@view") == 3  # ranking and two term counts
-    assert bind["limit"] == 2  # a runner-up for the best candidate, even for limit 1
-    assert _has({"shipment"}, ["ship"], prefix=True)
-    assert not _has({"taxi"}, ["tax"], prefix=False)
-    assert _has({"tax"}, ["tax"], prefix=False)
+    assert bind["limit"] == CANDIDATES  # candidates for kb_rank to order, even for limit 1
 
 
 def test_entry_key_ignores_case_only() -> None:
@@ -376,44 +369,22 @@ def test_entry_key_ignores_case_only() -> None:
     assert [d["answer"] for d in _documents([FAQEntry("Q?", "1"), FAQEntry("q?", "2")])] == ["2"]
 
 
-def test_passages_measure_coverage_and_fit_as_sqlite_does() -> None:
-    """Question terms count fully, tag terms half towards fit, answer terms half credit."""
+def test_passages_are_ranked_by_the_shared_ranking() -> None:
+    """The query's candidates and term counts go to kb_rank.rank, as SQLite's do."""
     result = {
         "candidates": [
-            {
-                "question": "Refund policy",
-                "answer": "Your money back.",
-                "tags": ["paypal"],
-                "score": 5.0,
-                "question_stems": ["refund", "polici"],
-                "answer_stems": ["your", "money", "back"],
-                "tag_stems": ["paypal"],
-            },
-            {
-                "question": "Something else",
-                "answer": "A refund, maybe.",
-                "tags": [],
-                "score": 5.0,
-                "question_stems": ["someth", "els"],
-                "answer_stems": ["a", "refund", "mayb"],
-                "tag_stems": [],
-            },
+            {"question": "Something else", "answer": "A refund, maybe.", "tags": [], "score": 6.0},
+            {"question": "Refund policy", "answer": "Your money.", "tags": ["paypal"], "score": 5.0},
         ],
         "documents": 4,
-        "terms": [
-            {"stems": ["refund"], "df": 1},
-            {"stems": ["paypal"], "df": 1},
-            {"stems": ["money"], "df": 0},
-        ],
+        "terms": [{"df": 1}, {"df": 1}],
     }
-    first, second = _passages(result, ["refund", "paypal", "money"], limit=5)
-    rare, common = term_weight(0, 4), term_weight(1, 4)
-    total = 2 * common + rare
-    # A tie: no margin, so confidence is coverage times fit.
-    assert first.confidence == pytest.approx((2 * common + rare / 2) / total * 0.75)
-    assert second.confidence == 0.0
-    assert first.confidence == pytest.approx(
-        confidence((2 * common + rare / 2) / total, 0.75, 5.0, 5.0)
-    )
-    assert _passages(result, ["refund", "paypal", "money"], limit=1) == [first]
+    candidates = [
+        Candidate("Something else", "A refund, maybe.", (), 6.0),
+        Candidate("Refund policy", "Your money.", ("paypal",), 5.0),
+    ]
+    passages = _passages(result, ["refund", "paypal"], limit=5)
+    assert passages == rank(["refund", "paypal"], candidates, [1, 1], 4, 5)
+    assert [p.question for p in passages] == ["Refund policy", "Something else"]
+    assert _passages(result, ["refund", "paypal"], limit=1) == passages[:1]
     assert _passages({**result, "candidates": []}, ["refund"], limit=3) == []

@@ -1,0 +1,400 @@
+"""From a customer's words to the FAQ entry meant, and how sure that is.
+
+Every backend does the same two things with a query. It asks its own index
+(SQLite FTS5, an ArangoSearch view) for a handful of candidates by BM25 over
+the query's :func:`query_terms`, with each term's document frequency; then
+:func:`rank` reads the candidates' text with one analyser, here, and orders
+and scores them. So what counts as a match, and how confident it is, is the
+same code on every backend; only the candidate search differs.
+
+The analyser (:func:`stems`): case and accents folded, apostrophes dropped,
+the phrases of :data:`LEXICON` rewritten to the FAQ's own words ("send it
+back" is "return", "money back" is "refund"), stop words and chat filler
+("hi", "quick question", "asap") dropped, each word stemmed with the
+Snowball English stemmer (as ArangoDB's ``text_en`` analyser stems).
+
+:func:`rank`'s confidence, in [0, 1], is ``coverage * max(fit, margin)``:
+
+- ``coverage``: the IDF-weighted share of the query's terms the entry holds
+  (in its question or tags fully, only in its answer half). A term that no
+  entry holds anywhere ("canada", "lamp", "for my sister") is the user's own
+  detail, not a sign of another topic: it weighs :data:`UNKNOWN_WEIGHT` of
+  its IDF, so added detail dents the confidence without collapsing it. A
+  term other entries hold and this one lacks counts in full: it says the
+  user asked about something else.
+- ``fit``: the share of the entry question's terms the query accounts for
+  (a term found only in the tags counts half).
+- ``margin``: the candidate's lead over the runner-up, by the same measure.
+
+The constants were chosen on the ``tune`` half of the labelled set
+(``chatd/data/faq_eval.jsonl``, :mod:`chatd.stores.kb_eval`), never the
+``test`` half that the quoted figures come from.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+import attrs
+import snowballstemmer  # type: ignore[import-untyped]
+
+__all__ = [
+    "CANDIDATES",
+    "LEXICON",
+    "MAX_QUERY_TERMS",
+    "STOP_WORDS",
+    "Candidate",
+    "Passage",
+    "query_terms",
+    "rank",
+    "stems",
+    "term_weight",
+]
+
+
+@attrs.frozen
+class Passage:
+    """A search hit: the entry, its backend ``score`` (BM25, higher is better)
+    and a ``confidence`` in [0, 1] that it answers the query."""
+
+    question: str
+    answer: str
+    tags: tuple[str, ...]
+    score: float
+    confidence: float
+
+
+@attrs.frozen
+class Candidate:
+    """An entry a backend's index found for a query, with its BM25 score."""
+
+    question: str
+    answer: str
+    tags: tuple[str, ...]
+    score: float
+
+
+# Words that say nothing about *which* entry is meant: function words, the
+# question scaffolding every FAQ shares ("how do I", "can you"), contractions
+# once their apostrophe is gone ("dont", "im"), chat filler ("hey", "asap",
+# "pls") and light verbs ("take", "make"). "where", "when" and "why" stay:
+# they tell "Where is my order?" from "Why was my order cancelled?", as do
+# the particles of phrasal verbs ("sign up", "log out").
+_STOP_WORDS_TEXT = """
+    a about above after again against all also am an and any anyone anything are aren as
+    at be because been before being below between both but by can cannot could couldn d
+    did didn do does doesn doing don down during each either else even ever every few for
+    from further get gets getting got had hadn has hasn have haven having he hello her
+    here hers herself hi him himself his how i if in into is isn it its itself just ll m
+    may me might mine more most much must mustn my myself need needs no nor not now o of
+    oh ok okay on once one only or other ought our ours ourselves over own please
+    pls possible re really s same say shall shan she should shouldn so some somebody
+    someone something still such t tell than thank thanks that the their theirs them
+    themselves then there these they this those though through thx to too u under until
+    upon us ve very via want wanna wants was wasn way we were weren what whats which
+    while who whom whose will with won would wouldn y yes yet you your yours yourself
+    yourselves able go going know let lets like make take two three four five
+    dont cant wont isnt im ive id youre theyre thats doesnt didnt hasnt havent wasnt
+    arent couldnt shouldnt wouldnt hey hiya heya hallo yo guys folks asap plz pls thankyou
+    ty cheers sorry hmm um uh btw anyway kindly right actually basically maybe
+    wondering wonder curious quick question questions quickly help
+"""
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
+
+# Phrases and words customers use for what the FAQ calls otherwise, in the FAQ's
+# words: "canonical: variant, variant, ...". General shop vocabulary, written
+# from how people talk about orders; not read off any evaluation phrasing.
+_LEXICON_TEXT = """
+    return: send back, send it back, send them back, send this back, send that back,
+        bring back, take back, give back, returnable, returning, returns, rma
+    refund: money back, reimburse, reimbursed, reimbursement, refunded, refunds,
+        pay me back, paid back, credited back, chargeback
+    cancel: call off, stop my order, cancellation, cancelled, canceled, canceling, cancelling
+    order: purchase, purchased, ordered, orders
+    package: parcel, box, shipment, delivery box, packet
+    shipping: delivery, delivering, deliveries, postage, ship, shipped, shipment, sent out
+    arrive: arrived, arrives, arriving, show up, showed up, shows up, turn up, turned up,
+        get here, got here
+    received: receive, recieve, recieved, sent me, you sent, came with, got sent
+    lost: missing parcel, never came, never arrived, never showed, disappeared, stolen
+    damaged: broken, smashed, cracked, dented, crushed, torn, ripped, shattered
+    login: log in, logging in, sign in, signin, signing in, logon, log on
+    account: profile, acct
+    password: pass word, pasword, passwd, pwd, passcode
+    unsubscribe: opt out, stop sending, stop emailing, unsub, newsletter, promo emails,
+        promotional emails, marketing mails, promo mails
+    contact: talk to, speak to, speak with, reach, get in touch, human, real person,
+        agent, representative, rep, phone number, call you, ring
+    installments: instalments, pay later, pay over time, monthly payments, split payment,
+        payment plan, spread the cost, split the cost, afterpay, buy now pay later
+    declined: rejected, refused, bounced, not going through,
+        won't go through, wont go through
+    charged twice: double charged, charged double, billed twice, double charge,
+        duplicate charge, two charges, charged two times
+    express: next day, next-day, overnight, expedited, faster, fastest, rush, same day
+    international: internationally, abroad, overseas, worldwide, other countries,
+        another country, outside the us, europe, canada, australia, uk
+    exchange: swap, switch, trade
+    size: sizing, measurements, measure, fits
+    warranty: guarantee, guaranteed
+    discount: promo code, promo, coupon, voucher code, discount code, promotion
+    gift card: giftcard, gift voucher, gift certificate, e-gift card
+    invoice: receipt, bill, tax invoice, vat invoice
+    address: adress, addres, street, house number, street number, apartment, zip code,
+        postcode, postal code
+    email: e-mail, mail address, email address
+    delete: erase, remove my account, close my account, deactivate, get rid of
+    two-factor: 2fa, two factor, mfa, 2-step, two-step, two step
+    complaint: complain, complaining, unhappy, dissatisfied, not happy, disappointed
+    restock: back in stock, out of stock, sold out, restocked, restocking
+    balance: left on, remaining, how much is left, amount left
+    invalid: not working, isn't working, doesn't work, won't work, won't apply, not accepted,
+        not valid, says invalid
+    not home: missed the delivery, missed delivery, wasn't home, was out, not in, away
+    worn: washed, tags off, tags removed, tried on, wore, used
+    deadline: too late, time limit, how long do i have
+    when: still waiting, waiting for, waiting on, how soon
+    less: only refunded, not the full, partial, short, less than
+    forgot: don't remember, can't remember, forgotten, lost my password
+    data: info, personal info, my info, information
+    renew: charged again, charge again, next year, every year, yearly, annual, annually
+    family: husband, wife, partner, spouse, kids, children, live together, someone else
+    cheaper: price drop, price dropped, went on sale, reduced, lower price
+"""
+
+
+def _parse_lexicon(text: str) -> dict[str, str]:
+    """``canonical: variant, ...`` lines (continued on lines without a colon)."""
+    variants: dict[str, str] = {}
+    canonical = ""
+    for line in text.splitlines():
+        head, colon, rest = line.partition(":")
+        if colon:
+            canonical, line = head.strip(), rest
+        for variant in line.split(","):
+            if variant.strip():
+                variants[_fold(" ".join(variant.split()))] = canonical
+    return variants
+
+
+_SEND_BACK = re.compile(
+    r"\b(?:send|sent|sending|ship|post|mail|bring|take|give)(?: \w+){0,3} back\b"
+)
+_FILLER = re.compile(
+    r"\b(?:quick question|just wondering|i was wondering|wondering if|thanks in advance"
+    r"|thank you in advance|if possible|as soon as possible|by the way)\b"
+)
+
+CANDIDATES = 10
+"""How many entries a backend's index proposes for :func:`rank` to order."""
+
+MAX_QUERY_TERMS = 32
+"""Significant terms kept from one query: bounds the work a long message causes."""
+
+UNKNOWN_WEIGHT = 0.25
+"""How much of its IDF a query term that no entry holds weighs against coverage."""
+ANSWER_CREDIT = 0.5
+"""Coverage credit for a term found only in an entry's answer."""
+TAG_FIT = 0.5
+"""Fit credit for a question term the query has only through the entry's tags."""
+WEAK_FIT = 0.5
+"""Fit credit for sharing a question word ("when", "where", "why", "which")."""
+_WEAK = frozenset({"when", "where", "why", "which"})
+
+# unicode61 splits on everything that is not a letter, a digit or a private-use
+# character; underscore is punctuation to it. Splitting the same way keeps each
+# term one FTS token.
+_TOKEN = re.compile(r"[^\W_]+")
+_APOSTROPHES = re.compile(r"['\u2019\u2018`´]")
+_STEMMER = snowballstemmer.stemmer("english")
+
+
+def _fold(text: str) -> str:
+    """Case and accents folded, apostrophes dropped ("don't" -> "dont")."""
+    text = unicodedata.normalize("NFKD", text.casefold())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return _APOSTROPHES.sub("", text)
+
+
+LEXICON: dict[str, str] = _parse_lexicon(_LEXICON_TEXT)
+"""Variant (a word or phrase) -> the FAQ's word for it."""
+
+_PHRASES = re.compile(
+    r"\b(?:"
+    + "|".join(re.escape(v) for v in sorted(LEXICON, key=len, reverse=True) if " " in v or "-" in v)
+    + r")\b"
+)
+
+
+def _canonical_words(text: str) -> list[str]:
+    """The words of ``text`` in the FAQ's vocabulary, filler and stop words gone."""
+    folded = _SEND_BACK.sub(" return ", _FILLER.sub(" ", _fold(text)))
+    folded = _PHRASES.sub(lambda m: " " + LEXICON[m.group()] + " ", folded)
+    words = []
+    for token in _TOKEN.findall(folded):
+        for word in LEXICON.get(token, token).split():
+            if word not in STOP_WORDS:
+                words.append(word)
+    return words
+
+
+def query_terms(text: str) -> list[str]:
+    """The significant words of ``text`` for a backend's index: in the FAQ's
+    vocabulary, stop words and filler removed, each once, in order, at most
+    :data:`MAX_QUERY_TERMS`."""
+    return list(dict.fromkeys(_canonical_words(text)))[:MAX_QUERY_TERMS]
+
+
+@lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    return str(_STEMMER.stemWord(word))
+
+
+def stems(text: str) -> list[str]:
+    """``text`` as the scorer compares it: canonical words, stemmed."""
+    return [_stem(word) for word in _canonical_words(text)]
+
+
+def term_weight(document_frequency: int, documents: int) -> float:
+    """BM25's inverse document frequency: rare terms say more about the
+    entry meant than common ones; a term no entry has weighs most of all."""
+    df = min(document_frequency, documents)
+    return math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
+
+
+@attrs.frozen
+class _Fields:
+    """One entry's stems, by field."""
+
+    question: frozenset[str]
+    question_terms: tuple[str, ...]
+    tags: frozenset[str]
+    answer: frozenset[str]
+
+
+@lru_cache(maxsize=4096)
+def _fields(question: str, answer: str, tags: tuple[str, ...]) -> _Fields:
+    question_terms = tuple(dict.fromkeys(stems(question)))
+    return _Fields(
+        frozenset(question_terms),
+        question_terms,
+        frozenset(s for tag in tags for s in stems(tag)),
+        frozenset(stems(answer)),
+    )
+
+
+_PREFIX_MIN = 5
+_PREFIX_SLACK = 3
+
+
+def _has(field: frozenset[str], stem: str) -> bool:
+    """Whether a field holds the stem, or (five letters and more) one at most
+    three letters longer or shorter that starts with it or that it starts
+    with: "deliveri" finds "deliv", "week" does not find "weekend"."""
+    if stem in field:
+        return True
+    if len(stem) < _PREFIX_MIN:
+        return False
+    return any(
+        len(s) >= _PREFIX_MIN
+        and abs(len(s) - len(stem)) <= _PREFIX_SLACK
+        and (s.startswith(stem) or stem.startswith(s))
+        for s in field
+    )
+
+
+def _fit(fields: _Fields, query: Iterable[str]) -> float:
+    """The share of the entry question's terms the query accounts for."""
+    if not fields.question_terms:
+        return 0.0
+    asked = frozenset(query)
+    credit = 0.0
+    for term in fields.question_terms:
+        if _has(asked, term):
+            credit += WEAK_FIT if term in _WEAK else 1.0
+    # Tags are the entry's synonyms: a query term in the tags stands in for
+    # one question term the query does not share, at TAG_FIT.
+    spare = sum(1 for s in asked if _has(fields.tags, s) and not _has(fields.question, s))
+    credit += TAG_FIT * min(spare, len(fields.question_terms) - credit)
+    return min(1.0, credit / len(fields.question_terms))
+
+
+@attrs.frozen
+class Evidence:
+    """Why a candidate may answer a query (module docstring): ``coverage``,
+    ``fit`` and ``margin``; ``unknown`` is the share of the query's IDF
+    weight in terms no entry holds."""
+
+    coverage: float
+    fit: float
+    margin: float
+    unknown: float
+
+    @property
+    def confidence(self) -> float:
+        """``coverage * max(fit, margin)``, in [0, 1]."""
+        return max(0.0, min(1.0, self.coverage * max(self.fit, self.margin)))
+
+
+def weigh(
+    terms: Sequence[str],
+    candidates: Sequence[Candidate],
+    document_frequencies: Sequence[int],
+    documents: int,
+) -> list[tuple[Evidence, Candidate]]:
+    """Each candidate with its evidence, best first: how much of the query the
+    entry holds times how much of the entry the query asks, then BM25."""
+    query = [_stem(term) for term in terms]
+    fields = [_fields(c.question, c.answer, c.tags) for c in candidates]
+    weights = [term_weight(df, documents) for df in document_frequencies]
+    known = [
+        df > 0 or any(_has(f.question | f.tags | f.answer, stem) for f in fields)
+        for stem, df in zip(query, document_frequencies, strict=True)
+    ]
+    raw = sum(weights)
+    unknown = sum(w for w, k in zip(weights, known, strict=True) if not k)
+    whole = raw - unknown + UNKNOWN_WEIGHT * unknown
+    scored = []
+    for candidate, entry in zip(candidates, fields, strict=True):
+        credit = 0.0
+        for stem, weight in zip(query, weights, strict=True):
+            if _has(entry.question, stem) or _has(entry.tags, stem):
+                credit += weight
+            elif _has(entry.answer, stem):
+                credit += ANSWER_CREDIT * weight
+        coverage = min(1.0, credit / whole) if whole else 0.0
+        scored.append((coverage, _fit(entry, query), candidate))
+    scored.sort(key=lambda s: (s[0] * s[1], s[0], s[2].score), reverse=True)
+    goodness = [coverage * fit for coverage, fit, _ in scored]
+    weighed = []
+    for index, (coverage, fit, candidate) in enumerate(scored):
+        runner_up = max(goodness[:index] + goodness[index + 1 :], default=0.0)
+        margin = 0.0
+        if goodness[index] > 0:
+            margin = max(0.0, (goodness[index] - runner_up) / goodness[index])
+        evidence = Evidence(coverage, fit, margin, unknown / raw if raw else 0.0)
+        weighed.append((evidence, candidate))
+    return weighed
+
+
+def rank(
+    terms: Sequence[str],
+    candidates: Sequence[Candidate],
+    document_frequencies: Sequence[int],
+    documents: int,
+    limit: int,
+) -> list[Passage]:
+    """The best ``limit`` candidates for the query ``terms`` (its
+    :func:`query_terms`), best first, with confidence (module docstring).
+    ``document_frequencies[i]`` is how many entries hold ``terms[i]`` in their
+    question or tags, as the backend's index counts them."""
+    if not candidates or not terms:
+        return []
+    return [
+        Passage(c.question, c.answer, c.tags, c.score, evidence.confidence)
+        for evidence, c in weigh(terms, candidates, document_frequencies, documents)[:limit]
+    ]
