@@ -288,11 +288,18 @@ def _early_call(
     so it need not wait for the router to stream its arguments: a confident
     answer can start as soon as the router names the tool, which is what makes
     Path B's first token about one LLM time-to-first-token away.
+
+    Not after earlier turns: a follow-up ("and how long does that take?")
+    means what the history makes of it, which only the router's arguments
+    say. (Nor, for the same reason, does an early answer that is not
+    confident stand for a call whose arguments turn out different.)
     """
     tool = registry.get(begun.name)
     speculate = getattr(tool, "speculative_arguments", None)
     content = messages[-1].get("content") if messages else None
     if begun.index != 0 or tool is None or not tool.natural_answer or speculate is None:
+        return None
+    if any(m.get("role") == "user" for m in messages[:-1]):
         return None
     if not isinstance(content, str):
         return None
@@ -300,6 +307,16 @@ def _early_call(
     if arguments is None:
         return None
     return ToolCall(begun.id, begun.name, orjson.dumps(arguments).decode())
+
+
+def _same_call(guessed: ToolCall | None, call: ToolCall) -> bool:
+    """Whether the router made the call that was guessed (arguments as JSON values)."""
+    if guessed is None or guessed.id != call.id:
+        return False
+    try:
+        return bool(orjson.loads(guessed.arguments) == orjson.loads(call.arguments))
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _keep() -> None:
@@ -321,6 +338,7 @@ async def answer(
     tools = _Tools(turn, registry)
     router = ChatRequest(list(messages), tools=registry.openai_tools())
     early: ToolOutcome | None = None
+    guessed: ToolCall | None = None
     natural: _Natural | None = None
     completion: Completion | None = None
     seen = 0
@@ -334,6 +352,7 @@ async def answer(
                 elif isinstance(event, ToolCallBegin) and turn.path is None and early is None:
                     call = _early_call(registry, event, messages)
                     if call is not None:
+                        guessed = call
                         (early,) = await tools.run([call])
                         natural = tools.natural(early)
                         if natural is not None:
@@ -361,8 +380,9 @@ async def answer(
         turn.shareable = False
         if turn.on_unshareable is not None:
             turn.on_unshareable()
-    # The early call stands for the router's first call (same id); the rest run now.
-    done = [early] if early is not None and early.call_id == calls[0].id else []
+    # The early call stands for the router's first call (same id, same
+    # arguments); the rest run now.
+    done = [early] if early is not None and _same_call(guessed, calls[0]) else []
     tool = registry.get(calls[0].name)
     if not done and len(calls) == 1 and tool is not None and tool.natural_answer:
         done = await tools.run(calls)

@@ -93,12 +93,6 @@ async def test_follow_up_in_a_session_asks_about_the_earlier_topic(
     assert "how long does that take" in arguments["question"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chatd's Path B starts frequently_asked early with the raw last message "
-    "(pipeline/answer.py _early_call, speculative_arguments), so the router's own "
-    "question, which carries the topic, never reaches the tool",
-)
 async def test_follow_up_tool_call_carries_the_earlier_topic(client: ChatClient) -> None:
     """The frequently_asked call chatd runs for the follow-up mentions returns."""
     await ask(client, "r1", "How do I return an item?", session="s2")
