@@ -251,7 +251,7 @@ class ToolsSettings:
     """Tool timeouts and the declarative HTTP tools."""
 
     timeout_s: float = attrs.field(default=10.0, validator=_positive)
-    faq_min_confidence: float = attrs.field(default=0.5, validator=_non_negative)
+    faq_min_confidence: float = attrs.field(default=0.75, validator=_non_negative)
     http: list[HTTPToolSettings] = attrs.field(factory=list)
 
 

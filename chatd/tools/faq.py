@@ -73,7 +73,7 @@ class FrequentlyAsked:
     timeout_s: ClassVar[float | None] = None
 
     kb: KnowledgeBase
-    min_confidence: float = 0.5
+    min_confidence: float = 0.75
 
     def speculative_arguments(self, message: str) -> dict[str, Any]:
         """The arguments to search with before the router has sent its own: the

@@ -17,11 +17,13 @@ from chatd.stores import FAQEntry, KnowledgeBase, load_faq_file, open_knowledge_
 from chatd.stores.kb_eval import evaluate, load_eval_set
 from chatd.stores.kb_rank import MAX_QUERY_TERMS, Evidence, query_terms, stems
 
-MIN_CONFIDENCE = 0.5  # tools.faq_min_confidence's default
-# What the held-out half of the evaluation set must show (benchmarks/results/kb-eval.md).
-HIT_AT_LEAST = 0.45
-WRONG_AT_MOST = 0.02
-OFF_TOPIC_AT_MOST = 0.17
+MIN_CONFIDENCE = 0.75  # tools.faq_min_confidence's default
+# What the held-out half of the evaluation set shows at the shipped gate
+# (benchmarks/results/kb-eval.md): a floor against regressions. Issue 16's bar
+# (hit >= 85%, wrong entry <= 2%, off-topic answered <= 5%) is not met yet.
+HIT_AT_LEAST = 0.60
+WRONG_AT_MOST = 0.06
+OFF_TOPIC_AT_MOST = 0.09
 TIMEOUT = 20
 
 PARAPHRASES = [
@@ -208,12 +210,17 @@ def test_query_terms_speak_the_faqs_words() -> None:
     assert stems("Deliveries") == stems("delivery") == stems("shipping")
 
 
-def test_evidence_needs_coverage_and_a_distinct_entry() -> None:
-    """Full coverage of a fitting entry is certain; a tie on a loose fit is not."""
-    assert Evidence(1.0, 1.0, 0.0, 0.0).confidence == 1.0
-    assert Evidence(1.0, 0.25, 1.0, 0.0).confidence == 1.0
-    assert Evidence(1.0, 0.25, 0.1, 0.0).confidence == pytest.approx(0.25)
-    assert Evidence(0.3, 1.0, 0.5, 0.0).confidence == pytest.approx(0.3)
+def test_evidence_needs_coverage_and_fit() -> None:
+    """Confidence rises with coverage and fit together; nothing matched is 0."""
+    full = Evidence(1.0, 1.0, 0.0, 0.0)
+    assert full.strength == 1.0 and full.confidence > 0.99
+    assert Evidence(1.0, 0.25, 0.0, 0.0).strength == pytest.approx(0.5)
+    # The calibration puts the shipped gate near a strength of 0.32.
+    assert Evidence(0.32, 1.0, 0.0, 0.0).confidence == pytest.approx(0.76, abs=0.01)
+    # A loose match is refused however far it leads the runner-up.
+    assert Evidence(0.2, 0.5, 1.0, 0.0).confidence < MIN_CONFIDENCE
+    strengths = [Evidence(c / 10, 1.0, 0.0, 0.0).confidence for c in range(1, 11)]
+    assert strengths == sorted(strengths)
     assert Evidence(0.0, 1.0, 1.0, 0.0).confidence == 0.0
 
 
