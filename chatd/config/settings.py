@@ -224,6 +224,11 @@ class LimitsSettings:
     rate_per_minute: float = attrs.field(default=0.0, validator=_non_negative)
     """Chat requests a client (its API key, else its address) may start per
     minute, with bursts of up to one minute's worth; 0 means no limit."""
+    tokens_per_day: int = attrs.field(default=0, validator=_non_negative)
+    """Prompt and completion tokens a client (its API key, else its address)
+    may use per UTC day, as its answers' ``usage`` counts them (a cached answer
+    is free); a chat that starts within it may overrun it, the next is
+    ``rate_limited`` until midnight UTC. 0 means no budget."""
 
 
 @attrs.frozen

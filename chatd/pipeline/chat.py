@@ -246,6 +246,9 @@ class Pipeline:
                 with deadline, tracked.scope:
                     turn.on_state = tracked.enter
                     await self._answer(chat, turn)
+            if self.rate_limiter.tokens_per_day and not turn.cached:
+                used = turn.prompt_tokens + turn.completion_tokens
+                await self.rate_limiter.charge(chat.client, used)
             if deadline.cancelled_caught:
                 self.metrics.cancelled("deadline")
                 raise DeadlineExceeded(f"the request passed its {timeout:g} s deadline")

@@ -127,7 +127,8 @@ def _stores(
     """Sessions, rate limits and the cache: in memory, or in Redis with memory
     standing in while Redis fails."""
     sessions = MemorySessionStore()
-    rate_limiter = MemoryRateLimiter(settings.limits.rate_per_minute)
+    limits = settings.limits
+    rate_limiter = MemoryRateLimiter(limits.rate_per_minute, limits.tokens_per_day)
     cache = (
         MemoryAnswerCache[CachedAnswer](
             settings.cache.ttl_s,
@@ -154,7 +155,9 @@ def _stores(
             RedisSessionStore(redis, sessions.max_messages, sessions.ttl_s), sessions, on_fallback
         ),
         FallbackRateLimiter(
-            RedisRateLimiter(redis, settings.limits.rate_per_minute), rate_limiter, on_fallback
+            RedisRateLimiter(redis, limits.rate_per_minute, limits.tokens_per_day),
+            rate_limiter,
+            on_fallback,
         ),
         shared_cache,
     )

@@ -137,7 +137,14 @@ class FallbackSessionStore:
 class _Checks(Protocol):
     """``chatd.pipeline.RateLimiter``'s shape."""
 
+    @property
+    def tokens_per_day(self) -> int:
+        """Tokens a client may use per UTC day; 0: no budget."""
+        ...
+
     async def check(self, client: str) -> None: ...
+
+    async def charge(self, client: str, tokens: int) -> None: ...
 
 
 @attrs.define
@@ -149,6 +156,16 @@ class FallbackRateLimiter:
     on_fallback: Callable[[str], None]
     _switch: _Switch = attrs.field(init=False, default=_switch_for("rate_limits"))
 
+    @property
+    def tokens_per_day(self) -> int:
+        return self.redis.tokens_per_day
+
     async def check(self, client: str) -> None:
         """Take one chat from ``client``'s bucket, or raise ``RateLimited``."""
         await self._switch.call(lambda: self.redis.check(client), lambda: self.local.check(client))
+
+    async def charge(self, client: str, tokens: int) -> None:
+        """Count ``tokens`` against ``client``'s budget for today."""
+        await self._switch.call(
+            lambda: self.redis.charge(client, tokens), lambda: self.local.charge(client, tokens)
+        )

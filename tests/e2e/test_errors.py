@@ -142,6 +142,27 @@ async def test_rate_limited(make_settings: MakeSettings) -> None:
         assert error["retry_after_ms"] > 0
 
 
+async def test_a_spent_token_budget_is_rate_limited_for_that_key_alone(
+    make_settings: MakeSettings,
+) -> None:
+    """A key whose answers used its day's tokens is refused until midnight UTC;
+    another key goes on."""
+    settings = make_settings(
+        server=ServerSettings(api_keys=["alpha", "beta"]),
+        limits=LimitsSettings(tokens_per_day=1),
+    )
+    async with open_chatd(settings) as server:
+        async with open_chat_client(server.ws_url + "?api_key=alpha") as client:
+            done = await ask(client, "a", "hello")
+            assert done["type"] == "done" and sum(done["usage"].values()) > 1
+            error = await ask(client, "b", "hello again")
+            assert error["code"] == "rate_limited"
+            assert "token budget" in error["message"]
+            assert 0 < error["retry_after_ms"] <= 86_400_000
+        async with open_chat_client(server.ws_url + "?api_key=beta") as client:
+            assert (await ask(client, "c", "hello"))["type"] == "done"
+
+
 async def test_overloaded_when_queue_full(make_settings: MakeSettings) -> None:
     """With every LLM slot taken and no queue room, a chat is refused at once."""
     settings = make_settings(limits=LimitsSettings(llm_streams=1, max_queue=0))

@@ -32,6 +32,7 @@ class StuckRateLimiter:
 
     entered: trio.Event = attrs.field(factory=trio.Event)
     left: bool = False
+    tokens_per_day: int = 0
 
     async def check(self, client: str) -> None:
         self.entered.set()
@@ -39,6 +40,9 @@ class StuckRateLimiter:
             await trio.sleep_forever()
         finally:
             self.left = True
+
+    async def charge(self, client: str, tokens: int) -> None:
+        raise AssertionError("a cancelled check charges nothing")
 
 
 @pytest.fixture

@@ -32,3 +32,15 @@ async def test_forgets_the_least_recent_client_beyond_max_clients() -> None:
     await limiter.check("a")
     with pytest.raises(RateLimited):
         await limiter.check("c")
+
+
+async def test_a_token_budget_is_per_utc_day() -> None:
+    """A budget spent at 23:59:30 UTC opens again at midnight, and says when."""
+    now = 20_000 * 86_400 - 30.0
+    limiter = MemoryRateLimiter(0, tokens_per_day=100, wall_clock=lambda: now)
+    await limiter.charge("a", 100)
+    with pytest.raises(RateLimited) as info:
+        await limiter.check("a")
+    assert info.value.retry_after_ms == 30_000
+    now += 30
+    await limiter.check("a")

@@ -19,6 +19,7 @@ RATE = 120
 REFILL_MS = 500
 
 MakeLimiter = Callable[[float], RateLimiter]
+MakeBudget = Callable[[int], RateLimiter]
 
 
 @pytest.fixture
@@ -27,6 +28,14 @@ async def make_limiter(redis: RedisClient | None) -> MakeLimiter:
     if redis is None:
         return MemoryRateLimiter
     return lambda rate: RedisRateLimiter(redis, rate)
+
+
+@pytest.fixture
+async def make_budget(redis: RedisClient | None) -> MakeBudget:
+    """Makes a limiter of ``tokens_per_day`` (no rate limit) with fresh budgets."""
+    if redis is None:
+        return lambda budget: MemoryRateLimiter(0, budget)
+    return lambda budget: RedisRateLimiter(redis, 0, budget)
 
 
 async def spend(limiter: RateLimiter, client: str, chats: int) -> None:
@@ -106,3 +115,40 @@ async def test_concurrent_checks_admit_exactly_the_capacity(
             for _ in range(RATE + 80):
                 nursery.start_soon(check)
         assert (admitted, refused) == (RATE, 80)
+
+
+# --- daily token budgets ---------------------------------------------------------------------
+
+BUDGET = 1000
+
+
+async def test_a_spent_token_budget_refuses_until_the_next_day(
+    make_budget: MakeBudget, clock: Clock | None
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        limiter = make_budget(BUDGET)
+        await limiter.check("a")
+        await limiter.charge("a", BUDGET - 1)
+        await limiter.check("a")  # one token left: another chat may start
+        await limiter.charge("a", 5)  # an answer may overrun the budget; the next is refused
+        with pytest.raises(RateLimited) as refused:
+            await limiter.check("a")
+        assert "token budget" in refused.value.message
+        retry_after_ms = refused.value.retry_after_ms
+        assert retry_after_ms is not None and 0 < retry_after_ms <= 86_400_000
+
+
+async def test_token_budgets_are_per_client(make_budget: MakeBudget, clock: Clock | None) -> None:
+    with trio.fail_after(TIMEOUT):
+        limiter = make_budget(BUDGET)
+        await limiter.charge("a", BUDGET)
+        with pytest.raises(RateLimited):
+            await limiter.check("a")
+        await limiter.check("b")
+
+
+async def test_a_zero_budget_counts_nothing(make_budget: MakeBudget, clock: Clock | None) -> None:
+    with trio.fail_after(TIMEOUT):
+        limiter = make_budget(0)
+        await limiter.charge("a", 10**9)
+        await limiter.check("a")
