@@ -7,6 +7,7 @@ Validators raise :class:`InvalidSetting` so the loader can name the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any, Literal
 
@@ -53,6 +54,16 @@ def _redis_url(_inst: object, attr: attrs.Attribute[Any], value: str | None) -> 
         raise InvalidSetting(attr.name, value, "a redis:// URL")
 
 
+def _networks(_inst: object, attr: attrs.Attribute[Any], value: list[str]) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise InvalidSetting(
+                attr.name, item, "an IP address or network (10.0.0.5, 10.0.0.0/8)"
+            ) from None
+
+
 @attrs.frozen
 class ServerSettings:
     """Where and how the chat server listens.
@@ -75,6 +86,11 @@ class ServerSettings:
     """Web pages (``https://app.example``) that may open a WebSocket or post
     chats from a browser; ``"*"`` for any. Empty: chatd's own origin and
     loopback pages only (:mod:`chatd.server.origins`)."""
+    trusted_proxies: list[str] = attrs.field(factory=list, validator=_networks)
+    """Addresses or networks of reverse proxies in front of chatd: a request
+    from one of them is from the address its ``X-Forwarded-For`` names (the
+    nearest one that is not itself a trusted proxy). Empty: the header is
+    ignored, as anyone can write it."""
     token_merge_ms: float = attrs.field(default=50.0, validator=_non_negative)
     send_queue: int = attrs.field(default=256, validator=_positive)
     """Events an HTTP (SSE) answer may have waiting for its client."""

@@ -27,7 +27,7 @@ from chatd.pipeline.events import Error
 from chatd.redaction import redact_url
 from chatd.resilience.janitor import Reap
 from chatd.resilience.supervisor import Supervisor
-from chatd.server.auth import identify, key_matches, supplied_key
+from chatd.server.auth import client_address, identify, key_matches, supplied_key
 from chatd.server.connection import Connection
 from chatd.server.http_chat import register_http_chat
 from chatd.server.origins import host_allowed, origin_allowed
@@ -130,7 +130,10 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
         peer = stream.socket.getpeername()[0]
     except OSError:
         peer = "unknown"
-    client, ok = _identify(settings.server.api_keys, request, peer or "unknown")
+    peer = client_address(
+        peer or "unknown", _header(request, b"x-forwarded-for"), settings.server.trusted_proxies
+    )
+    client, ok = _identify(settings.server.api_keys, request, peer)
     websocket = await accept(
         stream,
         request,

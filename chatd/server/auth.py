@@ -9,12 +9,14 @@ constant time, and a key is named by its :func:`~chatd.redaction.key_id`
 
 from __future__ import annotations
 
+import functools
 import hmac
+import ipaddress
 from collections.abc import Sequence
 
 from chatd.redaction import key_hash, key_id
 
-__all__ = ["identify", "key_matches", "supplied_key"]
+__all__ = ["client_address", "identify", "key_matches", "supplied_key"]
 
 
 def supplied_key(authorization: str | None, api_key_arg: str | None) -> str:
@@ -52,3 +54,46 @@ def identify(
     supplied = supplied_key(authorization, api_key_arg)
     ok = key_matches(supplied, api_keys)
     return (f"key:{key_id(supplied)}" if ok else f"addr:{remote}"), ok
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(trusted: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in trusted)
+
+
+def _trusted(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted_proxies: Sequence[str]) -> str:
+    """The address a request comes from: ``peer``, unless ``peer`` is one of
+    ``trusted_proxies`` and says in ``X-Forwarded-For`` whom it forwards.
+
+    Each proxy appends the address it heard from, so the list is read from the
+    right: proxies of ours are passed over, and the first address that is not
+    one is the client (anything left of it, the client may have written). An
+    entry that is not an address ends the walk at the proxy that wrote it.
+    """
+    if not forwarded_for or not trusted_proxies:
+        return peer
+    networks = _networks(tuple(trusted_proxies))
+    if not _trusted(peer, networks):
+        return peer
+    address = peer
+    for entry in reversed(forwarded_for.split(",")):
+        entry = entry.strip()
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            return address
+        address = entry
+        if not _trusted(entry, networks):
+            return entry
+    return address

@@ -28,7 +28,7 @@ from quart_trio import QuartTrio
 from chatd.exceptions import ChatdError, TooLarge, Unauthorized
 from chatd.pipeline import ChatInput, Event, Pipeline, encode
 from chatd.pipeline.events import Done, Error, Token, error_event
-from chatd.server.auth import identify
+from chatd.server.auth import client_address, identify
 from chatd.server.frames import chat_fields, json_object
 
 __all__ = ["HTTP_STATUS", "register_http_chat", "with_sse_chat"]
@@ -105,10 +105,16 @@ class _Collector:
 
 
 def _check_client(
-    pipeline: Pipeline, authorization: str | None, api_key: str | None, remote: str
+    pipeline: Pipeline,
+    authorization: str | None,
+    api_key: str | None,
+    peer: str,
+    forwarded_for: str | None,
 ) -> str:
     """Who is asking, or :class:`Unauthorized`."""
-    client, ok = identify(pipeline.settings.server.api_keys, authorization, api_key, remote)
+    server = pipeline.settings.server
+    remote = client_address(peer, forwarded_for, server.trusted_proxies)
+    client, ok = identify(server.api_keys, authorization, api_key, remote)
     if not ok:
         raise Unauthorized("missing or wrong API key")
     return client
@@ -134,6 +140,7 @@ async def _read_chat(pipeline: Pipeline) -> ChatInput:
         request.headers.get("Authorization"),
         request.args.get("api_key"),
         request.remote_addr or "unknown",
+        request.headers.get("X-Forwarded-For"),
     )
     _check_length(pipeline, request.content_length or 0)
     body = bytearray()
@@ -207,9 +214,9 @@ async def _read_sse_chat(
     authorization = _header(scope, b"authorization", b"").decode("latin1") or None
     query = parse_qsl(scope["query_string"].decode("latin1"), keep_blank_values=True)
     remote = (scope.get("client") or ("unknown",))[0]
-    client = _check_client(
-        pipeline, authorization, next((v for k, v in query if k == "api_key"), None), remote
-    )
+    forwarded_for = _header(scope, b"x-forwarded-for", b"").decode("latin1") or None
+    api_key = next((v for k, v in query if k == "api_key"), None)
+    client = _check_client(pipeline, authorization, api_key, remote, forwarded_for)
     length = _header(scope, b"content-length", b"")
     if length.isdigit():
         _check_length(pipeline, int(length))

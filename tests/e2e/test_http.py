@@ -14,7 +14,7 @@ from chatd.config import LimitsSettings, ServerSettings
 from chatd.pipeline import ChatInput, Pipeline
 from chatd.pipeline.chat import RequestOutput
 from chatd.pipeline.events import Accepted
-from chatd.testing import Chatd, open_chatd, wait_until
+from chatd.testing import Chatd, open_chat_client, open_chatd, wait_until
 from tests.e2e.conftest import MakeSettings
 
 
@@ -235,3 +235,31 @@ async def test_oversized_chunked_body_is_refused_while_it_streams(
             while b"\r\n\r\n" not in received:
                 received += await sock.receive_some()
     assert received.startswith(b"HTTP/1.1 413")
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_rate_limits_follow_x_forwarded_for_from_trusted_proxies_only(
+    make_settings: MakeSettings, trusted: bool
+) -> None:
+    """Behind a trusted proxy each forwarded address has its own limit, on
+    every transport; from anyone else the header changes nothing."""
+    settings = make_settings(
+        server=ServerSettings(trusted_proxies=["127.0.0.1"] if trusted else []),
+        limits=LimitsSettings(rate_per_minute=1),
+    )
+
+    def via(address: str) -> dict[str, str]:
+        return {"X-Forwarded-For": f"{address}, 127.0.0.1"}
+
+    async with open_chatd(settings) as server, httpx.AsyncClient(base_url=server.url) as http:
+        first = await http.post("/v1/chat", json={"message": "hi"}, headers=via("203.0.113.1"))
+        assert first.is_success
+        sse = {"Accept": "text/event-stream", **via("203.0.113.2")}
+        second = await http.post("/v1/chat", json={"message": "hi"}, headers=sse)
+        assert ("event: done" in second.text) is trusted
+        headers = list(via("203.0.113.3").items())
+        async with open_chat_client(server.ws_url, extra_headers=headers) as client:
+            await client.chat("c", "hi")
+            assert (await client.finish("c"))["type"] == ("done" if trusted else "error")
+        again = await http.post("/v1/chat", json={"message": "hi"}, headers=via("203.0.113.1"))
+        assert again.status_code == 429
