@@ -119,6 +119,9 @@ class ChatInput:
     scope: str = ""
     """Where a guessable session name of a keyless client is valid: its
     connection (WebSocket), or this request alone (HTTP)."""
+    history: tuple[Message, ...] = ()
+    """Earlier turns the client sent itself (OpenAI's ``messages``): the
+    conversation before ``message``, in place of the session's stored one."""
 
     @property
     def session_key(self) -> str:
@@ -324,7 +327,9 @@ class Pipeline:
             ) as held:
                 waited = held.waited
                 _record_queue(trace, waited, "prepare")
-                history = await self.sessions.history(chat.session_key) if chat.session else []
+                history = chat.history or (
+                    await self.sessions.history(chat.session_key) if chat.session else ()
+                )
                 messages = build_prompt(
                     self.settings.system_prompt, history, chat.message, limits.prompt_token_budget
                 )

@@ -193,7 +193,7 @@ def with_sse_chat(app: ASGIApp, pipeline: Pipeline) -> ASGIApp:
             scope["type"] == "http"
             and scope["path"] == "/v1/chat"
             and scope["method"] == "POST"
-            and b"text/event-stream" in _header(scope, b"accept", b"")
+            and b"text/event-stream" in header(scope, b"accept")
         ):
             await _serve_sse(pipeline, scope, receive, send)
         else:
@@ -202,22 +202,23 @@ def with_sse_chat(app: ASGIApp, pipeline: Pipeline) -> ASGIApp:
     return asgi
 
 
-def _header(scope: dict[str, Any], name: bytes, default: bytes) -> bytes:
-    return next((v for k, v in scope["headers"] if k.lower() == name), default)
+def header(scope: dict[str, Any], name: bytes) -> bytes:
+    """The first value of header ``name`` (lower case), or ``b""``."""
+    return next((v for k, v in scope["headers"] if k.lower() == name), b"")
 
 
-async def _read_sse_chat(
+async def read_request(
     pipeline: Pipeline, scope: dict[str, Any], receive: Receive
-) -> ChatInput | None:
-    """The request as a :class:`ChatInput` (``None``: the client left), or a
-    client error; the body is read up to the limit, never past it."""
-    authorization = _header(scope, b"authorization", b"").decode("latin1") or None
+) -> tuple[str, bytes] | None:
+    """Who asks and the body (``None``: the client left), or a client error;
+    the body is read up to the limit, never past it."""
+    authorization = header(scope, b"authorization").decode("latin1") or None
     query = parse_qsl(scope["query_string"].decode("latin1"), keep_blank_values=True)
     remote = (scope.get("client") or ("unknown",))[0]
-    forwarded_for = _header(scope, b"x-forwarded-for", b"").decode("latin1") or None
+    forwarded_for = header(scope, b"x-forwarded-for").decode("latin1") or None
     api_key = next((v for k, v in query if k == "api_key"), None)
     client = _check_client(pipeline, authorization, api_key, remote, forwarded_for)
-    length = _header(scope, b"content-length", b"")
+    length = header(scope, b"content-length")
     if length.isdigit():
         _check_length(pipeline, int(length))
     body = bytearray()
@@ -229,7 +230,16 @@ async def _read_sse_chat(
         _check_length(pipeline, len(body))
         if not message.get("more_body", False):
             break
-    return _chat_input(pipeline, bytes(body), client)
+    return client, bytes(body)
+
+
+async def _read_sse_chat(
+    pipeline: Pipeline, scope: dict[str, Any], receive: Receive
+) -> ChatInput | None:
+    """The request as a :class:`ChatInput` (``None``: the client left), or a
+    client error."""
+    read = await read_request(pipeline, scope, receive)
+    return None if read is None else _chat_input(pipeline, read[1], read[0])
 
 
 _SSE_HEADERS = [
@@ -237,6 +247,43 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+def crash_error(chat: ChatInput) -> Error:
+    """What the client of a request that crashed is told."""
+    return Error("internal", "internal error; the log has it under " + chat.id)
+
+
+async def run_owned(
+    pipeline: Pipeline,
+    chat: ChatInput,
+    receive: Receive,
+    deliver: Callable[[str, Event], Awaitable[None]],
+) -> None:
+    """Run ``chat`` in a nursery owned by this HTTP request, handing each of
+    its events to ``deliver``: the client leaving (``http.disconnect``, once
+    the body is read) cancels it, and nothing outlives the call."""
+    events, events_out = trio.open_memory_channel[tuple[str, Event]](
+        pipeline.settings.server.send_queue
+    )
+    cancel = trio.CancelScope()  # the client's: nothing cancels it but its leaving
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            async with events:
+                await pipeline.run(chat, _ChannelOutput(chat.id, events, cancel), cancel)
+
+        async def watch_for_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            nursery.cancel_scope.cancel()  # the client left: its request ends now
+
+        nursery.start_soon(run)
+        nursery.start_soon(watch_for_disconnect)
+        async with events_out:
+            async for request_id, event in events_out:
+                await deliver(request_id, event)
+        nursery.cancel_scope.cancel()  # answered: stop watching
 
 
 async def _serve_sse(
@@ -254,35 +301,15 @@ async def _serve_sse(
     if chat is None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-    events, events_out = trio.open_memory_channel[tuple[str, Event]](
-        pipeline.settings.server.send_queue
-    )
-    cancel = trio.CancelScope()  # the client's: nothing cancels it but its leaving
+
+    async def deliver(request_id: str, event: Event) -> None:
+        frame = b"event: %s\ndata: %s\n\n" % (event.type.encode(), encode(event, request_id))
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
+
     try:
-        async with trio.open_nursery() as nursery:
-
-            async def run() -> None:
-                async with events:
-                    await pipeline.run(chat, _ChannelOutput(chat.id, events, cancel), cancel)
-
-            async def watch_for_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                nursery.cancel_scope.cancel()  # the client left: its request ends now
-
-            nursery.start_soon(run)
-            nursery.start_soon(watch_for_disconnect)
-            async with events_out:
-                async for request_id, event in events_out:
-                    frame = b"event: %s\ndata: %s\n\n" % (
-                        event.type.encode(),
-                        encode(event, request_id),
-                    )
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
-            nursery.cancel_scope.cancel()  # answered: stop watching
+        await run_owned(pipeline, chat, receive, deliver)
     except Exception as exc:  # this request's fault: it ends here, nothing else does
         log.error("request crashed", http_request=chat.id, exc_info=exc)
-        error = Error("internal", "internal error; the log has it under " + chat.id)
-        frame = b"event: error\ndata: %s\n\n" % encode(error, chat.id)
+        frame = b"event: error\ndata: %s\n\n" % encode(crash_error(chat), chat.id)
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -91,10 +91,14 @@ _CORS_PREFLIGHT = [
 ]
 
 
+_JSON_POSTS = frozenset({"/v1/chat", "/v1/chat/completions"})
+
+
 def guard_http(app: ASGIApp, listening_on: str, allowed: Sequence[str]) -> ASGIApp:
     """``app`` behind the checks for every HTTP request: a ``Host`` that is not
     loopback on a loopback server, or an ``Origin`` not allowed, is refused
-    (403); ``POST /v1/chat`` needs ``Content-Type: application/json`` (415),
+    (403); chats (``POST /v1/chat``, ``/v1/chat/completions``) need
+    ``Content-Type: application/json`` (415),
     so no page can post one as a CORS-simple ``text/plain`` request. Allowed
     cross-origin pages get CORS headers (and preflights an answer); others
     get none."""
@@ -116,7 +120,7 @@ def guard_http(app: ASGIApp, listening_on: str, allowed: Sequence[str]) -> ASGIA
             assert origin is not None
             await _respond(send, 204, b"", _cors(origin) + _CORS_PREFLIGHT)
             return
-        if scope["path"] == "/v1/chat" and scope["method"] == "POST":
+        if scope["path"] in _JSON_POSTS and scope["method"] == "POST":
             kind = headers.get(b"content-type", "").split(";")[0].strip().lower()
             if kind != "application/json":
                 await _refuse(send, 415, "bad_request", "a chat's body must be application/json")

@@ -43,6 +43,7 @@ from chatd.server.heap import PeriodicCollection, freeze_the_heap
 from chatd.server.http_chat import with_sse_chat
 from chatd.server.hypercorn_compat import open_http_server
 from chatd.server.listen import WORKER_ENV, listen
+from chatd.server.openai_api import with_openai_api
 from chatd.server.origins import ASGIApp, guard_http
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
@@ -294,6 +295,7 @@ def _http_app(state: AppState) -> ASGIApp:
     Origin and Host checks."""
     server = state.pipeline.settings.server
     app = with_sse_chat(create_app(state), state.pipeline)
+    app = with_openai_api(app, state.pipeline)
     return guard_http(app, server.host, server.allowed_origins)
 
 
