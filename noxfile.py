@@ -20,7 +20,7 @@ PYTHON = "3.11"
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Every test, unit and end-to-end on real loopback servers (and a real Redis)."""
-    _ensure_redis_server(session)
+    _ensure_debian_packages(session)
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
@@ -68,11 +68,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/targets.py", "--full" if full else "--quick", "--quiet")
 
 
-def _ensure_redis_server(session: nox.Session) -> None:
-    """Tests start their own ``redis-server``: install Debian's when it is missing."""
-    if shutil.which("redis-server"):
+# Tests start their own ``redis-server`` and drive the web page in Debian's
+# ``chromium`` (Playwright's own browser download is not reachable here).
+DEBIAN_PACKAGES = {"redis-server": "redis-server", "chromium": "chromium"}
+
+
+def _ensure_debian_packages(session: nox.Session) -> None:
+    """Install the Debian packages whose commands the tests need, when missing."""
+    missing = [package for command, package in DEBIAN_PACKAGES.items() if not shutil.which(command)]
+    if not missing:
         return
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run(*sudo, "apt-get", "update", "-q", external=True, env=env)
-    session.run(*sudo, "apt-get", "install", "-y", "-q", "redis-server", external=True, env=env)
+    session.run(*sudo, "apt-get", "install", "-y", "-q", *missing, external=True, env=env)

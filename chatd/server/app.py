@@ -10,6 +10,7 @@ and ``/metrics``.
 from __future__ import annotations
 
 import collections
+import importlib.resources
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -182,6 +183,38 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
         await websocket.close(code, reason)
 
 
+_WEB_FILES = {
+    "chat.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+}
+_WEB_HEADERS = {
+    # The page's own scripts and styles only, its WebSocket back to this server.
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def register_web_page(app: QuartTrio) -> None:
+    """The web chat (``chatd/web``): ``/`` and its two files under ``/web/``."""
+    web = importlib.resources.files("chatd").joinpath("web")
+    files = {name: web.joinpath(name).read_bytes() for name in (*_WEB_FILES, "index.html")}
+
+    @app.get("/")
+    async def index() -> Response:
+        page = files["index.html"]
+        return Response(page, content_type="text/html; charset=utf-8", headers=_WEB_HEADERS)
+
+    @app.get("/web/<name>")
+    async def web_file(name: str) -> Response:
+        if name not in _WEB_FILES:
+            return Response("not found\n", status=404, content_type="text/plain")
+        return Response(files[name], content_type=_WEB_FILES[name], headers=_WEB_HEADERS)
+
+
 def create_app(state: AppState) -> QuartTrio:
     """The app; routes close over ``state``."""
     app = QuartTrio("chatd")
@@ -195,6 +228,7 @@ def create_app(state: AppState) -> QuartTrio:
         return "a WebSocket upgrade is required here\n", 400
 
     register_http_chat(app, state.pipeline)
+    register_web_page(app)
 
     def operator() -> bool:
         """Whether this request may see operators' details: yes when no keys are
