@@ -76,6 +76,12 @@ class ClientError(ChatdError):
     code = "bad_request"
 
 
+class NotFound(ClientError):
+    """What the client names does not exist (any more): a request to resume."""
+
+    code = "not_found"
+
+
 class TooLarge(ClientError):
     """A message or frame is over its configured limit."""
 

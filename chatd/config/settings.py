@@ -86,6 +86,10 @@ class ServerSettings:
     """Web pages (``https://app.example``) that may open a WebSocket or post
     chats from a browser; ``"*"`` for any. Empty: chatd's own origin and
     loopback pages only (:mod:`chatd.server.origins`)."""
+    resume_grace_s: float = attrs.field(default=30.0, validator=_non_negative)
+    """How long a request sent as resumable outlives its client's connection,
+    waiting for the client to resume it (and, once ended, stays resumable);
+    0 turns resuming off. Other requests end with their connection."""
     trusted_proxies: list[str] = attrs.field(factory=list, validator=_networks)
     """Addresses or networks of reverse proxies in front of chatd: a request
     from one of them is from the address its ``X-Forwarded-For`` names (the

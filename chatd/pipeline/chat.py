@@ -50,6 +50,7 @@ from chatd.pipeline.flights import Flight, Flights, flight_key, replay
 from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
 from chatd.pipeline.registry import RequestRegistry
+from chatd.pipeline.resume import Journals
 from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache
 from chatd.stores.sessions import SessionStore
@@ -155,6 +156,8 @@ class Pipeline:
     redis: RedisClient | None = None
     """The shared Redis, where one is configured (flights across instances use it)."""
     draining: bool = False
+    journals: Journals = attrs.field(factory=Journals, init=False)
+    """Resumable requests, by request id (:mod:`chatd.pipeline.resume`)."""
     in_flight: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     """Requests in flight by client, for ``limits.max_requests_per_client``."""
 

@@ -166,12 +166,15 @@ def _fields(event: Event) -> dict[str, Any]:
     return out
 
 
-def encode(event: Event, request_id: str | None) -> bytes:
-    """One JSON frame: ``type``, the request's ``id`` (when known), the fields."""
-    if type(event) is Token:  # the hot path: one per streamed piece
+def encode(event: Event, request_id: str | None, seq: int | None = None) -> bytes:
+    """One JSON frame: ``type``, the request's ``id`` (when known), the fields,
+    and ``seq``, the event's number, for a resumable request's."""
+    if type(event) is Token and seq is None:  # the hot path: one per streamed piece
         return orjson.dumps({"type": "token", "id": request_id, "text": event.text})
     frame: dict[str, Any] = {"type": event.type}
     if request_id is not None:
         frame["id"] = request_id
     frame.update(_fields(event))
+    if seq is not None:
+        frame["seq"] = seq
     return orjson.dumps(frame)

@@ -25,6 +25,7 @@ chatd's own WebSocket (:mod:`chatd.server.websocket`) and could be another.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeGuard
@@ -33,9 +34,10 @@ import attrs
 import structlog
 import trio
 
-from chatd.exceptions import ChatdError, ClientError, Overloaded
-from chatd.pipeline import ChatInput, Event, Pipeline, encode, is_terminal
+from chatd.exceptions import ChatdError, ClientError, NotFound, Overloaded
+from chatd.pipeline import ChatInput, Event, Pipeline, RequestOutput, encode, is_terminal
 from chatd.pipeline.events import Pong, Token, error_event
+from chatd.pipeline.resume import Journal
 from chatd.server.frames import byte_length, chat_fields, id_from_prefix, json_object
 from chatd.ticks import RESOLUTION, sleep_until_tick
 
@@ -112,6 +114,8 @@ class _Outbox:
     """When an answer's waiting tokens go out (absent: when the socket drains)."""
     last: dict[str, float] = attrs.field(factory=dict)
     """When each answer's last token frame went out."""
+    seqs: dict[str, int] = attrs.field(factory=dict)
+    """A resumable request's last event number, sent with its next frame."""
     stalled_since: float | None = None
     """Since when the transport has held bytes it could not send."""
     frames: int = 0
@@ -119,6 +123,7 @@ class _Outbox:
     failed: bool = False
     """The task writing merged and waiting frames raised (a bug): the connection ends."""
     _flushing: bool = False
+    _flusher: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _room: trio.Event | None = None
     _hold_within: float = attrs.field(init=False)
 
@@ -127,11 +132,14 @@ class _Outbox:
         # client's coalesced reads) wakes on ticks, a little early or late.
         self._hold_within = self.window - min(RESOLUTION, self.window / 4)
 
-    def put(self, request_id: str | None, event: Event) -> None:
-        """Send an event of ``request_id``'s (or of the connection's, ``None``)."""
+    def put(self, request_id: str | None, event: Event, seq: int | None = None) -> None:
+        """Send an event of ``request_id``'s (or of the connection's, ``None``);
+        ``seq`` numbers a resumable request's events (merged tokens carry the last)."""
         if self.closed:
             return
         if type(event) is Token and request_id is not None:
+            if seq is not None:
+                self.seqs[request_id] = seq
             self._token(request_id, event.text)
             return
         if request_id is not None:
@@ -139,7 +147,8 @@ class _Outbox:
                 self._flush(request_id, trio.current_time())
             if is_terminal(event):
                 self.last.pop(request_id, None)
-        self._write(encode(event, request_id))
+                self.seqs.pop(request_id, None)
+        self._write(encode(event, request_id, seq))
 
     def _token(self, request_id: str, text: str) -> None:
         texts = self.pending.get(request_id)
@@ -157,7 +166,7 @@ class _Outbox:
             self.due[request_id] = last + self.window
         else:
             self.last[request_id] = now
-            self._write(encode(Token(text), request_id))
+            self._write(encode(Token(text), request_id, self.seqs.get(request_id)))
             return
         self._start_flushing()
 
@@ -171,7 +180,7 @@ class _Outbox:
         self.pending_total -= self.pending_chars.pop(request_id)
         self.due.pop(request_id, None)
         self.last[request_id] = now
-        self._write(encode(Token("".join(texts)), request_id))
+        self._write(encode(Token("".join(texts)), request_id, self.seqs.get(request_id)))
 
     def _write(self, frame: bytes) -> None:
         self.transport.send_nowait(frame)
@@ -186,34 +195,40 @@ class _Outbox:
             self.nursery.start_soon(self._flush_until_done)
 
     async def _flush_until_done(self) -> None:
-        """Drain the socket and flush merged tokens as they fall due, then end."""
+        """Drain the socket and flush merged tokens as they fall due, then end
+        (or stop where it is when the connection closes)."""
         try:
-            while not self.closed:
-                now = trio.current_time()
-                if self.transport.buffered:
-                    await self.transport.drain()
-                    self.stalled_since = None
-                    now = trio.current_time()
-                    for request_id in list(self.pending):  # all that piled up meanwhile
-                        self._flush(request_id, now)
-                    self._wake()
-                elif self.due:
-                    when = min(self.due.values())
-                    if when > now:
-                        await sleep_until_tick(when)
-                        now = trio.current_time()
-                    for request_id, at in list(self.due.items()):
-                        if at <= now:
-                            self._flush(request_id, now)
-                    self._wake()
-                else:
-                    break
+            with self._flusher:
+                await self._flush_while_needed()
         except Exception:
             self.failed = True
             raise
         finally:
             self._flushing = False
+            self._flusher = trio.CancelScope()
             self._wake()
+
+    async def _flush_while_needed(self) -> None:
+        while not self.closed:
+            now = trio.current_time()
+            if self.transport.buffered:
+                await self.transport.drain()
+                self.stalled_since = None
+                now = trio.current_time()
+                for request_id in list(self.pending):  # all that piled up meanwhile
+                    self._flush(request_id, now)
+                self._wake()
+            elif self.due:
+                when = min(self.due.values())
+                if when > now:
+                    await sleep_until_tick(when)
+                    now = trio.current_time()
+                for request_id, at in list(self.due.items()):
+                    if at <= now:
+                        self._flush(request_id, now)
+                self._wake()
+            else:
+                break
 
     def crowded(self, request_id: str) -> bool:
         """True if ``request_id`` should wait before sending more."""
@@ -243,6 +258,17 @@ class _Outbox:
         if self._room is not None:
             self._room.set()
             self._room = None
+
+    def close(self) -> None:
+        """The client is gone: nothing more is written, and no one waits for room."""
+        self.closed = True
+        self.pending.clear()
+        self.pending_chars.clear()
+        self.pending_total = 0
+        self.due.clear()
+        self.stalled_since = None
+        self._flusher.cancel()  # it may wait on a socket nobody reads
+        self._wake()
 
     async def flush_all(self) -> None:
         """Send everything waiting and let the socket take it (a drain's last step)."""
@@ -294,6 +320,11 @@ class Connection:
     """When a frame last came in or went out (for the idle reaper)."""
     reaped: str | None = attrs.field(default=None, init=False)
     _requests: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False)
+    _resumable: set[str] = attrs.field(factory=set, init=False)
+    """Requests of ours sent as resumable: they outlive this connection for a grace."""
+    _following: dict[str, tuple[Journal, trio.CancelScope]] = attrs.field(factory=dict, init=False)
+    """Resumable requests whose events this connection relays, by the client's id."""
+    _reader: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
     _out: _Outbox | None = attrs.field(default=None, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
@@ -310,10 +341,10 @@ class Connection:
         return self._out.stalled_since if self._out is not None else None
 
     def reap(self, reason: str) -> None:
-        """Drop the connection now (the janitor calls this); its requests stop."""
+        """Drop the connection now (the janitor calls this); its requests stop
+        (resumable ones wait for their client to come back elsewhere)."""
         self.reaped = reason
-        if self._scope is not None:
-            self._scope.cancel()
+        self._reader.cancel()
 
     @property
     def writer_failed(self) -> bool:
@@ -322,8 +353,8 @@ class Connection:
 
     @property
     def in_flight(self) -> int:
-        """Requests under way on this connection."""
-        return len(self._requests)
+        """Requests under way on this connection, its own and those it relays."""
+        return len(self._requests.keys() | self._following.keys())
 
     def keep_alive(self, now: float, interval: float) -> str | None:
         """Ping a client silent for ``interval``; a reason to drop it if it stayed
@@ -361,22 +392,34 @@ class Connection:
                 )
                 if self.draining.is_set():  # began before we were here to be told
                     self.drain()
-                while True:
-                    # A client sending faster than it reads is read no further
-                    # until it reads: its replies stay bounded, and nothing it
-                    # was promised is dropped (one that never reads is reaped).
-                    await self._out.until_taken_below(_READ_AHEAD * self._out.limit)
-                    frame = await transport.receive()
-                    if frame is None:  # gone: its requests are cancelled with the nursery
-                        nursery.cancel_scope.cancel()
-                        break
-                    self.last_activity = trio.current_time()
-                    self._handle(frame, nursery)
+                with self._reader:
+                    while True:
+                        # A client sending faster than it reads is read no further
+                        # until it reads: its replies stay bounded, and nothing it
+                        # was promised is dropped (one that never reads is reaped).
+                        await self._out.until_taken_below(_READ_AHEAD * self._out.limit)
+                        frame = await transport.receive()
+                        if frame is None:
+                            break
+                        self.last_activity = trio.current_time()
+                        self._handle(frame, nursery)
+                self._gone()
         finally:
             self._nursery = None  # closed to new tasks: drain() now does nothing
             if self._out is not None:
                 self._out.closed = True
             self.count_frames()
+
+    def _gone(self) -> None:
+        """The client went (or was dropped): its requests are cancelled, but
+        resumable ones, which only lose their follower here; nothing more is written."""
+        for request_id, scope in self._requests.items():
+            if request_id not in self._resumable:
+                scope.cancel()
+        for _, follower in self._following.values():
+            follower.cancel()
+        if self._out is not None:
+            self._out.close()
 
     def drain(self) -> None:
         """The server drains: close (1001) once no request is in flight. The
@@ -422,8 +465,12 @@ class Connection:
                 if request_id is None:
                     raise ClientError("'cancel' needs the 'id' of a request")
                 scope = self._requests.get(request_id)
+                if scope is None and request_id in self._following:
+                    scope = self._following[request_id][0].scope
                 if scope is not None:
                     scope.cancel()
+            elif kind == "resume":
+                self._resume(frame, request_id, nursery)
             elif kind == "ping":
                 self._reply(request_id, Pong())
             elif kind is None:
@@ -436,11 +483,13 @@ class Connection:
     def _chat(
         self, frame: Mapping[str, Any], request_id: str | None, nursery: trio.Nursery
     ) -> None:
-        if request_id is None:
-            raise ClientError("'id' must be a string of 1 to 128 printable characters")
-        if request_id in self._requests:
-            raise ClientError(f"a request with id {request_id!r} is already in flight")
+        self._check_new_id(request_id)
+        assert request_id is not None
         message, session, metadata = chat_fields(frame)
+        resumable = frame.get("resumable", False)
+        if not isinstance(resumable, bool):
+            raise ClientError("'resumable' must be true or false")
+        grace = self.pipeline.settings.server.resume_grace_s
         if self._closing:
             return  # the connection is closing for a drain: the client hears 1001
         limit = self.pipeline.settings.limits.max_requests_per_connection
@@ -451,13 +500,73 @@ class Connection:
         if not self._requests:
             self._idle = trio.Event()
         scope = self._requests[request_id] = trio.CancelScope()
-        nursery.start_soon(self._run, chat, scope, _Output(request_id, self._out))
+        if not (resumable and grace > 0):
+            nursery.start_soon(self._run, chat, scope, _Output(request_id, self._out))
+            return
+        journal = Journal(self.client, scope, grace, self.pipeline.journals)
+        self._resumable.add(request_id)
+        nursery.start_soon(self._run, chat, scope, journal)
+        nursery.start_soon(journal.keep)
+        self._follow_soon(request_id, journal, 0, nursery)
 
-    async def _run(self, chat: ChatInput, scope: trio.CancelScope, out: _Output) -> None:
+    def _check_new_id(self, request_id: str | None) -> None:
+        if request_id is None:
+            raise ClientError("'id' must be a string of 1 to 128 printable characters")
+        if request_id in self._requests or request_id in self._following:
+            raise ClientError(f"a request with id {request_id!r} is already in flight")
+
+    def _resume(
+        self, frame: Mapping[str, Any], request_id: str | None, nursery: trio.Nursery
+    ) -> None:
+        """Relay a resumable request's events after ``after`` here, as ``request_id``."""
+        self._check_new_id(request_id)
+        assert request_id is not None
+        after = frame.get("after", 0)
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise ClientError("'after' must be a whole number of 0 or more")
+        wanted = frame.get("request_id")
+        journal = self.pipeline.journals.find(wanted, self.client)
+        if journal is None:
+            grace = self.pipeline.settings.server.resume_grace_s
+            raise NotFound(
+                f"no request {wanted!r} to resume: it was not sent as resumable by this "
+                f"client, or ended more than {grace:g} s ago"
+            )
+        if not self._closing:
+            self._follow_soon(request_id, journal, after, nursery)
+
+    def _follow_soon(
+        self, request_id: str, journal: Journal, after: int, nursery: trio.Nursery
+    ) -> None:
+        follower = trio.CancelScope()
+        self._following[request_id] = (journal, follower)
+        nursery.start_soon(self._follow, request_id, journal, after, follower)
+
+    async def _follow(
+        self, request_id: str, journal: Journal, after: int, follower: trio.CancelScope
+    ) -> None:
+        """Write ``journal``'s events from ``after`` on, numbered, until its end,
+        this connection's end, or the client resuming it elsewhere."""
+        out = self._out
+        assert out is not None
+        try:
+            with follower:
+                async with contextlib.aclosing(journal.follow(after)) as events:
+                    async for seq, event in events:
+                        out.put(request_id, event, seq)
+                        if out.crowded(request_id):
+                            await out.room(request_id)
+        finally:
+            if self._following.get(request_id, (None, None))[1] is follower:
+                del self._following[request_id]
+            self.last_activity = trio.current_time()
+
+    async def _run(self, chat: ChatInput, scope: trio.CancelScope, out: RequestOutput) -> None:
         try:
             await self.pipeline.run(chat, out, scope)
         finally:
             self.last_activity = trio.current_time()
             del self._requests[chat.id]
+            self._resumable.discard(chat.id)
             if not self._requests:
                 self._idle.set()

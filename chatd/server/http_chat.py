@@ -25,9 +25,10 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from chatd.exceptions import ChatdError, TooLarge, Unauthorized
+from chatd.exceptions import ChatdError, ClientError, NotFound, TooLarge, Unauthorized
 from chatd.pipeline import ChatInput, Event, Pipeline, encode
 from chatd.pipeline.events import Done, Error, Token, error_event
+from chatd.pipeline.resume import Journal
 from chatd.server.auth import client_address, identify
 from chatd.server.frames import chat_fields, json_object
 
@@ -38,6 +39,7 @@ log = structlog.get_logger("chatd.server")
 HTTP_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
+    "not_found": 404,
     "too_large": 413,
     "rate_limited": 429,
     "overloaded": 503,
@@ -126,11 +128,16 @@ def _check_length(pipeline: Pipeline, length: int) -> None:
         raise TooLarge(f"body is {length} bytes; the limit is {limit}")
 
 
-def _chat_input(pipeline: Pipeline, body: str | bytes, client: str) -> ChatInput:
+def _chat_input(pipeline: Pipeline, body: str | bytes, client: str) -> tuple[ChatInput, bool]:
+    """The chat, and whether it asks to be resumable."""
     data = json_object(body, "body", pipeline.settings.limits.max_frame_bytes)
     message, session, metadata = chat_fields(data)
+    resumable = data.get("resumable", False)
+    if not isinstance(resumable, bool):
+        raise ClientError("'resumable' must be true or false")
     request_id = "http_" + secrets.token_hex(6)
-    return ChatInput(request_id, message, session, metadata, client, scope=request_id)
+    chat = ChatInput(request_id, message, session, metadata, client, scope=request_id)
+    return chat, resumable
 
 
 async def _read_chat(pipeline: Pipeline) -> ChatInput:
@@ -147,7 +154,7 @@ async def _read_chat(pipeline: Pipeline) -> ChatInput:
     async for chunk in request.body:  # refused as soon as it passes the limit
         body += chunk
         _check_length(pipeline, len(body))
-    return _chat_input(pipeline, bytes(body), client)
+    return _chat_input(pipeline, bytes(body), client)[0]
 
 
 def register_http_chat(app: QuartTrio, pipeline: Pipeline) -> None:
@@ -196,6 +203,8 @@ def with_sse_chat(app: ASGIApp, pipeline: Pipeline) -> ASGIApp:
             and b"text/event-stream" in header(scope, b"accept")
         ):
             await _serve_sse(pipeline, scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/v1/chat/events":
+            await _serve_resume(pipeline, scope, receive, send)
         else:
             await app(scope, receive, send)
 
@@ -235,9 +244,9 @@ async def read_request(
 
 async def _read_sse_chat(
     pipeline: Pipeline, scope: dict[str, Any], receive: Receive
-) -> ChatInput | None:
-    """The request as a :class:`ChatInput` (``None``: the client left), or a
-    client error."""
+) -> tuple[ChatInput, bool] | None:
+    """The request as a :class:`ChatInput` and whether it is resumable
+    (``None``: the client left), or a client error."""
     read = await read_request(pipeline, scope, receive)
     return None if read is None else _chat_input(pipeline, read[1], read[0])
 
@@ -286,21 +295,99 @@ async def run_owned(
         nursery.cancel_scope.cancel()  # answered: stop watching
 
 
+async def _send_error(send: Send, exc: ChatdError) -> None:
+    status, body, headers = _error_parts(error_event(exc))
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _serve_resumable(
+    pipeline: Pipeline, chat: ChatInput, receive: Receive, send: Send
+) -> None:
+    """A resumable SSE chat: its events go to a journal, relayed here with
+    ``id: REQUEST_ID:SEQ`` lines; when the client leaves, the request waits
+    the grace for ``GET /v1/chat/events`` (Last-Event-ID) to resume it."""
+    scope = trio.CancelScope()
+    journal = Journal(
+        chat.client, scope, pipeline.settings.server.resume_grace_s, pipeline.journals
+    )
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            try:
+                await pipeline.run(chat, journal, scope)
+            except Exception as exc:  # this request's fault: it ends here
+                log.error("request crashed", http_request=chat.id, exc_info=exc)
+                journal.send_nowait(crash_error(chat))
+
+        nursery.start_soon(run)
+        nursery.start_soon(journal.keep)
+        await _relay(journal, 0, chat.id, receive, send)
+
+
+async def _relay(journal: Journal, after: int, label: str, receive: Receive, send: Send) -> None:
+    """``journal``'s events after ``after`` as SSE, until its end or the client leaves."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch_for_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            nursery.cancel_scope.cancel()  # the client left: the journal waits for it
+
+        nursery.start_soon(watch_for_disconnect)
+        async with contextlib.aclosing(journal.follow(after)) as events:
+            async for seq, event in events:
+                frame = b"id: %s:%d\nevent: %s\ndata: %s\n\n" % (
+                    str(journal.request_id).encode(),
+                    seq,
+                    event.type.encode(),
+                    encode(event, label, seq),
+                )
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        nursery.cancel_scope.cancel()
+
+
+async def _serve_resume(
+    pipeline: Pipeline, scope: dict[str, Any], receive: Receive, send: Send
+) -> None:
+    """``GET /v1/chat/events`` with ``Last-Event-ID: REQUEST_ID:SEQ``: the rest
+    of a resumable SSE chat (or a WebSocket one), from after that event."""
+    try:
+        read = await read_request(pipeline, scope, receive)
+        if read is None:
+            return
+        last = header(scope, b"last-event-id").decode("latin1")
+        request_id, _, seq = last.rpartition(":")
+        if not request_id or not seq.isdigit():
+            raise ClientError("'Last-Event-ID' must be REQUEST_ID:SEQ, as the stream's ids are")
+        journal = pipeline.journals.find(request_id, read[0])
+        if journal is None:
+            raise NotFound(f"no request {request_id!r} to resume")
+    except ChatdError as exc:
+        await _send_error(send, exc)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    await _relay(journal, int(seq), request_id, receive, send)
+
+
 async def _serve_sse(
     pipeline: Pipeline, scope: dict[str, Any], receive: Receive, send: Send
 ) -> None:
     """One SSE request, start to end, in a nursery of its own."""
     try:
-        chat = await _read_sse_chat(pipeline, scope, receive)
+        read = await _read_sse_chat(pipeline, scope, receive)
     except ChatdError as exc:
-        status, body, headers = _error_parts(error_event(exc))
-        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, exc)
         return
-    if chat is None:
+    if read is None:
         return
+    chat, resumable = read
     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    if resumable and pipeline.settings.server.resume_grace_s > 0:
+        await _serve_resumable(pipeline, chat, receive, send)
+        return
 
     async def deliver(request_id: str, event: Event) -> None:
         frame = b"event: %s\ndata: %s\n\n" % (event.type.encode(), encode(event, request_id))
