@@ -156,7 +156,9 @@ class Pipeline:
     redis: RedisClient | None = None
     """The shared Redis, where one is configured (flights across instances use it)."""
     draining: bool = False
-    journals: Journals = attrs.field(factory=Journals, init=False)
+    journals: Journals = attrs.field(
+        default=attrs.Factory(lambda self: Journals(self.redis), takes_self=True), init=False
+    )
     """Resumable requests, by request id (:mod:`chatd.pipeline.resume`)."""
     in_flight: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     """Requests in flight by client, for ``limits.max_requests_per_client``."""

@@ -23,14 +23,36 @@ stays where it began, and a follower elsewhere only reads.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+import structlog
 import trio
 
+from chatd.exceptions import ChatdError
 from chatd.pipeline.events import Accepted, Event, is_terminal
 
-__all__ = ["Journal", "Journals"]
+if TYPE_CHECKING:
+    from chatd.stores.redis_client import RedisClient
+
+__all__ = ["POLL_S", "Followable", "Journal", "Journals"]
+
+log = structlog.get_logger(__name__)
+
+POLL_S = 0.5
+"""How often an owner that nobody here follows asks Redis for a follower elsewhere."""
+
+
+class Followable(Protocol):
+    """A resumable request as a follower sees it: here, or on another instance."""
+
+    def follow(self, after: int) -> AsyncGenerator[tuple[int, Event], None]:
+        """``(sequence, event)`` after ``after``, to the terminal event."""
+        ...
+
+    def cancel(self) -> None:
+        """Cancel the request."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -77,6 +99,13 @@ class Journal:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def changed(self) -> None:
+        """Wait for the next event or change of follower."""
+        await self._changed.wait()
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
     # --- followers ---------------------------------------------------------------
 
     @property
@@ -111,29 +140,69 @@ class Journal:
 
     async def keep(self) -> None:
         """Hold the request to the grace window while no one follows it, and
-        keep the journal findable for a grace after it ends; then forget it."""
+        keep the journal findable for a grace after it ends; then forget it.
+        With Redis, mirror it there, and count a follower on another
+        instance (and its cancel) as one here."""
+        redis = self.journals.redis
         try:
-            while not self.finished:
-                if self.followed:
-                    await self._changed.wait()
-                    continue
-                with trio.move_on_after(self.grace):
-                    while not (self.followed or self.finished):
-                        await self._changed.wait()
-                if not (self.followed or self.finished):
-                    self.scope.cancel()  # nobody came back: cancelled, as without resume
-                    return
+            async with trio.open_nursery() as nursery:
+                if redis is not None:
+                    nursery.start_soon(self._mirror, redis)
+                await self._hold(redis)
             with trio.move_on_after(self.grace):
                 while not self.delivered:
                     await self._changed.wait()
         finally:
             self.journals.remove(self)
 
+    async def _hold(self, redis: RedisClient | None) -> None:
+        while not self.finished:
+            if self.followed:
+                await self._changed.wait()
+                continue
+            deadline = trio.current_time() + self.grace
+            while not (self.followed or self.finished):
+                now = trio.current_time()
+                if redis is not None and self.request_id is not None:
+                    followed, cancelled = await self._poll(redis)
+                    if cancelled:
+                        self.scope.cancel()
+                        return
+                    if followed:
+                        deadline = now + self.grace
+                if now >= deadline:
+                    self.scope.cancel()  # nobody came back: cancelled, as without resume
+                    return
+                until = deadline if redis is None else min(deadline, now + POLL_S)
+                with trio.move_on_at(until):
+                    await self._changed.wait()
+
+    async def _poll(self, redis: RedisClient) -> tuple[bool, bool]:
+        from chatd.pipeline.resume_redis import poll_owner
+
+        try:
+            return await poll_owner(self, redis)
+        except ChatdError:  # Redis is down: only followers here count
+            return False, False
+
+    async def _mirror(self, redis: RedisClient) -> None:
+        from chatd.pipeline.resume_redis import mirror
+
+        while self.request_id is None and not self.finished:
+            await self._changed.wait()
+        if self.request_id is not None:
+            try:
+                await mirror(self, redis)
+            except ChatdError as exc:  # Redis is down: resumable on this instance only
+                log.warning("resumable request not mirrored", error=str(exc))
+
 
 @attrs.define(eq=False)
 class Journals:
-    """The process's resumable requests, by request id."""
+    """The process's resumable requests, by request id; with ``redis``,
+    mirrored there for other instances."""
 
+    redis: RedisClient | None = None
     _by_id: dict[str, Journal] = attrs.field(factory=dict)
 
     def add(self, journal: Journal) -> None:

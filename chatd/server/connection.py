@@ -37,7 +37,8 @@ import trio
 from chatd.exceptions import ChatdError, ClientError, NotFound, Overloaded
 from chatd.pipeline import ChatInput, Event, Pipeline, RequestOutput, encode, is_terminal
 from chatd.pipeline.events import Pong, Token, error_event
-from chatd.pipeline.resume import Journal
+from chatd.pipeline.resume import Followable, Journal
+from chatd.pipeline.resume_redis import open_remote
 from chatd.server.frames import byte_length, chat_fields, id_from_prefix, json_object
 from chatd.ticks import RESOLUTION, sleep_until_tick
 
@@ -308,6 +309,21 @@ def _valid_id(value: object) -> TypeGuard[str]:
 
 
 @attrs.define(eq=False)
+class _Following:
+    """A resumable request this connection relays (its source found, or being found)."""
+
+    source: Followable | None
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """The client's cancel: of the request itself, wherever it runs."""
+        self.cancelled = True
+        if self.source is not None:
+            self.source.cancel()
+
+
+@attrs.define(eq=False)
 class Connection:
     """Serves one client's frames until it goes away."""
 
@@ -322,7 +338,7 @@ class Connection:
     _requests: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False)
     _resumable: set[str] = attrs.field(factory=set, init=False)
     """Requests of ours sent as resumable: they outlive this connection for a grace."""
-    _following: dict[str, tuple[Journal, trio.CancelScope]] = attrs.field(factory=dict, init=False)
+    _following: dict[str, _Following] = attrs.field(factory=dict, init=False)
     """Resumable requests whose events this connection relays, by the client's id."""
     _reader: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
@@ -416,8 +432,8 @@ class Connection:
         for request_id, scope in self._requests.items():
             if request_id not in self._resumable:
                 scope.cancel()
-        for _, follower in self._following.values():
-            follower.cancel()
+        for following in self._following.values():
+            following.scope.cancel()
         if self._out is not None:
             self._out.close()
 
@@ -465,10 +481,11 @@ class Connection:
                 if request_id is None:
                     raise ClientError("'cancel' needs the 'id' of a request")
                 scope = self._requests.get(request_id)
-                if scope is None and request_id in self._following:
-                    scope = self._following[request_id][0].scope
+                following = self._following.get(request_id)
                 if scope is not None:
                     scope.cancel()
+                elif following is not None:
+                    following.cancel()
             elif kind == "resume":
                 self._resume(frame, request_id, nursery)
             elif kind == "ping":
@@ -526,38 +543,58 @@ class Connection:
             raise ClientError("'after' must be a whole number of 0 or more")
         wanted = frame.get("request_id")
         journal = self.pipeline.journals.find(wanted, self.client)
-        if journal is None:
-            grace = self.pipeline.settings.server.resume_grace_s
-            raise NotFound(
-                f"no request {wanted!r} to resume: it was not sent as resumable by this "
-                f"client, or ended more than {grace:g} s ago"
-            )
-        if not self._closing:
-            self._follow_soon(request_id, journal, after, nursery)
+        if journal is None and self.pipeline.journals.redis is None:
+            raise self._not_found(wanted)
+        if not self._closing:  # (not here: perhaps on another instance, through Redis)
+            self._follow_soon(request_id, journal, after, nursery, wanted)
+
+    def _not_found(self, wanted: object) -> NotFound:
+        grace = self.pipeline.settings.server.resume_grace_s
+        return NotFound(
+            f"no request {wanted!r} to resume: it was not sent as resumable by this "
+            f"client, or ended more than {grace:g} s ago"
+        )
 
     def _follow_soon(
-        self, request_id: str, journal: Journal, after: int, nursery: trio.Nursery
+        self,
+        request_id: str,
+        source: Followable | None,
+        after: int,
+        nursery: trio.Nursery,
+        wanted: object = None,
     ) -> None:
-        follower = trio.CancelScope()
-        self._following[request_id] = (journal, follower)
-        nursery.start_soon(self._follow, request_id, journal, after, follower)
+        following = self._following[request_id] = _Following(source)
+        nursery.start_soon(self._follow, request_id, following, after, wanted)
 
     async def _follow(
-        self, request_id: str, journal: Journal, after: int, follower: trio.CancelScope
+        self, request_id: str, following: _Following, after: int, wanted: object
     ) -> None:
-        """Write ``journal``'s events from ``after`` on, numbered, until its end,
-        this connection's end, or the client resuming it elsewhere."""
+        """Write a resumable request's events from ``after`` on, numbered, until
+        its end, this connection's end, or the client resuming it elsewhere."""
         out = self._out
         assert out is not None
         try:
-            with follower:
-                async with contextlib.aclosing(journal.follow(after)) as events:
+            with following.scope:
+                if following.source is None:  # on another instance, or nowhere
+                    redis = self.pipeline.journals.redis
+                    assert redis is not None
+                    try:
+                        following.source = await open_remote(redis, wanted, self.client)
+                    except ChatdError as exc:
+                        out.put(request_id, error_event(exc))
+                        return
+                    if following.source is None:
+                        out.put(request_id, error_event(self._not_found(wanted)))
+                        return
+                    if following.cancelled:
+                        following.source.cancel()
+                async with contextlib.aclosing(following.source.follow(after)) as events:
                     async for seq, event in events:
                         out.put(request_id, event, seq)
                         if out.crowded(request_id):
                             await out.room(request_id)
         finally:
-            if self._following.get(request_id, (None, None))[1] is follower:
+            if self._following.get(request_id) is following:
                 del self._following[request_id]
             self.last_activity = trio.current_time()
 

@@ -4,14 +4,17 @@ is cancelled when the grace ends (docs/protocol.md, resume)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import httpx
 import orjson
 import pytest
 import trio
 
-from chatd.config import ServerSettings, SimSettings
+from chatd.config import RedisSettings, ServerSettings, SimSettings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
 from tests.e2e.conftest import MakeSettings
 
@@ -252,3 +255,85 @@ async def test_an_sse_stream_resumes_with_last_event_id(make_settings: MakeSetti
         assert text == await full_answer(server, QUESTION)
         missing = await http.get("/v1/chat/events", headers={"last-event-id": "req_nope:3"})
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+# --- across two instances on one Redis ---------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def two_instances(
+    make_settings: MakeSettings, redis_url: str, grace: float = 5.0
+) -> AsyncIterator[tuple[Chatd, Chatd]]:
+    """Two chatd on one Redis; the second talks to the first's simulator."""
+    settings = attrs.evolve(
+        resume_settings(make_settings, grace=grace), redis=RedisSettings(url=redis_url)
+    )
+    async with open_chatd(settings) as first:
+        assert first.sim is not None
+        other = attrs.evolve(settings, llm=attrs.evolve(settings.llm, url=first.sim.base_url))
+        async with open_chatd(other) as second:
+            yield first, second
+
+
+async def drop_after_tokens(server: Chatd, tokens: int) -> tuple[str, list[dict[str, Any]]]:
+    """A resumable chat on ``server``, its socket dropped after ``tokens`` tokens:
+    its request id and what the client heard."""
+    async with open_chat_client(server.ws_url) as client:
+        await client.chat("a", QUESTION, resumable=True)
+        accepted = await client.wait_for("a", "accepted")
+        await until_tokens(client, "a", tokens)
+        await client.drop()
+        return accepted["request_id"], list(client.events["a"])
+
+
+async def test_resume_on_another_instance(make_settings: MakeSettings, redis_url: str) -> None:
+    async with two_instances(make_settings, redis_url) as (first, second):
+        assert first.sim is not None
+        first.sim.set_timing(tokens_per_s=30)
+        request_id, heard = await drop_after_tokens(first, 3)
+        last = seqs(heard)[-1]
+        async with open_chat_client(second.ws_url) as client:
+            await client.send(
+                {"type": "resume", "id": "b", "request_id": request_id, "after": last}
+            )
+            done = await client.finish("b")
+            rest = client.events["b"]
+        assert done["type"] == "done" and done["finish_reason"] == "stop"
+        assert [e["type"] for e in rest].count("done") == 1
+        more = seqs(rest)
+        assert more == sorted(set(more)) and more[0] == last + 1
+        text = "".join(e["text"] for e in heard + rest if e["type"] == "token")
+        assert text == await full_answer(first, QUESTION)
+        assert first.sim.stats.client_disconnects == 0
+
+
+async def test_a_follower_elsewhere_holds_the_request_past_the_grace_and_can_cancel_it(
+    make_settings: MakeSettings, redis_url: str
+) -> None:
+    async with two_instances(make_settings, redis_url, grace=1.0) as (first, second):
+        assert first.sim is not None
+        first.sim.set_timing(tokens_per_s=4)
+        request_id, heard = await drop_after_tokens(first, 1)
+        async with open_chat_client(second.ws_url) as client:
+            await client.send(
+                {"type": "resume", "id": "b", "request_id": request_id, "after": seqs(heard)[-1]}
+            )
+            await until_tokens(client, "b", 1)
+            await trio.sleep(2.5)  # past the grace: followed from the second, it runs on
+            assert first.sim.stats.active == 1
+            await client.send({"type": "cancel", "id": "b"})
+            done = await client.finish("b")
+        assert done["finish_reason"] == "cancelled"
+        await wait_until(lambda: first.sim is not None and first.sim.stats.active == 0, within=5)
+        assert first.sim.stats.client_disconnects == 1
+
+
+async def test_another_instance_refuses_what_it_cannot_find(
+    make_settings: MakeSettings, redis_url: str
+) -> None:
+    async with (
+        two_instances(make_settings, redis_url) as (_, second),
+        open_chat_client(second.ws_url) as client,
+    ):
+        await client.send({"type": "resume", "id": "b", "request_id": "req_nope", "after": 0})
+        assert (await client.finish("b"))["code"] == "not_found"
