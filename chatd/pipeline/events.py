@@ -32,6 +32,7 @@ __all__ = [
     "error_event",
     "is_terminal",
     "merged",
+    "wire_object",
 ]
 
 
@@ -164,6 +165,11 @@ def _fields(event: Event) -> dict[str, Any]:
             continue
         out[field.name] = value
     return out
+
+
+def wire_object(event: Event) -> dict[str, Any]:
+    """The event as its frame's JSON object, without the request's ``id``."""
+    return {"type": event.type, **_fields(event)}
 
 
 def encode(event: Event, request_id: str | None, seq: int | None = None) -> bytes:

@@ -46,6 +46,7 @@ from chatd.pipeline.events import (
     ToolEnd,
     ToolStart,
     error_event,
+    wire_object,
 )
 from chatd.server.frames import json_object
 from chatd.server.http_chat import (
@@ -259,41 +260,13 @@ def _usage(done: Done) -> dict[str, int]:
     }
 
 
+_EXTENDED = (Route, ToolStart, ToolEnd, Queued, Done)
+"""The events that go in the ``chatd`` member, shaped as on the WebSocket."""
+
+
 def _extension(event: Event) -> dict[str, Any] | None:
     """What an event adds in the ``chatd`` member (``None``: nothing)."""
-    if isinstance(event, Route):
-        return {"type": "route", "path": event.path, "tools": list(event.tools)}
-    if isinstance(event, ToolStart):
-        return {
-            "type": "tool_start",
-            "call_id": event.call_id,
-            "tool": event.tool,
-            "arguments": event.arguments,
-        }
-    if isinstance(event, ToolEnd):
-        out = {
-            "type": "tool_end",
-            "call_id": event.call_id,
-            "tool": event.tool,
-            "ok": event.ok,
-            "duration_ms": event.duration_ms,
-        }
-        if event.error is not None:
-            out["error"] = event.error
-        return out
-    if isinstance(event, Queued):
-        return {"type": "queued", "position": event.position}
-    if isinstance(event, Done):
-        return {
-            "type": "done",
-            "request_id": event.request_id,
-            "path": event.path,
-            "shared": event.shared,
-            "cached": event.cached,
-            "finish_reason": event.finish_reason,
-            "timings": event.timings,
-        }
-    return None
+    return wire_object(event) if isinstance(event, _EXTENDED) else None
 
 
 @attrs.define
