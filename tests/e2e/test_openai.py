@@ -260,3 +260,24 @@ async def test_plain_http_without_json_content_type_is_refused(server: Chatd) ->
             headers={"content-type": "text/plain", "authorization": f"Bearer {KEY}"},
         )
     assert response.status_code == 415
+
+
+async def test_sync_streaming_and_async_whole_answers(server: Chatd) -> None:
+    """The other two combinations: the sync SDK streaming, the async one not."""
+
+    def stream_sync() -> tuple[str, list[str | None]]:
+        stream = sync_client(server).chat.completions.create(
+            model="chatd", messages=user(FAQ), stream=True
+        )
+        with stream:
+            chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, [c.choices[0].finish_reason for c in chunks if c.choices]
+
+    text, finishes = await in_thread(stream_sync)
+    assert "password" in text.lower() and finishes[-1] == "stop"
+    client = async_client(server)
+    whole = await client.chat.completions.create(model="chatd", messages=user(FAQ))
+    assert whole.choices[0].message.content == text
+    assert whole.model_extra["chatd"]["cached"] is True  # the same question, answered before
+    await client.close()
