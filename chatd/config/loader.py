@@ -8,6 +8,7 @@ names the key, the value, where it came from and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -241,6 +242,26 @@ _SECRET_KEYS = {"api_key", "api_keys", "arango_password", "extra_headers", "head
 """Keys whose values a config error never prints (URLs lose their passwords)."""
 
 
+NOT_SETTINGS = ("CHATD_INHERIT_WORKER", "CHATD_ARGS", "CHATD_TEST_", "CHATD_FUZZ_", "CHATD_CHAOS_")
+"""``CHATD_*`` variables that are not settings: the workers' supervisor's, and
+the test suite's and benchmarks' own (a name, or a prefix ending in ``_``)."""
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """An unknown ``CHATD_*`` variable is a typo until shown otherwise: refuse
+    it, naming the closest setting (as an unknown TOML key is refused)."""
+    keys = env_keys()
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in keys:
+            continue
+        if any(name == n or (n.endswith("_") and name.startswith(n)) for n in NOT_SETTINGS):
+            continue
+        bare = {key.removeprefix(ENV_PREFIX): key for key in keys}
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), bare, n=1, cutoff=0.6)
+        hint = f"did you mean {bare[close[0]]}?" if close else "no setting has that name"
+        raise ConfigError(f"config: unknown environment variable {name}: {hint}")
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -266,6 +287,7 @@ def load_settings(
             if _get(raw, key_path) is not None:
                 sources[key_path] = str(path)
     env = os.environ if env is None else env
+    _check_env_names(env)
     for name, key_path in env_keys().items():
         if name in env:
             _set(raw, key_path, env[name] if env[name] != "" else None)

@@ -230,3 +230,19 @@ def test_config_errors_never_print_secrets(env: dict[str, str], message: str) ->
     with pytest.raises(ConfigError) as info:
         load_settings(env=env)
     assert str(info.value) == message
+
+
+def test_an_unknown_chatd_variable_names_the_closest_setting() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"CHATD_LIMITS_LLM_STREEMZ": "5"})
+    assert str(info.value) == (
+        "config: unknown environment variable CHATD_LIMITS_LLM_STREEMZ: "
+        "did you mean CHATD_LIMITS_LLM_STREAMS?"
+    )
+    with pytest.raises(ConfigError, match="CHATD_NONSENSE: no setting has that name"):
+        load_settings(env={"CHATD_NONSENSE": "1"})
+
+
+def test_variables_that_are_not_settings_pass() -> None:
+    env = {"CHATD_INHERIT_WORKER": "1", "CHATD_TEST_ARANGO_URL": "x", "CHATD_FUZZ_SEED": "3"}
+    assert load_settings(env={**env, "OTHER_THING": "1"}).limits.llm_streams > 0
