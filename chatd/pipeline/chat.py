@@ -53,6 +53,7 @@ from chatd.pipeline.registry import RequestRegistry
 from chatd.pipeline.resume import Journals
 from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache
+from chatd.stores.kb import KnowledgeBase
 from chatd.stores.sessions import SessionStore
 from chatd.tools.base import ToolContext
 from chatd.tools.registry import ToolRegistry
@@ -155,6 +156,12 @@ class Pipeline:
     cache: AnswerCache[CachedAnswer] | None = None
     redis: RedisClient | None = None
     """The shared Redis, where one is configured (flights across instances use it)."""
+    kb: KnowledgeBase | None = None
+    """The knowledge base the tools answer from: its version keys answers."""
+    kb_version: str = attrs.field(default="", init=False)
+    """The knowledge base's version as last read (:meth:`watch_knowledge_base`):
+    part of every answer's key, so an answer made from old entries is not
+    replayed once they change."""
     draining: bool = False
     journals: Journals = attrs.field(
         default=attrs.Factory(lambda self: Journals(self.redis), takes_self=True), init=False
@@ -162,6 +169,26 @@ class Pipeline:
     """Resumable requests, by request id (:mod:`chatd.pipeline.resume`)."""
     in_flight: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     """Requests in flight by client, for ``limits.max_requests_per_client``."""
+
+    async def read_kb_version(self) -> None:
+        """Read the knowledge base's version (kept as it was if it cannot be read:
+        its breaker counts that)."""
+        if self.kb is None:
+            return
+        try:
+            version = await self.kb.version()
+        except ChatdError:
+            return
+        if self.kb_version and version != self.kb_version:
+            log.info("knowledge base changed: answers made before are not replayed")
+        self.kb_version = version
+
+    async def watch_knowledge_base(self) -> None:
+        """Read the version every janitor interval (long-lived: run it under the
+        supervisor)."""
+        while self.kb is not None:
+            await trio.sleep(self.settings.janitor.interval_s)
+            await self.read_kb_version()
 
     def new_request_id(self) -> str:
         """A server-made id, unique enough to find a request in the logs."""
@@ -340,7 +367,7 @@ class Pipeline:
                 )
             prepare.set(messages=len(messages))
         turn.queue_s += waited
-        key = flight_key(self.llm.model, self.tools.names, messages)
+        key = flight_key(self.llm.model, self.tools.names, messages, self.kb_version)
         if self.cache is not None:
             with trace.span("cache") as lookup:
                 hit = await self.cache.get(key)

@@ -61,14 +61,17 @@ WINDOW_CHARS = 16 * 1024
 log = structlog.get_logger("chatd.flights")
 
 
-def flight_key(model: str, tools: Sequence[str], messages: Sequence[Message]) -> str:
-    """The identity of a piece of work: normalised prompt, model and tool set."""
+def flight_key(
+    model: str, tools: Sequence[str], messages: Sequence[Message], kb_version: str = ""
+) -> str:
+    """The identity of a piece of work: normalised prompt, model, tool set and
+    the knowledge base's version (its answers come from its entries)."""
 
     def norm(text: object) -> object:
         return " ".join(text.split()).casefold() if isinstance(text, str) else text
 
     prompt = [(m.get("role"), norm(m.get("content"))) for m in messages]
-    blob = orjson.dumps([model, sorted(tools), prompt])
+    blob = orjson.dumps([model, sorted(tools), prompt, kb_version])
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -163,6 +163,11 @@ class GuardedKnowledgeBase:
         """See :meth:`KnowledgeBase.count`."""
         return await self.kb.count()
 
+    async def version(self) -> str:
+        """See :meth:`KnowledgeBase.version`."""
+        with self.breaker.attempt():
+            return await self.kb.version()
+
     def statistics(self) -> KBStatistics:
         """See :meth:`KnowledgeBase.statistics`."""
         return self.kb.statistics()

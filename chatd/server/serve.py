@@ -189,6 +189,8 @@ async def _serve_all(
             supervisor,
         )
         nursery.start_soon(supervisor.run, "janitor", janitor.run)
+        await pipeline.read_kb_version()
+        nursery.start_soon(supervisor.run, "kb_watch", pipeline.watch_knowledge_base)
         pipeline.metrics.bind(
             admission=pipeline.admission,
             breakers=pipeline.breakers,

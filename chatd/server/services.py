@@ -118,6 +118,7 @@ async def open_pipeline(
             metrics=metrics,
             cache=cache,
             redis=redis,
+            kb=kb,
         )
 
 

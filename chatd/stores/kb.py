@@ -120,6 +120,12 @@ class KnowledgeBase(Protocol):
         """How many entries there are."""
         ...
 
+    async def version(self) -> str:
+        """A value that changes whenever the entries do, by whoever changes
+        them (``chatd kb load`` from another process too): answers that
+        depended on the old entries are keyed on it."""
+        ...
+
     def statistics(self) -> KBStatistics:
         """Counters and worker-thread use, without touching the database."""
         ...

@@ -357,6 +357,11 @@ class ArangoKnowledgeBase:
         self._counts.entries = await self._run(lambda: _value(collection.count()))
         return self._counts.entries
 
+    async def version(self) -> str:
+        """The collection's revision, which ArangoDB changes on every write."""
+        collection = self._db.collection(self.settings.arango_collection)
+        return str(await self._run(lambda: _value(collection.revision())))
+
     def statistics(self) -> KBStatistics:
         """Counters and the limiter's use. ``connections`` counts those the HTTP
         pool has opened: the pool keeps at most ``threads``, so more means

@@ -72,6 +72,20 @@ CREATE TRIGGER IF NOT EXISTS faq_fts_update AFTER UPDATE ON faq BEGIN
     VALUES (new.id, new.question, new.answer, new.tags);
 END;
 PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS kb_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO kb_meta (id, version) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS faq_version_insert AFTER INSERT ON faq BEGIN
+    UPDATE kb_meta SET version = version + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS faq_version_update AFTER UPDATE ON faq BEGIN
+    UPDATE kb_meta SET version = version + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS faq_version_delete AFTER DELETE ON faq BEGIN
+    UPDATE kb_meta SET version = version + 1;
+END;
 COMMIT;
 """
 
@@ -148,6 +162,11 @@ def _add(conn: sqlite3.Connection, entries: Sequence[FAQEntry]) -> tuple[int, in
         changed = conn.executemany(_UPSERT, rows).rowcount
     (count,) = conn.execute(_COUNT).fetchone()
     return changed, count
+
+
+def _version(conn: sqlite3.Connection) -> str:
+    (version,) = conn.execute("SELECT version FROM kb_meta").fetchone()
+    return str(version)
 
 
 def _count(conn: sqlite3.Connection) -> int:
@@ -252,6 +271,10 @@ class SQLiteKnowledgeBase:
         """How many entries there are."""
         self._counts.entries = await self._run(_count)
         return self._counts.entries
+
+    async def version(self) -> str:
+        """A counter the database's triggers bump on every change of an entry."""
+        return await self._run(_version)
 
     def statistics(self) -> KBStatistics:
         """Counters and the limiter's use; ``threads_peak`` is measured in the workers."""

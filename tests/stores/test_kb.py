@@ -162,6 +162,24 @@ async def test_add_counts_new_and_changed_entries(empty_kb: KnowledgeBase) -> No
     assert (stats.entries, stats.added, stats.searches) == (2, 3, 1)
 
 
+async def test_version_changes_whenever_entries_do(
+    empty_kb: KnowledgeBase, kb_settings: KBSettings
+) -> None:
+    """Added or changed entries change the version, whoever wrote them (here
+    another handle on the same store, as ``chatd kb load`` is another
+    process); reading changes nothing."""
+    with trio.fail_after(TIMEOUT):
+        first = await empty_kb.version()
+        await empty_kb.add([FAQEntry("What is chatd?", "A chatbot backend.")])
+        second = await empty_kb.version()
+        assert second != first
+        await empty_kb.search("what is chatd")
+        assert await empty_kb.version() == second
+        async with open_knowledge_base(kb_settings, seed=False) as other:
+            await other.add([FAQEntry("What is chatd?", "A chatbot server.")])
+        assert await empty_kb.version() not in (first, second)
+
+
 async def test_search_returns_tags(empty_kb: KnowledgeBase) -> None:
     """Tags are stored, searchable and returned as given."""
     entry = FAQEntry("Do you sell telescopes?", "Yes.", ("astronomy", "stargazing"))

@@ -172,6 +172,18 @@ async def test_open_of_an_existing_store_only_reads(fake: FakeArango) -> None:
     assert {method for method, _, _ in fake.calls} == {"GET"}
 
 
+async def test_version_is_the_collections_revision(fake: FakeArango) -> None:
+    """ArangoDB changes a collection's revision on every write, from anywhere."""
+    fake.serve_existing_store(count=76)
+    fake.routes[("GET", f"{DB}/collection/faq/revision")] = (
+        200,
+        {"revision": "_hW3kzHm---", "name": "faq"},
+    )
+    with trio.fail_after(TIMEOUT):
+        async with open_knowledge_base(settings_for(fake)) as kb:
+            assert await kb.version() == "_hW3kzHm---"
+
+
 async def test_refused_connection_is_a_config_error_naming_arango_url() -> None:
     """At start-up an ArangoDB that refuses connections is one line naming kb.arango_url."""
     url = f"http://127.0.0.1:{closed_port()}"
