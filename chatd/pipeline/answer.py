@@ -25,6 +25,7 @@ import orjson
 import structlog
 import trio
 
+from chatd.exceptions import UpstreamUnavailable
 from chatd.llm import (
     ChatEvent,
     ChatRequest,
@@ -71,6 +72,8 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int
     tools_used: tuple[str, ...]
+    degraded: bool = False
+    """Answered by the knowledge base alone, the LLM being unavailable."""
 
 
 @attrs.define
@@ -102,6 +105,8 @@ class Turn:
     first_token_at: float | None = None
     queue_s: float = 0.0
     tools_used: tuple[str, ...] = ()
+    degraded: bool = False
+    """The LLM was unavailable and a natural-answer tool answered alone."""
     max_chars: int | None = None
     """Past this many characters, :meth:`token` raises :class:`AnswerTooLong`."""
     _chars: int = 0
@@ -110,7 +115,11 @@ class Turn:
     def outcome(self) -> Outcome:
         """How this answer ended."""
         return Outcome(
-            self.finish_reason, self.prompt_tokens, self.completion_tokens, self.tools_used
+            self.finish_reason,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.tools_used,
+            self.degraded,
         )
 
     def adopt(self, outcome: Outcome) -> None:
@@ -119,6 +128,7 @@ class Turn:
         self.prompt_tokens = outcome.prompt_tokens
         self.completion_tokens = outcome.completion_tokens
         self.tools_used = outcome.tools_used
+        self.degraded = outcome.degraded
 
     def queued(self, position: int) -> None:
         """Tell the client its queue position (advisory: may be dropped)."""
@@ -309,6 +319,39 @@ def _early_call(
     return ToolCall(begun.id, begun.name, orjson.dumps(arguments).decode())
 
 
+async def _answer_without_llm(
+    turn: Turn,
+    tools: _Tools,
+    registry: ToolRegistry,
+    messages: Sequence[Message],
+    done_with_llm: Callable[[], None],
+) -> bool:
+    """Degraded Path B: the natural-answer tools, asked the user's message as
+    typed, in turn; the first confident one streams its answer. ``False`` if
+    none is confident (the request then fails as the LLM did)."""
+    content = messages[-1].get("content") if messages else None
+    if not isinstance(content, str):
+        return False
+    for name in registry.names:
+        tool = registry.get(name)
+        speculate = getattr(tool, "speculative_arguments", None)
+        if tool is None or not tool.natural_answer or speculate is None:
+            continue
+        arguments = speculate(content)
+        if arguments is None:
+            continue
+        call = ToolCall(f"degraded_{name}", name, orjson.dumps(arguments).decode())
+        (outcome,) = await tools.run([call])
+        natural = tools.natural(outcome)
+        if natural is not None:
+            log.warning("LLM unavailable: answered from the knowledge base", tool=name)
+            turn.degraded = True
+            done_with_llm()
+            await tools.stream_answer(natural)
+            return True
+    return False
+
+
 def _same_call(guessed: ToolCall | None, call: ToolCall) -> bool:
     """Whether the router made the call that was guessed (arguments as JSON values)."""
     if guessed is None or guessed.id != call.id:
@@ -342,29 +385,41 @@ async def answer(
     natural: _Natural | None = None
     completion: Completion | None = None
     seen = 0
-    with turn.trace.span("router") as span:
-        async with llm.stream(router) as events:
-            async for event in events:
-                span.mark()  # the call's time to first event: keeps the first
-                seen += 1
-                if isinstance(event, TextDelta):
-                    await turn.say(event.text)
-                elif isinstance(event, ToolCallBegin) and turn.path is None and early is None:
-                    call = _early_call(registry, event, messages)
-                    if call is not None:
-                        guessed = call
-                        (early,) = await tools.run([call])
-                        natural = tools.natural(early)
-                        if natural is not None:
-                            # Leaving closes the router's stream: no more tokens
-                            # paid, and no usage reported; count what was sent.
-                            turn.prompt_tokens += estimate_prompt_tokens(router.messages)
-                            turn.completion_tokens += seen
-                            break
-                elif isinstance(event, Completion):
-                    turn.count(event)
-                    span.set(finish_reason=event.finish_reason, tool_calls=len(event.tool_calls))
-                    completion = event
+    try:
+        with turn.trace.span("router") as span:
+            async with llm.stream(router) as events:
+                async for event in events:
+                    span.mark()  # the call's time to first event: keeps the first
+                    seen += 1
+                    if isinstance(event, TextDelta):
+                        await turn.say(event.text)
+                    elif isinstance(event, ToolCallBegin) and turn.path is None and early is None:
+                        call = _early_call(registry, event, messages)
+                        if call is not None:
+                            guessed = call
+                            (early,) = await tools.run([call])
+                            natural = tools.natural(early)
+                            if natural is not None:
+                                # Leaving closes the router's stream: no more tokens
+                                # paid, and no usage reported; count what was sent.
+                                turn.prompt_tokens += estimate_prompt_tokens(router.messages)
+                                turn.completion_tokens += seen
+                                break
+                    elif isinstance(event, Completion):
+                        turn.count(event)
+                        span.set(
+                            finish_reason=event.finish_reason, tool_calls=len(event.tool_calls)
+                        )
+                        completion = event
+    except UpstreamUnavailable:
+        # The LLM is down (its breaker open, or unreachable) before it said
+        # anything: a question the knowledge base answers confidently is
+        # still answered, by it alone.
+        if seen or turn.path is not None:
+            raise
+        if not await _answer_without_llm(turn, tools, registry, messages, done_with_llm):
+            raise
+        return
     if natural is not None:
         done_with_llm()
         await tools.stream_answer(natural)

@@ -419,7 +419,8 @@ class Pipeline:
         turn = flight.turn
         with turn.trace.under(span):
             await self._fly(messages, turn, client)
-        if self.cache is not None and turn.shareable and turn.finish_reason in ("stop", "length"):
+        keep = turn.shareable and not turn.degraded  # the LLM would answer otherwise
+        if self.cache is not None and keep and turn.finish_reason in ("stop", "length"):
             events = merged(e for e in flight.events if not isinstance(e, Queued))
             await self.cache.put(key, CachedAnswer(events, turn.outcome()))
 
@@ -451,6 +452,7 @@ class Pipeline:
                 "ttft_ms": None if first is None else round((first - started) * 1000),
                 "total_ms": round((now - started) * 1000),
             },
+            degraded=turn.degraded or None,
         )
 
 

@@ -103,6 +103,9 @@ class Done:
     cached: bool
     usage: Mapping[str, int]
     timings: Mapping[str, int | None]
+    degraded: bool | None = None
+    """``True`` when the LLM was unavailable and the knowledge base answered
+    alone (sent only then)."""
 
 
 @attrs.frozen
@@ -154,7 +157,7 @@ def error_event(exc: ChatdError) -> Error:
     return Error(exc.code, redact(exc.message), exc.retry_after_ms)
 
 
-_OPTIONAL = frozenset({"error", "retry_after_ms"})
+_OPTIONAL = frozenset({"error", "retry_after_ms", "degraded"})
 
 
 def _fields(event: Event) -> dict[str, Any]:
