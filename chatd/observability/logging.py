@@ -39,6 +39,24 @@ def _redacted(_logger: Any, _name: str, line: Any) -> Any:
     return redact(line)
 
 
+class _StartupToTerminal:
+    """Lines logged with ``startup=True`` (where it listens, start-up warnings)
+    also go to the terminal (stderr) when the log goes to a file: whoever
+    started chatd sees them there."""
+
+    def __init__(self, echo: bool) -> None:
+        self.echo = echo
+        self.renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+
+    def __call__(
+        self, logger: Any, name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if event.pop("startup", False) and self.echo:
+            line = self.renderer(logger, name, dict(event))
+            print(redact(str(line)), file=sys.stderr, flush=True)
+        return event
+
+
 def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> None:
     """Send structlog's output to ``stream`` (or ``settings.file``, or stdout)."""
     if stream is None:
@@ -58,6 +76,7 @@ def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> No
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        _StartupToTerminal(echo=bool(settings.file) and stream is not sys.stdout),
         *([_without_spans] if console else []),
         renderer,
         _redacted,

@@ -305,7 +305,7 @@ class Pipeline:
         except* ChatdError as group:
             error = first_leaf(group)
             assert isinstance(error, ChatdError)
-            log.info("request failed", code=error.code, error=error.message, detail=error.detail)
+            log.warning("request failed", code=error.code, error=error.message, detail=error.detail)
             failed = error_event(error)
             del error  # it holds this frame through its traceback: no cycle to collect
         except* Exception as group:

@@ -146,6 +146,7 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
     if websocket is None:
         return
     if not ok:
+        log.info("connection refused", code="unauthorized", client=client)
         websocket.send_nowait(encode(Error("unauthorized", "missing or wrong API key"), None))
         await websocket.close(1008, "missing or wrong API key")
         return
@@ -153,6 +154,7 @@ async def serve_websocket(state: AppState, stream: trio.SocketStream, request: h
     if len(state.connections) >= limits.max_connections or (
         state.clients[client] >= limits.max_connections_per_client and not is_local(client)
     ):
+        log.info("connection refused", code="overloaded", client=client)
         refusal = Error("overloaded", "too many connections; try again later", 1000)
         websocket.send_nowait(encode(refusal, None))
         await websocket.close(1013, "too many connections")

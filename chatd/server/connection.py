@@ -495,6 +495,7 @@ class Connection:
             else:
                 raise ClientError(f"unknown frame type {kind!r}")
         except ChatdError as exc:
+            log.info("frame refused", code=exc.code, error=exc.message, id=request_id)
             self._reply(request_id, error_event(exc))
 
     def _chat(

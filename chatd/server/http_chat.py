@@ -32,7 +32,7 @@ from chatd.pipeline.resume import Journal
 from chatd.server.auth import client_address, identify
 from chatd.server.frames import chat_fields, json_object
 
-__all__ = ["HTTP_STATUS", "register_http_chat", "with_sse_chat"]
+__all__ = ["HTTP_STATUS", "log_refusal", "register_http_chat", "with_sse_chat"]
 
 log = structlog.get_logger("chatd.server")
 
@@ -166,6 +166,7 @@ def register_http_chat(app: QuartTrio, pipeline: Pipeline) -> None:
         try:
             chat = await _read_chat(pipeline)
         except ChatdError as exc:
+            log_refusal(exc, "/v1/chat")
             return _error_response(error_event(exc))
         collector = _Collector()
         await pipeline.run(chat, collector, trio.CancelScope())
@@ -295,7 +296,13 @@ async def run_owned(
         nursery.cancel_scope.cancel()  # answered: stop watching
 
 
+def log_refusal(exc: ChatdError, where: str) -> None:
+    """One line for a request refused before it began (it has no request id)."""
+    log.info("request refused", code=exc.code, error=exc.message, where=where)
+
+
 async def _send_error(send: Send, exc: ChatdError) -> None:
+    log_refusal(exc, "/v1/chat")
     status, body, headers = _error_parts(error_event(exc))
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})

@@ -56,6 +56,7 @@ from chatd.server.http_chat import (
     Send,
     crash_error,
     header,
+    log_refusal,
     read_request,
     run_owned,
 )
@@ -231,7 +232,8 @@ async def _refuse(send: Send, error: Error, param: str | None = None) -> None:
 
 
 def _client_error(exc: ChatdError) -> tuple[Error, str | None]:
-    """A refusal before the chat starts, and the field it names."""
+    """A refusal before the chat starts (logged), and the field it names."""
+    log_refusal(exc, "/v1/chat/completions")
     code = "model_not_found" if isinstance(exc, ModelNotFound) else exc.code
     event = error_event(exc)
     param = exc.param if isinstance(exc, InvalidRequest) else None

@@ -26,8 +26,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import structlog
 
-__all__ = ["guard_http", "host_allowed", "is_loopback", "origin_allowed"]
+from chatd.config import ServerSettings
+
+__all__ = ["guard_http", "host_allowed", "is_loopback", "origin_allowed", "warn_if_open"]
+
+log = structlog.get_logger("chatd.server")
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -154,3 +159,14 @@ async def _respond(
 ) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def warn_if_open(settings: ServerSettings) -> None:
+    """Say so at start-up when chatd listens beyond loopback with no API keys."""
+    server = settings
+    if not is_loopback(server.host) and not server.api_keys:
+        log.warning(
+            "listening beyond loopback with no API keys: anyone who can reach "
+            f"{server.host}:{server.port} can chat (set server.api_keys; chatd keys new)",
+            startup=True,
+        )

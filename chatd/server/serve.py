@@ -44,7 +44,7 @@ from chatd.server.http_chat import with_sse_chat
 from chatd.server.hypercorn_compat import open_http_server
 from chatd.server.listen import WORKER_ENV, listen
 from chatd.server.openai_api import with_openai_api
-from chatd.server.origins import ASGIApp, guard_http
+from chatd.server.origins import ASGIApp, guard_http, warn_if_open
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
 
@@ -127,7 +127,8 @@ async def serve(
         structlog.contextvars.bind_contextvars(worker=int(worker))
         log.info("worker serving", url=url, pid=os.getpid())
     else:
-        log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws")
+        log.info("listening", url=url, ws_url=url.replace("http", "ws", 1) + "/v1/ws", startup=True)
+        warn_if_open(settings.server)
     _raise_open_files_limit()
     config = _hypercorn_config(settings)
     metrics = Metrics()
@@ -180,9 +181,9 @@ async def _serve_all(
         )
         await nursery.start(_serve_connections, state, listener, config, drain, stopped)
         if settings.llm.url is None:
-            log.info("simulated LLM started in-process", llm_url=llm_url)
+            log.info("simulated LLM started in-process", llm_url=llm_url, startup=True)
         else:
-            log.info("using LLM", llm_url=llm_url, model=settings.llm.model)
+            log.info("using LLM", llm_url=llm_url, model=settings.llm.model, startup=True)
         janitor = Janitor(
             settings.janitor.interval_s,
             [pipeline.requests.sweep, state.sweep_connections, *_store_sweepers(pipeline)],

@@ -40,6 +40,7 @@ import trio
 from chatd.config import Settings
 from chatd.exceptions import ConfigError, ServerFailed
 from chatd.server.listen import WORKER_ENV, url_of
+from chatd.server.origins import warn_if_open
 
 __all__ = ["supervise"]
 
@@ -76,12 +77,15 @@ async def supervise(settings: Settings, worker_command: Sequence[str]) -> None:
             url=url,
             ws_url=url.replace("http", "ws", 1) + "/v1/ws",
             workers=count,
+            startup=True,
         )
+        warn_if_open(settings.server)
         if settings.redis.url is None:
             log.warning(
                 "workers share no state without redis.url: each has its own cache, "
                 "sessions, rate limits and flights",
                 workers=count,
+                startup=True,
             )
         env = dict(os.environ)
         with reserved:

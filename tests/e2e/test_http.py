@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import structlog
 import trio
 
 from chatd.config import LimitsSettings, ServerSettings
@@ -263,3 +264,25 @@ async def test_rate_limits_follow_x_forwarded_for_from_trusted_proxies_only(
             assert (await client.finish("c"))["type"] == ("done" if trusted else "error")
         again = await http.post("/v1/chat", json={"message": "hi"}, headers=via("203.0.113.1"))
         assert again.status_code == 429
+
+
+async def test_refusals_and_failures_are_logged_once_at_their_level(
+    make_settings: MakeSettings,
+) -> None:
+    """A body refused before any request exists leaves one info line with its
+    code; a request that failed, one warning line."""
+    settings = make_settings(limits=LimitsSettings(max_message_chars=10, rate_per_minute=1))
+    json = {"content-type": "application/json"}
+    async with open_chatd(settings) as server, httpx.AsyncClient(base_url=server.url) as http:
+        with structlog.testing.capture_logs() as logs:
+            assert (await http.post("/v1/chat", content=b"{", headers=json)).status_code == 400
+            too_long = await http.post("/v1/chat", json={"message": "x" * 11})
+            assert too_long.status_code == 413
+            assert (await http.post("/v1/chat", json={"message": "hi"})).is_success
+            assert (await http.post("/v1/chat", json={"message": "hi"})).status_code == 429
+    refused = [line for line in logs if line["event"] == "request refused"]
+    assert [(line["code"], line["log_level"]) for line in refused] == [("bad_request", "info")]
+    failed = [
+        (line["code"], line["log_level"]) for line in logs if line["event"] == "request failed"
+    ]
+    assert failed == [("too_large", "warning"), ("rate_limited", "warning")]
