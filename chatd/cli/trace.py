@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 BAR_WIDTH: Final = 40
+"""The bars' width on a wide terminal; a narrow one leaves the rest of a row
+what it needs (:func:`bar_width`)."""
 ENDED_WELL: Final = frozenset({"done", "cancelled"})
 """Summary outcomes that are not failures; any other (an error code) is."""
 OUTCOME_STYLES: Final = {"ok": "green", "done": "green", "cancelled": "yellow", "error": "red"}
@@ -106,6 +108,7 @@ class LogIndex:
     else only the summaries (a big log's spans are not kept for a listing)."""
 
     request_id: str | None = None
+    """A request id, or the start of one: every request it starts is kept."""
     requests: dict[str, Request] = attrs.field(factory=dict)
 
     def add(self, raw: str | bytes) -> Request | None:
@@ -115,7 +118,7 @@ class LogIndex:
         except orjson.JSONDecodeError:
             return None
         request_id = line.get("request_id") if isinstance(line, dict) else None
-        if not isinstance(request_id, str) or self.request_id not in (None, request_id):
+        if not isinstance(request_id, str) or not request_id.startswith(self.request_id or ""):
             return None
         request = self.requests.setdefault(request_id, Request(request_id))
         event = line.get("event")
@@ -137,6 +140,27 @@ class LogIndex:
         return None
 
 
+def find(index: LogIndex, wanted: str) -> Request | str:
+    """The one request whose id starts with ``wanted`` (with something in the
+    log), or why not, in words."""
+    matches = [
+        r
+        for r in index.requests.values()
+        if r.request_id.startswith(wanted) and (r.summary or r.spans)
+    ]
+    exact = [r for r in matches if r.request_id == wanted]
+    if exact:
+        return exact[0]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        return f"no request {wanted} in the log"
+    ids = ", ".join(sorted(r.request_id for r in matches)[:5])
+    return (
+        f"{len(matches)} requests start with {wanted}: {ids}{', ...' if len(matches) > 5 else ''}"
+    )
+
+
 def _ms(value: Any) -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "—"
@@ -145,12 +169,17 @@ def _ms(value: Any) -> str:
     return f"{value:.0f} ms" if value >= 100 else f"{value:.1f} ms"
 
 
-def _bar(start: float, duration: float, scale: float, style: str) -> Text:
-    first = min(int(start / scale * BAR_WIDTH), BAR_WIDTH - 1)
-    last = min(max(math.ceil((start + duration) / scale * BAR_WIDTH), first + 1), BAR_WIDTH)
+def bar_width(console: Console) -> int:
+    """Bars as wide as the terminal allows, beside about 70 columns of the rest."""
+    return max(8, min(BAR_WIDTH, console.width - 70))
+
+
+def _bar(start: float, duration: float, scale: float, style: str, width: int) -> Text:
+    first = min(int(start / scale * width), width - 1)
+    last = min(max(math.ceil((start + duration) / scale * width), first + 1), width)
     bar = Text("·" * first, style="dim")
     bar.append("█" * (last - first), style=style)
-    bar.append("·" * (BAR_WIDTH - last), style="dim")
+    bar.append("·" * (width - last), style="dim")
     return bar
 
 
@@ -194,8 +223,15 @@ def render_timeline(console: Console, request: Request) -> None:
     root = _root(request)
     scale = max([root.duration, *(s.start + s.duration for s in request.spans), 1e-9])
     table = Table(title=f"request {request.request_id}", title_justify="left", box=None)
-    for column in ("span", "start", "duration", f"0 ⟶ {_ms(scale)}", "outcome", "details"):
-        table.add_column(column, no_wrap=column != "details")
+    bar = f"0 ⟶ {_ms(scale)}"
+    # At any width, nothing is cut with "…": headers and times keep their
+    # width, names and details wrap, and only the bars shrink.
+    table.add_column("span", overflow="fold")
+    for column in ("start", "duration"):
+        table.add_column(column, min_width=len("duration"), no_wrap=True)
+    table.add_column(bar, min_width=len(bar), no_wrap=True, overflow="crop")
+    table.add_column("outcome", min_width=len("cancelled"), no_wrap=True)
+    table.add_column("details")
     for guides, span in _walk(request):
         style = OUTCOME_STYLES.get(span.outcome, "red")
         details = Text(_fields(span.attributes))
@@ -205,7 +241,7 @@ def render_timeline(console: Console, request: Request) -> None:
             guides + span.name,
             _ms(span.start),
             _ms(span.duration),
-            _bar(span.start, span.duration, scale, style),
+            _bar(span.start, span.duration, scale, style, bar_width(console)),
             Text(span.outcome, style=style),
             details,
         )
@@ -216,7 +252,8 @@ def render_timeline(console: Console, request: Request) -> None:
     else:
         timings = Table(title="timings", title_justify="left")
         for key in TIMINGS:
-            timings.add_column(key.removesuffix("_ms").replace("_", " "), justify="right")
+            name = key.removesuffix("_ms").replace("_", " ")
+            timings.add_column(name, justify="right", overflow="fold")
         timings.add_row(*(_ms(summary.get(key)) for key in TIMINGS))
         console.print(summary_line(summary))
         console.print(timings)
@@ -247,10 +284,17 @@ def summary_line(summary: Mapping[str, Any]) -> Text:
 
 def _listing(title: str, summaries: list[dict[str, Any]], *, errors: bool) -> Table:
     table = Table(title=title, title_justify="left")
+    width = max((len(str(s["request_id"])) for s in summaries), default=10)
     for column in ("request_id", "path", "outcome", "ttft", "total", "time"):
-        table.add_column(column, justify="right" if column in ("ttft", "total") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("ttft", "total") else "left",
+            min_width=width if column == "request_id" else len(column),
+            no_wrap=column == "request_id",  # whole, to copy and paste
+            overflow="fold",
+        )
     if errors:
-        table.add_column("error")
+        table.add_column("error", overflow="fold")
     for s in summaries:
         outcome = str(s.get("outcome", "?"))
         row = [
@@ -259,7 +303,7 @@ def _listing(title: str, summaries: list[dict[str, Any]], *, errors: bool) -> Ta
             outcome,
             _ms(s.get("first_token_ms")),
         ]
-        row += [_ms(s.get("total_ms")), str(s.get("timestamp", ""))[:23]]
+        row += [_ms(s.get("total_ms")), str(s.get("timestamp", ""))[11:23]]
         row += [str(s.get("error", ""))] if errors else []
         table.add_row(*row, style=None if outcome in ENDED_WELL else "red")
     return table
@@ -318,8 +362,8 @@ def follow(
                 console.print(summary_line(summary))
         while True:
             if request_id is not None:
-                request = index.requests.get(request_id)
-                if request is not None and request.summary is not None:
+                request = find(index, request_id)
+                if not isinstance(request, str) and request.summary is not None:
                     render_timeline(console, request)
                     return 0
             if stop.wait(poll_s):
@@ -343,7 +387,9 @@ def _positive(value: str) -> int:
 def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``chatd trace``, added to its (sub)parser."""
     parser.add_argument("logfile", help="chatd's JSON log (log.format = 'json')")
-    parser.add_argument("request_id", nargs="?", help="draw this request's timeline")
+    parser.add_argument(
+        "request_id", nargs="?", help="draw this request's timeline (any unique start of its id)"
+    )
     parser.add_argument(
         "-f", "--follow", action="store_true", help="keep reading as the log grows; Ctrl-C ends"
     )
@@ -370,9 +416,9 @@ def run_trace(args: argparse.Namespace, console: Console | None = None) -> int:
     if args.request_id is None:
         render_listing(console, index, args.slowest)
         return 0
-    request = index.requests.get(args.request_id)
-    if request is None or (request.summary is None and not request.spans):
-        print(f"chatd trace: no request {args.request_id} in {args.logfile}", file=sys.stderr)
+    request = find(index, args.request_id)
+    if isinstance(request, str):
+        print(f"chatd trace: {request} ({args.logfile})", file=sys.stderr)
         return 1
     render_timeline(console, request)
     return 0

@@ -223,7 +223,7 @@ def test_unknown_request_is_one_line_and_exit_1(
 ) -> None:
     """An id the log does not hold: one line on stderr, status 1."""
     assert trace_cli.run_trace(args(str(log_file), "req_nope"), console()) == 1
-    assert capsys.readouterr().err == f"chatd trace: no request req_nope in {log_file}\n"
+    assert capsys.readouterr().err == f"chatd trace: no request req_nope in the log ({log_file})\n"
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -344,3 +344,45 @@ def test_generated_log_is_chatd_json(ok_lines: list[str]) -> None:
     """The fixture is what chatd writes: JSON lines with timestamp, level and event."""
     first = orjson.loads(ok_lines[0])
     assert {"timestamp", "level", "event", "request_id", "span_id"} <= first.keys()
+
+
+LONG_IDS = ("req_f0f91da19a473c2e", "req_f0f91da1ffe01b7d", "req_3c0ffee5d00d1e55")
+
+
+@pytest.fixture
+def real_ids_log(tmp_path: Path, ok_lines: list[str]) -> Path:
+    """The same request three times under ids as long as chatd makes them."""
+    path = tmp_path / "ids.log"
+    path.write_text("".join(line.replace("req_ok", rid) for rid in LONG_IDS for line in ok_lines))
+    return path
+
+
+def narrow() -> Console:
+    return Console(record=True, width=80, file=io.StringIO())
+
+
+def test_at_80_columns_a_unique_prefix_draws_and_nothing_is_cut(real_ids_log: Path) -> None:
+    out = narrow()
+    assert trace_cli.run_trace(args(str(real_ids_log), "req_3c0f"), out) == 0
+    text = out.export_text()
+    assert "request req_3c0ffee5d00d1e55" in text
+    assert "…" not in text
+    header = next(line for line in text.splitlines() if "span" in line and "outcome" in line)
+    for column in ("start", "duration", "outcome", "details"):
+        assert column in header.split()
+
+
+def test_at_80_columns_the_listing_shows_whole_ids(real_ids_log: Path) -> None:
+    out = narrow()
+    assert trace_cli.run_trace(args(str(real_ids_log)), out) == 0
+    text = out.export_text()
+    assert all(rid in text for rid in LONG_IDS) and "…" not in text
+
+
+def test_an_ambiguous_prefix_names_the_candidates(
+    real_ids_log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert trace_cli.run_trace(args(str(real_ids_log), "req_f0f9"), narrow()) == 1
+    error = capsys.readouterr().err
+    assert "2 requests start with req_f0f9" in error
+    assert LONG_IDS[0] in error and LONG_IDS[1] in error
