@@ -306,11 +306,12 @@ class Pipeline:
             error = first_leaf(group)
             assert isinstance(error, ChatdError)
             log.warning("request failed", code=error.code, error=error.message, detail=error.detail)
-            failed = error_event(error)
+            failed = attrs.evolve(error_event(error), request_id=request_id)
             del error  # it holds this frame through its traceback: no cycle to collect
         except* Exception as group:
             log.error("request crashed", exc_info=first_leaf(group))
-            failed = Error("internal", f"internal error; the log has it under {request_id}")
+            message = f"internal error; the log has it under {request_id}"
+            failed = Error("internal", message, request_id=request_id)
         return failed
 
     def _count(

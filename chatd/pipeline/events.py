@@ -116,6 +116,9 @@ class Error:
     code: str
     message: str
     retry_after_ms: int | None = None
+    request_id: str | None = None
+    """The server's id of the request, when one was assigned: the logs and
+    ``chatd trace`` know it (sent only then)."""
 
 
 @attrs.frozen
@@ -157,7 +160,7 @@ def error_event(exc: ChatdError) -> Error:
     return Error(exc.code, redact(exc.message), exc.retry_after_ms)
 
 
-_OPTIONAL = frozenset({"error", "retry_after_ms", "degraded"})
+_OPTIONAL = frozenset({"error", "retry_after_ms", "degraded", "request_id"})
 
 
 def _fields(event: Event) -> dict[str, Any]:

@@ -56,6 +56,9 @@ def _error_parts(error: Error) -> tuple[int, bytes, dict[str, str]]:
     """An error's HTTP status, JSON body and headers."""
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     headers = {"Content-Type": "application/json"}
+    if error.request_id is not None:
+        body["request_id"] = error.request_id
+        headers["X-Request-Id"] = error.request_id
     if error.retry_after_ms is not None:
         body["retry_after_ms"] = error.retry_after_ms
         headers["Retry-After"] = str(max(1, -(-error.retry_after_ms // 1000)))

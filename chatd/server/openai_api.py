@@ -213,6 +213,8 @@ def error_body(
         }
     }
     headers = [(b"content-type", b"application/json")]
+    if error.request_id is not None:  # as OpenAI names its own
+        headers.append((b"x-request-id", error.request_id.encode()))
     if error.retry_after_ms is not None:
         seconds = max(1, -(-error.retry_after_ms // 1000))
         headers.append((b"retry-after", str(seconds).encode()))

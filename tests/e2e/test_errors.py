@@ -140,6 +140,9 @@ async def test_rate_limited(make_settings: MakeSettings) -> None:
         error = await ask(client, "c", "hello")
         assert error["code"] == "rate_limited"
         assert error["retry_after_ms"] > 0
+        assert error["request_id"].startswith("req_")  # the id the logs know it by
+        bad = await ask(client, "d", "")
+        assert bad["code"] == "bad_request" and "request_id" not in bad  # never was one
 
 
 async def test_a_spent_token_budget_is_rate_limited_for_that_key_alone(

@@ -105,6 +105,8 @@ async def test_error_statuses(make_settings: MakeSettings) -> None:
         response = await http.post("/v1/chat", json={"message": "hi"}, headers=auth)
         assert (response.status_code, response.json()["error"]["code"]) == (429, "rate_limited")
         assert int(response.headers["retry-after"]) >= 1
+        request_id = response.json()["error"]["request_id"]
+        assert request_id.startswith("req_") and response.headers["x-request-id"] == request_id
         server.pipeline.draining = True
         response = await http.post("/v1/chat", json={"message": "hi"}, headers=auth)
         assert (response.status_code, response.json()["error"]["code"]) == (503, "shutting_down")
