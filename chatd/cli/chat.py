@@ -150,6 +150,8 @@ class _Conversation:
 
     printer: Printer
     session: str
+    show_ids: bool = True
+    _failed: bool = attrs.field(default=False, init=False)  # the last request did
     _ws: WebSocketConnection | None = attrs.field(default=None, init=False)
     _current: str | None = attrs.field(default=None, init=False)  # the answer under way
     _cancelling: bool = attrs.field(default=False, init=False)
@@ -195,7 +197,7 @@ class _Conversation:
             self.printer.fail(self._lost)
             return 1
         self.printer.end_line()
-        return 0
+        return 1 if self._failed else 0
 
     async def _chat(self, ws: WebSocketConnection, lines: AsyncIterable[str]) -> None:
         async with trio.open_nursery() as nursery:
@@ -235,8 +237,11 @@ class _Conversation:
             if event["type"] == "token":
                 self.printer.text(event["text"])
             elif note := _note(event):
+                if self.show_ids and event.get("request_id") and event["type"] != "accepted":
+                    note += f" · {event['request_id']}"
                 self.printer.note(note)
             if event["type"] in ("done", "error"):
+                self._failed = event["type"] == "error"
                 self._current = None
                 self._answered.set()
 
@@ -272,14 +277,17 @@ async def converse(
     *,
     session: str,
     api_key: str | None = None,
+    show_ids: bool = True,
 ) -> int:
     """Hold one conversation with chatd at ``url``; returns the exit status.
 
     Each of ``lines`` is asked once the previous answer is done; each item of
     ``interrupts`` is one Ctrl-C. 0 when the lines end or the user quits, 1
-    when chatd cannot be reached or goes away.
+    when chatd cannot be reached or goes away, or the last request failed
+    (so a script can tell). With ``show_ids`` each answer's summary (or
+    error) ends with its request id, for ``chatd trace``.
     """
-    conversation = _Conversation(printer, session)
+    conversation = _Conversation(printer, session, show_ids)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(conversation.follow_interrupts, interrupts)
         status = await conversation.run(url, lines, api_key)
@@ -312,14 +320,16 @@ async def _stdin_lines(printer: Printer, prompt: str | None) -> AsyncGenerator[s
         yield line
 
 
-async def _chat_on_terminal(url: str, session: str, api_key: str | None) -> int:
+async def _chat_on_terminal(url: str, session: str, api_key: str | None, ids: bool) -> int:
     printer = Printer(
         sys.stdout, sys.stderr, dim=sys.stderr.isatty() and "NO_COLOR" not in os.environ
     )
     prompt = PROMPT if sys.stdin.isatty() else None
     async with contextlib.aclosing(_stdin_lines(printer, prompt)) as lines:
         with trio.open_signal_receiver(signal.SIGINT) as interrupts:
-            return await converse(url, lines, printer, interrupts, session=session, api_key=api_key)
+            return await converse(
+                url, lines, printer, interrupts, session=session, api_key=api_key, show_ids=ids
+            )
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -327,7 +337,7 @@ def run_chat(args: argparse.Namespace) -> int:
     # Unguessable (22+ characters, letters and digits): the session is this
     # terminal's alone, on any connection, with or without a key.
     session = args.session or f"cli-{secrets.token_hex(16)}"
-    return trio.run(_chat_on_terminal, args.url, session, args.api_key)
+    return trio.run(_chat_on_terminal, args.url, session, args.api_key, not args.no_ids)
 
 
 def _websocket_url(value: str) -> str:
@@ -345,3 +355,6 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
         "--session", help="conversation name; reuse one to go on with it (default: a new one)"
     )
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
+    parser.add_argument(
+        "--no-ids", action="store_true", help="leave request ids out of the answers' summaries"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import gc
 import io
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import trio
 
 from chatd.cli.chat import Printer, converse
-from chatd.config import KBSettings, ServerSettings, Settings, SimSettings
+from chatd.config import KBSettings, LimitsSettings, ServerSettings, Settings, SimSettings
 from chatd.testing import Chatd, open_chat_client, open_chatd
 
 
@@ -147,7 +148,7 @@ async def test_lines_share_one_session(chatd: Chatd) -> None:
 
 
 async def test_ctrl_c_cancels_the_answer_not_the_program(chatd: Chatd) -> None:
-    """Ctrl-C mid-answer prints ``[cancelled]``, and the next line is still answered."""
+    """Ctrl-C mid-answer prints ``[cancelled · REQUEST_ID]``; the next line is still answered."""
     assert chatd.sim is not None
     chatd.sim.set_timing(ttft_ms=10, tokens_per_s=5)
     terminal, gate, status = Terminal(), trio.Event(), list[int]()
@@ -156,11 +157,11 @@ async def test_ctrl_c_cancels_the_answer_not_the_program(chatd: Chatd) -> None:
         nursery.start_soon(keep_status, status, partial(terminal.chat, chatd.ws_url, lines))
         await terminal.screen.wait_for(" ", after="  [path: direct]\n")  # a token or two
         await terminal.ctrl_c()
-        await terminal.screen.wait_for("  [cancelled]\n")
+        await terminal.screen.wait_for("  [cancelled · req_")
         chatd.sim.set_timing(ttft_ms=10, tokens_per_s=1000)
         gate.set()
     assert status == [0]
-    first, second = terminal.output.split("  [cancelled]\n")
+    first, second = terminal.output.split("  [cancelled · req_")
     assert "[done" not in first
     assert second.count("  [path: direct]\n") == 1 and second.count("  [done: ") == 1
 
@@ -271,7 +272,7 @@ async def test_sigint_in_a_real_process(chatd: Chatd) -> None:
         await stderr.wait_for("  [path: direct]\n")
         await stdout.wait_for(" ")
         process.send_signal(signal.SIGINT)
-        await stderr.wait_for("  [cancelled]\n")
+        await stderr.wait_for("  [cancelled · req_")
         chatd.sim.set_timing(ttft_ms=10, tokens_per_s=1000)
         await process.stdin.send_all(b"what is 2+3?\n")
         await process.stdin.aclose()
@@ -282,3 +283,32 @@ async def test_sigint_in_a_real_process(chatd: Chatd) -> None:
     assert notes.count("  [done: ") == 1 and "  [tool calculator ok " in notes
     assert "[" not in answers, "notes stay off stdout"
     assert "5" in answers.splitlines()[-1]
+
+
+async def test_each_answer_names_its_request_unless_asked_not_to(chatd: Chatd) -> None:
+    terminal = Terminal()
+    assert await terminal.chat(chatd.ws_url, script("what is 2+3?")) == 0
+    done = next(line for line in terminal.output.splitlines() if "[done: " in line)
+    assert re.search(r" · req_[0-9a-f]{16}\]$", done), done
+    printer = Printer(io.StringIO(), quiet := io.StringIO())
+    with trio.fail_after(15):
+        status = await converse(
+            chatd.ws_url,
+            script("what is 2+3?"),
+            printer,
+            trio.open_memory_channel[object](0)[1],
+            session="t",
+            show_ids=False,
+        )
+    assert status == 0 and "req_" not in quiet.getvalue()
+
+
+async def test_the_exit_status_says_whether_the_last_request_failed(settings: Settings) -> None:
+    """A script can tell: 1 when the last answer was an error, 0 when it was not."""
+    limited = attrs.evolve(settings, limits=LimitsSettings(rate_per_minute=1))
+    async with open_chatd(limited) as server:
+        terminal = Terminal()
+        assert await terminal.chat(server.ws_url, script("hello", "hello again")) == 1
+        assert "[error rate_limited: " in terminal.output and " · req_" in terminal.output
+    async with open_chatd(settings) as server:
+        assert await Terminal().chat(server.ws_url, script("what is 2+3?")) == 0
