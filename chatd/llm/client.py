@@ -288,6 +288,34 @@ class LLMClient:
                     return event
         raise UpstreamProtocolError("LLM answer had no completion")  # pragma: no cover
 
+    async def models(self, within_s: float) -> list[str]:
+        """The model ids the endpoint lists (``GET /models``), within
+        ``within_s``: the cheap call that says it is there and answering."""
+        path = self._url.path.removesuffix("/chat/completions") + "/models"
+        request = httpx.Request(
+            "GET",
+            self._url.copy_with(path=path),
+            headers=self._headers,
+            extensions={"timeout": self._timeout},
+        )
+        with trio.move_on_after(within_s) as scope:
+            response = await self._send(request)
+            try:
+                if response.status_code >= 400:
+                    await self._raise_for_status(response)
+                body = await self._read(response)
+            finally:
+                with trio.move_on_after(_CLOSE_TIMEOUT_S) as cleanup:
+                    cleanup.shield = True
+                    await response.aclose()
+        if scope.cancelled_caught:
+            raise UpstreamTimeout(f"the LLM listed no models within {within_s:g} s", phase="ttft")
+        try:
+            listed = orjson.loads(body).get("data") or []
+            return [str(m["id"]) for m in listed if isinstance(m, dict) and "id" in m]
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            raise UpstreamProtocolError("the LLM's model list is not OpenAI's shape") from exc
+
     @asynccontextmanager
     async def _call(self, request: ChatRequest, *, stream: bool) -> AsyncIterator[LLMStream]:
         """The call's block runs inside its deadline scope: a deadline that

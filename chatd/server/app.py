@@ -32,6 +32,7 @@ from chatd.server.auth import client_address, identify, key_matches, supplied_ke
 from chatd.server.connection import Connection
 from chatd.server.http_chat import register_http_chat
 from chatd.server.origins import host_allowed, origin_allowed
+from chatd.server.readiness import Readiness
 from chatd.server.websocket import accept, refuse
 
 __all__ = ["WS_PATH", "AppState", "create_app", "serve_websocket"]
@@ -54,6 +55,10 @@ class AppState:
     drain_started: trio.Event = attrs.field(factory=trio.Event)
     supervisor: Supervisor = attrs.field(factory=Supervisor)
     """Told when a connection's reader or writer fails (logged and counted)."""
+    readiness: Readiness = attrs.field(
+        default=attrs.Factory(lambda self: Readiness(self.pipeline), takes_self=True)
+    )
+    """The dependencies as last probed, for ``/readyz``."""
 
     @property
     def draining(self) -> bool:
@@ -258,12 +263,14 @@ def create_app(state: AppState) -> QuartTrio:
     @app.get("/readyz")
     async def readyz() -> tuple[dict[str, Any], int]:
         breakers = state.pipeline.breakers
-        llm_down = all(b.state == "open" for name, b in breakers.items() if name.startswith("llm"))
-        status = "draining" if state.draining else "llm unavailable" if llm_down else "ready"
+        status = "draining" if state.draining else await state.readiness.status()
+        probed = state.readiness.results
         dependencies: dict[str, Any] = {
             name: {
                 "breaker": b.state,
                 "retry_after_ms": b.retry_after_ms() if b.state == "open" else None,
+                "answers": name in probed and probed[name] is None,
+                "error": probed.get(name),
             }
             for name, b in breakers.items()
         }

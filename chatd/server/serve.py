@@ -45,6 +45,7 @@ from chatd.server.hypercorn_compat import open_http_server
 from chatd.server.listen import WORKER_ENV, listen
 from chatd.server.openai_api import with_openai_api
 from chatd.server.origins import ASGIApp, guard_http, warn_if_open
+from chatd.server.readiness import check_llm_at_start
 from chatd.server.services import open_pipeline
 from chatd.tools.base import Tool
 
@@ -180,6 +181,7 @@ async def _serve_all(
             supervisor=supervisor,
         )
         await nursery.start(_serve_connections, state, listener, config, drain, stopped)
+        nursery.start_soon(_check_llm, pipeline, settings)
         if settings.llm.url is None:
             log.info("simulated LLM started in-process", llm_url=llm_url, startup=True)
         else:
@@ -300,6 +302,15 @@ def _http_app(state: AppState) -> ASGIApp:
     app = with_sse_chat(create_app(state), state.pipeline)
     app = with_openai_api(app, state.pipeline)
     return guard_http(app, server.host, server.allowed_origins)
+
+
+async def _check_llm(pipeline: Pipeline, settings: Settings) -> None:
+    """The start-up check of the LLM (warnings only): a fault in it is logged,
+    never the server's end."""
+    try:
+        await check_llm_at_start(pipeline, settings)
+    except Exception as exc:
+        log.error("checking the LLM at start-up failed", exc_info=exc)
 
 
 def _store_sweepers(pipeline: Pipeline) -> list[Sweeper]:
