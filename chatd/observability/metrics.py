@@ -21,6 +21,12 @@ chatd_shared_answers_total             counter                  request_finished
 chatd_cached_answers_total             counter                  request_finished
 chatd_cancellations_total              counter   cause          cancelled
 chatd_frames_sent_total                counter                  frames_sent
+chatd_queue_wait_seconds               histogram                request_finished (queue_s)
+chatd_llm_time_to_first_event_seconds  histogram endpoint,      llm_call
+                                                 outcome
+chatd_llm_call_duration_seconds        histogram endpoint,      llm_call
+                                                 outcome
+chatd_tool_duration_seconds            histogram tool, outcome  tool_finished
 chatd_redis_fallbacks_total            counter   store          redis_fallback
 chatd_task_failures_total              counter   task           task_failed
 chatd_limiter_in_use                   gauge     limiter        admission
@@ -30,6 +36,7 @@ chatd_queue_capacity                   gauge                    admission
 chatd_breaker_state                    gauge     dependency     breakers (0/1/2, below)
 chatd_breaker_failures_total           counter   dependency     breakers
 chatd_breaker_rejections_total         counter   dependency     breakers
+chatd_breaker_transitions_total        counter   dependency, to breakers
 chatd_flights_in_flight                gauge                    flights
 chatd_flights_started_total            counter                  flights
 chatd_flight_joins_total               counter                  flights
@@ -46,7 +53,10 @@ before routing); ``outcome`` is ``done``, ``cancelled`` or the protocol error
 code; ``store`` is ``cache``, ``sessions`` or ``rate_limits`` (a call answered
 from local memory because Redis failed); ``task`` is a long-lived task's
 name (``TASKS``, or ``sweeper <name>``); ``chatd_breaker_state`` is 0 closed,
-1 half_open, 2 open. Every label
+1 half_open, 2 open; ``endpoint`` is an LLM endpoint's breaker name (``llm``,
+``llm-fallback-1``), its ``outcome`` ``ok``, ``cancelled`` or the error's code
+(``upstream_unavailable``, ``upstream_error``, ``timeout``); a tool's
+``outcome`` is ``ok`` or ``error``. No ``_created`` series. Every label
 value comes from a small fixed set: never pass ids or messages.
 
 An unbound source (``None``) leaves its metrics *absent*, not zero: a zero
@@ -62,7 +72,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from typing import Literal, Protocol, TypeVar, get_args
 
 import attrs
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -105,6 +121,13 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
 # Whole answers stream for seconds to minutes (limits.request_timeout_s is 120 s).
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+# Tools take from under a millisecond (calculator) to their timeout (10 s).
+TOOL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# A wait for a slot: none at all, or up to limits.queue_timeout_s (10 s).
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# `_created` series double every counter and histogram for a value nobody graphs.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped in prometheus-client)
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -141,6 +164,8 @@ class BreakerView(Protocol):
     def total_failures(self) -> int: ...
     @property
     def rejections(self) -> int: ...
+    @property
+    def transitions(self) -> Mapping[str, int]: ...
 
 
 class FlightsView(Protocol):
@@ -200,13 +225,20 @@ class _LiveCollector(Collector):  # an ABC up to prometheus-client 0.23, a Proto
             state = _family("chatd_breaker_state", "0 closed, 1 half_open, 2 open.", ["dependency"])
             failures = _family("chatd_breaker_failures_total", "Calls failed.", ["dependency"])
             rejections = _family("chatd_breaker_rejections_total", "Calls refused.", ["dependency"])
+            transitions = _family(
+                "chatd_breaker_transitions_total",
+                "State changes, by new state.",
+                ["dependency", "to"],
+            )
             for name, breaker in sorted(self.breakers.items()):
                 # statistics() performs a due open -> half_open transition, as /readyz does.
                 b = breaker.statistics()
                 state.add_metric([name], BREAKER_STATES[b.state])
                 failures.add_metric([name], b.total_failures)
                 rejections.add_metric([name], b.rejections)
-            yield from (state, failures, rejections)
+                for to in BREAKER_STATES:
+                    transitions.add_metric([name, to], b.transitions.get(to, 0))
+            yield from (state, failures, rejections, transitions)
         if self.flights is not None:
             f = self.flights.statistics()
             yield _family("chatd_flights_in_flight", "Flights under way.", value=f.in_flight)
@@ -258,20 +290,54 @@ class Metrics:
     _frames: Counter = attrs.field(init=False)
     _redis_fallbacks: Counter = attrs.field(init=False)
     _task_failures: Counter = attrs.field(init=False)
+    _queue_wait: Histogram = attrs.field(init=False)
+    _llm_ttft: Histogram = attrs.field(init=False)
+    _llm_duration: Histogram = attrs.field(init=False)
+    _tool_duration: Histogram = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, documentation, labels, registry=self.registry)
 
-        def histogram(name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
-            return Histogram(name, documentation, ["path"], buckets=buckets, registry=self.registry)
+        def histogram(
+            name: str, documentation: str, buckets: Sequence[float], labels: Sequence[str] = ()
+        ) -> Histogram:
+            return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
 
         self._requests = counter("chatd_requests_total", "Requests finished.", ["path", "outcome"])
         self._ttft = histogram(
-            "chatd_time_to_first_token_seconds", "Chat frame to first token.", TTFT_BUCKETS
+            "chatd_time_to_first_token_seconds",
+            "Chat frame to first token.",
+            TTFT_BUCKETS,
+            ["path"],
         )
         self._duration = histogram(
-            "chatd_request_duration_seconds", "Chat frame to terminal event.", DURATION_BUCKETS
+            "chatd_request_duration_seconds",
+            "Chat frame to terminal event.",
+            DURATION_BUCKETS,
+            ["path"],
+        )
+        self._queue_wait = histogram(
+            "chatd_queue_wait_seconds", "Waits for a limiter slot, per request.", QUEUE_BUCKETS
+        )
+        endpoint = ["endpoint", "outcome"]
+        self._llm_ttft = histogram(
+            "chatd_llm_time_to_first_event_seconds",
+            "LLM call to its first event, by endpoint and how the call ended.",
+            TTFT_BUCKETS,
+            endpoint,
+        )
+        self._llm_duration = histogram(
+            "chatd_llm_call_duration_seconds",
+            "LLM calls, start to end, by endpoint and outcome.",
+            DURATION_BUCKETS,
+            endpoint,
+        )
+        self._tool_duration = histogram(
+            "chatd_tool_duration_seconds",
+            "Tool runs, by tool and outcome.",
+            TOOL_BUCKETS,
+            ["tool", "outcome"],
         )
         self._tokens = counter("chatd_tokens_streamed_total", "Completion tokens streamed.")
         self._shared = counter("chatd_shared_answers_total", "Answers that followed a flight.")
@@ -305,9 +371,11 @@ class Metrics:
         tokens: int,
         shared: bool,
         cached: bool,
+        queue_s: float = 0.0,
     ) -> None:
         """Count one request at its terminal event (or when it was dropped)."""
         label = path or "none"
+        self._queue_wait.observe(queue_s)
         self._requests.labels(label, outcome).inc()
         if ttft_s is not None:
             self._ttft.labels(label).observe(ttft_s)
@@ -318,6 +386,18 @@ class Metrics:
             self._shared.inc()
         if cached:
             self._cached.inc()
+
+    def llm_call(
+        self, endpoint: str, outcome: str, first_event_s: float | None, duration_s: float
+    ) -> None:
+        """Count one call to an LLM endpoint: its first event's time, if it came."""
+        if first_event_s is not None:
+            self._llm_ttft.labels(endpoint, outcome).observe(first_event_s)
+        self._llm_duration.labels(endpoint, outcome).observe(duration_s)
+
+    def tool_finished(self, tool: str, ok: bool, duration_s: float) -> None:
+        """Count one tool run (``tool`` is a configured tool's name: a fixed set)."""
+        self._tool_duration.labels(tool, "ok" if ok else "error").observe(duration_s)
 
     def cancelled(self, cause: CancelCause) -> None:
         """Count one cancelled request, by why."""

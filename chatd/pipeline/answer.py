@@ -95,6 +95,8 @@ class Turn:
     """Told each state the request enters, for the janitor's deadlines."""
     on_unshareable: Callable[[], None] | None = None
     """Called when the router picks a time-bound or user-bound tool."""
+    on_tool: Callable[[str, bool, float], None] = lambda _tool, _ok, _seconds: None
+    """Told each tool run: its name, whether it succeeded, its seconds (metrics)."""
     shareable: bool = True
     shared: bool = False
     cached: bool = False
@@ -238,6 +240,7 @@ class _Tools:
         await self.turn.send(ToolStart(call.id, call.name, arguments))
 
     async def _ended(self, outcome: ToolOutcome) -> None:
+        self.turn.on_tool(outcome.tool, outcome.ok, outcome.duration_ms / 1000)
         trace = self.turn.trace
         now = trace.clock()
         trace.record(

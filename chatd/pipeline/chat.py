@@ -243,6 +243,7 @@ class Pipeline:
             ToolContext(request_id, chat.session, chat.metadata),
             notify=out.send_nowait,
             push=getattr(out, "try_send", None),
+            on_tool=self.metrics.tool_finished,
             trace=trace,
             max_chars=self.settings.limits.max_answer_chars,
         )
@@ -336,6 +337,7 @@ class Pipeline:
             turn.completion_tokens,
             turn.shared,
             turn.cached,
+            turn.queue_s,
         )
         if first is not None:
             turn.trace.record("stream", first, now, tokens=turn.completion_tokens)
@@ -383,7 +385,13 @@ class Pipeline:
             return
 
         def make_turn() -> Turn:
-            return Turn(_unsent, turn.context, trace=turn.trace, max_chars=turn.max_chars)
+            return Turn(
+                _unsent,
+                turn.context,
+                on_tool=turn.on_tool,
+                trace=turn.trace,
+                max_chars=turn.max_chars,
+            )
 
         with trace.span("flight") as span:
             work = functools.partial(self._fly_and_keep, messages, key, span, chat.client)

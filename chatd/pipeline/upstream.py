@@ -28,6 +28,7 @@ import trio
 
 from chatd.exceptions import (
     BreakerOpen,
+    ChatdError,
     DeadlineExceeded,
     UpstreamError,
     UpstreamHTTPError,
@@ -35,6 +36,7 @@ from chatd.exceptions import (
     UpstreamUnavailable,
 )
 from chatd.llm import ChatEvent, ChatRequest, LLMClient
+from chatd.observability.metrics import Metrics
 from chatd.resilience.breaker import Attempt, CircuitBreaker
 from chatd.stores.kb import FAQEntry, KBStatistics, KnowledgeBase, Passage
 
@@ -95,6 +97,8 @@ class Upstream:
     retries: int
     backoff_s: float
     rng: random.Random = attrs.field(factory=random.Random)
+    metrics: Metrics | None = None
+    """Where each call is counted, by endpoint and outcome (none: not counted)."""
 
     @property
     def model(self) -> str:
@@ -120,22 +124,36 @@ class Upstream:
             with contextlib.ExitStack() as attempts:
                 endpoint, attempt = self._admit(attempts)
                 streaming = False
+                started, first_at, outcome = trio.current_time(), None, "ok"
                 try:
                     async with endpoint.client.stream(request) as events:
                         first = await events.__anext__()
+                        first_at = trio.current_time()
                         # The first event is in: the endpoint works. Saying so now
                         # frees a half-open probe slot for the rest of the stream.
                         attempt.success()
                         streaming = True
                         yield _Resumed(first, events)
                         return
+                except trio.Cancelled:
+                    outcome = "cancelled"
+                    raise
                 except Exception as exc:
+                    # (after the first event, a non-chatd error is the caller's, not the LLM's)
+                    fallback = "ok" if streaming else "error"
+                    outcome = exc.code if isinstance(exc, ChatdError) else fallback
                     # A deadline fires as the block ends, so failures before the
                     # first event are caught around the whole block.
                     if streaming or not _retryable(exc) or tries >= self.retries:
                         raise
                     attempt.failure()
                     error = str(exc)
+                finally:
+                    if self.metrics is not None:
+                        now = trio.current_time()
+                        first_s = None if first_at is None else first_at - started
+                        name = endpoint.breaker.name
+                        self.metrics.llm_call(name, outcome, first_s, now - started)
             tries += 1
             delay = self.backoff_s * (2 ** (tries - 1)) * self.rng.uniform(0.5, 1.5)
             log.info("retrying the LLM", attempt=tries, error=error, delay_s=round(delay, 3))

@@ -10,10 +10,11 @@ timeout, on the first probe that fails. Time is read lazily, with no task.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Literal
 
@@ -90,6 +91,8 @@ class BreakerStatistics:
     total_failures: int
     total_successes: int
     rejections: int
+    transitions: Mapping[str, int] = attrs.field(factory=dict)
+    """State changes so far, by the state changed to."""
 
 
 @attrs.define
@@ -166,6 +169,7 @@ class CircuitBreaker:
     _total_failures: int = attrs.field(default=0, init=False)
     _total_successes: int = attrs.field(default=0, init=False)
     _rejections: int = attrs.field(default=0, init=False)
+    _transitions: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
 
     @property
     def state(self) -> BreakerState:
@@ -205,6 +209,7 @@ class CircuitBreaker:
             total_failures=self._total_failures,
             total_successes=self._total_successes,
             rejections=self._rejections,
+            transitions=dict(self._transitions),
         )
 
     # The one subtle place: a result arriving after the state its call began
@@ -303,6 +308,7 @@ class CircuitBreaker:
     def _transition(self, to: BreakerState, now: float, reason: str) -> None:
         was = self._state
         self._state = to
+        self._transitions[to] += 1
         self._generation += 1
         self._consecutive_failures = self._in_flight = self._probe_successes = 0
         self._window.clear()

@@ -48,8 +48,11 @@ def builtin_tools(settings: Settings, kb: KnowledgeBase, http: httpx.AsyncClient
 
 
 @asynccontextmanager
-async def open_upstream(settings: Settings, llm_url: str) -> AsyncIterator[Upstream]:
-    """The LLM endpoints, primary then fallbacks, each with its own breaker."""
+async def open_upstream(
+    settings: Settings, llm_url: str, metrics: Metrics | None = None
+) -> AsyncIterator[Upstream]:
+    """The LLM endpoints, primary then fallbacks, each with its own breaker,
+    their calls counted in ``metrics``."""
     llm = settings.llm
     targets = [(llm_url, llm)] + [
         (
@@ -69,7 +72,9 @@ async def open_upstream(settings: Settings, llm_url: str) -> AsyncIterator[Upstr
             name = "llm" if index == 0 else f"llm-fallback-{index}"
             breaker = CircuitBreaker(name, settings.breakers.llm, is_failure=is_llm_failure)
             endpoints.append(Endpoint(client, breaker))
-        yield Upstream(endpoints, retries=llm.retries, backoff_s=llm.retry_backoff_s)
+        yield Upstream(
+            endpoints, retries=llm.retries, backoff_s=llm.retry_backoff_s, metrics=metrics
+        )
 
 
 @asynccontextmanager
@@ -82,8 +87,9 @@ async def open_pipeline(
     """A :class:`Pipeline` over the configured LLM, knowledge base and tools
     (plus ``extra_tools``, for tests and embedders), counting into ``metrics``
     (a new one if not given)."""
+    metrics = metrics or Metrics()
     async with (
-        open_upstream(settings, llm_url) as upstream,
+        open_upstream(settings, llm_url, metrics) as upstream,
         open_knowledge_base(settings.kb) as raw_kb,
         httpx.AsyncClient() as tool_http,
         contextlib.AsyncExitStack() as stack,
@@ -104,7 +110,6 @@ async def open_pipeline(
         breakers["kb"] = kb.breaker
         if redis is not None:
             breakers["redis"] = redis.breaker
-        metrics = metrics or Metrics()
         sessions, rate_limiter, cache = _stores(settings, redis, metrics.redis_fallback)
         yield Pipeline(
             settings=settings,

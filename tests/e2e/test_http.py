@@ -169,6 +169,16 @@ async def test_metrics_count_requests(chatd: Chatd, http: httpx.AsyncClient) -> 
     assert samples[("chatd_breaker_state", (("dependency", "llm"),))] == 0
     assert samples[("chatd_limiter_in_use", (("limiter", "llm_streams"),))] == 0
     assert ("chatd_time_to_first_token_seconds_count", (("path", "tools"),)) in samples
+    # Path A: two LLM calls to the one endpoint, one tool, one queue wait.
+    llm_ok = (("endpoint", "llm"), ("outcome", "ok"))
+    assert samples[("chatd_llm_call_duration_seconds_count", llm_ok)] == 2
+    assert samples[("chatd_llm_time_to_first_event_seconds_count", llm_ok)] == 2
+    tool = (("outcome", "ok"), ("tool", "calculator"))
+    assert samples[("chatd_tool_duration_seconds_count", tool)] == 1
+    assert samples[("chatd_queue_wait_seconds_count", ())] == 1
+    opened = (("dependency", "llm"), ("to", "open"))
+    assert samples[("chatd_breaker_transitions_total", opened)] == 0
+    assert not [name for name, _ in samples if name.endswith("_created")]
 
 
 async def test_sse_request_failure_stays_its_own(

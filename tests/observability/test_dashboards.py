@@ -83,6 +83,13 @@ def test_dashboard_covers_the_design() -> None:
         "chatd_limiter_capacity",
         "chatd_cancellations_total",
         "chatd_janitor_reaps_total",
+        "chatd_llm_time_to_first_event_seconds_bucket",
+        "chatd_llm_call_duration_seconds_count",
+        "chatd_tool_duration_seconds_bucket",
+        "chatd_cache_hits_total",
+        "chatd_cache_misses_total",
+        "chatd_queue_wait_seconds_bucket",
+        "chatd_breaker_transitions_total",
     } <= referenced
     exprs = promql(dashboard())
     assert any(

@@ -336,6 +336,8 @@ async def fully_bound(nursery: trio.Nursery) -> Metrics:
     metrics.request_finished("direct", "done", 0.1, 0.5, 12, shared=True, cached=True)
     metrics.cancelled("client_cancel")
     metrics.frames_sent(1)
+    metrics.llm_call("llm", "ok", 0.3, 1.2)
+    metrics.tool_finished("calculator", True, 0.001)
     return metrics
 
 
