@@ -215,7 +215,12 @@ def _tool_messages(calls: Sequence[ToolCall], outcomes: Sequence[ToolOutcome]) -
         {
             "role": "tool",
             "tool_call_id": o.call_id,
-            "content": o.result.content if o.ok and o.result else f"error: {o.error}",
+            # Data for the LLM, not words for the user: it says what it will.
+            "content": (
+                o.result.content
+                if o.ok and o.result
+                else orjson.dumps({"error": o.error or "the tool failed"}).decode()
+            ),
         }
         for o in outcomes
     ]

@@ -3,8 +3,13 @@
 It is the one natural-answer tool: when the best FAQ entry's confidence
 reaches ``min_confidence`` (``tools.faq_min_confidence``) its answer goes to
 the client as is (Path B), with no second LLM call. Below that, the LLM gets
-the closest entries, marked as uncertain, or a plain "no matching FAQ entry",
-and composes the answer itself (Path A).
+the closest entries as candidates (or none), and composes the answer itself
+(Path A).
+
+What the LLM reads is data (JSON), not prose to repeat: ``{"answer",
+"question", "related"}`` for a confident match; ``{"answer": null,
+"candidates", "note"}`` otherwise. No confidence figures: they are the
+operators' (logs and traces), never words an LLM might pass on to a user.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
+import orjson
 import trio
 
 from chatd.exceptions import ToolFailed, UpstreamError, UpstreamUnavailable
@@ -22,28 +28,29 @@ from chatd.tools.base import ToolContext, ToolResult, stream_text
 __all__ = ["FrequentlyAsked", "describe_passages"]
 
 
-def _entry(passage: Passage) -> str:
-    return f"Q: {passage.question}\nA: {passage.answer}\n(confidence {passage.confidence:.2f})"
+def _entry(passage: Passage) -> dict[str, str]:
+    return {"question": passage.question, "answer": passage.answer}
+
+
+UNSURE_NOTE = (
+    "No FAQ entry clearly answers the customer's question. Use a candidate only "
+    "if it does; otherwise say briefly that you do not know."
+)
 
 
 def describe_passages(question: str, passages: Sequence[Passage], min_confidence: float) -> str:
-    """The tool message the LLM reads: the confident answer first, then any
+    """The tool message the LLM reads (JSON): the confident answer with any
     other confident entries; or, when none is confident, the closest entries
-    flagged as uncertain; or that nothing matched."""
-    if not passages:
-        return f"No matching FAQ entry for {question!r}."
-    best, *others = passages
-    if best.confidence >= min_confidence:
-        related = [p for p in others if p.confidence >= min_confidence]
-        text = f"FAQ answer:\n{_entry(best)}"
+    as candidates, with a note on how to use them."""
+    best = passages[0] if passages else None
+    if best is not None and best.confidence >= min_confidence:
+        related = [_entry(p) for p in passages[1:] if p.confidence >= min_confidence]
+        data: dict[str, Any] = {"answer": best.answer, "question": best.question}
         if related:
-            text += "\n\nRelated FAQ entries:\n" + "\n\n".join(_entry(p) for p in related)
-        return text
-    return (
-        f"No FAQ entry answers {question!r} with confidence (best {best.confidence:.2f}, "
-        f"needed {min_confidence:.2f}). The closest entries, which may not apply:\n"
-        + "\n\n".join(_entry(p) for p in passages)
-    )
+            data["related"] = related
+    else:
+        data = {"answer": None, "candidates": [_entry(p) for p in passages], "note": UNSURE_NOTE}
+    return orjson.dumps(data).decode()
 
 
 @attrs.frozen
@@ -86,7 +93,9 @@ class FrequentlyAsked:
         try:
             passages = await self.kb.search(question, limit=3)
         except (UpstreamUnavailable, UpstreamError) as exc:
-            raise ToolFailed(f"the FAQ is not available right now ({exc.message})") from exc
+            raise ToolFailed(
+                "the FAQ is not available right now", detail=exc.detail or exc.message
+            ) from exc
         content = describe_passages(question, passages, self.min_confidence)
         if passages and passages[0].confidence >= self.min_confidence:
             return ToolResult(content=content, answer=passages[0].answer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 
 from chatd.config import ServerSettings
@@ -129,7 +130,7 @@ async def test_failing_tool_is_reported_not_fatal(client: ChatClient) -> None:
     end = await client.wait_for("f", "tool_end")
     assert end["ok"] is False
     assert "zero" in end["error"]
-    assert "error" in client.answer("f")
+    assert "zero" in client.answer("f") and "calculator" not in client.answer("f")
     check_order(client, "f")
 
 
@@ -234,3 +235,17 @@ def test_unguessable_session_names() -> None:
     assert unguessable("Kx7fQ2mZ9pL4wR8tV1nB6c")
     assert not unguessable("s1") and not unguessable("my-long-but-plain-session-name")
     assert not unguessable("Kx7fQ2mZ9pL4wR8tV1nB6c!")
+
+
+@pytest.mark.parametrize("question", ["do you sell umbrellas?", "what is 6*7?"])
+async def test_path_a_answers_speak_to_the_user_not_about_tools(
+    client: ChatClient, question: str
+) -> None:
+    """A Path A answer names no tool and quotes no data: an unsure FAQ lookup
+    gets a short 'not sure' from the LLM instead of the entries it read."""
+    done = await ask(client, "u", question)
+    assert done["type"] == "done" and done["path"] == "tools"
+    answer = client.answer("u")
+    for internal in ("frequently_asked", "calculator", "Based on", "confidence", '{"', "FAQ"):
+        assert internal not in answer, answer
+    assert len(answer) < 120, answer

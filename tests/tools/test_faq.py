@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import attrs
+import orjson
 import pytest
 import trio
 
@@ -92,8 +93,8 @@ async def test_confident_best_passage_is_the_answer() -> None:
     tool = FrequentlyAsked(kb, min_confidence=0.9)
     result = await tool.execute({"question": "reset my password?"}, CONTEXT)
     assert result.answer == RESET.answer
-    assert RESET.question in result.content and RESET.answer in result.content
-    assert CHANGE.question not in result.content  # not confident: not offered as related
+    data = orjson.loads(result.content)
+    assert data == {"answer": RESET.answer, "question": RESET.question}  # CHANGE: not confident
     assert kb.queries == [("reset my password?", 3)]
 
 
@@ -102,22 +103,27 @@ async def test_not_confident_gives_the_llm_the_closest_entries() -> None:
     tool = FrequentlyAsked(CannedKB([CHANGE, RESET]), min_confidence=0.5)
     result = await tool.execute({"question": "password stuff"}, CONTEXT)
     assert result.answer is None
-    assert "No FAQ entry answers" in result.content
-    assert CHANGE.answer in result.content and RESET.answer in result.content
+    data = orjson.loads(result.content)
+    assert data["answer"] is None and "do not know" in data["note"]
+    assert [c["answer"] for c in data["candidates"]] == [CHANGE.answer, RESET.answer]
+    assert "confidence" not in result.content  # operators' figures, not the LLM's words
 
 
 async def test_nothing_found_says_so() -> None:
     """With no passages the content says plainly that no FAQ entry matched."""
     result = await FrequentlyAsked(CannedKB([])).execute({"question": "tell me a joke"}, CONTEXT)
     assert result.answer is None
-    assert result.content == "No matching FAQ entry for 'tell me a joke'."
+    assert orjson.loads(result.content)["candidates"] == []
 
 
 async def test_knowledge_base_failure_is_a_tool_failure() -> None:
-    """An unavailable knowledge base is reported in words (ToolFailed), not as a bug."""
+    """An unavailable knowledge base is reported in words (ToolFailed), not as a
+    bug; why it is unavailable is the operators' (detail), not the user's."""
     tool = FrequentlyAsked(CannedKB([], error=UpstreamUnavailable("kb: database is locked")))
-    with pytest.raises(ToolFailed, match="database is locked"):
+    with pytest.raises(ToolFailed) as failed:
         await tool.execute({"question": "where is my order?"}, CONTEXT)
+    assert failed.value.message == "the FAQ is not available right now"  # what users may read
+    assert failed.value.detail is not None and "database is locked" in failed.value.detail
 
 
 async def test_stream_sends_the_whole_answer_in_pieces() -> None:

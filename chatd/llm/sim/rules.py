@@ -469,18 +469,30 @@ def _quote_tool_results(messages: list[Mapping[str, Any]]) -> str | None:
     if not results:
         return None
     results.reverse()
-    names: dict[str, str] = {}
-    for message in reversed(messages[: len(messages) - len(results)]):
-        if message.get("role") == "assistant" and message.get("tool_calls"):
-            for call in message["tool_calls"]:
-                if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
-                    names[str(call.get("id"))] = str(call["function"].get("name"))
-            break
-    lines = []
-    for result in results:
-        name = names.get(str(result.get("tool_call_id"))) or result.get("name") or "the tool"
-        lines.append(f"Based on {name}: {_text(result)}")
-    return "\n".join(lines)
+    return "\n".join(_from_result(_text(result)) for result in results)
+
+
+def _from_result(text: str) -> str:
+    """What a sensible small model says from one tool result: plain text
+    verbatim; from data (a JSON object, as chatd's FAQ tool gives), its
+    ``answer``, or, without one, that it is not sure (naming the closest
+    candidate) or does not know; after an ``error``, that it could not, and why."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    if not isinstance(data, dict):
+        return text
+    if "error" in data:
+        return f"Sorry, I couldn't do that: {data['error']}."
+    if "answer" not in data:
+        return text
+    if isinstance(data["answer"], str):
+        return data["answer"]
+    candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
+    if candidates and isinstance(candidates[0].get("question"), str):
+        return f"I'm not sure I can answer that. Did you mean: {candidates[0]['question']}"
+    return "I don't know the answer to that, sorry."
 
 
 def _expand(value: Any, match: re.Match[str]) -> Any:

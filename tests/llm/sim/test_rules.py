@@ -154,7 +154,7 @@ def test_required_tool_choice_always_calls() -> None:
 
 
 def test_tool_results_are_quoted_verbatim() -> None:
-    """After tool results the answer quotes each, named after its call, and calls nothing."""
+    """After tool results the answer quotes each (no tool names), and calls nothing."""
     request = {
         "tools": TOOLS,
         "messages": [
@@ -172,7 +172,7 @@ def test_tool_results_are_quoted_verbatim() -> None:
         ],
     }
     text = text_of(plan_reply(request, default_rules()))
-    assert text == 'Based on calculator: 6*7 = 42\nBased on clock: {"now": "12:00"}  odd  spacing'
+    assert text == '6*7 = 42\n{"now": "12:00"}  odd  spacing'
 
 
 # --- small talk, wrappers, several intents, follow-ups ----------------------------------
@@ -479,11 +479,37 @@ def test_two_tool_results_are_both_in_the_answer() -> None:
             ],
         },
         {"role": "tool", "tool_call_id": "c1", "content": "2+2 = 4"},
-        {"role": "tool", "tool_call_id": "c2", "content": "FAQ answer: use Forgot password"},
+        {
+            "role": "tool",
+            "tool_call_id": "c2",
+            "content": '{"answer": "Use Forgot password.", "question": "How do I reset it?"}',
+        },
     ]
     text = text_of(plan_reply(request, default_rules()))
-    assert "Based on calculator: 2+2 = 4" in text
-    assert "Based on frequently_asked: FAQ answer: use Forgot password" in text
+    assert text == "2+2 = 4\nUse Forgot password."  # no tool names, no data
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (
+            '{"answer": null, "candidates": [{"question": "Do you ship abroad?", "answer": "x"}]}',
+            "I'm not sure I can answer that. Did you mean: Do you ship abroad?",
+        ),
+        ('{"answer": null, "candidates": []}', "I don't know the answer to that, sorry."),
+        ('{"error": "division by zero"}', "Sorry, I couldn't do that: division by zero."),
+        ('["a", "list"]', '["a", "list"]'),
+    ],
+)
+def test_answers_from_tool_data_briefly(content: str, said: str) -> None:
+    """Data without an answer: not sure (naming the closest entry), or does not
+    know; a failed tool: could not, and why; anything else is quoted as it is."""
+    request = conversation("what's your name?")
+    request["messages"] += [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": content},
+    ]
+    assert text_of(plan_reply(request, default_rules())).startswith(said)
 
 
 # --- rules files ----------------------------------------------------------------------
