@@ -1,0 +1,109 @@
+"""The import structure CONTRIBUTING.md describes: each package imports only
+from its own layer and those below, and no module-level import cycle."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "chatd"
+
+LAYERS = {
+    "cli": 7,
+    "testing": 7,
+    "testing_redis": 7,
+    "__main__": 7,
+    "server": 6,
+    "pipeline": 5,
+    "tools": 4,
+    "stores": 3,
+    "llm": 2,
+    "resilience": 2,
+    "observability": 2,
+    "config": 1,
+    "exceptions": 0,
+    "redaction": 0,
+    "ticks": 0,
+    "data": 0,
+}
+"""The part of ``chatd`` a module is in (its first name under ``chatd``), and its layer."""
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        found[name.removesuffix(".__init__")] = path
+    return found
+
+
+MODULES = modules()
+
+
+def imports(path: Path, *, module_level_only: bool) -> Iterator[str]:
+    """The chatd modules ``path`` imports (``from pkg import module`` names the
+    module); at module level only: not under TYPE_CHECKING, not in functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+
+    def walk(node: ast.AST) -> Iterator[ast.AST]:
+        for child in ast.iter_child_nodes(node):
+            if module_level_only:
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                    continue  # imported when called, not when imported
+                if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.dump(child.test):
+                    continue
+            yield child
+            yield from walk(child)
+
+    for node in walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("chatd"))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if not node.module.startswith("chatd"):
+                continue
+            submodules = [f"{node.module}.{a.name}" for a in node.names]
+            named = [m for m in submodules if m in MODULES]
+            yield from named if len(named) == len(submodules) else [node.module]
+
+
+def part(module: str) -> str:
+    names = module.split(".")
+    return names[1] if len(names) > 1 else ""
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_go_down_the_layers(module: str) -> None:
+    own = part(module)
+    if not own:
+        return  # chatd/__init__.py
+    assert own in LAYERS, f"{module}: add its package to LAYERS (and CONTRIBUTING.md)"
+    for imported in imports(MODULES[module], module_level_only=False):
+        other = part(imported)
+        if other in ("", own):
+            continue
+        assert LAYERS[other] < LAYERS[own] or (own, other) in {("__main__", "cli")}, (
+            f"{module} (layer {LAYERS[own]}) imports {imported} (layer {LAYERS[other]})"
+        )
+
+
+def test_no_module_level_import_cycle() -> None:
+    graph = {
+        name: {m for m in imports(path, module_level_only=True) if m in MODULES and m != name}
+        for name, path in MODULES.items()
+    }
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            pytest.fail("import cycle: " + " -> ".join([*trail[trail.index(name) :], name]))
+        if name in done:
+            return
+        for imported in sorted(graph[name]):
+            visit(imported, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
