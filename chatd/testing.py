@@ -23,6 +23,7 @@ from chatd.llm.sim import SimServer, serve_sim_llm
 from chatd.pipeline import Pipeline
 from chatd.server.serve import Running, serve
 from chatd.tools.base import Tool
+from chatd.trio_websocket_compat import close_stream
 
 __all__ = ["ChatClient", "Chatd", "open_chat_client", "open_chatd", "wait_until"]
 
@@ -113,7 +114,7 @@ class ChatClient:
 
     async def drop(self) -> None:
         """Drop the TCP connection, as a network failure would: no close handshake."""
-        await self.ws._stream.aclose()
+        await close_stream(self.ws)
 
     async def wait_for(self, request_id: str | None, event_type: str) -> dict[str, Any]:
         """The first event of ``event_type`` for ``request_id``, once it has come."""
@@ -169,7 +170,7 @@ async def open_chat_client(
             finally:
                 # When the server closes first, trio-websocket (0.12) ends its reader
                 # on the TCP close without closing its own stream; close it here.
-                await ws._stream.aclose()
+                await close_stream(ws)
         nursery.cancel_scope.cancel()
 
 

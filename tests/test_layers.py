@@ -28,6 +28,7 @@ LAYERS = {
     "redaction": 0,
     "ticks": 0,
     "data": 0,
+    "trio_websocket_compat": 0,
 }
 """The part of ``chatd`` a module is in (its first name under ``chatd``), and its layer."""
 

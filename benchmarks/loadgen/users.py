@@ -31,6 +31,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from chatd.trio_websocket_compat import close_stream
 from loadgen.scenarios import Kind, Scenario
 
 __all__ = ["Record", "RunState", "run_users"]
@@ -255,7 +256,7 @@ async def _ask(
                 else:
                     # As chatd.testing.ChatClient.drop: no close handshake, as a
                     # network failure would leave it.
-                    await ws._stream.aclose()
+                    await close_stream(ws)
                     record.terminal = "dropped"
                     record.duration_s = time.perf_counter() - started
                     return

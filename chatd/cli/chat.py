@@ -34,6 +34,8 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from chatd.trio_websocket_compat import close_stream
+
 __all__ = ["DEFAULT_URL", "Printer", "add_chat_arguments", "converse", "run_chat"]
 
 DEFAULT_URL = "ws://127.0.0.1:8080/v1/ws"
@@ -184,7 +186,7 @@ class _Conversation:
                     if self._ws is not None:
                         # trio-websocket 0.12 leaves the TCP stream open when the
                         # peer closed or dropped it first; closing it twice is harmless.
-                        await trio.aclose_forcefully(self._ws._stream)
+                        await close_stream(self._ws)
         except HandshakeError as exc:
             if self._ws is None:
                 self.printer.fail(f"cannot connect to {url}: {_connect_failure(exc)}")

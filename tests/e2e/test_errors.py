@@ -15,6 +15,7 @@ import trio_websocket
 
 from chatd.config import JanitorSettings, LimitsSettings, LLMSettings, ServerSettings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
+from chatd.trio_websocket_compat import close_stream
 from tests.e2e.conftest import MakeSettings
 
 
@@ -332,7 +333,7 @@ async def test_client_flooding_frames_without_reading_is_dropped(
                 nursery.start_soon(flood)
                 await wait_until(lambda: not server.running.state.connections, within=15)
                 nursery.cancel_scope.cancel()
-        await ws._stream.aclose()  # trio-websocket leaves it open after an abort
+        await close_stream(ws)  # trio-websocket leaves it open after an abort
 
 
 async def test_a_pipelined_burst_is_answered_whole(make_settings: MakeSettings) -> None:
