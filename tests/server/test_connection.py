@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from chatd.pipeline.events import Accepted, Done, Event, Token
-from chatd.server.connection import _Outbox, _Output
+from chatd.server.outbox import Outbox, Output
 
 
 @attrs.define
@@ -63,7 +63,7 @@ async def run(
     return what reached the network."""
     transport = transport or Recorder()
     async with trio.open_nursery() as nursery:
-        outbox = _Outbox(transport, window, 1 << 20, nursery)  # type: ignore[arg-type]
+        outbox = Outbox(transport, window, 1 << 20, nursery)  # type: ignore[arg-type]
         start = trio.current_time()
         if unblock_at is not None:
 
@@ -74,7 +74,7 @@ async def run(
             nursery.start_soon(unblock)
         for at, request_id, event in events:
             await trio.sleep_until(start + at)
-            await _Output(request_id, outbox).send(event)
+            await Output(request_id, outbox).send(event)
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     return transport
@@ -179,8 +179,8 @@ async def test_a_request_waits_for_room_and_a_push_is_refused(
     transport = Recorder(blocked=True)
     transport.send_nowait(orjson.dumps({"type": "pong", "id": "z" * 200}))
     async with trio.open_nursery() as nursery:
-        outbox = _Outbox(transport, 0.0, 100, nursery)  # type: ignore[arg-type]
-        out = _Output("a", outbox)
+        outbox = Outbox(transport, 0.0, 100, nursery)  # type: ignore[arg-type]
+        out = Output("a", outbox)
         assert not out.try_send(Token("pushed"))
         with trio.move_on_after(1) as waiting:
             await out.send(Accepted("r"))
@@ -205,10 +205,10 @@ async def test_a_connection_not_read_holds_a_bounded_backlog(
     transport.send_nowait(orjson.dumps({"type": "pong", "id": "z"}))  # lagging, under the limit
     piece = "x" * 8192
     async with trio.open_nursery() as nursery:
-        outbox = _Outbox(transport, 0.0, 1 << 20, nursery)  # type: ignore[arg-type]
+        outbox = Outbox(transport, 0.0, 1 << 20, nursery)  # type: ignore[arg-type]
 
         async def answer(request_id: str) -> None:
-            out = _Output(request_id, outbox)
+            out = Output(request_id, outbox)
             for _ in range(100):
                 await out.send(Token(piece))
 
