@@ -11,9 +11,10 @@ import attrs
 import pytest
 import trio
 
+from chatd.exceptions import ToolFailed, UpstreamUnavailable
 from chatd.llm import ChatEvent, ChatRequest, Completion, TextDelta, ToolCall, ToolCallBegin
 from chatd.pipeline.answer import Turn, answer
-from chatd.pipeline.events import Event, Token
+from chatd.pipeline.events import Event, Token, ToolEnd
 from chatd.tools.base import ToolContext, ToolResult
 from chatd.tools.registry import ToolRegistry
 
@@ -27,6 +28,9 @@ class ScriptedLLM:
     scripts: list[Sequence[ChatEvent]]
     open: int = 0
     calls: int = 0
+    requests: list[ChatRequest] = attrs.field(factory=list)
+    fail: Exception | None = None
+    """Raised by every call before its first event (an LLM that is down)."""
 
     @property
     def model(self) -> str:
@@ -34,6 +38,9 @@ class ScriptedLLM:
 
     @asynccontextmanager
     async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[ChatEvent]]:
+        self.requests.append(request)
+        if self.fail is not None:
+            raise self.fail
         script = self.scripts[self.calls]
         self.calls += 1
         self.open += 1
@@ -161,3 +168,151 @@ async def test_an_answer_is_cut_at_its_limit(autojump_clock: trio.abc.Clock) -> 
     with pytest.raises(BaseExceptionGroup) as info:
         await answer(turn, llm, ToolRegistry([faq]), QUESTION)
     assert info.group_contains(AnswerTooLong)
+
+
+# --- each path, each error, cancellation --------------------------------------------------
+
+
+@attrs.define
+class Adder:
+    """A plain tool: adds two numbers, or fails in words for anything else."""
+
+    name: str = "adder"
+    description: str = "adds a and b"
+    parameters: Mapping[str, Any] = attrs.field(
+        factory=lambda: {
+            "type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            "required": ["a", "b"],
+        }
+    )
+    natural_answer: bool = False
+    time_bound: bool = False
+    user_bound: bool = False
+    timeout_s: float | None = None
+
+    async def execute(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        if arguments["b"] == 0 and arguments["a"] == 0:
+            raise ToolFailed("nothing to add")
+        return ToolResult(str(arguments["a"] + arguments["b"]))
+
+
+def recorder() -> tuple[list[Event], Turn]:
+    events: list[Event] = []
+
+    async def send(event: Event) -> None:
+        events.append(event)
+
+    return events, Turn(send, ToolContext("r1"))
+
+
+def kinds(events: list[Event]) -> list[str]:
+    merged = [type(e).__name__ for e in events]
+    return [k for i, k in enumerate(merged) if k != "Token" or merged[i - 1 : i] != ["Token"]]
+
+
+async def test_direct_streams_the_routers_own_text(autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([[TextDelta("Hello"), TextDelta(" there"), Completion("", (), "length")]])
+    events, turn = recorder()
+    await answer(turn, llm, ToolRegistry([Adder()]), QUESTION)
+    assert turn.path == "direct" and turn.finish_reason == "length"
+    assert _text(events) == "Hello there" and kinds(events) == ["Route", "Token"]
+    assert llm.calls == 1 and llm.open == 0
+
+
+async def test_path_a_runs_the_tools_then_a_second_call_with_their_results(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    calls = (
+        ToolCall("c1", "adder", '{"a": 2, "b": 3}'),
+        ToolCall("c2", "adder", '{"a": 0, "b": 0}'),
+    )
+    llm = ScriptedLLM(
+        [
+            [ToolCallBegin(0, "c1", "adder"), Completion("", calls, "tool_calls")],
+            [TextDelta("It is 5."), Completion("It is 5.", (), "stop")],
+        ]
+    )
+    events, turn = recorder()
+    await answer(turn, llm, ToolRegistry([Adder()]), QUESTION)
+    assert turn.path == "tools" and turn.tools_used == ("adder", "adder")
+    order = kinds(events)  # the tools run side by side: their events interleave
+    assert order[0] == "Route" and order[-1] == "Token"
+    assert sorted(order[1:-1]) == ["ToolEnd", "ToolEnd", "ToolStart", "ToolStart"]
+    ends = [e for e in events if isinstance(e, ToolEnd)]
+    assert sorted(e.ok for e in ends) == [False, True]
+    assert _text(events) == "It is 5."
+    results = [m for m in llm.requests[1].messages if m.get("role") == "tool"]
+    assert [m["content"] for m in results] == ["5", '{"error":"nothing to add"}']
+    assert llm.calls == 2 and llm.open == 0
+
+
+async def test_an_unsure_natural_answer_goes_down_path_a(autojump_clock: trio.abc.Clock) -> None:
+    """A natural-answer tool without a confident answer: the LLM answers from its result."""
+
+    @attrs.define
+    class Unsure(SlowFAQ):
+        async def execute(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+            return ToolResult('{"answer": null, "candidates": []}')
+
+    call = ToolCall("c1", "slow_faq", '{"question": "how long does shipping take?"}')
+    llm = ScriptedLLM(
+        [
+            [ToolCallBegin(0, "c1", "slow_faq"), Completion("", (call,), "tool_calls")],
+            [TextDelta("Not sure."), Completion("Not sure.", (), "stop")],
+        ]
+    )
+    events, turn = recorder()
+    await answer(turn, llm, ToolRegistry([Unsure(llm, [False])]), QUESTION)
+    assert turn.path == "tools" and _text(events) == "Not sure." and llm.calls == 2
+    assert [type(e).__name__ for e in events].count("ToolStart") == 1  # the early call stood
+
+
+async def test_with_the_llm_down_a_confident_natural_answer_still_comes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    llm = ScriptedLLM([], fail=UpstreamUnavailable("cannot reach the LLM"))
+    released = [False]
+    events, turn = recorder()
+    await answer(
+        turn,
+        llm,
+        ToolRegistry([SlowFAQ(llm, released)]),
+        QUESTION,
+        done_with_llm=lambda: released.__setitem__(0, True),
+    )
+    assert turn.path == "tool_stream" and turn.degraded and released == [True]
+    assert _text(events) == "three to five days "
+
+
+async def test_with_the_llm_down_anything_else_fails_as_it_did(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    llm = ScriptedLLM([], fail=UpstreamUnavailable("cannot reach the LLM"))
+    events, turn = recorder()
+    with pytest.raises(UpstreamUnavailable):
+        await answer(turn, llm, ToolRegistry([Adder()]), QUESTION)
+    assert events == [] and not turn.degraded
+
+
+@pytest.mark.parametrize("after_s", [0.5, 1.5, 2.5])
+async def test_a_cancel_at_any_stage_closes_every_stream(
+    autojump_clock: trio.abc.Clock, after_s: float
+) -> None:
+    """Cancelled while the router streams (0.5 s), while the tools run or the
+    answer call starts (1.5 s), or while the answer streams (2.5 s): nothing
+    is left open, and nothing more is sent."""
+    call = ToolCall("c1", "adder", '{"a": 2, "b": 3}')
+    llm = ScriptedLLM(
+        [
+            [ToolCallBegin(0, "c1", "adder"), Completion("", (call,), "tool_calls")],
+            [TextDelta("It"), TextDelta(" is"), TextDelta(" 5."), Completion("", (), "stop")],
+        ]
+    )
+    events, turn = recorder()
+    with trio.move_on_after(after_s) as scope:
+        await answer(turn, llm, ToolRegistry([Adder()]), QUESTION)
+    assert scope.cancelled_caught and llm.open == 0
+    sent = len(events)
+    await trio.sleep(10)
+    assert len(events) == sent
