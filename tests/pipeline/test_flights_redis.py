@@ -122,6 +122,16 @@ class Instance:
         self.scope.cancel()
 
 
+async def lead_then_follow(
+    nursery: trio.Nursery, work: FakeWork, leader: Asker, *followers: Asker
+) -> None:
+    """``leader`` starts the flight and waits in ``work``; then each follower asks."""
+    await nursery.start(leader.ask, work)
+    await work.paused.wait()
+    for follower in followers:
+        await nursery.start(follower.ask, work)
+
+
 @attrs.define
 class Unreachable:
     """A client for a Redis this instance can no longer reach."""
@@ -210,9 +220,7 @@ async def test_late_follower_replays_from_the_start(redis_url: str) -> None:
     with trio.fail_after(5):
         async with open_instances(redis_url) as (a, b), trio.open_nursery() as nursery:
             first, late = a.asker("first"), b.asker("late")
-            await nursery.start(first.ask, work)
-            await work.paused.wait()
-            await nursery.start(late.ask, work)
+            await lead_then_follow(nursery, work, first, late)
             await wait_until(lambda: len(late.events) == 3, within=2)
             assert late.events == first.events
             work.resume.set()
@@ -228,9 +236,7 @@ async def test_error_reaches_each_instance_as_its_own_copy(redis_url: str) -> No
     with trio.fail_after(5):
         async with open_instances(redis_url) as (a, b), trio.open_nursery() as nursery:
             one, two = a.asker("one"), b.asker("two")
-            await nursery.start(one.ask, work)
-            await work.paused.wait()
-            await nursery.start(two.ask, work)
+            await lead_then_follow(nursery, work, one, two)
             await wait_until(lambda: _stats(a, b, "followed") == 1, within=2)
             work.resume.set()
             await one.done.wait()
@@ -249,9 +255,7 @@ async def test_leader_lost_mid_answer_ends_followers_with_retryable_error(redis_
     with trio.fail_after(5):
         async with open_instances(redis_url) as (a, b), trio.open_nursery() as nursery:
             one, two = a.asker("one"), b.asker("two")
-            await nursery.start(one.ask, work)
-            await work.paused.wait()
-            await nursery.start(two.ask, work)
+            await lead_then_follow(nursery, work, one, two)
             await wait_until(lambda: len(two.events) == 2, within=2)
             a.die()
             await two.done.wait()
@@ -303,9 +307,7 @@ async def test_leader_keeps_going_while_another_instance_follows(redis_url: str)
     with trio.fail_after(5):
         async with open_instances(redis_url) as (a, b), trio.open_nursery() as nursery:
             one, two = a.asker("one"), b.asker("two")
-            await nursery.start(one.ask, work)
-            await work.paused.wait()
-            await nursery.start(two.ask, work)
+            await lead_then_follow(nursery, work, one, two)
             await wait_until(lambda: len(two.events) == 1, within=2)
             one.scope.cancel()
             await one.done.wait()
@@ -318,9 +320,7 @@ async def test_leader_keeps_going_while_another_instance_follows(redis_url: str)
 
             stopped = FakeWork(pause_at=1)
             three, four = a.asker("three"), b.asker("four")
-            await nursery.start(three.ask, stopped)
-            await stopped.paused.wait()
-            await nursery.start(four.ask, stopped)
+            await lead_then_follow(nursery, stopped, three, four)
             await wait_until(lambda: len(four.events) == 1, within=2)
             three.scope.cancel()
             four.scope.cancel()
@@ -346,10 +346,7 @@ async def test_divergence_reaches_remote_followers(redis_url: str) -> None:
     with trio.fail_after(5):
         async with open_instances(redis_url) as (a, b), trio.open_nursery() as nursery:
             one, two, three = a.asker("one"), b.asker("two"), b.asker("three")
-            await nursery.start(one.ask, work)
-            await work.paused.wait()
-            await nursery.start(two.ask, work)
-            await nursery.start(three.ask, work)
+            await lead_then_follow(nursery, work, one, two, three)
             await wait_until(lambda: _stats(a, b, "followed") == 1, within=2)
             work.resume.set()
             await two.done.wait()
@@ -386,9 +383,7 @@ async def test_redis_lost_mid_flight(redis_server: RedisServer) -> None:
     with trio.fail_after(10):
         async with open_instances(redis_server.url) as (a, b), trio.open_nursery() as nursery:
             one, two = a.asker("one"), b.asker("two")
-            await nursery.start(one.ask, work)
-            await work.paused.wait()
-            await nursery.start(two.ask, work)
+            await lead_then_follow(nursery, work, one, two)
             await wait_until(lambda: len(two.events) == 2, within=2)
             redis_server.stop()
             await two.done.wait()
