@@ -5,7 +5,8 @@ its per-phase deadlines, and ``chatd.llm.sim``, the built-in simulator.
 Imports only ``chatd.config`` and ``chatd.exceptions``.
 """
 
-from chatd.llm.client import LLMClient, LLMStream, open_llm_client
+from chatd.llm.client import LLMClient, open_llm_client
+from chatd.llm.stream import LLMStream
 from chatd.llm.types import (
     ChatEvent,
     ChatRequest,

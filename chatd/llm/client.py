@@ -11,16 +11,13 @@ so the provider stops generating.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import email.utils
 import functools
-import math
 import ssl
 import time
-import typing
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import attrs
@@ -38,20 +35,15 @@ from chatd.exceptions import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from chatd.llm.openai import ChunkAssembler, parse_completion
-from chatd.llm.sse import SSEDecoder
-from chatd.llm.transport import BODY, ResponseBody, TrioTransport
-from chatd.llm.types import ChatEvent, ChatRequest, Completion, TextDelta
+from chatd.llm.stream import LLMStream
+from chatd.llm.transport import TrioTransport
+from chatd.llm.types import ChatRequest, Completion
 from chatd.redaction import redact, redact_url
-from chatd.ticks import sleep_until_tick
 
 __all__ = ["LLMClient", "LLMStream", "open_llm_client"]
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _BODY_LIMIT = 16 * 1024 * 1024
-_DRAIN_AFTER_DONE_S = 1.0
-_WAITED_S = 0.001
-"""A read that took longer had to wait for the server."""
 _CLOSE_TIMEOUT_S = 1.0
 
 
@@ -80,179 +72,6 @@ def _error_message(body: bytes) -> str:
     if isinstance(err, dict) and isinstance(err.get("message"), str):
         return str(err["message"])
     return str(err)[:300]
-
-
-_SLACK = 0.125
-"""How late, as a share of ``gap_s``, a gap timeout may fire: the deadline is
-moved only when it would fire early, so a steady stream moves it about every
-``gap_s / 8`` rather than on every read."""
-
-
-@attrs.define
-class LLMStream:
-    """The events of one streamed call; iterate with ``async for``.
-
-    Its deadlines are one cancel scope around the whole call (``scope``,
-    which :meth:`LLMClient.stream` owns), moved as the phases go: until the
-    first delta, ``ttft_s`` from the start; then ``gap_s`` from the start of
-    each read, moved forward only when it would otherwise fire early (so a
-    gap timeout fires between ``gap_s`` and ``1.125 * gap_s`` of silence);
-    after ``[DONE]``, a second to read the body's end. None of them passes
-    ``total_s``. Nothing is entered or left per read.
-
-    With ``coalesce_s``, a stream whose pieces come faster than that waits
-    so long after each read (rounded to a shared tick, see
-    :func:`chatd.ticks.sleep_until_tick`) that one read carries everything the
-    server sent meanwhile; the first delta is never delayed, and the read
-    after it always waits (so the first two frames are a window apart).
-    """
-
-    _response: httpx.Response
-    _timeouts: LLMTimeouts
-    _started_at: float
-    _total_deadline: float
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    """The call's deadline scope."""
-    coalesce_s: float = 0.0
-    _body: ResponseBody | None = None
-    _pending: collections.deque[ChatEvent] = attrs.field(factory=collections.deque)
-    _chunks: AsyncGenerator[bytes, None] | None = None
-    _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
-    _assembler: ChunkAssembler = attrs.field(factory=ChunkAssembler)
-    _last_output: float | None = None
-    _last_read: float = -math.inf
-    _fast: bool = False
-    _phase: str = "ttft"
-    """The phase the scope's deadline is set for."""
-    _reading: bool = False
-    _finished: bool = False
-    completion: Completion | None = None
-    """Set once the stream has ended well."""
-
-    def __attrs_post_init__(self) -> None:
-        body = self._response.extensions.get(BODY)
-        if isinstance(body, ResponseBody):
-            self._body = body
-
-    @property
-    def expired_phase(self) -> str:
-        """What the deadline was guarding when it fired: a phase of the call
-        (``ttft``, ``gap``, ``total``), or ``reader`` if it fired
-        while the caller, not the LLM, kept the stream waiting."""
-        return self._phase if self._reading else "reader"
-
-    async def aclose(self) -> None:
-        """Close the body iterator, where httpx's is used (the caller closes the response).
-
-        httpx's body iterators are async generators nested three deep; closing
-        only the outermost leaves the inner ones to the garbage collector (a
-        ResourceWarning under trio). Resuming the chain in a cancelled scope
-        unwinds every level at its next checkpoint.
-        """
-        chunks, self._chunks = self._chunks, None
-        if chunks is None:
-            return
-        with trio.CancelScope() as unwind:
-            unwind.cancel()
-            with contextlib.suppress(StopAsyncIteration, httpx.HTTPError):
-                while True:
-                    await chunks.__anext__()
-        await chunks.aclose()
-
-    def __aiter__(self) -> LLMStream:
-        return self
-
-    async def read_to_end(self) -> None:
-        """Read what is left of the body (after the completion: its end)."""
-        while not self._finished:
-            await self._read()
-
-    async def __anext__(self) -> ChatEvent:
-        while not self._pending:
-            if self._finished:
-                raise StopAsyncIteration
-            await self._read()
-        return self._pending.popleft()
-
-    def _arm(self, now: float, *, first: bool = False) -> None:
-        """Move the gap deadline for the read starting ``now``, if it would fire
-        early (or, after the first delta, replace the ttft deadline)."""
-        gap = self._timeouts.gap_s
-        if first or self.scope.deadline < now + gap:
-            deadline = min(now + gap * (1 + _SLACK), self._total_deadline)
-            self.scope.deadline = deadline
-            self._phase = "total" if deadline >= self._total_deadline else "gap"
-
-    async def _next_chunk(self) -> bytes | None:
-        """The next piece of the body (``None`` at the end)."""
-        if self._body is not None:
-            return await self._body.receive_some()
-        if self._chunks is None:
-            # httpx types it as an iterator; it is an async generator
-            self._chunks = typing.cast(AsyncGenerator[bytes, None], self._response.aiter_raw())
-        try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return None
-
-    async def _read(self) -> None:
-        if self._assembler.done:  # after [DONE]: read to the end so the connection is reused
-            with trio.move_on_after(_DRAIN_AFTER_DONE_S) as lingering:
-                self._finished = await self._read_chunk() is None
-            self._finished = self._finished or lingering.cancelled_caught
-            return
-        if self._last_output is not None:
-            if self._fast:
-                await sleep_until_tick(self._last_read + self.coalesce_s)
-            self._arm(trio.current_time())
-        asked = trio.current_time()
-        chunk = await self._read_chunk()
-        now = trio.current_time()
-        # Data already there when asked for: it comes faster than the window
-        # (a read that had to wait means it comes slower, so do not wait next).
-        self._fast = now - asked < _WAITED_S and self.coalesce_s > 0
-        self._last_read = now
-        if chunk is None:
-            events = self._assembler.feed(self._decoder.close())
-            self._finished = True
-        else:
-            events = self._assembler.feed(self._decoder.feed(chunk))
-        if events:
-            first = self._last_output is None
-            self._last_output = now
-            if first:  # from now on, the gap phase
-                self._arm(now, first=True)
-                # The first delta went at once; the next read waits a window,
-                # whatever the pace (one wait per stream if it is slow).
-                self._fast = self.coalesce_s > 0
-            self._pending.extend(events)
-        if self._assembler.done or chunk is None:
-            self.completion = self._assembler.finish()
-            self._pending.append(self.completion)
-
-    async def _read_chunk(self) -> bytes | None:
-        self._reading = True  # left set if the read is cancelled: the deadline hit the LLM
-        try:
-            chunk = await self._next_chunk()
-        except httpx.HTTPError as exc:
-            raise UpstreamProtocolError(
-                f"LLM connection broke mid-stream: {exc or type(exc).__name__}"
-            ) from exc
-        self._reading = False
-        return chunk
-
-    @classmethod
-    def of_completion(
-        cls, response: httpx.Response, timeouts: LLMTimeouts, body: bytes
-    ) -> LLMStream:
-        """A stream over a plain JSON answer (``stream`` false, or a server ignoring it)."""
-        completion = parse_completion(body)
-        now = trio.current_time()
-        stream = cls(response, timeouts, now, now, finished=True, completion=completion)
-        if completion.content:
-            stream._pending.append(TextDelta(completion.content))
-        stream._pending.append(completion)
-        return stream
 
 
 @attrs.define

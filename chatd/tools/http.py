@@ -201,7 +201,7 @@ async def _unwind(chunks: AsyncGenerator[str, None]) -> None:
     the inner ones to the garbage collector, which trio reports as a
     ResourceWarning. Resuming the chain in a cancelled scope instead raises
     Cancelled at the innermost checkpoint, which unwinds every level (the
-    same trick as ``chatd.llm.client.LLMStream.aclose``). Exhausted chains
+    same trick as ``chatd.llm.stream.LLMStream.aclose``). Exhausted chains
     stop at once.
     """
     with trio.CancelScope() as unwind:
