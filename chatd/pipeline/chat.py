@@ -35,7 +35,7 @@ from chatd.llm import Message
 from chatd.observability.metrics import Metrics
 from chatd.observability.spans import RequestTrace, SpanHandle
 from chatd.pipeline.admission import Admission, is_local
-from chatd.pipeline.answer import AnswerTooLong, ChatStreamer, Outcome, Turn, answer
+from chatd.pipeline.answer import answer
 from chatd.pipeline.events import (
     Accepted,
     Done,
@@ -51,6 +51,7 @@ from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
 from chatd.pipeline.registry import RequestRegistry
 from chatd.pipeline.resume import Journals
+from chatd.pipeline.turn import AnswerTooLong, ChatStreamer, Outcome, Turn
 from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache
 from chatd.stores.kb import KnowledgeBase

@@ -19,7 +19,6 @@ import cattrs
 import orjson
 
 from chatd.exceptions import ChatdError
-from chatd.pipeline.answer import Outcome
 from chatd.pipeline.events import (
     Accepted,
     Done,
@@ -32,6 +31,7 @@ from chatd.pipeline.events import (
     ToolEnd,
     ToolStart,
 )
+from chatd.pipeline.turn import Outcome
 
 if TYPE_CHECKING:
     from chatd.pipeline.chat import CachedAnswer

@@ -39,8 +39,8 @@ import trio
 
 from chatd.exceptions import ChatdError, DeadlineExceeded, first_leaf
 from chatd.llm import Message
-from chatd.pipeline.answer import Turn
 from chatd.pipeline.events import Event, Route, Token, ToolStart
+from chatd.pipeline.turn import Turn
 from chatd.resilience.janitor import Reap
 
 __all__ = [

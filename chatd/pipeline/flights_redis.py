@@ -63,7 +63,6 @@ import trio
 from redis.commands.core import Script
 
 from chatd.exceptions import ChatdError, DeadlineExceeded, UpstreamUnavailable, first_leaf
-from chatd.pipeline.answer import Turn
 from chatd.pipeline.codec import (
     error_from_json,
     error_to_json,
@@ -75,6 +74,7 @@ from chatd.pipeline.codec import (
 from chatd.pipeline.events import Queued
 from chatd.pipeline.flight_reader import Inbox, StreamReader, evaluate
 from chatd.pipeline.flights import Flight, Flights, FlightsStatistics, Work
+from chatd.pipeline.turn import Turn
 from chatd.resilience.supervisor import Supervisor
 from chatd.stores.redis_client import RedisClient
 

@@ -15,9 +15,9 @@ from chatd.exceptions import BreakerOpen, UpstreamError
 from chatd.observability import metrics as metrics_module
 from chatd.observability.metrics import CANCEL_CAUSES, REQUEST_STATES, Metrics
 from chatd.pipeline.admission import Admission
-from chatd.pipeline.answer import Turn
 from chatd.pipeline.flights import Flight, Flights
 from chatd.pipeline.registry import RequestRegistry, RequestState
+from chatd.pipeline.turn import Turn
 from chatd.resilience.breaker import CircuitBreaker
 from chatd.resilience.janitor import Janitor, Reap
 from chatd.stores.cache import MemoryAnswerCache

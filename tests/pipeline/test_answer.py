@@ -13,8 +13,9 @@ import trio
 
 from chatd.exceptions import ToolFailed, UpstreamUnavailable
 from chatd.llm import ChatEvent, ChatRequest, Completion, TextDelta, ToolCall, ToolCallBegin
-from chatd.pipeline.answer import Turn, answer
+from chatd.pipeline.answer import answer
 from chatd.pipeline.events import Event, Token, ToolEnd
+from chatd.pipeline.turn import Turn
 from chatd.tools.base import ToolContext, ToolResult
 from chatd.tools.registry import ToolRegistry
 
@@ -148,7 +149,7 @@ async def test_path_b_after_the_router_gives_the_slot_back(
 async def test_an_answer_is_cut_at_its_limit(autojump_clock: trio.abc.Clock) -> None:
     """Past the turn's max_chars the answer stops (AnswerTooLong), its stream
     closed, with no more than the limit sent; Path B's stream too."""
-    from chatd.pipeline.answer import AnswerTooLong
+    from chatd.pipeline.turn import AnswerTooLong
 
     pieces = [TextDelta("word " * 10)] * 100  # 5,000 characters
     llm = ScriptedLLM([[*pieces, Completion("", (), "stop")]])

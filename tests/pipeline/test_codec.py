@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from chatd import exceptions
 from chatd.exceptions import ChatdError
 from chatd.pipeline import codec
-from chatd.pipeline.answer import Outcome
 from chatd.pipeline.chat import CachedAnswer
 from chatd.pipeline.events import (
     Accepted,
@@ -26,6 +25,7 @@ from chatd.pipeline.events import (
     ToolEnd,
     ToolStart,
 )
+from chatd.pipeline.turn import Outcome
 
 text = st.text(max_size=20)
 ints = st.integers(-(2**63), 2**63 - 1)

@@ -7,9 +7,9 @@ import attrs
 import trio
 import trio.lowlevel
 
-from chatd.pipeline.answer import Turn
 from chatd.pipeline.events import Event, Route, Token
 from chatd.pipeline.flights import Flight, Flights
+from chatd.pipeline.turn import Turn
 from chatd.tools.base import ToolContext
 
 TEXTS = [f"t{i} " for i in range(20)]

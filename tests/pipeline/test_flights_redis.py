@@ -17,10 +17,10 @@ import trio
 
 from chatd.config import RedisSettings
 from chatd.exceptions import ChatdError, UpstreamHTTPError, UpstreamUnavailable
-from chatd.pipeline.answer import Turn
 from chatd.pipeline.events import Event, Route, Token
 from chatd.pipeline.flights import Flight
 from chatd.pipeline.flights_redis import LOST, RedisFlights
+from chatd.pipeline.turn import Turn
 from chatd.stores.redis_client import RedisClient, open_redis
 from chatd.testing import wait_until
 from chatd.testing_redis import RedisServer
