@@ -6,9 +6,10 @@ events it sends. Imports ``chatd.llm``, ``chatd.tools``, ``chatd.stores``,
 """
 
 from chatd.pipeline.admission import Admission, AdmissionStatistics
-from chatd.pipeline.chat import ChatInput, Pipeline, RequestOutput
+from chatd.pipeline.chat import Pipeline
 from chatd.pipeline.events import Event, encode, is_terminal
 from chatd.pipeline.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from chatd.pipeline.request import ChatInput, RequestOutput
 
 __all__ = [
     "Admission",

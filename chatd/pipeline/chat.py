@@ -14,9 +14,9 @@ from __future__ import annotations
 import collections
 import functools
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import attrs
 import structlog
@@ -42,7 +42,6 @@ from chatd.pipeline.events import (
     Error,
     Event,
     Queued,
-    encode,
     error_event,
     merged,
 )
@@ -50,8 +49,9 @@ from chatd.pipeline.flights import Flight, Flights, flight_key, replay
 from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
 from chatd.pipeline.registry import RequestRegistry
+from chatd.pipeline.request import CachedAnswer, ChatInput, RequestOutput
 from chatd.pipeline.resume import Journals
-from chatd.pipeline.turn import AnswerTooLong, ChatStreamer, Outcome, Turn
+from chatd.pipeline.turn import AnswerTooLong, ChatStreamer, Turn
 from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache
 from chatd.stores.kb import KnowledgeBase
@@ -62,82 +62,13 @@ from chatd.tools.registry import ToolRegistry
 if TYPE_CHECKING:
     from chatd.stores.redis_client import RedisClient
 
-__all__ = ["CachedAnswer", "ChatInput", "Pipeline", "RequestOutput", "unguessable"]
+__all__ = ["Pipeline"]
 
 log = structlog.get_logger("chatd.pipeline")
 
 
-class RequestOutput(Protocol):
-    """Where a request's events go (the connection binds the request's id)."""
-
-    async def send(self, event: Event) -> None:
-        """Send an event, waiting for room."""
-        ...
-
-    def send_nowait(self, event: Event) -> None:
-        """Send an advisory event if there is room (queue positions)."""
-        ...
-
-
-@attrs.frozen
-class CachedAnswer:
-    """A finished answer kept for identical questions: its events and how it ended."""
-
-    events: tuple[Event, ...]
-    outcome: Outcome
-
-    def nbytes(self) -> int:
-        """About what it holds: its events as the wire would carry them."""
-        return sum(len(encode(event, None)) for event in self.events)
-
-
 async def _unsent(event: Event) -> None:
     raise AssertionError("a flight's turn sends through the flight")  # pragma: no cover
-
-
-_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def unguessable(session: str) -> bool:
-    """A session name long and varied enough to be a secret of its own: 22 or
-    more URL-safe characters, letters and digits both (a random UUID, or
-    ``secrets.token_urlsafe(16)``: ~128 bits when random)."""
-    return (
-        len(session) >= 22
-        and set(session) <= _TOKEN_CHARS
-        and any(c.isdigit() for c in session)
-        and any(c.isalpha() for c in session)
-    )
-
-
-@attrs.frozen
-class ChatInput:
-    """A ``chat`` as the client sent it, plus who sent it."""
-
-    id: str
-    message: str
-    session: str | None = None
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
-    client: str = "anonymous"
-    scope: str = ""
-    """Where a guessable session name of a keyless client is valid: its
-    connection (WebSocket), or this request alone (HTTP)."""
-    history: tuple[Message, ...] = ()
-    """Earlier turns the client sent itself (OpenAI's ``messages``): the
-    conversation before ``message``, in place of the session's stored one."""
-
-    @property
-    def session_key(self) -> str:
-        """Where the session's history is kept, so nobody else can read it by
-        naming it: a client with a key, under its key; a name nobody can guess
-        (:func:`unguessable`), under that name, from any connection; any other
-        name of a keyless client (known only by an address others may share),
-        under its address and connection."""
-        if self.client.startswith("key:"):
-            return f"{self.client}/{self.session}"
-        if self.session is not None and unguessable(self.session):
-            return f"token/{self.session}"
-        return f"{self.client}/{self.scope}/{self.session}"
 
 
 @attrs.define

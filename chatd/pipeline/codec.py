@@ -34,7 +34,7 @@ from chatd.pipeline.events import (
 from chatd.pipeline.turn import Outcome
 
 if TYPE_CHECKING:
-    from chatd.pipeline.chat import CachedAnswer
+    from chatd.pipeline.request import CachedAnswer
 
 __all__ = [
     "EVENT_TYPES",
@@ -135,7 +135,7 @@ def decode_cached(data: bytes) -> CachedAnswer:
     """The cached answer :func:`encode_cached` wrote."""
     # Imported here: chat.py may well import this module one day, and a
     # module-level import of chat.py would then be a cycle.
-    from chatd.pipeline.chat import CachedAnswer
+    from chatd.pipeline.request import CachedAnswer
 
     obj = _loads(data)
     try:

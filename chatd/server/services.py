@@ -15,9 +15,9 @@ from chatd.exceptions import UpstreamError
 from chatd.llm import open_llm_client
 from chatd.observability.metrics import Metrics
 from chatd.pipeline import Admission, MemoryRateLimiter, Pipeline, RateLimiter, RedisRateLimiter
-from chatd.pipeline.chat import CachedAnswer
 from chatd.pipeline.codec import CodecError, decode_cached, encode_cached
 from chatd.pipeline.registry import RequestRegistry
+from chatd.pipeline.request import CachedAnswer
 from chatd.pipeline.upstream import Endpoint, GuardedKnowledgeBase, Upstream, is_llm_failure
 from chatd.resilience.breaker import CircuitBreaker
 from chatd.stores.cache import AnswerCache, MemoryAnswerCache

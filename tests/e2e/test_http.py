@@ -13,8 +13,8 @@ import trio
 
 from chatd.config import LimitsSettings, ServerSettings
 from chatd.pipeline import ChatInput, Pipeline
-from chatd.pipeline.chat import RequestOutput
 from chatd.pipeline.events import Accepted
+from chatd.pipeline.request import RequestOutput
 from chatd.testing import Chatd, open_chat_client, open_chatd, wait_until
 from tests.e2e.conftest import MakeSettings
 

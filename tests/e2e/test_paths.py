@@ -229,7 +229,7 @@ async def test_keyless_sessions_belong_to_their_connection(chatd: Chatd) -> None
 
 def test_unguessable_session_names() -> None:
     """22+ URL-safe characters with letters and digits; anything shorter or plainer is not."""
-    from chatd.pipeline.chat import unguessable
+    from chatd.pipeline.request import unguessable
 
     assert unguessable("550e8400-e29b-41d4-a716-446655440000")
     assert unguessable("Kx7fQ2mZ9pL4wR8tV1nB6c")

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from chatd import exceptions
 from chatd.exceptions import ChatdError
 from chatd.pipeline import codec
-from chatd.pipeline.chat import CachedAnswer
 from chatd.pipeline.events import (
     Accepted,
     Done,
@@ -25,6 +24,7 @@ from chatd.pipeline.events import (
     ToolEnd,
     ToolStart,
 )
+from chatd.pipeline.request import CachedAnswer
 from chatd.pipeline.turn import Outcome
 
 text = st.text(max_size=20)
