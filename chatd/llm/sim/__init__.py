@@ -49,10 +49,10 @@ from chatd.llm.sim.rules import (
     ToolCall,
     ToolCallsPlan,
     default_rules,
-    load_rules,
     plan_reply,
     tokenize,
 )
+from chatd.llm.sim.rules_file import load_rules
 from chatd.llm.sim.server import LastRequest, SimServer, SimStats, serve_sim_llm
 
 __all__ = [

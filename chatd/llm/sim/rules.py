@@ -37,16 +37,12 @@ list of regular expressions; see that function for its format.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
-from os import PathLike
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import attrs
 import orjson
 
-from chatd.exceptions import ConfigError
 from chatd.llm.sim.small_talk import (
     compose_reply,
     is_small_talk,
@@ -63,8 +59,8 @@ __all__ = [
     "ToolCall",
     "ToolCallsPlan",
     "default_rules",
+    "expand",
     "find_expression",
-    "load_rules",
     "plan_reply",
     "tokenize",
 ]
@@ -413,7 +409,7 @@ def plan_reply(body: Mapping[str, Any], rules: Rules) -> Plan:
                 reply = match.expand(rule.reply)
                 break
             if offered and all(call.name in offered for call in rule.tool_calls):
-                calls = [ToolCall(c.name, _expand(c.arguments, match)) for c in rule.tool_calls]
+                calls = [ToolCall(c.name, expand(c.arguments, match)) for c in rule.tool_calls]
                 break
 
     forced = _forced_function(choice)
@@ -495,106 +491,12 @@ def _from_result(text: str) -> str:
     return "I don't know the answer to that, sorry."
 
 
-def _expand(value: Any, match: re.Match[str]) -> Any:
+def expand(value: Any, match: re.Match[str]) -> Any:
     """``value`` with every string in it expanded with ``match``'s groups."""
     if isinstance(value, str):
         return match.expand(value)
     if isinstance(value, dict):
-        return {key: _expand(item, match) for key, item in value.items()}
+        return {key: expand(item, match) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expand(item, match) for item in value]
+        return [expand(item, match) for item in value]
     return value
-
-
-# --- rules files ------------------------------------------------------------------------
-
-
-class _RuleError(Exception):
-    pass
-
-
-def load_rules(path: str | PathLike[str]) -> Rules:
-    """Read a rules file (TOML or JSON, by extension) that replaces the built-in rules.
-
-    The file holds ``rules``, an ordered list; each rule has a ``pattern``
-    (a regular expression searched case-insensitively in the last user
-    message) and either ``reply`` (text) or ``tool_calls`` (a list of
-    ``{name, arguments}``). Replies and the strings inside arguments may use
-    the match's groups as ``\\1`` or ``\\g<name>``. The first matching rule
-    wins; a tool-call rule is skipped when the request does not offer all of
-    its tools. A JSON file may also be the bare list. Raises
-    :class:`ConfigError` naming the file and the problem.
-    """
-    file = Path(path)
-    kind = file.suffix.lower()
-    if kind not in {".toml", ".json"}:
-        raise ConfigError(f"rules file {file}: expected a .toml or .json file")
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"rules file {file}: cannot read it: {exc.strerror}") from exc
-    try:
-        data: Any = tomllib.loads(raw.decode()) if kind == ".toml" else orjson.loads(raw)
-    except (tomllib.TOMLDecodeError, orjson.JSONDecodeError, UnicodeDecodeError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"rules file {file}: not valid {kind[1:].upper()}: {problem}") from exc
-    if isinstance(data, dict) and set(data) == {"rules"}:
-        data = data["rules"]
-    if not isinstance(data, list):
-        raise ConfigError(f'rules file {file}: expected a list under "rules"')
-    entries = []
-    for number, entry in enumerate(data, start=1):
-        try:
-            entries.append(_parse_rule(entry))
-        except _RuleError as exc:
-            raise ConfigError(f"rules file {file}: rule {number}: {exc}") from exc
-    return Rules(entries=tuple(entries), builtin=False, source=str(file))
-
-
-def _parse_rule(entry: object) -> Rule:
-    if not isinstance(entry, dict):
-        raise _RuleError("expected a table with pattern and reply or tool_calls")
-    unknown = set(entry) - {"pattern", "reply", "tool_calls"}
-    if unknown:
-        raise _RuleError(f"unknown key {sorted(unknown)[0]!r}")
-    source = entry.get("pattern")
-    if not isinstance(source, str):
-        raise _RuleError("pattern must be a string")
-    try:
-        pattern = re.compile(source, re.IGNORECASE)
-    except re.error as exc:
-        raise _RuleError(f"pattern {source!r} is not a valid regular expression: {exc}") from exc
-    if ("reply" in entry) == ("tool_calls" in entry):
-        raise _RuleError("needs exactly one of reply or tool_calls")
-    if "reply" in entry:
-        reply = entry["reply"]
-        if not isinstance(reply, str):
-            raise _RuleError("reply must be a string")
-        _check_template(pattern, reply)
-        return Rule(pattern, reply=reply)
-    calls = entry["tool_calls"]
-    if not isinstance(calls, list) or not calls:
-        raise _RuleError("tool_calls must be a non-empty list")
-    parsed = []
-    for call in calls:
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            raise _RuleError("each tool call needs a name")
-        arguments = call.get("arguments", {})
-        if not isinstance(arguments, dict) or set(call) - {"name", "arguments"}:
-            raise _RuleError(f"tool call {call['name']!r}: only name and an arguments table")
-        _check_template(pattern, arguments)
-        parsed.append(ToolCall(call["name"], arguments))
-    return Rule(pattern, tool_calls=tuple(parsed))
-
-
-def _check_template(pattern: re.Pattern[str], value: Any) -> None:
-    """Fail at load time, not per request, on group references the pattern lacks."""
-    # An always-matching twin of the pattern has the same groups; a template
-    # that expands against it expands against every real match.
-    probe = re.compile(pattern.pattern + "|", pattern.flags).search("")
-    if probe is None:  # e.g. a verbose pattern ending in a comment: cannot check
-        return
-    try:
-        _expand(value, probe)
-    except (re.error, IndexError) as exc:
-        raise _RuleError(f"bad group reference in {value!r}: {exc}") from exc

@@ -29,7 +29,8 @@ from chatd.llm.sim.completions import (
 )
 from chatd.llm.sim.http import Exchange, serve_http
 from chatd.llm.sim.pacing import Pacer
-from chatd.llm.sim.rules import Rules, default_rules, load_rules, plan_reply
+from chatd.llm.sim.rules import Rules, default_rules, plan_reply
+from chatd.llm.sim.rules_file import load_rules
 from chatd.redaction import redact
 
 __all__ = ["SimServer", "SimStats", "serve_sim_llm"]

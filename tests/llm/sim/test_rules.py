@@ -18,10 +18,10 @@ from chatd.llm.sim.rules import (
     ToolCallsPlan,
     default_rules,
     find_expression,
-    load_rules,
     plan_reply,
     tokenize,
 )
+from chatd.llm.sim.rules_file import load_rules
 
 from .openai_wire import TOOLS, tool
 
