@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 from chatd.exceptions import ConfigError
-from chatd.llm.sim.rules import Rule, Rules, ToolCall, expand
+from chatd.llm.sim.rules import expand
+from chatd.llm.sim.types import Rule, Rules, ToolCall
 
 __all__ = ["load_rules"]
 
