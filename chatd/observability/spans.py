@@ -208,6 +208,12 @@ class RequestTrace:
         self._finish(handle, end, outcome, error)
         return handle
 
+    def record_wait(self, waited: float, limiter: str) -> None:
+        """A ``queue`` span for a wait for a slot that ended just now, if there was one."""
+        if waited > 0:
+            now = self.clock()
+            self.record("queue", now - waited, now, limiter=limiter)
+
     def summary(self, **fields: Any) -> dict[str, Any]:
         """Log the ``request summary`` line and return it.
 

@@ -293,7 +293,7 @@ class Pipeline:
                 self.admission.prepare, turn.queued, chat.client
             ) as held:
                 waited = held.waited
-                _record_queue(trace, waited, "prepare")
+                trace.record_wait(waited, "prepare")
                 history = chat.history or (
                     await self.sessions.history(chat.session_key) if chat.session else ()
                 )
@@ -345,7 +345,7 @@ class Pipeline:
         turn.on_state("queued")
         async with self.admission.slot(self.admission.llm_streams, turn.queued, client) as held:
             turn.queue_s += held.waited
-            _record_queue(turn.trace, held.waited, "llm_streams")
+            turn.trace.record_wait(held.waited, "llm_streams")
             try:
                 await answer(turn, self.llm, self.tools, messages, done_with_llm=held.release)
             except* AnswerTooLong:  # its stream closed on the way out
@@ -395,10 +395,3 @@ class Pipeline:
             },
             degraded=turn.degraded or None,
         )
-
-
-def _record_queue(trace: RequestTrace, waited: float, limiter: str) -> None:
-    """A ``queue`` span for a wait for a slot that ended just now, if there was one."""
-    if waited > 0:
-        now = trace.clock()
-        trace.record("queue", now - waited, now, limiter=limiter)
