@@ -37,12 +37,33 @@ async def server(make_settings: MakeSettings) -> AsyncIterator[Chatd]:
         yield running
 
 
+_clients: list[openai.OpenAI | openai.AsyncOpenAI] = []
+"""The SDK clients a test made: closed after it (their pooled sockets with them)."""
+
+
 def sync_client(server: Chatd, key: str = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    _clients.append(client)
+    return client
 
 
 def async_client(server: Chatd, key: str = KEY) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+async def close_clients() -> AsyncIterator[None]:
+    """Left open, a client's sockets are closed by the garbage collector in some
+    later test, whose ResourceWarning then fails that test instead."""
+    yield
+    while _clients:
+        client = _clients.pop()
+        if isinstance(client, openai.AsyncOpenAI):
+            await client.close()
+        else:
+            await trio.to_thread.run_sync(client.close)
 
 
 async def in_thread(fn: Callable[[], Any]) -> Any:

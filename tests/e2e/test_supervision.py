@@ -16,7 +16,7 @@ from chatd.pipeline.admission import Admission
 from chatd.pipeline.flight_reader import StreamReader
 from chatd.pipeline.registry import RequestRegistry
 from chatd.resilience.janitor import Janitor
-from chatd.server import connection as connection_module
+from chatd.server import outbox as outbox_module
 from chatd.server.connection import Connection
 from chatd.testing import Chatd, open_chat_client, open_chatd, wait_until
 from chatd.testing_redis import RedisServer
@@ -163,7 +163,7 @@ async def test_connection_writer_failure_ends_only_that_connection(
 ) -> None:
     """A connection's writer (the task flushing merged tokens) raises: that
     connection closes (1011), the failure is counted, new chats are answered."""
-    monkeypatch.setattr(connection_module, "sleep_until_tick", _raising)
+    monkeypatch.setattr(outbox_module, "sleep_until_tick", _raising)
     # A second token within a second of the first waits for the writer.
     settings = make_settings(server=ServerSettings(token_merge_ms=1000))
     async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as victim:
