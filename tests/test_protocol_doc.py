@@ -11,7 +11,7 @@ import pytest
 
 from chatd import exceptions
 from chatd.pipeline.events import Event
-from chatd.server.http_chat import HTTP_STATUS
+from chatd.server.asgi import HTTP_STATUS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")

@@ -48,9 +48,9 @@ from chatd.pipeline.events import (
     error_event,
     wire_object,
 )
-from chatd.server.frames import json_object
-from chatd.server.http_chat import (
+from chatd.server.asgi import (
     HTTP_STATUS,
+    SSE_HEADERS,
     ASGIApp,
     Receive,
     Send,
@@ -60,6 +60,7 @@ from chatd.server.http_chat import (
     read_request,
     run_owned,
 )
+from chatd.server.frames import json_object
 
 __all__ = ["MODEL", "with_openai_api"]
 
@@ -70,19 +71,9 @@ MODEL = "chatd"
 CREATED = 1_767_225_600
 """``created`` of :data:`MODEL` (2026-01-01)."""
 
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
+_ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
+"""OpenAI's ``type`` by status; otherwise invalid_request_error (4xx), server_error."""
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 class InvalidRequest(ClientError):
@@ -207,7 +198,9 @@ def error_body(
     body = {
         "error": {
             "message": error.message,
-            "type": _ERROR_TYPES.get(status, "server_error"),
+            "type": _ERROR_TYPES.get(
+                status, "invalid_request_error" if status < 500 else "server_error"
+            ),
             "param": param,
             "code": error.code,
         }
@@ -305,7 +298,7 @@ class _Answer:
             self.id = "chatcmpl-" + event.request_id
             if self.completion.stream:
                 await self.send(
-                    {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS}
+                    {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
                 )
                 self.started = True
                 await self.write(self.chunk({"role": "assistant", "content": ""}))
