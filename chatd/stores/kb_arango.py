@@ -35,9 +35,8 @@ any other error :class:`UpstreamError`, each raised ``from`` the original.
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -58,28 +57,20 @@ from chatd.config import KBSettings
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
 from chatd.resilience.cleanup import CLOSE_WITHIN_S, close_in_thread
 from chatd.stores.kb import FAQEntry, KBCounters, KBStatistics
-from chatd.stores.kb_rank import CANDIDATES, Candidate, Passage, query_terms, rank
+from chatd.stores.kb_arango_aql import (
+    ADD,
+    ANALYZER,
+    FIELDS,
+    SYNC_VIEW,
+    documents,
+    passages,
+    search_query,
+)
+from chatd.stores.kb_rank import Passage, query_terms
 
 __all__ = ["ArangoKnowledgeBase", "open_arango_knowledge_base"]
 
 T = TypeVar("T")
-
-_ANALYZER = "text_en"
-# Field weights for BM25, as in the SQLite backend: the question says what an
-# entry is about; tags are its curated synonyms; the answer mentions much.
-_FIELDS = (("question", 4.0), ("answer", 1.0), ("tags", 2.0))
-_PREFIX_MIN_CHARS = 4  # shorter terms match whole stems only, as in SQLite
-
-_ADD = """
-FOR doc IN @entries
-  UPSERT { _key: doc._key }
-  INSERT doc
-  UPDATE { answer: doc.answer, tags: doc.tags }
-  IN @@collection
-  RETURN OLD == null OR OLD.answer != NEW.answer OR OLD.tags != NEW.tags
-"""
-# Makes the view commit what was written, and waits for it.
-_SYNC_VIEW = "FOR doc IN @@view SEARCH true OPTIONS { waitForSync: true } LIMIT 1 RETURN 1"
 
 # Server answers that say "not now" rather than "broken".
 _UNAVAILABLE_STATUS = frozenset({408, 429, 503, 504})
@@ -119,90 +110,6 @@ def _value(result: Result[T]) -> T:
     if isinstance(result, (AsyncJob, BatchJob)) or result is None:
         raise TypeError(f"expected a value from python-arango, got {result!r}")
     return result
-
-
-def _entry_key(question: str) -> str:
-    """The document key of a question: equal for questions equal ignoring case."""
-    return hashlib.blake2b(question.casefold().encode(), digest_size=16).hexdigest()
-
-
-def _documents(entries: Sequence[FAQEntry]) -> list[dict[str, Any]]:
-    """Documents for ``entries``; of questions equal ignoring case, the last wins
-    (one ``UPSERT`` query must not write the same key twice)."""
-    documents = {
-        _entry_key(e.question): {"question": e.question, "answer": e.answer, "tags": list(e.tags)}
-        for e in entries
-    }
-    return [{"_key": key, **document} for key, document in documents.items()]
-
-
-# --- Searching -------------------------------------------------------------------------
-
-
-def _is_prefix(term: str) -> bool:
-    return len(term) >= _PREFIX_MIN_CHARS
-
-
-def _match(doc: str, field: str, param: str, prefix: bool) -> str:
-    """A SEARCH condition: the field has the stem of term ``@param`` (or a stem
-    starting with it). TOKENS stems the term as the view stemmed the field."""
-    stems = f"TOKENS(@{param}, '{_ANALYZER}')"
-    return f"STARTS_WITH({doc}.{field}, {stems})" if prefix else f"{doc}.{field} IN {stems}"
-
-
-def _search_query(terms: Sequence[str], limit: int) -> tuple[str, dict[str, Any]]:
-    """The AQL of one search and its bind variables (but ``@view``, ``@collection``).
-
-    Only generated names (``@t0``, ``d0``) reach the query text; the terms
-    themselves are bind variables, so no user text is ever parsed as AQL.
-    """
-    params = [f"t{index}" for index in range(len(terms))]
-    prefixes = [_is_prefix(term) for term in terms]
-    ranked = " OR ".join(
-        "BOOST("
-        + " OR ".join(_match("d", field, p, pre) for p, pre in zip(params, prefixes, strict=True))
-        + f", {weight})"
-        for field, weight in _FIELDS
-    )
-    term_rows = ",\n    ".join(
-        f"{{ df: FIRST("
-        f"FOR d{i} IN @@view SEARCH _ANALYZER({_match(f'd{i}', 'question', p, pre)} OR "
-        f"{_match(f'd{i}', 'tags', p, pre)}, '{_ANALYZER}') "
-        f"COLLECT WITH COUNT INTO n{i} RETURN n{i}) }}"
-        for i, (p, pre) in enumerate(zip(params, prefixes, strict=True))
-    )
-    query = f"""
-LET candidates = (
-  FOR d IN @@view
-    SEARCH _ANALYZER({ranked}, '{_ANALYZER}')
-    LET score = BM25(d)
-    SORT score DESC
-    LIMIT @limit
-    RETURN {{ question: d.question, answer: d.answer, tags: d.tags, score: score }}
-)
-RETURN {{
-  candidates: candidates,
-  documents: FIRST(FOR e IN @@collection COLLECT WITH COUNT INTO n RETURN n),
-  terms: [
-    {term_rows}
-  ]
-}}
-"""
-    bind: dict[str, Any] = {
-        "limit": max(limit, CANDIDATES),
-        **dict(zip(params, terms, strict=True)),
-    }
-    return query, bind
-
-
-def _passages(result: Mapping[str, Any], terms: Sequence[str], limit: int) -> list[Passage]:
-    """Passages from one search query's result, best first, with confidence."""
-    candidates = [
-        Candidate(c["question"], c["answer"], tuple(c["tags"]), float(c["score"]))
-        for c in result["candidates"]
-    ]
-    frequencies = [int(row["df"] or 0) for row in result["terms"]]
-    return rank(terms, candidates, frequencies, int(result["documents"] or 0), limit)
 
 
 # --- The store ---------------------------------------------------------------------------
@@ -266,9 +173,9 @@ def _set_up(client: ArangoClient, settings: KBSettings, view: str) -> int:
         _unless_exists(lambda: db.create_collection(settings.arango_collection))
     if view not in {v["name"] for v in _value(db.views())}:
         link = {
-            "analyzers": [_ANALYZER],
+            "analyzers": [ANALYZER],
             "includeAllFields": False,
-            "fields": {field: {} for field, _ in _FIELDS},
+            "fields": {field: {} for field, _ in FIELDS},
         }
         properties = {"links": {settings.arango_collection: link}}
         _unless_exists(lambda: db.create_arangosearch_view(view, properties))
@@ -337,17 +244,17 @@ class ArangoKnowledgeBase:
         if not terms or limit < 1:
             return []
         self._counts.searches += 1
-        aql, bind = _search_query(terms, limit)
+        aql, bind = search_query(terms, limit)
         bind |= {"@view": self.view, "@collection": self.settings.arango_collection}
         result = await self._run(lambda: self._query(aql, bind)[0])
-        return _passages(result, terms, limit)
+        return passages(result, terms, limit)
 
     async def add(self, entries: Sequence[FAQEntry]) -> int:
         """Insert or update by question (ignoring case); returns how many changed."""
         if not entries:
             return 0
-        documents = _documents(entries)
-        changed, self._counts.entries = await self._run(lambda: self._add(documents))
+        docs = documents(entries)
+        changed, self._counts.entries = await self._run(lambda: self._add(docs))
         self._counts.added += changed
         return changed
 
@@ -390,8 +297,8 @@ class ArangoKnowledgeBase:
 
     def _add(self, documents: list[dict[str, Any]]) -> tuple[int, int]:
         collection = self.settings.arango_collection
-        changed = self._query(_ADD, {"entries": documents, "@collection": collection})
-        self._query(_SYNC_VIEW, {"@view": self.view})
+        changed = self._query(ADD, {"entries": documents, "@collection": collection})
+        self._query(SYNC_VIEW, {"@view": self.view})
         return sum(1 for flag in changed if flag), _value(self._db.collection(collection).count())
 
     async def _run(self, work: Callable[[], T]) -> T:

@@ -23,13 +23,8 @@ import trio
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
 from chatd.stores import FAQEntry, open_knowledge_base
-from chatd.stores.kb_arango import (
-    _documents,
-    _entry_key,
-    _passages,
-    _search_query,
-    open_arango_knowledge_base,
-)
+from chatd.stores.kb_arango import open_arango_knowledge_base
+from chatd.stores.kb_arango_aql import documents, entry_key, passages, search_query
 from chatd.stores.kb_rank import CANDIDATES, Candidate, rank
 
 TIMEOUT = 20
@@ -358,15 +353,15 @@ async def test_closed_knowledge_base_refuses_calls(fake: FakeArango) -> None:
 
 def test_query_text_depends_only_on_term_count_and_length_class() -> None:
     """Quotes, braces and AQL words in terms never change the query text."""
-    plain, plain_bind = _search_query(["drop", "x"], 3)
-    hostile, hostile_bind = _search_query(["'}) RETURN 1 //", '"'], 3)
+    plain, plain_bind = search_query(["drop", "x"], 3)
+    hostile, hostile_bind = search_query(["'}) RETURN 1 //", '"'], 3)
     assert plain == hostile
     assert (plain_bind["t0"], hostile_bind["t0"]) == ("drop", "'}) RETURN 1 //")
 
 
 def test_long_terms_match_stem_prefixes_short_ones_whole_stems() -> None:
     """Terms of four characters or more match as prefixes, as in the SQLite backend."""
-    query, bind = _search_query(["shipping", "tax"], 1)
+    query, bind = search_query(["shipping", "tax"], 1)
     assert "STARTS_WITH(d.question, TOKENS(@t0, 'text_en'))" in query
     assert "d.question IN TOKENS(@t1, 'text_en')" in query
     assert re.findall(r"@@?\w+", query).count("@@view") == 3  # ranking and two term counts
@@ -375,10 +370,10 @@ def test_long_terms_match_stem_prefixes_short_ones_whole_stems() -> None:
 
 def test_entry_key_ignores_case_only() -> None:
     """Equal questions ignoring case share a document key, a valid ArangoDB one."""
-    assert _entry_key("Do you ship?") == _entry_key("DO YOU SHIP?")
-    assert _entry_key("Do you ship?") != _entry_key("Do you ship")
-    assert re.fullmatch(r"[0-9a-f]{32}", _entry_key("Ünïcode ß?"))
-    assert [d["answer"] for d in _documents([FAQEntry("Q?", "1"), FAQEntry("q?", "2")])] == ["2"]
+    assert entry_key("Do you ship?") == entry_key("DO YOU SHIP?")
+    assert entry_key("Do you ship?") != entry_key("Do you ship")
+    assert re.fullmatch(r"[0-9a-f]{32}", entry_key("Ünïcode ß?"))
+    assert [d["answer"] for d in documents([FAQEntry("Q?", "1"), FAQEntry("q?", "2")])] == ["2"]
 
 
 def test_passages_are_ranked_by_the_shared_ranking() -> None:
@@ -395,8 +390,8 @@ def test_passages_are_ranked_by_the_shared_ranking() -> None:
         Candidate("Something else", "A refund, maybe.", (), 6.0),
         Candidate("Refund policy", "Money.", ("paypal",), 5.0),
     ]
-    passages = _passages(result, ["refund", "paypal"], limit=5)
-    assert passages == rank(["refund", "paypal"], candidates, [1, 1], 4, 5)
-    assert [p.question for p in passages] == ["Refund policy", "Something else"]
-    assert _passages(result, ["refund", "paypal"], limit=1) == passages[:1]
-    assert _passages({**result, "candidates": []}, ["refund"], limit=3) == []
+    found = passages(result, ["refund", "paypal"], limit=5)
+    assert found == rank(["refund", "paypal"], candidates, [1, 1], 4, 5)
+    assert [p.question for p in found] == ["Refund policy", "Something else"]
+    assert passages(result, ["refund", "paypal"], limit=1) == found[:1]
+    assert passages({**result, "candidates": []}, ["refund"], limit=3) == []
