@@ -13,6 +13,7 @@ import contextlib
 import math
 import typing
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import attrs
 import httpx
@@ -26,7 +27,7 @@ from chatd.llm.transport import BODY, ResponseBody
 from chatd.llm.types import ChatEvent, Completion, TextDelta
 from chatd.ticks import sleep_until_tick
 
-__all__ = ["LLMStream"]
+__all__ = ["LLMStream", "unwind"]
 
 _DRAIN_AFTER_DONE_S = 1.0
 _WAITED_S = 0.001
@@ -100,14 +101,8 @@ class LLMStream:
         unwinds every level at its next checkpoint.
         """
         chunks, self._chunks = self._chunks, None
-        if chunks is None:
-            return
-        with trio.CancelScope() as unwind:
-            unwind.cancel()
-            with contextlib.suppress(StopAsyncIteration, httpx.HTTPError):
-                while True:
-                    await chunks.__anext__()
-        await chunks.aclose()
+        if chunks is not None:
+            await unwind(chunks)
 
     def __aiter__(self) -> LLMStream:
         return self
@@ -203,3 +198,20 @@ class LLMStream:
             stream._pending.append(TextDelta(completion.content))
         stream._pending.append(completion)
         return stream
+
+
+async def unwind(chunks: AsyncGenerator[Any, None]) -> None:
+    """Finish httpx's body iterator and every generator nested inside it.
+
+    They are async generators several deep; ``aclose()`` on the outermost
+    leaves the inner ones to the garbage collector, which trio reports as a
+    ResourceWarning. Resuming the chain in a cancelled scope instead raises
+    Cancelled at the innermost checkpoint, which unwinds every level;
+    exhausted chains stop at once.
+    """
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with contextlib.suppress(StopAsyncIteration, httpx.HTTPError):
+            while True:
+                await chunks.__anext__()
+    await chunks.aclose()

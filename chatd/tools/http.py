@@ -15,7 +15,6 @@ this module. The ``httpx.AsyncClient`` is shared and owned by the caller.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, cast
@@ -28,6 +27,7 @@ import trio
 
 from chatd.config.settings import HTTPToolSettings, ToolsSettings
 from chatd.exceptions import ConfigError, ToolFailed
+from chatd.llm.stream import unwind
 from chatd.tools.base import ToolContext, ToolResult, stream_text
 
 __all__ = ["MAX_CONTENT_CHARS", "HTTPTool", "http_tools"]
@@ -191,25 +191,7 @@ async def _read_text(response: httpx.Response, limit: int) -> tuple[str, bool]:
                 return "".join(pieces)[:limit], True
         return "".join(pieces), False
     finally:
-        await _unwind(chunks)
-
-
-async def _unwind(chunks: AsyncGenerator[str, None]) -> None:
-    """Finish httpx's body iterator and every generator nested inside it.
-
-    They are async generators four deep; ``aclose()`` on the outermost leaves
-    the inner ones to the garbage collector, which trio reports as a
-    ResourceWarning. Resuming the chain in a cancelled scope instead raises
-    Cancelled at the innermost checkpoint, which unwinds every level (the
-    same trick as ``chatd.llm.stream.LLMStream.aclose``). Exhausted chains
-    stop at once.
-    """
-    with trio.CancelScope() as unwind:
-        unwind.cancel()
-        with contextlib.suppress(StopAsyncIteration, httpx.HTTPError):
-            while True:
-                await chunks.__anext__()
-    await chunks.aclose()
+        await unwind(chunks)  # its nested generators too, not left to the collector
 
 
 def http_tools(settings: ToolsSettings, client: httpx.AsyncClient) -> list[HTTPTool]:
