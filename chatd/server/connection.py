@@ -154,23 +154,28 @@ class Connection:
                             break
                         self.last_activity = trio.current_time()
                         self._handle(frame, nursery)
-                self._gone()
+                self._gone(nursery)
         finally:
             self._nursery = None  # closed to new tasks: drain() now does nothing
             if self._out is not None:
                 self._out.closed = True
             self.count_frames()
 
-    def _gone(self) -> None:
-        """The client went (or was dropped): its requests are cancelled, but
-        resumable ones, which only lose their follower here; nothing more is written."""
+    def _gone(self, nursery: trio.Nursery) -> None:
+        """The client went (or was dropped): nothing more is written, and its
+        requests are cancelled, but resumable ones, which only lose their
+        follower here. With none of those, everything in the connection's
+        nursery ends at once, as it always did."""
+        if self._out is not None:
+            self._out.close()
+        if not self._resumable:
+            nursery.cancel_scope.cancel()
+            return
         for request_id, scope in self._requests.items():
             if request_id not in self._resumable:
                 scope.cancel()
         for following in self._following.values():
             following.scope.cancel()
-        if self._out is not None:
-            self._out.close()
 
     def drain(self) -> None:
         """The server drains: close (1001) once no request is in flight. The

@@ -318,9 +318,14 @@ async def test_client_flooding_frames_without_reading_is_dropped(
         janitor=JanitorSettings(interval_s=0.1, stalled_client_s=1),
     )
     frame = orjson.dumps({"type": "x" * 30_000}).decode()
+    with trio.fail_after(60):  # the closing too: a hang fails here, not in CI's timeout
+        await flood_until_dropped(settings, frame)
+
+
+async def flood_until_dropped(settings: Any, frame: str) -> None:
     async with (
         open_chatd(settings) as server,
-        trio_websocket.open_websocket_url(server.ws_url) as ws,
+        trio_websocket.open_websocket_url(server.ws_url, disconnect_timeout=5) as ws,
     ):
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
