@@ -21,6 +21,7 @@ from chatd.exceptions import ChatdError, TooLarge, Unauthorized
 from chatd.pipeline import ChatInput, Event, Pipeline
 from chatd.pipeline.events import Error
 from chatd.server.auth import client_address, identify
+from chatd.server.origins import ASGIApp, Receive, Send
 
 __all__ = [
     "HTTP_STATUS",
@@ -36,6 +37,7 @@ __all__ = [
     "header",
     "log_refusal",
     "read_request",
+    "retry_after_s",
     "run_owned",
 ]
 
@@ -66,7 +68,7 @@ def error_parts(error: Error) -> tuple[int, bytes, dict[str, str]]:
         headers["X-Request-Id"] = error.request_id
     if error.retry_after_ms is not None:
         body["retry_after_ms"] = error.retry_after_ms
-        headers["Retry-After"] = str(max(1, -(-error.retry_after_ms // 1000)))
+        headers["Retry-After"] = str(retry_after_s(error.retry_after_ms))
     return HTTP_STATUS.get(error.code, 500), orjson.dumps({"error": body}), headers
 
 
@@ -113,9 +115,11 @@ def check_length(pipeline: Pipeline, length: int) -> None:
         raise TooLarge(f"body is {length} bytes; the limit is {limit}")
 
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[..., Awaitable[None]]
+def retry_after_s(retry_after_ms: int) -> int:
+    """A retry hint as ``Retry-After`` says it: whole seconds, at least one."""
+    return max(1, -(-retry_after_ms // 1000))
+
+
 """An ASGI 3 application: ``app(scope, receive, send)``."""
 
 

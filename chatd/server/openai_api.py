@@ -58,6 +58,7 @@ from chatd.server.asgi import (
     header,
     log_refusal,
     read_request,
+    retry_after_s,
     run_owned,
 )
 from chatd.server.frames import json_object
@@ -209,8 +210,7 @@ def error_body(
     if error.request_id is not None:  # as OpenAI names its own
         headers.append((b"x-request-id", error.request_id.encode()))
     if error.retry_after_ms is not None:
-        seconds = max(1, -(-error.retry_after_ms // 1000))
-        headers.append((b"retry-after", str(seconds).encode()))
+        headers.append((b"retry-after", str(retry_after_s(error.retry_after_ms)).encode()))
         headers.append((b"retry-after-ms", str(error.retry_after_ms).encode()))
     return status, orjson.dumps(body), headers
 
@@ -280,13 +280,17 @@ class _Answer:
     terminal: Done | Error | None = None
 
     def chunk(self, delta: Mapping[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return self.line(choices=[choice], **extra)
+
+    def line(self, **fields: Any) -> bytes:
+        """One ``data:`` line of a ``chat.completion.chunk`` with ``fields``."""
         body = {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": MODEL,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
+            **fields,
         }
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
@@ -328,15 +332,7 @@ class _Answer:
             return
         await self.write(self.chunk({}, _FINISH[event.finish_reason], chatd=_extension(event)))
         if self.completion.include_usage:
-            usage = {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": MODEL,
-                "choices": [],
-                "usage": _usage(event),
-            }
-            await self.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+            await self.write(self.line(choices=[], usage=_usage(event)))
         await self.write(b"data: [DONE]\n\n")
 
     def whole(self, done: Done) -> bytes:

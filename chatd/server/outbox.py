@@ -148,7 +148,8 @@ class Outbox:
             self.due[request_id] = last + self.window
         else:
             self.last[request_id] = now
-            self._write(encode(Token(text), request_id, self.seqs.get(request_id)))
+            seq = self.seqs.get(request_id) if self.seqs else None  # resumable ones only
+            self._write(encode(Token(text), request_id, seq))
             return
         self._start_flushing()
 
