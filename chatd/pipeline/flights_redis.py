@@ -7,18 +7,9 @@ it adds is the work a new local flight does. It *claims* the key: the first
 instance takes the lease and *leads*, running the work as before while it
 mirrors the flight's events into a stream; any other instance *follows*,
 relaying that stream from its start into its local flight, which its local
-subscribers share as usual. Keys, under the client's prefix::
-
-    flight:{key}                      the lease: the leader's token, PX lease_s
-    flight:{key}:{token}              the leader's stream (MAXLEN ~, expires)
-    flight:{key}:{token}:followers    zset: follower token -> expiry (Redis ms)
-
-Stream entries are orjson records: ``events`` (a batch, numbered by ``seq``),
-then one end: ``outcome``, ``error`` (class, args and attributes: followers
-raise their own copy of the same class), ``diverged`` (the router picked a
-time- or user-bound tool: followers answer alone, and nothing after it is
-shared) or ``abandoned`` (the leader was stopped: shutdown). Queue positions
-are not mirrored: they are advisory and say nothing of another instance.
+subscribers share as usual. The keys, the scripts and the stream's records
+are in :mod:`chatd.pipeline.flight_scripts`. Queue positions are not
+mirrored: they are advisory and say nothing of another instance.
 
 The leader renews its lease every ``lease_s / 3`` with a compare-and-extend
 script, and ends by writing its end record and deleting the lease in one
@@ -53,11 +44,9 @@ import functools
 import math
 import secrets
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import orjson
-import redis
 import structlog
 import trio
 from redis.commands.core import Script
@@ -73,6 +62,16 @@ from chatd.pipeline.codec import (
 )
 from chatd.pipeline.events import Queued
 from chatd.pipeline.flight_reader import Inbox, StreamReader, evaluate
+from chatd.pipeline.flight_scripts import (
+    ABANDONED,
+    DIVERGED,
+    RENEW_ABANDONED,
+    RENEW_LOST,
+    STREAM_MAXLEN,
+    record,
+    register,
+    zrem,
+)
 from chatd.pipeline.flights import Flight, Flights, FlightsStatistics, Work
 from chatd.pipeline.turn import Turn
 from chatd.resilience.supervisor import Supervisor
@@ -84,61 +83,7 @@ log = structlog.get_logger("chatd.flights")
 
 LOST = "the instance answering this was lost"
 LOST_RETRY_MS = 1000
-STREAM_MAXLEN = 4096
-"""Records kept per stream (approximately): each is a batch of events."""
 _MAX_CLAIMS = 3
-
-# Keys computed inside the scripts (followers from the lease and a token) are
-# fine on one Redis; chatd does not use Redis Cluster.
-_NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)"
-_CLAIM = f"""
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end
-local leader = redis.call('GET', KEYS[1])
-local followers = KEYS[1] .. ':' .. leader .. ':followers'
-{_NOW}
-redis.call('ZADD', followers, now + ARGV[3], ARGV[1])
-redis.call('PEXPIRE', followers, ARGV[3])
-return leader
-"""
-_RENEW = f"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-{_NOW}
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local followers = redis.call('ZCARD', KEYS[2])
-if followers == 0 and ARGV[4] == '1' then
-  redis.call('DEL', KEYS[1])
-  return -2
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return followers
-"""
-_PUBLISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 5, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'r', ARGV[i])
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if ARGV[4] == '1' then redis.call('DEL', KEYS[1]) end
-return 1
-"""
-_HEARTBEAT = f"""
-{_NOW}
-local alive = {{}}
-for i = 1, #KEYS / 2 do
-  if redis.call('GET', KEYS[2 * i - 1]) == ARGV[2 * i] then
-    redis.call('ZADD', KEYS[2 * i], now + ARGV[1], ARGV[2 * i + 1])
-    redis.call('PEXPIRE', KEYS[2 * i], ARGV[1])
-    alive[i] = 1
-  else
-    alive[i] = 0
-  end
-end
-return alive
-"""
-_RENEW_LOST, _RENEW_ABANDONED = -1, -2
-_DIVERGED = orjson.dumps({"kind": "diverged"})
-_ABANDONED = orjson.dumps({"kind": "abandoned"})
 
 
 @attrs.frozen
@@ -212,13 +157,7 @@ class RedisFlights(Flights):
     _reader: StreamReader = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        for name, source in (
-            ("claim", _CLAIM),
-            ("renew", _RENEW),
-            ("publish", _PUBLISH),
-            ("heartbeat", _HEARTBEAT),
-        ):
-            self._scripts[name] = self.redis.redis.register_script(source)
+        self._scripts = register(self.redis.redis)
         self._reader = StreamReader(
             self.redis.dedicated(),
             self._scripts["heartbeat"],
@@ -337,7 +276,7 @@ class RedisFlights(Flights):
         lead = _Lead(token, self._key(flight.key), stream, stream + ":followers")
         self._leads[flight] = lead
         flight.subscribers += 1  # the hold, for followers elsewhere
-        end = _ABANDONED
+        end = ABANDONED
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_lease, flight, lead)
@@ -347,9 +286,9 @@ class RedisFlights(Flights):
             # Diverged, followers elsewhere answer alone, even if the mirror
             # never ran between the divergence and the end.
             end = (
-                _DIVERGED
+                DIVERGED
                 if lead.diverged
-                else _record("outcome", outcome_to_json(flight.turn.outcome()))
+                else record("outcome", outcome_to_json(flight.turn.outcome()))
             )
         except BaseException as exc:
             end = self._end_of(flight, lead, first_leaf(exc))
@@ -364,13 +303,13 @@ class RedisFlights(Flights):
 
     def _end_of(self, flight: Flight, lead: _Lead, error: BaseException) -> bytes:
         if lead.diverged:
-            return _DIVERGED
+            return DIVERGED
         if not isinstance(error, trio.Cancelled):
-            return _record("error", error_to_json(error))
+            return record("error", error_to_json(error))
         if trio.current_time() >= flight.scope.deadline:
             stopped = DeadlineExceeded("the shared answer was stopped before it finished")
-            return _record("error", error_to_json(stopped))
-        return _ABANDONED  # shutting down: a follower takes it over
+            return record("error", error_to_json(stopped))
+        return ABANDONED  # shutting down: a follower takes it over
 
     async def _keep_lease(self, flight: Flight, lead: _Lead) -> None:
         """Renew the lease; let go when nobody here or elsewhere follows."""
@@ -389,9 +328,9 @@ class RedisFlights(Flights):
                 self._redis_failed(exc)
                 self._close(flight, lead)
                 return
-            if state == _RENEW_LOST:
+            if state == RENEW_LOST:
                 log.warning("flight lease lost: answering locally only", key=flight.key[:12])
-            if state in (_RENEW_LOST, _RENEW_ABANDONED):
+            if state in (RENEW_LOST, RENEW_ABANDONED):
                 self._close(flight, lead)
 
     async def _mirror(self, flight: Flight, lead: _Lead) -> None:
@@ -400,7 +339,7 @@ class RedisFlights(Flights):
         a thread hop and a script; one per token cost more than the answer)."""
         while not lead.closed:
             if lead.diverged:
-                await self._publish(flight, lead, _DIVERGED)
+                await self._publish(flight, lead, DIVERGED)
             elif lead.sent < len(flight.events):
                 await self._publish(flight, lead, None)
                 await trio.sleep(self.mirror_interval_s)
@@ -497,14 +436,6 @@ class RedisFlights(Flights):
                 with trio.move_on_after(self.lease_s) as cleanup:
                     cleanup.shield = True
                     try:
-                        await self.redis.call(_zrem, inbox.followers, token)
+                        await self.redis.call(zrem, inbox.followers, token)
                     except ChatdError as exc:
                         self._redis_failed(exc)
-
-
-def _zrem(client: redis.Redis, key: str, member: str) -> Any:
-    return client.zrem(key, member)
-
-
-def _record(kind: str, body: object) -> bytes:
-    return orjson.dumps({"kind": kind, kind: body})
