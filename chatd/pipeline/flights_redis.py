@@ -11,12 +11,10 @@ subscribers share as usual. The keys, the scripts and the stream's records
 are in :mod:`chatd.pipeline.flight_scripts`. Queue positions are not
 mirrored: they are advisory and say nothing of another instance.
 
-The leader renews its lease every ``lease_s / 3`` with a compare-and-extend
-script, and ends by writing its end record and deleting the lease in one
-script. It holds one subscription of its own flight (so the last local
-subscriber leaving does not stop it) until the renewal script, told nobody is
-left locally, finds no live follower and deletes the lease in the same atomic
-step: then it lets go and the flight is cancelled as before. A follower that
+The leader (:mod:`chatd.pipeline.flight_lead`) renews its lease every
+``lease_s / 3`` with a compare-and-extend script, holds its flight while
+anyone here or elsewhere follows it, and ends by writing its end record and
+deleting the lease in one script. A follower that
 comes later finds no lease and leads afresh. A remote follower leaving
 removes itself from the zset, so the leader stops at its next renewal.
 
@@ -41,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 import secrets
 from collections.abc import Callable
 
@@ -51,24 +48,15 @@ import structlog
 import trio
 from redis.commands.core import Script
 
-from chatd.exceptions import ChatdError, DeadlineExceeded, UpstreamUnavailable, first_leaf
+from chatd.exceptions import ChatdError, UpstreamUnavailable
 from chatd.pipeline.codec import (
     error_from_json,
-    error_to_json,
     event_from_json,
-    event_to_json,
     outcome_from_json,
-    outcome_to_json,
 )
-from chatd.pipeline.events import Queued
+from chatd.pipeline.flight_lead import Lead, LeadSettings, ms
 from chatd.pipeline.flight_reader import Inbox, StreamReader, evaluate
 from chatd.pipeline.flight_scripts import (
-    ABANDONED,
-    DIVERGED,
-    RENEW_ABANDONED,
-    RENEW_LOST,
-    STREAM_MAXLEN,
-    record,
     register,
     zrem,
 )
@@ -105,31 +93,6 @@ class _AnswerAlone(ChatdError):
     """Not an error: this instance's subscribers must answer alone."""
 
 
-def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
-
-
-@attrs.define(eq=False)
-class _Lead:
-    """What a leader knows of its flight in Redis."""
-
-    token: str
-    lease: str
-    stream: str
-    followers: str
-    sent: int = 0
-    """Events of the flight looked at (written, or skipped as queue positions)."""
-    seq: int = 0
-    """Events written to the stream."""
-    held: bool = True
-    closed: bool = False
-    diverged: bool = False
-    poked: trio.Event = attrs.field(factory=trio.Event)
-
-    def poke(self) -> None:
-        self.poked.set()
-
-
 @attrs.define
 class RedisFlights(Flights):
     """Flights shared across instances through Redis (see the module docstring).
@@ -150,20 +113,30 @@ class RedisFlights(Flights):
     """How long a finished flight's stream is kept, for followers still reading it."""
     supervisor: Supervisor = attrs.field(factory=Supervisor, kw_only=True)
     """Runs the stream reader, restarting it if it fails."""
-    _leads: dict[Flight, _Lead] = attrs.field(factory=dict, init=False)
+    _leads: dict[Flight, Lead] = attrs.field(factory=dict, init=False)
     _counts: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _redis_down: bool = attrs.field(default=False, init=False)
     _scripts: dict[str, Script] = attrs.field(factory=dict, init=False)
     _reader: StreamReader = attrs.field(init=False)
+    _lead_with: LeadSettings = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._scripts = register(self.redis.redis)
+        self._lead_with = LeadSettings(
+            self.redis,
+            self._scripts,
+            self.lease_s,
+            self.mirror_interval_s,
+            self.ended_keep_s,
+            self._redis_failed,
+            functools.partial(self.leave, created=False),
+        )
         self._reader = StreamReader(
             self.redis.dedicated(),
             self._scripts["heartbeat"],
             self.block_ms,
             self.lease_s / 3,
-            _ms(self.lease_s),
+            ms(self.lease_s),
             self._redis_failed,
         )
         self.nursery.start_soon(
@@ -250,7 +223,7 @@ class RedisFlights(Flights):
     async def _claim(self, key: str, token: str) -> str | None:
         """Take the lease or register as a follower; the leader's token, or
         ``None`` if Redis cannot be used now."""
-        args = [token, _ms(self.lease_s), _ms(self.lease_s)]
+        args = [token, ms(self.lease_s), ms(self.lease_s)]
         try:
             leader = await self.redis.call(evaluate, self._scripts["claim"], [self._key(key)], args)
         except ChatdError as exc:
@@ -271,127 +244,11 @@ class RedisFlights(Flights):
     # -- leading -------------------------------------------------------------
 
     async def _lead(self, flight: Flight, work: Work, token: str) -> None:
-        """Run the work here, mirroring its events, renewing the lease, then the end."""
-        stream = self._key(flight.key, token)
-        lead = _Lead(token, self._key(flight.key), stream, stream + ":followers")
+        """Run the work here as the flight's leader (:class:`Lead`)."""
+        lease, stream = self._key(flight.key), self._key(flight.key, token)
+        lead = Lead(flight, token, lease, stream, self._lead_with)
         self._leads[flight] = lead
-        flight.subscribers += 1  # the hold, for followers elsewhere
-        end = ABANDONED
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keep_lease, flight, lead)
-                nursery.start_soon(self._mirror, flight, lead)
-                await work(flight)
-                nursery.cancel_scope.cancel()
-            # Diverged, followers elsewhere answer alone, even if the mirror
-            # never ran between the divergence and the end.
-            end = (
-                DIVERGED
-                if lead.diverged
-                else record("outcome", outcome_to_json(flight.turn.outcome()))
-            )
-        except BaseException as exc:
-            end = self._end_of(flight, lead, first_leaf(exc))
-            raise
-        finally:
-            del self._leads[flight]
-            if not lead.closed:
-                with trio.move_on_after(self.lease_s) as cleanup:
-                    cleanup.shield = True
-                    await self._publish(flight, lead, end)
-            self._close(flight, lead)
-
-    def _end_of(self, flight: Flight, lead: _Lead, error: BaseException) -> bytes:
-        if lead.diverged:
-            return DIVERGED
-        if not isinstance(error, trio.Cancelled):
-            return record("error", error_to_json(error))
-        if trio.current_time() >= flight.scope.deadline:
-            stopped = DeadlineExceeded("the shared answer was stopped before it finished")
-            return record("error", error_to_json(stopped))
-        return ABANDONED  # shutting down: a follower takes it over
-
-    async def _keep_lease(self, flight: Flight, lead: _Lead) -> None:
-        """Renew the lease; let go when nobody here or elsewhere follows."""
-        while not lead.closed:
-            with trio.move_on_after(self.lease_s / 3):
-                await lead.poked.wait()
-            lead.poked = trio.Event()
-            if lead.closed:
-                return
-            alone = flight.subscribers <= int(lead.held)
-            keys = [lead.lease, lead.followers, lead.stream]
-            args = [lead.token, _ms(self.lease_s), _ms(2 * self.lease_s), int(alone)]
-            try:
-                state = await self.redis.call(evaluate, self._scripts["renew"], keys, args)
-            except ChatdError as exc:
-                self._redis_failed(exc)
-                self._close(flight, lead)
-                return
-            if state == RENEW_LOST:
-                log.warning("flight lease lost: answering locally only", key=flight.key[:12])
-            if state in (RENEW_LOST, RENEW_ABANDONED):
-                self._close(flight, lead)
-
-    async def _mirror(self, flight: Flight, lead: _Lead) -> None:
-        """Write the flight's events to its stream as they come, in batches: the
-        first at once, then at most one write per ``mirror_interval_s`` (each is
-        a thread hop and a script; one per token cost more than the answer)."""
-        while not lead.closed:
-            if lead.diverged:
-                await self._publish(flight, lead, DIVERGED)
-            elif lead.sent < len(flight.events):
-                await self._publish(flight, lead, None)
-                await trio.sleep(self.mirror_interval_s)
-            else:
-                await flight.changed()
-
-    async def _publish(self, flight: Flight, lead: _Lead, end: bytes | None) -> None:
-        """Write the events not yet written (none once diverged), and ``end``.
-
-        An end, a lost lease or a Redis failure closes the lead.
-        """
-        upto = len(flight.events)
-        # Followers on other instances read what is written: it counts as taken.
-        flight.reached(upto)
-        events = [] if lead.diverged else flight.events[lead.sent : upto]
-        batch = [event_to_json(e) for e in events if not isinstance(e, Queued)]
-        records = []
-        try:
-            if batch:
-                records.append(orjson.dumps({"kind": "events", "seq": lead.seq, "events": batch}))
-        except TypeError as exc:  # orjson refuses it (a lone surrogate): answer here only
-            log.error("flight event cannot be shared", key=flight.key[:12], exc_info=exc)
-            self._close(flight, lead)
-            return
-        if end is not None:
-            records.append(end)
-        if records:
-            keep = self.ended_keep_s if end is not None else 2 * self.lease_s
-            args = [lead.token, STREAM_MAXLEN, _ms(keep), int(end is not None), *records]
-            try:
-                owned = await self.redis.call(
-                    evaluate, self._scripts["publish"], [lead.lease, lead.stream], args
-                )
-            except ChatdError as exc:
-                self._redis_failed(exc)
-                self._close(flight, lead)
-                return
-            if not owned:
-                log.warning("flight lease lost: answering locally only", key=flight.key[:12])
-                self._close(flight, lead)
-                return
-        lead.sent, lead.seq = upto, lead.seq + len(batch)
-        if end is not None:
-            self._close(flight, lead)
-
-    def _close(self, flight: Flight, lead: _Lead) -> None:
-        """Stop sharing through Redis; let go of the hold (which may end the flight)."""
-        lead.closed = True
-        lead.poke()
-        if lead.held:
-            lead.held = False
-            self.leave(flight, created=False)
+        await lead.run(work, functools.partial(self._leads.pop, flight))
 
     # -- following -----------------------------------------------------------
 
