@@ -302,6 +302,17 @@ class JanitorSettings:
     """How often ``chatd serve`` runs Python's cycle collector, which it keeps
     from running on its own (chatd.server.heap: each pause held every stream)."""
 
+    def stuck_after_s(self, state: str) -> float:
+        """How long a request may stay in ``state`` (queued, preparing, routing,
+        tools or streaming) before it is reaped."""
+        return {
+            "queued": self.queued_s,
+            "preparing": self.preparing_s,
+            "routing": self.routing_s,
+            "tools": self.tools_s,
+            "streaming": self.streaming_s,
+        }[state]
+
 
 @attrs.frozen
 class CacheSettings:

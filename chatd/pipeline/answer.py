@@ -36,7 +36,7 @@ from chatd.llm import (
 from chatd.llm.types import estimate_prompt_tokens, estimate_tokens
 from chatd.pipeline.events import ToolEnd, ToolStart
 from chatd.pipeline.turn import ChatStreamer, Turn
-from chatd.tools.base import Tool, ToolResult
+from chatd.tools.base import Speculative, Tool, ToolResult
 from chatd.tools.registry import ToolOutcome, ToolRegistry
 
 __all__ = ["answer"]
@@ -171,15 +171,14 @@ def _early_call(
     confident stand for a call whose arguments turn out different.)
     """
     tool = registry.get(begun.name)
-    speculate = getattr(tool, "speculative_arguments", None)
     content = messages[-1].get("content") if messages else None
-    if begun.index != 0 or tool is None or not tool.natural_answer or speculate is None:
+    if begun.index != 0 or not isinstance(tool, Speculative) or not tool.natural_answer:
         return None
     if any(m.get("role") == "user" for m in messages[:-1]):
         return None
     if not isinstance(content, str):
         return None
-    arguments = speculate(content)
+    arguments = tool.speculative_arguments(content)
     if arguments is None:
         return None
     return ToolCall(begun.id, begun.name, orjson.dumps(arguments).decode())
@@ -200,10 +199,9 @@ async def _answer_without_llm(
         return False
     for name in registry.names:
         tool = registry.get(name)
-        speculate = getattr(tool, "speculative_arguments", None)
-        if tool is None or not tool.natural_answer or speculate is None:
+        if not isinstance(tool, Speculative) or not tool.natural_answer:
             continue
-        arguments = speculate(content)
+        arguments = tool.speculative_arguments(content)
         if arguments is None:
             continue
         call = ToolCall(f"degraded_{name}", name, orjson.dumps(arguments).decode())

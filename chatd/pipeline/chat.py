@@ -46,6 +46,7 @@ from chatd.pipeline.events import (
     merged,
 )
 from chatd.pipeline.flights import Flight, Flights, flight_key, replay
+from chatd.pipeline.kb_version import KBVersion
 from chatd.pipeline.prepare import build_prompt
 from chatd.pipeline.ratelimit import RateLimiter
 from chatd.pipeline.registry import RequestRegistry
@@ -71,9 +72,10 @@ async def _unsent(event: Event) -> None:
     raise AssertionError("a flight's turn sends through the flight")  # pragma: no cover
 
 
-@attrs.define
+@attrs.frozen
 class Pipeline:
-    """Everything a request needs, shared by all requests of the process."""
+    """Everything a request needs, shared by all requests of the process:
+    built, run and torn down by :func:`chatd.server.services.open_pipeline`."""
 
     settings: Settings
     llm: ChatStreamer
@@ -90,37 +92,26 @@ class Pipeline:
     """The shared Redis, where one is configured (flights across instances use it)."""
     kb: KnowledgeBase | None = None
     """The knowledge base the tools answer from: its version keys answers."""
-    kb_version: str = attrs.field(default="", init=False)
-    """The knowledge base's version as last read (:meth:`watch_knowledge_base`):
-    part of every answer's key, so an answer made from old entries is not
-    replayed once they change."""
-    draining: bool = False
+    kb_version: KBVersion = attrs.field(
+        default=attrs.Factory(lambda self: KBVersion(self.kb), takes_self=True), init=False
+    )
+    """The knowledge base's version as last read: part of every answer's key."""
     journals: Journals = attrs.field(
         default=attrs.Factory(lambda self: Journals(self.redis), takes_self=True), init=False
     )
     """Resumable requests, by request id (:mod:`chatd.pipeline.resume`)."""
     in_flight: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     """Requests in flight by client, for ``limits.max_requests_per_client``."""
+    _drained: trio.Event = attrs.field(factory=trio.Event, init=False)
 
-    async def read_kb_version(self) -> None:
-        """Read the knowledge base's version (kept as it was if it cannot be read:
-        its breaker counts that)."""
-        if self.kb is None:
-            return
-        try:
-            version = await self.kb.version()
-        except ChatdError:
-            return
-        if self.kb_version and version != self.kb_version:
-            log.info("knowledge base changed: answers made before are not replayed")
-        self.kb_version = version
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`start_draining` was called: new requests are refused."""
+        return self._drained.is_set()
 
-    async def watch_knowledge_base(self) -> None:
-        """Read the version every janitor interval (long-lived: run it under the
-        supervisor)."""
-        while self.kb is not None:
-            await trio.sleep(self.settings.janitor.interval_s)
-            await self.read_kb_version()
+    def start_draining(self) -> None:
+        """Refuse new requests from now on (those in flight go on)."""
+        self._drained.set()
 
     def new_request_id(self) -> str:
         """A server-made id, unique enough to find a request in the logs."""
@@ -174,7 +165,7 @@ class Pipeline:
             out.send,
             ToolContext(request_id, chat.session, chat.metadata),
             notify=out.send_nowait,
-            push=getattr(out, "try_send", None),
+            push=out.try_send,
             on_tool=self.metrics.tool_finished,
             trace=trace,
             max_chars=self.settings.limits.max_answer_chars,
@@ -302,7 +293,7 @@ class Pipeline:
                 )
             prepare.set(messages=len(messages))
         turn.queue_s += waited
-        key = flight_key(self.llm.model, self.tools.names, messages, self.kb_version)
+        key = flight_key(self.llm.model, self.tools.names, messages, self.kb_version.value)
         if self.cache is not None:
             with trace.span("cache") as lookup:
                 hit = await self.cache.get(key)

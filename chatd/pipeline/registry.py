@@ -82,7 +82,7 @@ class RequestRegistry:
         now = trio.current_time()
         reaps = []
         for tracked in self._requests.values():
-            limit: float = getattr(self.settings, f"{tracked.state}_s")
+            limit = self.settings.stuck_after_s(tracked.state)
             if tracked.reaped is None and now - tracked.since > limit:
                 tracked.reaped = f"{tracked.state} for more than {limit:g} s"
                 tracked.scope.cancel()

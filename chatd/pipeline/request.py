@@ -28,6 +28,11 @@ class RequestOutput(Protocol):
         """Send an advisory event if there is room (queue positions)."""
         ...
 
+    def try_send(self, event: Event) -> bool:
+        """Send if that needs no waiting; ``False``, and nothing sent, if it
+        would wait (an output without such a fast path always says ``False``)."""
+        ...
+
 
 @attrs.frozen
 class CachedAnswer:

@@ -67,7 +67,7 @@ class AppState:
 
     def start_drain(self) -> None:
         """Refuse new requests; each connection closes (1001) once it is idle."""
-        self.pipeline.draining = True
+        self.pipeline.start_draining()
         self.drain_started.set()
         for connection in self.connections:
             connection.drain()

@@ -92,6 +92,9 @@ class ChannelOutput:
         with contextlib.suppress(*gone):
             self.channel.send_nowait((self.id, event))
 
+    def try_send(self, event: Event) -> bool:
+        return False  # every event goes through send, which sees the reader gone
+
 
 def check_client(
     pipeline: Pipeline,

@@ -33,7 +33,6 @@ from chatd.exceptions import ServerFailed
 from chatd.llm.sim import serve_sim_llm
 from chatd.observability.metrics import Metrics
 from chatd.pipeline import Pipeline
-from chatd.pipeline.flights import Flights
 from chatd.redaction import add_secrets
 from chatd.resilience.janitor import Janitor, Reap, Sweeper
 from chatd.resilience.supervisor import Supervisor
@@ -47,6 +46,7 @@ from chatd.server.openai_api import with_openai_api
 from chatd.server.origins import ASGIApp, guard_http, warn_if_open
 from chatd.server.readiness import check_llm_at_start
 from chatd.server.services import open_pipeline
+from chatd.stores.cache import Expiring
 from chatd.tools.base import Tool
 
 __all__ = ["Running", "serve"]
@@ -192,8 +192,6 @@ async def _serve_all(
             supervisor,
         )
         nursery.start_soon(supervisor.run, "janitor", janitor.run)
-        await pipeline.read_kb_version()
-        nursery.start_soon(supervisor.run, "kb_watch", pipeline.watch_knowledge_base)
         pipeline.metrics.bind(
             admission=pipeline.admission,
             breakers=pipeline.breakers,
@@ -229,29 +227,8 @@ async def _run_pipeline(
     *,
     task_status: trio.TaskStatus[Pipeline],
 ) -> NoReturn:
-    """Own the pipeline's resources and its background tasks for the process's life."""
-    async with (
-        open_pipeline(settings, llm_url, extra_tools, metrics) as pipeline,
-        trio.open_nursery() as nursery,
-    ):
-        nursery.start_soon(
-            supervisor.run, "queue_positions", pipeline.admission.run_position_updates
-        )
-        if settings.flights.enabled:
-            # Flights live in this server-owned nursery, never in a caller's.
-            deadline_s = settings.limits.request_timeout_s
-            if pipeline.redis is None:
-                pipeline.flights = Flights(nursery, deadline_s)
-            else:  # shared with every instance on this Redis
-                from chatd.pipeline.flights_redis import RedisFlights
-
-                pipeline.flights = RedisFlights(
-                    nursery,
-                    deadline_s,
-                    redis=pipeline.redis,
-                    lease_s=settings.redis.flight_lease_s,
-                    supervisor=supervisor,
-                )
+    """Own the pipeline, and its long-lived tasks, for the process's life."""
+    async with open_pipeline(settings, llm_url, extra_tools, metrics, supervisor) as pipeline:
         task_status.started(pipeline)
         await trio.sleep_forever()
     raise AssertionError("unreachable")  # pragma: no cover
@@ -319,9 +296,8 @@ def _store_sweepers(pipeline: Pipeline) -> list[Sweeper]:
     if pipeline.flights is not None:
         sweepers.append(pipeline.flights.sweep)
     for kind, store in (("session", pipeline.sessions), ("cache entry", pipeline.cache)):
-        expire = getattr(store, "expire", None)
-        if expire is not None:
-            sweepers.append(functools.partial(_expired, kind, expire))
+        if isinstance(store, Expiring):
+            sweepers.append(functools.partial(_expired, kind, store.expire))
     return sweepers
 
 

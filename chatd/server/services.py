@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import attrs
 import httpx
+import trio
 
 from chatd.config import Settings
 from chatd.exceptions import UpstreamError
@@ -16,10 +18,12 @@ from chatd.llm import open_llm_client
 from chatd.observability.metrics import Metrics
 from chatd.pipeline import Admission, MemoryRateLimiter, Pipeline, RateLimiter, RedisRateLimiter
 from chatd.pipeline.codec import CodecError, decode_cached, encode_cached
+from chatd.pipeline.flights import Flights
 from chatd.pipeline.registry import RequestRegistry
 from chatd.pipeline.request import CachedAnswer
 from chatd.pipeline.upstream import Endpoint, GuardedKnowledgeBase, Upstream, is_llm_failure
 from chatd.resilience.breaker import CircuitBreaker
+from chatd.resilience.supervisor import Supervisor
 from chatd.stores.cache import AnswerCache, MemoryAnswerCache
 from chatd.stores.fallback import FallbackAnswerCache, FallbackRateLimiter, FallbackSessionStore
 from chatd.stores.kb import KnowledgeBase, open_knowledge_base
@@ -83,11 +87,19 @@ async def open_pipeline(
     llm_url: str,
     extra_tools: Sequence[Tool] = (),
     metrics: Metrics | None = None,
+    supervisor: Supervisor | None = None,
 ) -> AsyncIterator[Pipeline]:
-    """A :class:`Pipeline` over the configured LLM, knowledge base and tools
-    (plus ``extra_tools``, for tests and embedders), counting into ``metrics``
-    (a new one if not given)."""
+    """The one way to get a :class:`Pipeline`: over the configured LLM,
+    knowledge base and tools (plus ``extra_tools``, for tests and embedders),
+    counting into ``metrics`` (a new one if not given).
+
+    Its long-lived tasks (queue positions, the knowledge base's version, the
+    flights and their Redis reader) run in a nursery of its own under
+    ``supervisor``; leaving the block cancels them, then closes the stores and
+    clients in the reverse of the order they were opened.
+    """
     metrics = metrics or Metrics()
+    supervisor = supervisor or Supervisor()
     async with (
         open_upstream(settings, llm_url, metrics) as upstream,
         open_knowledge_base(settings.kb) as raw_kb,
@@ -111,20 +123,52 @@ async def open_pipeline(
         if redis is not None:
             breakers["redis"] = redis.breaker
         sessions, rate_limiter, cache = _stores(settings, redis, metrics.redis_fallback)
-        yield Pipeline(
-            settings=settings,
-            llm=upstream,
-            tools=registry,
-            sessions=sessions,
-            admission=Admission(settings.limits),
-            rate_limiter=rate_limiter,
-            requests=RequestRegistry(settings.janitor),
-            breakers=breakers,
-            metrics=metrics,
-            cache=cache,
-            redis=redis,
-            kb=kb,
-        )
+        async with trio.open_nursery() as nursery:
+            pipeline = Pipeline(
+                settings=settings,
+                llm=upstream,
+                tools=registry,
+                sessions=sessions,
+                admission=Admission(settings.limits),
+                rate_limiter=rate_limiter,
+                requests=RequestRegistry(settings.janitor),
+                breakers=breakers,
+                metrics=metrics,
+                flights=_flights(settings, redis, nursery, supervisor),
+                cache=cache,
+                redis=redis,
+                kb=kb,
+            )
+            await pipeline.kb_version.read()
+            positions = pipeline.admission.run_position_updates
+            nursery.start_soon(supervisor.run, "queue_positions", positions)
+            watch = functools.partial(pipeline.kb_version.watch, settings.janitor.interval_s)
+            nursery.start_soon(supervisor.run, "kb_watch", watch)
+            try:
+                yield pipeline
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+def _flights(
+    settings: Settings, redis: RedisClient | None, nursery: trio.Nursery, supervisor: Supervisor
+) -> Flights | None:
+    """Shared flights, in the pipeline's own nursery (never a caller's): in
+    memory, or with every instance on the same Redis."""
+    if not settings.flights.enabled:
+        return None
+    deadline_s = settings.limits.request_timeout_s
+    if redis is None:
+        return Flights(nursery, deadline_s)
+    from chatd.pipeline.flights_redis import RedisFlights
+
+    return RedisFlights(
+        nursery,
+        deadline_s,
+        redis=redis,
+        lease_s=settings.redis.flight_lease_s,
+        supervisor=supervisor,
+    )
 
 
 def _stores(

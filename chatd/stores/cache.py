@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import trio
 
-__all__ = ["AnswerCache", "CacheStatistics", "MemoryAnswerCache"]
+__all__ = ["AnswerCache", "CacheStatistics", "Expiring", "MemoryAnswerCache"]
 
 T = TypeVar("T")
 
@@ -34,6 +34,16 @@ class AnswerCache(Protocol[T]):
 
     def statistics(self) -> CacheStatistics:
         """Entries held, and how lookups went."""
+        ...
+
+
+@runtime_checkable
+class Expiring(Protocol):
+    """A store that drops what has expired only when asked (one in memory):
+    the janitor asks it every interval. Stores in Redis let Redis expire."""
+
+    def expire(self) -> int:
+        """Drop what has expired; how many went."""
         ...
 
 

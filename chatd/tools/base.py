@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import trio
 
-__all__ = ["Tool", "ToolContext", "ToolResult", "stream_text"]
+__all__ = ["Speculative", "Tool", "ToolContext", "ToolResult", "stream_text"]
 
 
 @attrs.frozen
@@ -79,17 +79,24 @@ class Tool(Protocol):
         """Do the work; ``arguments`` already match :attr:`parameters`."""
         ...
 
-    # Optional, for natural-answer tools whose arguments can be known before the
-    # router has streamed them (``frequently_asked`` takes the question as asked):
-    #     def speculative_arguments(self, message: str) -> Mapping[str, Any] | None
-    # The pipeline then runs the tool as soon as the router names it.
-
     async def stream(self, result: ToolResult, send: trio.MemorySendChannel[str]) -> None:
         """Send ``result.answer`` to the client in pieces (Path B).
 
         Most tools use :func:`stream_text`; a tool that generates its answer
         can send pieces as it makes them. Closing ``send`` is the caller's job.
         """
+        ...
+
+
+@runtime_checkable
+class Speculative(Protocol):
+    """A natural-answer tool whose arguments can be known before the router has
+    streamed them (``frequently_asked`` takes the question as asked): the
+    pipeline runs it as soon as the router names it, and asks it alone when
+    the LLM is down."""
+
+    def speculative_arguments(self, message: str) -> Mapping[str, Any] | None:
+        """The arguments for ``message`` as typed; ``None`` if they cannot be told."""
         ...
 
 

@@ -242,7 +242,7 @@ async def test_request_deadline(make_settings: MakeSettings) -> None:
 
 async def test_shutting_down(chatd: Chatd, client: ChatClient) -> None:
     """While draining, new chats are refused with shutting_down and a retry hint."""
-    chatd.pipeline.draining = True
+    chatd.pipeline.start_draining()
     error = await ask(client, "a", "hello")
     assert error["code"] == "shutting_down"
     assert error["retry_after_ms"] > 0

@@ -107,7 +107,7 @@ async def test_error_statuses(make_settings: MakeSettings) -> None:
         assert int(response.headers["retry-after"]) >= 1
         request_id = response.json()["error"]["request_id"]
         assert request_id.startswith("req_") and response.headers["x-request-id"] == request_id
-        server.pipeline.draining = True
+        server.pipeline.start_draining()
         response = await http.post("/v1/chat", json={"message": "hi"}, headers=auth)
         assert (response.status_code, response.json()["error"]["code"]) == (503, "shutting_down")
 
@@ -149,7 +149,7 @@ async def test_health_and_readiness(chatd: Chatd, http: httpx.AsyncClient) -> No
     ready = await http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["dependencies"]["llm"]["url"] == chatd.running.llm_url
-    chatd.pipeline.draining = True
+    chatd.pipeline.start_draining()
     assert (await http.get("/readyz")).status_code == 503
 
 

@@ -28,7 +28,7 @@ async def test_after_kb_load_the_same_question_gets_the_new_answer(
             assert (await client.finish(request_id))["type"] == "done"
         assert "Forgot password" in client.answer("b")
         assert client.events["b"][-1]["cached"] is True
-        before = server.pipeline.kb_version
+        before = server.pipeline.kb_version.value
         faq = tmp_path / "faq.jsonl"
         faq.write_bytes(orjson.dumps({"question": QUESTION, "answer": NEW_ANSWER}) + b"\n")
         await trio.run_process(
@@ -36,7 +36,7 @@ async def test_after_kb_load_the_same_question_gets_the_new_answer(
             env={**os.environ, "CHATD_KB_PATH": settings.kb.path},
             capture_stdout=True,
         )
-        await wait_until(lambda: server.pipeline.kb_version != before, within=10)
+        await wait_until(lambda: server.pipeline.kb_version.value != before, within=10)
         await client.chat("c", QUESTION)
         done = await client.finish("c")
         assert done["type"] == "done" and done["cached"] is False

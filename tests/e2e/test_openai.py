@@ -212,7 +212,7 @@ async def test_rate_limited_is_a_rate_limit_error_with_retry_after(
 
 
 async def test_a_draining_server_is_a_503(server: Chatd) -> None:
-    server.pipeline.draining = True
+    server.pipeline.start_draining()
     with pytest.raises(openai.InternalServerError) as refused:
         await in_thread(
             lambda: sync_client(server).chat.completions.create(model="chatd", messages=user(FAQ))

@@ -25,6 +25,10 @@ class Recorded:
     def send_nowait(self, event: Event) -> None:
         self.events.append(event)
 
+    def try_send(self, event: Event) -> bool:
+        self.events.append(event)
+        return True
+
 
 @attrs.define
 class StuckRateLimiter:
@@ -55,7 +59,8 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
 async def test_cancel_stops_the_rate_limit_check(pipeline: Pipeline) -> None:
     """The rate-limit check runs in the request's scope: the client's cancel
     stops it, and the request ends cancelled, tracked no more."""
-    limiter = pipeline.rate_limiter = StuckRateLimiter()
+    limiter = StuckRateLimiter()
+    pipeline = attrs.evolve(pipeline, rate_limiter=limiter)
     out, scope = Recorded(), trio.CancelScope()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:

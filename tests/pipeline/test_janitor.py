@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import attrs
 import pytest
@@ -159,6 +159,9 @@ class _DrainPipeline:
     requests: RequestRegistry
     draining: bool = False
 
+    def start_draining(self) -> None:
+        self.draining = True
+
 
 async def drain_with(durations: list[float], grace: float) -> tuple[float, list[str]]:
     """Requests that take ``durations``; a drain with ``grace``; when it ended, and how
@@ -203,3 +206,10 @@ async def test_drain_with_nothing_in_flight_is_immediate(autojump_clock: trio.ab
     """With no requests in flight a drain returns at once."""
     ended, outcomes = await drain_with([], grace=5)
     assert ended == 0 and outcomes == []
+
+
+def test_every_request_state_has_its_own_deadline() -> None:
+    """Each state a request can be in is reaped after its own setting."""
+    settings = JanitorSettings(queued_s=1, preparing_s=2, routing_s=3, tools_s=4, streaming_s=5)
+    limits = [settings.stuck_after_s(state) for state in get_args(RequestState)]
+    assert sorted(limits) == [1, 2, 3, 4, 5]
