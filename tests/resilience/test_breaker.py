@@ -185,17 +185,18 @@ async def test_cancellation_in_an_exception_group_counts_as_neither(
     assert cb.statistics().total_failures == 0
 
 
+async def late_failure(cb: CircuitBreaker, seconds: float) -> None:
+    """A call admitted now that fails ``seconds`` later."""
+    with pytest.raises(UpstreamError), cb.attempt():
+        await trio.sleep(seconds)
+        raise UpstreamError("late")
+
+
 async def test_stale_failure_does_not_move_the_open_timer(autojump_clock: trio.abc.Clock) -> None:
     """A call admitted while closed that fails after others opened the breaker changes nothing."""
     cb = breaker(failure_threshold=2, open_timeout_s=30)
-
-    async def slow_failure() -> None:
-        with pytest.raises(UpstreamError), cb.attempt():
-            await trio.sleep(10)
-            raise UpstreamError("late")
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(slow_failure)
+        nursery.start_soon(late_failure, cb, 10)
         await trio.sleep(1)
         fail(cb)
         fail(cb)
@@ -212,14 +213,8 @@ async def test_failure_begun_before_a_close_does_not_reopen(
 ) -> None:
     """A call admitted before the breaker opened and closed again cannot open it afterwards."""
     cb = breaker(failure_threshold=1, open_timeout_s=5)
-
-    async def slow_failure() -> None:
-        with pytest.raises(UpstreamError), cb.attempt():
-            await trio.sleep(20)
-            raise UpstreamError("late")
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(slow_failure)
+        nursery.start_soon(late_failure, cb, 20)
         await trio.sleep(1)
         fail(cb)
         await trio.sleep(5)
