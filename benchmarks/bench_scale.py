@@ -65,7 +65,7 @@ from bench_pipeline import (
 from machine import describe_machine, machine_markdown, write_results
 
 from chatd.config import RedisSettings
-from chatd.stores.redis_client import RedisClient, open_redis
+from chatd.stores.redis.client import RedisClient, open_redis
 from chatd.testing_redis import RedisServer
 
 RESULTS = Path(__file__).parent / "results"

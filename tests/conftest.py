@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from chatd.config import RedisSettings
-from chatd.stores.redis_client import RedisClient, open_redis
+from chatd.stores.redis.client import RedisClient, open_redis
 from chatd.testing_redis import RedisServer, redis_server_path
 
 

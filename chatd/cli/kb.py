@@ -6,7 +6,7 @@ file twice changes nothing. Loading into a new knowledge base does not seed
 it with the sample FAQ first: the operator's own entries are all it will hold.
 
 ``eval`` asks the configured knowledge base every case of a labelled set
-(:mod:`chatd.stores.kb_eval`; by default the one written for the sample FAQ)
+(:mod:`chatd.stores.kb.eval`; by default the one written for the sample FAQ)
 and prints, for each half, how often Path B would answer with the right
 entry, a wrong one or none, and how often an off-topic message would be
 answered from the FAQ.
@@ -21,7 +21,7 @@ import trio
 from chatd.config import Settings
 from chatd.exceptions import ChatdError, ConfigError
 from chatd.stores.kb import load_faq_file, open_knowledge_base
-from chatd.stores.kb_eval import SPLITS, EvalReport, evaluate, load_eval_set
+from chatd.stores.kb.eval import SPLITS, EvalReport, evaluate, load_eval_set
 
 __all__ = ["describe_report", "load_kb_file", "run_kb_eval", "run_kb_load"]
 

@@ -61,7 +61,7 @@ from chatd.tools.base import ToolContext
 from chatd.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
-    from chatd.stores.redis_client import RedisClient
+    from chatd.stores.redis.client import RedisClient
 
 __all__ = ["Pipeline"]
 

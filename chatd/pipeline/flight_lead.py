@@ -34,7 +34,7 @@ from chatd.pipeline.flight_scripts import (
     record,
 )
 from chatd.pipeline.flights import Flight, Work
-from chatd.stores.redis_client import RedisClient
+from chatd.stores.redis.client import RedisClient
 
 __all__ = ["Lead", "LeadSettings", "ms"]
 

@@ -20,7 +20,7 @@ import trio
 from redis.commands.core import Script
 
 from chatd.exceptions import ChatdError
-from chatd.stores.redis_client import RedisClient
+from chatd.stores.redis.client import RedisClient
 
 __all__ = ["READ_COUNT", "Inbox", "StreamReader", "evaluate"]
 

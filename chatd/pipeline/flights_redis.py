@@ -63,7 +63,7 @@ from chatd.pipeline.flight_scripts import (
 from chatd.pipeline.flights import Flight, Flights, FlightsStatistics, Work
 from chatd.pipeline.turn import Turn
 from chatd.resilience.supervisor import Supervisor
-from chatd.stores.redis_client import RedisClient
+from chatd.stores.redis.client import RedisClient
 
 __all__ = ["RedisFlights", "RedisFlightsStatistics"]
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # redis-py is imported only where Redis is configured
     from redis import Redis
     from redis.commands.core import Script
 
-    from chatd.stores.redis_client import RedisClient
+    from chatd.stores.redis.client import RedisClient
 
 __all__ = ["MemoryRateLimiter", "RateLimiter", "RedisRateLimiter"]
 

@@ -33,7 +33,7 @@ from chatd.exceptions import ChatdError
 from chatd.pipeline.events import Accepted, Event, is_terminal
 
 if TYPE_CHECKING:
-    from chatd.stores.redis_client import RedisClient
+    from chatd.stores.redis.client import RedisClient
 
 __all__ = ["POLL_S", "Followable", "Journal", "Journals"]
 

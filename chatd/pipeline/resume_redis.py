@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # redis-py is imported only where Redis is configured
     from redis import Redis
 
     from chatd.pipeline.resume import Journal
-    from chatd.stores.redis_client import RedisClient
+    from chatd.stores.redis.client import RedisClient
 
 __all__ = ["RemoteJournal", "mirror", "open_remote", "poll_owner"]
 

@@ -36,7 +36,7 @@ from chatd.tools.http import http_tools
 from chatd.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:  # redis-py is imported only where Redis is configured
-    from chatd.stores.redis_client import RedisClient
+    from chatd.stores.redis.client import RedisClient
 
 __all__ = ["builtin_tools", "open_pipeline", "open_upstream"]
 
@@ -108,7 +108,7 @@ async def open_pipeline(
     ):
         redis = None
         if settings.redis.url:
-            from chatd.stores.redis_client import open_redis
+            from chatd.stores.redis.client import open_redis
 
             redis = await stack.enter_async_context(
                 open_redis(settings.redis, settings.breakers.redis)
@@ -191,7 +191,7 @@ def _stores(
     )
     if redis is None:
         return sessions, rate_limiter, cache
-    from chatd.stores.redis_stores import RedisAnswerCache, RedisSessionStore
+    from chatd.stores.redis.stores import RedisAnswerCache, RedisSessionStore
 
     shared_cache = None
     if cache is not None:

@@ -1,6 +1,7 @@
-"""Backends that hold state: the knowledge base (``kb``) and session history
-(``sessions``), each a :class:`typing.Protocol` with an embedded
-implementation and a production sibling (Redis, ArangoDB) tested by the same contract.
+"""Backends that hold state: the knowledge base (``kb/``: SQLite, ArangoDB),
+session history (``sessions``) and the answer cache (``cache``), each a
+:class:`typing.Protocol` with an embedded implementation and a production
+sibling tested by the same contract (``redis/`` holds the Redis ones).
 
 Blocking clients (sqlite3, redis-py, python-arango) run in worker threads
 through ``trio.to_thread.run_sync`` under the store's own CapacityLimiter, and
@@ -17,7 +18,7 @@ from chatd.stores.kb import (
     open_knowledge_base,
     sample_faq,
 )
-from chatd.stores.kb_sqlite import SQLiteKnowledgeBase, open_sqlite_knowledge_base
+from chatd.stores.kb.sqlite import SQLiteKnowledgeBase, open_sqlite_knowledge_base
 
 __all__ = [
     "FAQEntry",

@@ -2,7 +2,7 @@
 
 :class:`AnswerCache` is the interface; :class:`MemoryAnswerCache` keeps
 entries in this process with a time to live and a bound on their number (the
-least recently used go first); :class:`~chatd.stores.redis_stores.RedisAnswerCache`
+least recently used go first); :class:`~chatd.stores.redis.stores.RedisAnswerCache`
 keeps them in Redis for every instance. What an entry
 holds is opaque here: the pipeline stores the events it will replay.
 """

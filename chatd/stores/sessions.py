@@ -1,7 +1,7 @@
 """Session history: the earlier turns of a conversation.
 
 :class:`SessionStore` is the interface; :class:`MemorySessionStore` the
-embedded implementation (:class:`~chatd.stores.redis_stores.RedisSessionStore` its
+embedded implementation (:class:`~chatd.stores.redis.stores.RedisSessionStore` its
 sibling). A turn is stored
 only when it completes, as the user's message and the assistant's answer.
 """

@@ -22,7 +22,7 @@ from chatd.pipeline.events import Event, Route, Token
 from chatd.pipeline.flights import Flight
 from chatd.pipeline.flights_redis import LOST, RedisFlights
 from chatd.pipeline.turn import Turn
-from chatd.stores.redis_client import RedisClient, open_redis
+from chatd.stores.redis.client import RedisClient, open_redis
 from chatd.testing import wait_until
 from chatd.testing_redis import RedisServer
 from chatd.tools.base import ToolContext

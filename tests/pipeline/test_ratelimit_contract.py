@@ -10,7 +10,7 @@ from trio.abc import Clock
 
 from chatd.exceptions import RateLimited
 from chatd.pipeline.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from chatd.stores.redis_client import RedisClient
+from chatd.stores.redis.client import RedisClient
 from tests.conftest import CONTRACT_TIMEOUT as TIMEOUT
 
 # A bucket of 120 refilling one every 0.5 s: a burst is over long before a

@@ -7,8 +7,8 @@ import trio
 from trio.abc import Clock
 
 from chatd.stores.cache import AnswerCache, CacheStatistics, MemoryAnswerCache
-from chatd.stores.redis_client import RedisClient
-from chatd.stores.redis_stores import RedisAnswerCache
+from chatd.stores.redis.client import RedisClient
+from chatd.stores.redis.stores import RedisAnswerCache
 from tests.conftest import CONTRACT_TIMEOUT as TIMEOUT
 
 TTL_S = 0.2

@@ -14,8 +14,8 @@ from chatd.observability.metrics import REDIS_STORES, Metrics
 from chatd.pipeline.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from chatd.stores.cache import MemoryAnswerCache
 from chatd.stores.fallback import FallbackAnswerCache, FallbackRateLimiter, FallbackSessionStore
-from chatd.stores.redis_client import RedisClient, open_redis
-from chatd.stores.redis_stores import RedisAnswerCache, RedisSessionStore
+from chatd.stores.redis.client import RedisClient, open_redis
+from chatd.stores.redis.stores import RedisAnswerCache, RedisSessionStore
 from chatd.stores.sessions import MemorySessionStore
 from chatd.testing_redis import RedisServer
 

@@ -14,8 +14,8 @@ import trio
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError
 from chatd.stores import FAQEntry, KnowledgeBase, load_faq_file, open_knowledge_base, sample_faq
-from chatd.stores.kb_eval import evaluate, load_eval_set
-from chatd.stores.kb_rank import MAX_QUERY_TERMS, Evidence, query_terms, stems
+from chatd.stores.kb.eval import evaluate, load_eval_set
+from chatd.stores.kb.rank import MAX_QUERY_TERMS, Evidence, query_terms, stems
 
 MIN_CONFIDENCE = 0.75  # tools.faq_min_confidence's default
 # What the held-out half of the evaluation set shows at the shipped gate

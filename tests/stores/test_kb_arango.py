@@ -23,9 +23,9 @@ import trio
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
 from chatd.stores import FAQEntry, open_knowledge_base
-from chatd.stores.kb_arango import open_arango_knowledge_base
-from chatd.stores.kb_arango_aql import documents, entry_key, passages, search_query
-from chatd.stores.kb_rank import CANDIDATES, Candidate, rank
+from chatd.stores.kb.arango import open_arango_knowledge_base
+from chatd.stores.kb.arango_aql import documents, entry_key, passages, search_query
+from chatd.stores.kb.rank import CANDIDATES, Candidate, rank
 
 TIMEOUT = 20
 DB = "/_db/chatd/_api"

@@ -1,5 +1,5 @@
 from chatd.config import RedisSettings
-from chatd.stores.redis_client import open_redis
+from chatd.stores.redis.client import open_redis
 
 
 async def test_ping(redis_url):

@@ -7,8 +7,8 @@ import trio
 from trio.abc import Clock
 
 from chatd.llm.types import Message
-from chatd.stores.redis_client import RedisClient
-from chatd.stores.redis_stores import RedisSessionStore
+from chatd.stores.redis.client import RedisClient
+from chatd.stores.redis.stores import RedisSessionStore
 from chatd.stores.sessions import MemorySessionStore, SessionStore
 from tests.conftest import CONTRACT_TIMEOUT as TIMEOUT
 
@@ -97,7 +97,7 @@ async def test_unreadable_redis_history_is_treated_as_empty(redis_url: str, stor
     """A session list in Redis that cannot be read (damaged, or written by
     something else) reads as empty, and the session goes on from there."""
     from chatd.config import RedisSettings
-    from chatd.stores.redis_client import open_redis
+    from chatd.stores.redis.client import open_redis
 
     async with open_redis(RedisSettings(url=redis_url)) as redis:
         sessions = RedisSessionStore(redis, max_messages=MAX_MESSAGES, ttl_s=60)

@@ -24,7 +24,7 @@ import attrs
 import orjson
 
 from chatd.exceptions import ConfigError
-from chatd.stores.kb import KnowledgeBase
+from chatd.stores.kb.base import KnowledgeBase
 
 __all__ = ["EvalCase", "EvalReport", "Verdict", "evaluate", "load_eval_set", "verdict"]
 

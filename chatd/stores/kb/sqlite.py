@@ -35,8 +35,8 @@ import trio
 
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
 from chatd.resilience.cleanup import close_in_thread
-from chatd.stores.kb import FAQEntry, KBCounters, KBStatistics
-from chatd.stores.kb_rank import CANDIDATES, Candidate, Passage, query_terms, rank
+from chatd.stores.kb.base import FAQEntry, KBCounters, KBStatistics
+from chatd.stores.kb.rank import CANDIDATES, Candidate, Passage, query_terms, rank
 
 __all__ = ["SQLiteKnowledgeBase", "open_sqlite_knowledge_base"]
 
@@ -142,7 +142,7 @@ def _document_frequency(conn: sqlite3.Connection, fts_term: str) -> int:
 
 def _search(conn: sqlite3.Connection, terms: Sequence[str], limit: int) -> list[Passage]:
     """BM25's candidates and each term's document frequency (one thread hop),
-    ranked and scored by :func:`~chatd.stores.kb_rank.rank`."""
+    ranked and scored by :func:`~chatd.stores.kb.rank.rank`."""
     fts_terms = [_fts_term(term) for term in terms]
     rows = conn.execute(_SEARCH, (" OR ".join(fts_terms), max(limit, CANDIDATES))).fetchall()
     if not rows:

@@ -1,4 +1,4 @@
-"""The words of the FAQ ranking (:mod:`chatd.stores.kb_rank`): those that say
+"""The words of the FAQ ranking (:mod:`chatd.stores.kb.rank`): those that say
 nothing about which entry is meant, and the customers' phrases for what the
 FAQ calls otherwise. Data, kept apart from the code that reads it.
 """

@@ -31,7 +31,7 @@ fit of the strength estimates it (:data:`CALIBRATION`). (``margin``, the lead
 over the runner-up, is measured too; on the tune half it added nothing that
 coverage and fit did not already say.) The constants were chosen on the
 ``tune`` half of the labelled set
-(``chatd/data/faq_eval.jsonl``, :mod:`chatd.stores.kb_eval`), never the
+(``chatd/data/faq_eval.jsonl``, :mod:`chatd.stores.kb.eval`), never the
 ``test`` half that the quoted figures come from.
 """
 
@@ -46,7 +46,7 @@ from functools import lru_cache
 import attrs
 import snowballstemmer  # type: ignore[import-untyped]
 
-from chatd.stores.kb_words import LEXICON_TEXT, STOP_WORDS_TEXT
+from chatd.stores.kb.words import LEXICON_TEXT, STOP_WORDS_TEXT
 
 __all__ = [
     "CANDIDATES",

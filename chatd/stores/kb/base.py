@@ -1,13 +1,6 @@
-"""The knowledge base behind ``frequently_asked``: interface, scoring, FAQ files.
-
-:class:`KnowledgeBase` is the interface; :class:`~chatd.stores.kb_sqlite.
-SQLiteKnowledgeBase` the embedded implementation and :class:`~chatd.stores.
-kb_arango.ArangoKnowledgeBase` the production one. The parts every backend
-shares live here and do no I/O: the interface and reading FAQ files; how user
-text becomes search terms and how sure a match is are :mod:`chatd.stores.
-kb_rank`'s.
-:func:`open_knowledge_base` picks the backend from :class:`~chatd.config.
-KBSettings` and seeds an empty one with the sample FAQ.
+"""What every knowledge base shares, with no I/O: the :class:`KnowledgeBase`
+interface, its entries and statistics, and reading FAQ files. How user text
+becomes search terms and how sure a match is are :mod:`chatd.stores.kb.rank`'s.
 """
 
 from __future__ import annotations
@@ -15,19 +8,16 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
 import orjson
-import structlog
 import trio
 
-from chatd.config import KBSettings
-from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
-from chatd.stores.kb_rank import Passage
+from chatd.exceptions import ConfigError
+from chatd.stores.kb.rank import Passage
 
 __all__ = [
     "FAQEntry",
@@ -36,11 +26,8 @@ __all__ = [
     "KnowledgeBase",
     "Passage",
     "load_faq_file",
-    "open_knowledge_base",
     "sample_faq",
 ]
-
-log = structlog.get_logger(__name__)
 
 
 @attrs.frozen
@@ -212,52 +199,3 @@ def _entry(row: Mapping[str, Any], path: Path, line: int) -> FAQEntry:
         raise ConfigError(f"{path}:{line}: 'tags' must be a list of strings")
     cleaned = tuple(dict.fromkeys(tag.strip().lower() for tag in tags if tag.strip()))
     return FAQEntry(fields["question"], fields["answer"], cleaned)
-
-
-# --- Choosing and seeding a backend ------------------------------------------------------
-
-
-@asynccontextmanager
-async def open_knowledge_base(
-    settings: KBSettings, *, seed: bool = True
-) -> AsyncIterator[KnowledgeBase]:
-    """Open the configured knowledge base, closing it on exit.
-
-    With ``seed``, an empty knowledge base is loaded with the sample FAQ, so
-    a first start answers real questions. A store that cannot be opened is a
-    :class:`ConfigError` naming ``kb.path`` (SQLite) or ``kb.arango_url``
-    (ArangoDB). Backends are imported only when chosen (the ArangoDB one
-    needs python-arango).
-    """
-    opened: AbstractAsyncContextManager[KnowledgeBase]
-    if settings.backend == "arango":
-        if settings.arango_url is None:
-            raise ConfigError(
-                "kb.arango_url = None: expected an http(s):// URL for kb.backend 'arango'"
-            )
-        from chatd.stores.kb_arango import open_arango_knowledge_base
-
-        opened = open_arango_knowledge_base(settings)
-        key, where = "kb.arango_url", settings.arango_url
-        store = {"url": where, "database": settings.arango_database}
-    else:
-        from chatd.stores.kb_sqlite import open_sqlite_knowledge_base
-
-        opened = open_sqlite_knowledge_base(settings.path)
-        key, where = "kb.path", settings.path
-        store = {"path": where}
-
-    async with AsyncExitStack() as stack:
-        try:
-            kb: KnowledgeBase = await stack.enter_async_context(opened)
-            if seed and await kb.count() == 0:
-                entries = await trio.to_thread.run_sync(sample_faq)
-                added = await kb.add(entries)
-                log.info(
-                    "loaded the sample FAQ into an empty knowledge base", **store, entries=added
-                )
-        except (UpstreamUnavailable, UpstreamError) as exc:
-            # sqlite3's own message is the clearest; ArangoDB's errors are already one line.
-            reason = exc.__cause__ if settings.backend == "sqlite" and exc.__cause__ else exc
-            raise ConfigError(f"{key} = {where!r}: cannot open ({reason})") from exc
-        yield kb

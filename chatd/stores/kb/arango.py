@@ -20,7 +20,7 @@ are created at open when missing; an existing view is used as it is.
 A search is one AQL query, one thread hop. It finds candidates by BM25 with
 the weights of the SQLite backend, terms of four characters or more matching
 as prefixes of their stem, as there, and counts each term's document
-frequency; :func:`~chatd.stores.kb_rank.rank` orders and scores them exactly
+frequency; :func:`~chatd.stores.kb.rank.rank` orders and scores them exactly
 as it does for the SQLite backend. User text only ever travels in bind
 variables.
 
@@ -56,8 +56,7 @@ from requests.adapters import HTTPAdapter
 from chatd.config import KBSettings
 from chatd.exceptions import ChatdError, UpstreamError, UpstreamUnavailable
 from chatd.resilience.cleanup import CLOSE_WITHIN_S, close_in_thread
-from chatd.stores.kb import FAQEntry, KBCounters, KBStatistics
-from chatd.stores.kb_arango_aql import (
+from chatd.stores.kb.arango_aql import (
     ADD,
     ANALYZER,
     FIELDS,
@@ -66,7 +65,8 @@ from chatd.stores.kb_arango_aql import (
     passages,
     search_query,
 )
-from chatd.stores.kb_rank import Passage, query_terms
+from chatd.stores.kb.base import FAQEntry, KBCounters, KBStatistics
+from chatd.stores.kb.rank import Passage, query_terms
 
 __all__ = ["ArangoKnowledgeBase", "open_arango_knowledge_base"]
 

@@ -23,7 +23,7 @@ import trio
 
 from chatd.llm.types import Message
 from chatd.stores.cache import CacheStatistics
-from chatd.stores.redis_client import RedisClient
+from chatd.stores.redis.client import RedisClient
 
 log = structlog.get_logger("chatd.stores")
 

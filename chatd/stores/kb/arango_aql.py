@@ -1,4 +1,4 @@
-"""ArangoDB's side of the FAQ search (:mod:`chatd.stores.kb_arango`): the
+"""ArangoDB's side of the FAQ search (:mod:`chatd.stores.kb.arango`): the
 documents written, the one AQL query that fetches candidates and the
 statistics the shared ranking needs, and the passages made of its result.
 User text reaches AQL only as bind variables.
@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chatd.stores.kb import FAQEntry
-from chatd.stores.kb_rank import CANDIDATES, Candidate, Passage, rank
+from chatd.stores.kb.base import FAQEntry
+from chatd.stores.kb.rank import CANDIDATES, Candidate, Passage, rank
 
 __all__ = [
     "ADD",
