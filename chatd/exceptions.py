@@ -23,11 +23,20 @@ errors (httpx, redis, sqlite) are translated where they are caught, with
     │   └── UpstreamProtocolError   (malformed stream)
     └── DeadlineExceeded            timeout
         └── UpstreamTimeout         (phase: connect, ttft, gap, total)
+
+Where an error outlives the call that raised it (a shared flight's end, read
+by every subscriber here and on other instances), it travels as data: a
+:class:`Failure` (code, message, retry hint, operators' detail, and the HTTP
+status of its code). :meth:`Failure.of` turns an exception into one and
+:meth:`Failure.exception` raises a fresh exception of its code's class from
+it, here and nowhere else.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+import attrs
 
 
 def first_leaf(exc: BaseException) -> BaseException:
@@ -170,3 +179,71 @@ class UpstreamTimeout(DeadlineExceeded):
     def __init__(self, message: str, *, phase: str) -> None:
         super().__init__(message)
         self.phase = phase
+
+
+HTTP_STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "too_large": 413,
+    "rate_limited": 429,
+    "overloaded": 503,
+    "upstream_unavailable": 503,
+    "shutting_down": 503,
+    "upstream_error": 502,
+    "timeout": 504,
+    "internal": 500,
+}
+"""The HTTP status for each protocol error code."""
+
+_RAISED_AS: dict[str, type[ChatdError]] = {
+    cls.code: cls
+    for cls in (
+        ChatdError,
+        ClientError,
+        NotFound,
+        TooLarge,
+        Unauthorized,
+        RateLimited,
+        Overloaded,
+        ShuttingDown,
+        UpstreamUnavailable,
+        UpstreamError,
+        DeadlineExceeded,
+    )
+}
+"""The class a :class:`Failure` of each code is raised as."""
+
+SHARED_FAILURE = "a shared answer failed"
+"""What subscribers read for a bug in shared work (its details stay in the log)."""
+
+
+@attrs.frozen
+class Failure:
+    """An error as data, for whatever outlives the raise: the protocol
+    ``code``, the ``message`` users read, the ``retry_after_ms`` hint and the
+    ``detail`` only operators read."""
+
+    code: str
+    message: str
+    retry_after_ms: int | None = None
+    detail: str | None = None
+
+    @classmethod
+    def of(cls, error: BaseException) -> Failure:
+        """What ``error`` says; anything but a :class:`ChatdError` is a bug,
+        which says only that it happened (its details are for the log)."""
+        if not isinstance(error, ChatdError):
+            return cls("internal", SHARED_FAILURE)
+        return cls(error.code, error.message, error.retry_after_ms, error.detail)
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of its code."""
+        return HTTP_STATUS.get(self.code, 500)
+
+    def exception(self) -> ChatdError:
+        """A fresh exception to raise: of its code's class (a code this version
+        does not know is raised as an ``internal`` one)."""
+        cls = _RAISED_AS.get(self.code, ChatdError)
+        return cls(self.message, retry_after_ms=self.retry_after_ms, detail=self.detail)

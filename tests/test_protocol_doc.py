@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from chatd import exceptions
+from chatd.exceptions import HTTP_STATUS
 from chatd.pipeline.events import Event
-from chatd.server.asgi import HTTP_STATUS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")

@@ -6,9 +6,9 @@ shared cache. The bytes are orjson; the shapes are cattrs' unstructured attrs
 classes, each event tagged with its wire ``type``. ``*_to_json`` and
 ``*_from_json`` give the JSON-ready objects, for records that carry several.
 
-Errors travel as their class's dotted name, ``args`` and scalar attributes, so
-the receiver raises the same :class:`ChatdError` subclass, a copy of its own.
-Decoding anything malformed raises :class:`CodecError`.
+Errors travel as data, a :class:`~chatd.exceptions.Failure`, from which the
+receiver raises a fresh exception of its own. Decoding anything malformed
+raises :class:`CodecError`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import cattrs
 import orjson
 
-from chatd.exceptions import ChatdError
+from chatd.exceptions import Failure
 from chatd.pipeline.events import (
     Accepted,
     Done,
@@ -45,10 +45,10 @@ __all__ = [
     "encode_cached",
     "encode_event",
     "encode_outcome",
-    "error_from_json",
-    "error_to_json",
     "event_from_json",
     "event_to_json",
+    "failure_from_json",
+    "failure_to_json",
     "outcome_from_json",
     "outcome_to_json",
 ]
@@ -145,49 +145,20 @@ def decode_cached(data: bytes) -> CachedAnswer:
         raise CodecError(f"not a cached answer: {data[:200]!r}") from exc
 
 
-def error_to_json(error: BaseException) -> dict[str, Any]:
-    """An error as its class's dotted name, its ``args`` and its scalar attributes.
-
-    Anything but a :class:`ChatdError` (a bug) goes as a plain ``internal``
-    ChatdError: its details stay in the log of the instance it happened on.
-    """
-    if not isinstance(error, ChatdError):
-        error = ChatdError("a shared answer failed on another instance")
-    cls = type(error)
-    return {
-        "class": f"{cls.__module__}.{cls.__qualname__}",
-        "args": [a for a in error.args if isinstance(a, _SCALARS)],
-        "attrs": {k: v for k, v in vars(error).items() if isinstance(v, _SCALARS)},
-    }
+def failure_to_json(failure: Failure) -> dict[str, Any]:
+    """A failure as a JSON object."""
+    obj: dict[str, Any] = _converter.unstructure(failure)
+    return obj
 
 
-def error_from_json(obj: Any) -> ChatdError:
-    """A fresh error like the one :func:`error_to_json` described.
-
-    A class this process does not know (another version wrote it) comes back
-    as a plain :class:`ChatdError` with the same message.
-    """
+def failure_from_json(obj: Any) -> Failure:
+    """The failure :func:`failure_to_json` wrote."""
     try:
-        name, args, attributes = obj["class"], list(obj["args"]), dict(obj["attrs"])
-        cls = _chatd_errors().get(name, ChatdError)
-        error = cls.__new__(cls)
-        error.args = tuple(args)
-        error.__dict__.update(attributes)
-        error.message = str(attributes.get("message", args[0] if args else ""))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CodecError(f"not an error: {obj!r:.200}") from exc
-    return error
-
-
-def _chatd_errors() -> dict[str, type[ChatdError]]:
-    """Every ChatdError class loaded, by dotted name (subclasses may live anywhere)."""
-    found: dict[str, type[ChatdError]] = {}
-    todo: list[type[ChatdError]] = [ChatdError]
-    while todo:
-        cls = todo.pop()
-        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
-        todo.extend(cls.__subclasses__())
-    return found
+        if not isinstance(obj, dict):
+            raise TypeError("not an object")
+        return _converter.structure(obj, Failure)
+    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        raise CodecError(f"not a failure: {obj!r:.200}") from exc
 
 
 def _loads(data: bytes) -> Any:

@@ -21,8 +21,8 @@ import structlog
 import trio
 from redis.commands.core import Script
 
-from chatd.exceptions import ChatdError, DeadlineExceeded, first_leaf
-from chatd.pipeline.codec import error_to_json, event_to_json, outcome_to_json
+from chatd.exceptions import ChatdError, Failure, first_leaf
+from chatd.pipeline.codec import event_to_json, failure_to_json, outcome_to_json
 from chatd.pipeline.events import Queued
 from chatd.pipeline.flight_reader import evaluate
 from chatd.pipeline.flight_scripts import (
@@ -33,7 +33,7 @@ from chatd.pipeline.flight_scripts import (
     STREAM_MAXLEN,
     record,
 )
-from chatd.pipeline.flights import Flight, Work
+from chatd.pipeline.flights import STOPPED, Flight, Work
 from chatd.stores.redis.client import RedisClient
 
 __all__ = ["Lead", "LeadSettings", "ms"]
@@ -129,10 +129,9 @@ class Lead:
         if self.diverged:
             return DIVERGED
         if not isinstance(error, trio.Cancelled):
-            return record("error", error_to_json(error))
+            return record("error", failure_to_json(Failure.of(error)))
         if trio.current_time() >= self.flight.scope.deadline:
-            stopped = DeadlineExceeded("the shared answer was stopped before it finished")
-            return record("error", error_to_json(stopped))
+            return record("error", failure_to_json(STOPPED))
         return ABANDONED  # shutting down: a follower takes it over
 
     async def _keep_lease(self) -> None:

@@ -9,8 +9,8 @@ Keys, under the client's prefix::
     flight:{key}:{token}:followers    zset: follower token -> expiry (Redis ms)
 
 Stream entries are orjson records: ``events`` (a batch, numbered by ``seq``),
-then one end: ``outcome``, ``error`` (class, args and attributes: followers
-raise their own copy of the same class), ``diverged`` (the router picked a
+then one end: ``outcome``, ``error`` (a :class:`~chatd.exceptions.Failure`:
+followers raise an exception of its code's class), ``diverged`` (the router picked a
 time- or user-bound tool: followers answer alone, and nothing after it is
 shared) or ``abandoned`` (the leader was stopped: shutdown).
 """

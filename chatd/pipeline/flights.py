@@ -10,7 +10,8 @@ from its own task and under its own scope. So:
 - the last one leaving cancels the flight (closing its LLM call) and removes
   its key in the same synchronous step, so the next asker starts afresh and
   no waiter can delete a key whose work still runs (Go's singleflight traps);
-- a failed flight hands each subscriber its own copy of the error, and a
+- a failed flight keeps its :class:`~chatd.exceptions.Failure`, from which
+  each subscriber raises an exception of its own, and a
   subscriber never sees a ``Cancelled`` that is not its own.
 
 A flight whose router picks a time-bound or user-bound tool stops being
@@ -37,15 +38,17 @@ import orjson
 import structlog
 import trio
 
-from chatd.exceptions import ChatdError, DeadlineExceeded, first_leaf
+from chatd.exceptions import ChatdError, Failure, first_leaf
 from chatd.llm import Message
 from chatd.pipeline.events import Event, Route, Token, ToolStart
 from chatd.pipeline.turn import Turn
 from chatd.resilience.janitor import Reap
 
 __all__ = [
+    "STOPPED",
     "WINDOW",
     "WINDOW_CHARS",
+    "AnswerAlone",
     "Flight",
     "Flights",
     "FlightsStatistics",
@@ -61,6 +64,15 @@ WINDOW_CHARS = 16 * 1024
 log = structlog.get_logger("chatd.flights")
 
 
+class AnswerAlone(ChatdError):
+    """Not an error: raised by a flight's work, it tells every subscriber, its
+    creator too, to answer alone (the flight it relayed stopped being shared)."""
+
+
+STOPPED = Failure("timeout", "the shared answer was stopped before it finished")
+"""How a flight ends that neither finished nor failed (its deadline, or shutdown)."""
+
+
 def flight_key(
     model: str, tools: Sequence[str], messages: Sequence[Message], kb_version: str = ""
 ) -> str:
@@ -73,14 +85,6 @@ def flight_key(
     prompt = [(m.get("role"), norm(m.get("content"))) for m in messages]
     blob = orjson.dumps([model, sorted(tools), prompt, kb_version])
     return hashlib.sha256(blob).hexdigest()
-
-
-def own_copy(error: BaseException) -> BaseException:
-    """A fresh exception like ``error``, so each waiter raises its own."""
-    clone = type(error).__new__(type(error))
-    clone.args = error.args
-    clone.__dict__.update(error.__dict__)
-    return clone
 
 
 @attrs.frozen
@@ -110,7 +114,9 @@ class Flight:
     creator_here: bool = True
     diverged: bool = False
     finished: bool = False
-    error: BaseException | None = None
+    failure: Failure | None = None
+    alone: bool = False
+    """Its work said every subscriber must answer alone (:class:`AnswerAlone`)."""
     _changed: trio.Event = attrs.field(factory=trio.Event)
     _sinks: dict[Sink, trio.Event] = attrs.field(factory=dict)
     """Caught-up followers taking tokens as they come, each with what wakes it."""
@@ -251,17 +257,19 @@ class Flights:
                 try:
                     await work(flight)
                     completed = True
-                # Without their tracebacks (which hold this frame, which holds the
-                # flight): subscribers raise copies, and no cycle is left to collect.
+                # Kept as data: each subscriber raises an exception of its own,
+                # and no traceback keeps this frame (and the flight) alive.
+                except* AnswerAlone:
+                    flight.alone = True
                 except* ChatdError as group:
-                    flight.error = first_leaf(group).with_traceback(None)
+                    flight.failure = Failure.of(first_leaf(group))
                 except* Exception as group:
                     log.error("flight crashed", exc_info=first_leaf(group))
-                    flight.error = first_leaf(group).with_traceback(None)
+                    flight.failure = Failure.of(first_leaf(group))
         finally:
-            if not completed and flight.error is None:
+            if not completed and flight.failure is None and not flight.alone:
                 # Its own deadline, or the server shutting down: never a bare Cancelled.
-                flight.error = DeadlineExceeded("the shared answer was stopped before it finished")
+                flight.failure = STOPPED
             flight.finished = True
             self._forget(flight)
             flight._wake()
@@ -273,7 +281,7 @@ class Flights:
     async def follow(self, flight: Flight, turn: Turn, *, created: bool) -> bool:
         """Replay and follow ``flight`` into ``turn``; ``False`` if this caller must
         answer alone instead (the flight diverged). Raises its own copy of the
-        flight's error."""
+        flight's failure, as an exception of its own."""
         index = 0
         while True:
             if flight.diverged and not created:
@@ -299,8 +307,10 @@ class Flights:
 
             # No checkpoint since the length check, so no event can be missed.
             await flight.taken_as_they_come(take)
-        if flight.error is not None:
-            raise own_copy(flight.error)
+        if flight.alone:
+            return False
+        if flight.failure is not None:
+            raise flight.failure.exception()
         turn.adopt(flight.turn.outcome())
         turn.queue_s += flight.turn.queue_s
         turn.shared = not created

@@ -50,8 +50,8 @@ from redis.commands.core import Script
 
 from chatd.exceptions import ChatdError, UpstreamUnavailable
 from chatd.pipeline.codec import (
-    error_from_json,
     event_from_json,
+    failure_from_json,
     outcome_from_json,
 )
 from chatd.pipeline.flight_lead import Lead, LeadSettings, ms
@@ -60,7 +60,7 @@ from chatd.pipeline.flight_scripts import (
     register,
     zrem,
 )
-from chatd.pipeline.flights import Flight, Flights, FlightsStatistics, Work
+from chatd.pipeline.flights import AnswerAlone, Flight, Flights, FlightsStatistics, Work
 from chatd.pipeline.turn import Turn
 from chatd.resilience.supervisor import Supervisor
 from chatd.stores.redis.client import RedisClient
@@ -87,10 +87,6 @@ class RedisFlightsStatistics(FlightsStatistics):
     took_over: int
     lost: int
     local_only: int
-
-
-class _AnswerAlone(ChatdError):
-    """Not an error: this instance's subscribers must answer alone."""
 
 
 @attrs.define
@@ -157,11 +153,8 @@ class RedisFlights(Flights):
 
     async def follow(self, flight: Flight, turn: Turn, *, created: bool) -> bool:
         """As :meth:`Flights.follow`; an answer relayed from another instance is shared."""
-        try:
-            followed = await super().follow(flight, turn, created=created)
-        except _AnswerAlone:
-            return False
-        if flight.turn.shared:
+        followed = await super().follow(flight, turn, created=created)
+        if followed and flight.turn.shared:
             turn.shared = True
         return followed
 
@@ -269,7 +262,7 @@ class RedisFlights(Flights):
                             if flight.events:
                                 return False
                             ended = True
-                            raise _AnswerAlone("the start of the shared answer is gone")
+                            raise AnswerAlone("the start of the shared answer is gone")
                         for event in record["events"]:
                             flight.publish_nowait(event_from_json(event))
                         continue
@@ -278,10 +271,10 @@ class RedisFlights(Flights):
                         flight.turn.adopt(outcome_from_json(record["outcome"]))
                         return True
                     if kind == "error":
-                        raise error_from_json(record["error"])
+                        raise failure_from_json(record["error"]).exception()
                     if kind == "diverged":
                         self._diverged += 1
-                        raise _AnswerAlone("the shared answer stopped being shared")
+                        raise AnswerAlone("the shared answer stopped being shared")
                     return False  # abandoned
                 if inbox.lost:
                     ended = True

@@ -17,14 +17,13 @@ import orjson
 import structlog
 import trio
 
-from chatd.exceptions import ChatdError, TooLarge, Unauthorized
+from chatd.exceptions import HTTP_STATUS, ChatdError, TooLarge, Unauthorized
 from chatd.pipeline import ChatInput, Event, Pipeline
 from chatd.pipeline.events import Error
 from chatd.server.auth import client_address, identify
 from chatd.server.origins import ASGIApp, Receive, Send
 
 __all__ = [
-    "HTTP_STATUS",
     "SSE_HEADERS",
     "ASGIApp",
     "ChannelOutput",
@@ -42,21 +41,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("chatd.server")
-
-HTTP_STATUS = {
-    "bad_request": 400,
-    "unauthorized": 401,
-    "not_found": 404,
-    "too_large": 413,
-    "rate_limited": 429,
-    "overloaded": 503,
-    "upstream_unavailable": 503,
-    "shutting_down": 503,
-    "upstream_error": 502,
-    "timeout": 504,
-    "internal": 500,
-}
-"""The HTTP status for each protocol error code."""
 
 
 def error_parts(error: Error) -> tuple[int, bytes, dict[str, str]]:

@@ -33,7 +33,7 @@ import attrs
 import orjson
 import structlog
 
-from chatd.exceptions import ChatdError, ClientError
+from chatd.exceptions import HTTP_STATUS, ChatdError, ClientError
 from chatd.llm import Message
 from chatd.pipeline import ChatInput, Event, Pipeline
 from chatd.pipeline.events import (
@@ -49,7 +49,6 @@ from chatd.pipeline.events import (
     wire_object,
 )
 from chatd.server.asgi import (
-    HTTP_STATUS,
     SSE_HEADERS,
     ASGIApp,
     Receive,

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chatd import exceptions
-from chatd.exceptions import ChatdError
+from chatd.exceptions import HTTP_STATUS, ChatdError, Failure
 from chatd.pipeline import codec
 from chatd.pipeline.events import (
     Accepted,
@@ -103,27 +103,29 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
-def test_error_round_trip_is_a_copy_of_the_same_class(error: ChatdError) -> None:
-    """The receiver raises the same class, with the same message, code and attributes."""
-    back = codec.error_from_json(orjson.loads(orjson.dumps(codec.error_to_json(error))))
-    assert type(back) is type(error) and back is not error
-    assert back.args == error.args and back.message == error.message
-    assert back.code == error.code and back.retry_after_ms == error.retry_after_ms
-    assert vars(back) == vars(error)
+def test_failure_round_trip_raises_the_same_code_afresh(error: ChatdError) -> None:
+    """The receiver raises an exception of its own, of the code's class, with
+    the same code, message, retry hint and detail."""
+    failure = Failure.of(error)
+    back = codec.failure_from_json(orjson.loads(orjson.dumps(codec.failure_to_json(failure))))
+    assert back == failure
+    raised = back.exception()
+    assert raised is not error and isinstance(error, type(raised))
+    assert (raised.code, raised.message) == (error.code, error.message)
+    assert (raised.retry_after_ms, raised.detail) == (error.retry_after_ms, error.detail)
+    assert failure.status == HTTP_STATUS[error.code]
 
 
-def test_a_bug_travels_as_an_internal_error() -> None:
+def test_a_bug_travels_as_an_internal_failure() -> None:
     """Anything but a ChatdError becomes a plain internal one: details stay in its log."""
-    back = codec.error_from_json(codec.error_to_json(KeyError("secret detail")))
+    back = Failure.of(KeyError("secret detail")).exception()
     assert type(back) is ChatdError and back.code == "internal"
     assert "secret" not in back.message
 
 
-def test_unknown_error_class_becomes_a_plain_chatd_error() -> None:
-    """An error class this version does not know keeps its message."""
-    back = codec.error_from_json(
-        {"class": "chatd.future.NewError", "args": ["new"], "attrs": {"message": "new"}}
-    )
+def test_unknown_code_is_raised_as_an_internal_error() -> None:
+    """A code this version does not know keeps its message."""
+    back = codec.failure_from_json({"code": "future_code", "message": "new"}).exception()
     assert type(back) is ChatdError and back.message == "new"
 
 
@@ -144,3 +146,12 @@ def test_malformed_input_raises_codec_error(decode: Any, data: bytes) -> None:
     """Garbage is refused with one exception type."""
     with pytest.raises(codec.CodecError):
         decode(data)
+
+
+@pytest.mark.parametrize(
+    "obj", [{"message": "no code"}, {"code": "timeout", "message": "m", "extra": 1}, [1], None]
+)
+def test_malformed_failure_raises_codec_error(obj: Any) -> None:
+    """A failure record that is not one is refused like any other garbage."""
+    with pytest.raises(codec.CodecError):
+        codec.failure_from_json(obj)

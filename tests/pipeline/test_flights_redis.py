@@ -17,7 +17,7 @@ import redis
 import trio
 
 from chatd.config import RedisSettings
-from chatd.exceptions import ChatdError, UpstreamHTTPError, UpstreamUnavailable
+from chatd.exceptions import ChatdError, UpstreamError, UpstreamHTTPError, UpstreamUnavailable
 from chatd.pipeline.events import Event, Route, Token
 from chatd.pipeline.flights import Flight
 from chatd.pipeline.flights_redis import LOST, RedisFlights
@@ -219,7 +219,7 @@ async def test_late_follower_replays_from_the_start(redis_url: str) -> None:
 
 
 async def test_error_reaches_each_instance_as_its_own_copy(redis_url: str) -> None:
-    """A failed flight raises the same error class, with its attributes, on both sides."""
+    """A failed flight raises the same failure, as an exception of its own, on both sides."""
     work = FakeWork(pause_at=1, error=UpstreamHTTPError("bad gateway", status=502, body="x"))
     with trio.fail_after(5):
         async with open_instances(redis_url) as (a, b), trio.open_nursery() as nursery:
@@ -230,9 +230,8 @@ async def test_error_reaches_each_instance_as_its_own_copy(redis_url: str) -> No
             await one.done.wait()
             await two.done.wait()
     for asker in (one, two):
-        assert isinstance(asker.result, UpstreamHTTPError)
-        assert (asker.result.status, asker.result.body) == (502, "x")
-        assert asker.result.message == "bad gateway"
+        assert isinstance(asker.result, UpstreamError)
+        assert (asker.result.code, asker.result.message) == ("upstream_error", "bad gateway")
     assert one.result is not two.result and work.calls == 1
     assert two.events == one.events
 
