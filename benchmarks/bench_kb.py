@@ -44,7 +44,7 @@ OUTCOMES = ("hit", "wrong", "miss", "answered")
 def generated_faq(count: int, seed: int = 16) -> list[dict[str, Any]]:
     """``count`` entries: the sample's own, then questions stitched from halves
     of two real questions, with a real entry's tags and answer."""
-    from chatd.stores import sample_faq
+    from chatd.stores.kb import sample_faq
 
     real = sample_faq()
     rng = random.Random(seed)
@@ -63,7 +63,7 @@ def generated_faq(count: int, seed: int = 16) -> list[dict[str, Any]]:
 async def measure(faq_file: str, passes: int) -> dict[str, Any]:
     """Quality on the sample FAQ, then the cost of a query on it and on ``faq_file``."""
     from chatd.config.settings import KBSettings, ToolsSettings
-    from chatd.stores import load_faq_file, open_knowledge_base
+    from chatd.stores.kb import load_faq_file, open_knowledge_base
 
     cases = [json.loads(line) for line in EVAL_SET.read_text().splitlines() if line.strip()]
     gate = ToolsSettings().faq_min_confidence

@@ -25,14 +25,7 @@ import structlog
 import trio
 
 from chatd.exceptions import UpstreamUnavailable
-from chatd.llm import (
-    ChatRequest,
-    Completion,
-    Message,
-    TextDelta,
-    ToolCall,
-    ToolCallBegin,
-)
+from chatd.llm import ChatRequest, Completion, Message, TextDelta, ToolCall, ToolCallBegin
 from chatd.llm.types import estimate_prompt_tokens, estimate_tokens
 from chatd.pipeline.events import ToolEnd, ToolStart
 from chatd.pipeline.turn import ChatStreamer, Turn

@@ -19,18 +19,7 @@ import cattrs
 import orjson
 
 from chatd.exceptions import Failure
-from chatd.pipeline.events import (
-    Accepted,
-    Done,
-    Error,
-    Event,
-    Pong,
-    Queued,
-    Route,
-    Token,
-    ToolEnd,
-    ToolStart,
-)
+from chatd.pipeline.events import EVENT_TYPES, Event, Token
 from chatd.pipeline.turn import Outcome
 
 if TYPE_CHECKING:
@@ -53,10 +42,6 @@ __all__ = [
     "outcome_to_json",
 ]
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (Accepted, Queued, Route, ToolStart, ToolEnd, Token, Done, Error, Pong)
-}
-"""Every event class by its wire ``type``."""
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
 

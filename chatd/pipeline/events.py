@@ -9,7 +9,7 @@ unset, so the wire carries exactly what protocol.md lists.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import attrs
 import orjson
@@ -18,6 +18,7 @@ from chatd.exceptions import ChatdError
 from chatd.redaction import redact
 
 __all__ = [
+    "EVENT_TYPES",
     "Accepted",
     "Done",
     "Error",
@@ -129,6 +130,9 @@ class Pong:
 
 
 Event = Accepted | Queued | Route | ToolStart | ToolEnd | Token | Done | Error | Pong
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in get_args(Event)}
+"""Every event class by its wire ``type``."""
 
 
 def merged(events: Iterable[Event]) -> tuple[Event, ...]:

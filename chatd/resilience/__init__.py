@@ -10,17 +10,8 @@ tools, llm, stores and server use it, never the other way round.
 from chatd.resilience.breaker import (
     PROBE_RETRY_AFTER_S,
     Attempt,
-    BreakerState,
-    BreakerStatistics,
     CircuitBreaker,
     default_is_failure,
 )
 
-__all__ = [
-    "PROBE_RETRY_AFTER_S",
-    "Attempt",
-    "BreakerState",
-    "BreakerStatistics",
-    "CircuitBreaker",
-    "default_is_failure",
-]
+__all__ = ["PROBE_RETRY_AFTER_S", "Attempt", "CircuitBreaker", "default_is_failure"]

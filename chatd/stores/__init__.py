@@ -8,26 +8,3 @@ through ``trio.to_thread.run_sync`` under the store's own CapacityLimiter, and
 their errors become :mod:`chatd.exceptions` at the store's boundary. Imports
 only ``chatd.config``, ``chatd.exceptions`` and ``chatd.llm.types``.
 """
-
-from chatd.stores.kb import (
-    FAQEntry,
-    KBStatistics,
-    KnowledgeBase,
-    Passage,
-    load_faq_file,
-    open_knowledge_base,
-    sample_faq,
-)
-from chatd.stores.kb.sqlite import SQLiteKnowledgeBase, open_sqlite_knowledge_base
-
-__all__ = [
-    "FAQEntry",
-    "KBStatistics",
-    "KnowledgeBase",
-    "Passage",
-    "SQLiteKnowledgeBase",
-    "load_faq_file",
-    "open_knowledge_base",
-    "open_sqlite_knowledge_base",
-    "sample_faq",
-]

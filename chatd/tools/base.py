@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import trio
 
-__all__ = ["Speculative", "Tool", "ToolContext", "ToolResult", "stream_text"]
+__all__ = ["Speculative", "Tool", "ToolContext", "ToolResult", "stream_text", "string_argument"]
 
 
 @attrs.frozen
@@ -110,3 +110,18 @@ async def stream_text(text: str, send: trio.MemorySendChannel[str], piece_chars:
             end = space if space > start else end
         await send.send(text[start:end])
         start = end
+
+
+def string_argument(
+    name: str, description: str, *, required: bool = True, **limits: int
+) -> Mapping[str, Any]:
+    """The JSON schema of a tool's arguments when they are one string, ``name``,
+    with JSON-schema ``limits`` such as ``maxLength``."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {name: {"type": "string", "description": description, **limits}},
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = [name]
+    return schema

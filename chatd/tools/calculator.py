@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from chatd.exceptions import ToolFailed
-from chatd.tools.base import ToolContext, ToolResult, stream_text
+from chatd.tools.base import ToolContext, ToolResult, stream_text, string_argument
 
 __all__ = [
     "MAX_EXPONENT",
@@ -157,19 +157,12 @@ class Calculator:
         "Evaluate an arithmetic expression exactly. Supports numbers, + - * / // % "
         "** (or ^) and parentheses, e.g. '12*(3+4)' or '2^10 / 3'."
     )
-    parameters: ClassVar[Mapping[str, Any]] = {
-        "type": "object",
-        "properties": {
-            "expression": {
-                "type": "string",
-                "description": "The arithmetic expression, e.g. '12*(3+4)'.",
-                "minLength": 1,
-                "maxLength": MAX_EXPRESSION_CHARS,
-            }
-        },
-        "required": ["expression"],
-        "additionalProperties": False,
-    }
+    parameters: ClassVar[Mapping[str, Any]] = string_argument(
+        "expression",
+        "The arithmetic expression, e.g. '12*(3+4)'.",
+        minLength=1,
+        maxLength=MAX_EXPRESSION_CHARS,
+    )
     natural_answer: ClassVar[bool] = False
     time_bound: ClassVar[bool] = False
     user_bound: ClassVar[bool] = False

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from chatd.exceptions import ToolFailed
-from chatd.tools.base import ToolContext, ToolResult, stream_text
+from chatd.tools.base import ToolContext, ToolResult, stream_text, string_argument
 
 __all__ = ["Clock", "describe_time"]
 
@@ -81,17 +81,12 @@ class Clock:
         "Get the current date, weekday and time. Give an IANA timezone such as "
         "'Europe/Paris' for local time; the default is UTC."
     )
-    parameters: ClassVar[Mapping[str, Any]] = {
-        "type": "object",
-        "properties": {
-            "timezone": {
-                "type": "string",
-                "description": "IANA timezone name, e.g. 'America/New_York'. Default: UTC.",
-                "maxLength": 64,
-            }
-        },
-        "additionalProperties": False,
-    }
+    parameters: ClassVar[Mapping[str, Any]] = string_argument(
+        "timezone",
+        "IANA timezone name, e.g. 'America/New_York'. Default: UTC.",
+        required=False,
+        maxLength=64,
+    )
     natural_answer: ClassVar[bool] = False
     time_bound: ClassVar[bool] = True
     user_bound: ClassVar[bool] = False

@@ -23,7 +23,7 @@ import trio
 
 from chatd.exceptions import ToolFailed, UpstreamError, UpstreamUnavailable
 from chatd.stores.kb import KnowledgeBase, Passage
-from chatd.tools.base import ToolContext, ToolResult, stream_text
+from chatd.tools.base import ToolContext, ToolResult, stream_text, string_argument
 
 __all__ = ["FrequentlyAsked", "describe_passages"]
 
@@ -63,17 +63,9 @@ class FrequentlyAsked:
         "accounts and passwords, privacy, subscriptions, support hours, warranty, "
         "gift cards and discounts. Pass the customer's question as they asked it."
     )
-    parameters: ClassVar[Mapping[str, Any]] = {
-        "type": "object",
-        "properties": {
-            "question": {
-                "type": "string",
-                "description": "The customer's question, in their own words.",
-            }
-        },
-        "required": ["question"],
-        "additionalProperties": False,
-    }
+    parameters: ClassVar[Mapping[str, Any]] = string_argument(
+        "question", "The customer's question, in their own words."
+    )
     natural_answer: ClassVar[bool] = True
     time_bound: ClassVar[bool] = False
     user_bound: ClassVar[bool] = False

@@ -11,7 +11,7 @@ import trio
 
 from chatd.cli.kb import load_kb_file, run_kb_eval, run_kb_load
 from chatd.config import KBSettings, Settings
-from chatd.stores import open_knowledge_base
+from chatd.stores.kb import open_knowledge_base
 
 FAQ = (
     '{"question": "Do you sell telescopes?", "answer": "Yes, three models.", "tags": ["sky"]}\n'

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from chatd.config import KBSettings
-from chatd.stores import KnowledgeBase, open_knowledge_base
+from chatd.stores.kb import KnowledgeBase, open_knowledge_base
 
 KB_BACKENDS = ["sqlite", "arango"]
 

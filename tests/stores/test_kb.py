@@ -13,7 +13,7 @@ import trio
 
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError
-from chatd.stores import FAQEntry, KnowledgeBase, load_faq_file, open_knowledge_base, sample_faq
+from chatd.stores.kb import FAQEntry, KnowledgeBase, load_faq_file, open_knowledge_base, sample_faq
 from chatd.stores.kb.eval import evaluate, load_eval_set
 from chatd.stores.kb.rank import MAX_QUERY_TERMS, Evidence, query_terms, stems
 

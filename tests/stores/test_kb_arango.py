@@ -22,7 +22,7 @@ import trio
 
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
-from chatd.stores import FAQEntry, open_knowledge_base
+from chatd.stores.kb import FAQEntry, open_knowledge_base
 from chatd.stores.kb.arango import open_arango_knowledge_base
 from chatd.stores.kb.arango_aql import documents, entry_key, passages, search_query
 from chatd.stores.kb.rank import CANDIDATES, Candidate, rank

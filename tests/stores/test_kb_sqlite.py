@@ -11,7 +11,7 @@ import trio.testing
 
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
-from chatd.stores import FAQEntry, SQLiteKnowledgeBase, open_knowledge_base
+from chatd.stores.kb import FAQEntry, SQLiteKnowledgeBase, open_knowledge_base
 from chatd.stores.kb.sqlite import open_sqlite_knowledge_base
 
 TIMEOUT = 20

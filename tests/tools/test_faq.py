@@ -12,7 +12,7 @@ import trio
 
 from chatd.config import KBSettings
 from chatd.exceptions import ToolFailed, UpstreamUnavailable
-from chatd.stores import FAQEntry, KBStatistics, KnowledgeBase, Passage, open_knowledge_base
+from chatd.stores.kb import FAQEntry, KBStatistics, KnowledgeBase, Passage, open_knowledge_base
 from chatd.tools import Tool, ToolContext
 from chatd.tools.faq import FrequentlyAsked
 

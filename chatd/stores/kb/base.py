@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ __all__ = [
     "KBStatistics",
     "KnowledgeBase",
     "Passage",
+    "jsonl_rows",
     "load_faq_file",
     "sample_faq",
 ]
@@ -142,7 +143,7 @@ def load_faq_file(path: str | Path) -> list[FAQEntry]:
         raise ConfigError(f"{path}: expected a .jsonl, .json or .csv file")
     try:
         with path.open(encoding="utf-8-sig", newline="") as file:
-            rows = _csv_rows(file, path) if suffix == ".csv" else _jsonl_rows(file, path)
+            rows = _csv_rows(file, path) if suffix == ".csv" else jsonl_rows(file, path)
             return [_entry(row, path, line) for line, row in rows]
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
@@ -150,7 +151,9 @@ def load_faq_file(path: str | Path) -> list[FAQEntry]:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from exc
 
 
-def _jsonl_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+def jsonl_rows(lines: Iterable[str], path: Path | str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Each non-blank line's number and JSON object; a line that is not one
+    raises :class:`ConfigError` naming ``path`` and the line."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

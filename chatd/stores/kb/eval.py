@@ -21,10 +21,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
-import orjson
 
 from chatd.exceptions import ConfigError
-from chatd.stores.kb.base import KnowledgeBase
+from chatd.stores.kb.base import KnowledgeBase, jsonl_rows
 
 __all__ = ["EvalCase", "EvalReport", "Verdict", "evaluate", "load_eval_set", "verdict"]
 
@@ -137,16 +136,8 @@ def load_eval_set(path: str | Path | None = None) -> list[EvalCase]:
 
 def _cases(lines: Sequence[str], where: str) -> list[EvalCase]:
     cases = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{where}:{number}: not valid JSON ({exc.msg})") from exc
-        text, question, split = (
-            row.get(k) if isinstance(row, dict) else None for k in ("text", "question", "split")
-        )
+    for number, row in jsonl_rows(lines, where):
+        text, question, split = (row.get(k) for k in ("text", "question", "split"))
         if not isinstance(text, str) or not text.strip():
             raise ConfigError(f"{where}:{number}: 'text' must be a non-empty string")
         if question is not None and not isinstance(question, str):
