@@ -49,17 +49,10 @@ import trio
 from redis.commands.core import Script
 
 from chatd.exceptions import ChatdError, UpstreamUnavailable
-from chatd.pipeline.codec import (
-    event_from_json,
-    failure_from_json,
-    outcome_from_json,
-)
+from chatd.pipeline.codec import event_from_json, failure_from_json, outcome_from_json
 from chatd.pipeline.flight_lead import Lead, LeadSettings, ms
 from chatd.pipeline.flight_reader import Inbox, StreamReader, evaluate
-from chatd.pipeline.flight_scripts import (
-    register,
-    zrem,
-)
+from chatd.pipeline.flight_scripts import register, zrem
 from chatd.pipeline.flights import AnswerAlone, Flight, Flights, FlightsStatistics, Work
 from chatd.pipeline.turn import Turn
 from chatd.resilience.supervisor import Supervisor
