@@ -20,14 +20,27 @@ import pytest
 CHATD = [sys.executable, "-m", "chatd"]
 
 
-def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def running(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``chatd *args`` while the block runs; killed if still running, and its pipes closed."""
+    proc = subprocess.Popen(
         [*CHATD, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=cwd,
         env={**os.environ, **(env or {})},
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
 
 
 def first_line(proc: subprocess.Popen[bytes]) -> dict[str, object]:
@@ -41,17 +54,8 @@ def first_line(proc: subprocess.Popen[bytes]) -> dict[str, object]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``chatd serve`` as a new user starts it: a fresh folder, no knowledge base yet."""
-    proc = start("serve", "--port", "0", cwd=tmp_path)
-    try:
-        line = first_line(proc)
-        yield proc, str(line["url"])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe:
-                pipe.close()
+    with running("serve", "--port", "0", cwd=tmp_path) as proc:
+        yield proc, str(first_line(proc)["url"])
 
 
 def test_serve_first_line_names_address_and_drains_on_sigterm(
@@ -138,8 +142,7 @@ def test_bad_rules_file_stops_sim_llm(tmp_path: Path) -> None:
 
 def test_drain_waits_for_answers_and_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     """SIGTERM with an answer streaming: chatd waits for it; a second SIGTERM exits now."""
-    proc = start("serve", "--port", "0", cwd=tmp_path, env={"CHATD_SIM_TOKENS_PER_S": "2"})
-    try:
+    with running("serve", "--port", "0", cwd=tmp_path, env={"CHATD_SIM_TOKENS_PER_S": "2"}) as proc:
         url = str(first_line(proc)["url"])
         streaming = threading.Event()
 
@@ -167,10 +170,3 @@ def test_drain_waits_for_answers_and_a_second_signal_exits_at_once(tmp_path: Pat
         proc.wait(5)
         assert time.monotonic() - started < 3
         asker.join(5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe:
-                pipe.close()

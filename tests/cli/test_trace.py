@@ -251,8 +251,12 @@ def test_ctrl_c_while_following_exits_0(log_file: Path, monkeypatch: pytest.Monk
     assert trace_cli.run_trace(args(str(log_file), "--follow"), console()) == 0
 
 
+Following = Callable[..., tuple[Console, list[int]]]
+"""Starts following a log (:func:`follow`'s keywords); its console and exit status."""
+
+
 @pytest.fixture
-def following() -> Iterator[Callable[..., tuple[Console, list[int]]]]:
+def following() -> Iterator[Following]:
     """Run :func:`follow` in a thread; always stopped and joined (bounded) at the end."""
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -273,6 +277,14 @@ def following() -> Iterator[Callable[..., tuple[Console, list[int]]]]:
         assert not thread.is_alive()
 
 
+@pytest.fixture
+def ok_log(tmp_path: Path, ok_lines: list[str]) -> Path:
+    """A log holding the successful request alone."""
+    path = tmp_path / "chatd.log"
+    path.write_text("".join(ok_lines))
+    return path
+
+
 def wait_for(out: Console, text: str, timeout: float = 5.0) -> str:
     deadline = time.monotonic() + timeout
     while text not in (seen := out.export_text(clear=False)):
@@ -282,18 +294,13 @@ def wait_for(out: Console, text: str, timeout: float = 5.0) -> str:
 
 
 def test_follow_prints_each_summary_as_its_request_completes(
-    tmp_path: Path,
-    ok_lines: list[str],
-    bad_lines: list[str],
-    following: Callable[..., tuple[Console, list[int]]],
+    ok_log: Path, bad_lines: list[str], following: Following
 ) -> None:
     """The summaries already there, then new ones, also when a line arrives in pieces."""
-    path = tmp_path / "chatd.log"
-    path.write_text("".join(ok_lines))
-    out, _ = following(path)
+    out, _ = following(ok_log)
     wait_for(out, "req_ok tools done")
     *spans, summary = bad_lines
-    with path.open("a") as log:
+    with ok_log.open("a") as log:
         log.write("".join(spans) + "not json\n" + summary[:30])
         log.flush()
         time.sleep(0.05)  # the follower sees half a line and must wait for the rest
@@ -304,24 +311,17 @@ def test_follow_prints_each_summary_as_its_request_completes(
 
 
 def test_follow_starts_again_when_the_log_is_truncated(
-    tmp_path: Path,
-    ok_lines: list[str],
-    bad_lines: list[str],
-    following: Callable[..., tuple[Console, list[int]]],
+    ok_log: Path, bad_lines: list[str], following: Following
 ) -> None:
     """A log cut to nothing (copytruncate rotation) is read again from its start."""
-    path = tmp_path / "chatd.log"
-    path.write_text("".join(ok_lines))
-    out, _ = following(path)
+    out, _ = following(ok_log)
     wait_for(out, "req_ok")
-    path.write_text("".join(bad_lines))
+    ok_log.write_text("".join(bad_lines))
     wait_for(out, "req_bad")
 
 
 def test_follow_with_an_id_draws_that_request_when_it_completes(
-    tmp_path: Path,
-    bad_lines: list[str],
-    following: Callable[..., tuple[Console, list[int]]],
+    tmp_path: Path, bad_lines: list[str], following: Following
 ) -> None:
     """``--follow REQUEST_ID`` waits for the request's summary, draws it, exits 0."""
     path = tmp_path / "chatd.log"

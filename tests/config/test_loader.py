@@ -17,6 +17,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def load_error(path: Path | None = None, *, env: dict[str, str]) -> str:
+    """The message that loading ``path`` and ``env`` stops with."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env=env)
+    return str(info.value)
+
+
 def test_defaults_need_nothing() -> None:
     """With no file and no environment, the embedded defaults load."""
     settings = load_settings(env={})
@@ -123,10 +130,9 @@ def test_env_scalars_are_parsed() -> None:
 )
 def test_bad_env_value_names_key_value_and_expectation(env: dict[str, str], message: str) -> None:
     """Each bad value stops loading with one line: key, value, source, expectation."""
-    with pytest.raises(ConfigError) as info:
-        load_settings(env=env)
-    assert str(info.value) == message
-    assert "\n" not in str(info.value)
+    error = load_error(env=env)
+    assert error == message
+    assert "\n" not in error
 
 
 @pytest.mark.parametrize(("value", "count"), [("3", 3), ("auto", len(os.sched_getaffinity(0)))])
@@ -153,9 +159,7 @@ def test_wrong_type_in_file(tmp_path: Path) -> None:
 def test_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
     """A typo names the key and the keys that table has."""
     path = write(tmp_path, "[limits]\nllm_stream = 5\n")
-    with pytest.raises(ConfigError) as info:
-        load_settings(path, env={})
-    assert str(info.value).startswith(
+    assert load_error(path, env={}).startswith(
         "config: unknown key limits.llm_stream: expected one of prepare, llm_streams"
     )
 
@@ -205,9 +209,7 @@ def test_http_tools_from_file_and_env(tmp_path: Path) -> None:
 )
 def test_bad_http_tool_names_its_index(tmp_path: Path, text: str, message: str) -> None:
     """An error inside a list of tables names the item by index."""
-    with pytest.raises(ConfigError) as info:
-        load_settings(write(tmp_path, text), env={})
-    assert str(info.value).startswith(message)
+    assert load_error(write(tmp_path, text), env={}).startswith(message)
 
 
 @pytest.mark.parametrize(
@@ -227,15 +229,11 @@ def test_bad_http_tool_names_its_index(tmp_path: Path, text: str, message: str) 
 )
 def test_config_errors_never_print_secrets(env: dict[str, str], message: str) -> None:
     """A bad key, password or URL with credentials is named, its secret not shown."""
-    with pytest.raises(ConfigError) as info:
-        load_settings(env=env)
-    assert str(info.value) == message
+    assert load_error(env=env) == message
 
 
 def test_an_unknown_chatd_variable_names_the_closest_setting() -> None:
-    with pytest.raises(ConfigError) as info:
-        load_settings(env={"CHATD_LIMITS_LLM_STREEMZ": "5"})
-    assert str(info.value) == (
+    assert load_error(env={"CHATD_LIMITS_LLM_STREEMZ": "5"}) == (
         "config: unknown environment variable CHATD_LIMITS_LLM_STREEMZ: "
         "did you mean CHATD_LIMITS_LLM_STREAMS?"
     )

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 
-from chatd.config import KBSettings, Settings, SimSettings
+from chatd.config import (
+    BreakerSettings,
+    BreakersSettings,
+    KBSettings,
+    LLMSettings,
+    Settings,
+    SimSettings,
+)
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd
 
 MakeSettings = Callable[..., Settings]
@@ -41,3 +50,36 @@ async def client(chatd: Chatd) -> AsyncIterator[ChatClient]:
     """A WebSocket client connected to :func:`chatd`."""
     async with open_chat_client(chatd.ws_url) as ws:
         yield ws
+
+
+CHAT_ANSWER_FIELDS = frozenset(
+    {"answer", "path", "request_id", "finish_reason", "shared", "cached", "usage", "timings"}
+)
+"""The keys of a JSON (not SSE) answer to ``POST /v1/chat``."""
+
+
+def sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    """An SSE body as (event, data) pairs."""
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], orjson.loads(lines["data"])))
+    return events
+
+
+@asynccontextmanager
+async def open_chatd_with_llm_down(
+    make_settings: Callable[..., Settings], failure_threshold: int
+) -> AsyncIterator[tuple[Chatd, ChatClient]]:
+    """chatd whose simulated LLM answers 503, with no retries and an LLM breaker that
+    opens for 60 s after ``failure_threshold`` failures; and a client on it."""
+    settings = make_settings(
+        llm=LLMSettings(retries=0),
+        breakers=BreakersSettings(
+            llm=BreakerSettings(failure_threshold=failure_threshold, open_timeout_s=60)
+        ),
+    )
+    async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
+        assert chatd.sim is not None
+        chatd.sim.set_fault("error", status=503)
+        yield chatd, client

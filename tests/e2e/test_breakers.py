@@ -14,19 +14,13 @@ from chatd.config import (
 )
 from chatd.llm.sim import serve_sim_llm
 from chatd.testing import open_chat_client, open_chatd
-from tests.e2e.conftest import MakeSettings
+from tests.e2e.conftest import MakeSettings, open_chatd_with_llm_down
 
 
 async def test_llm_down_opens_breaker_and_fails_fast(make_settings: MakeSettings) -> None:
     """After failure_threshold failures the breaker opens: chats fail at once,
     upstream_unavailable with retry_after_ms, and /readyz says 503 with the state."""
-    settings = make_settings(
-        llm=LLMSettings(retries=0),
-        breakers=BreakersSettings(llm=BreakerSettings(failure_threshold=3, open_timeout_s=60)),
-    )
-    async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
-        assert chatd.sim is not None
-        chatd.sim.set_fault("error", status=503)
+    async with open_chatd_with_llm_down(make_settings, failure_threshold=3) as (chatd, client):
         with trio.fail_after(10):
             for i in range(3):
                 await client.chat(f"f{i}", "hello")
@@ -36,7 +30,7 @@ async def test_llm_down_opens_breaker_and_fails_fast(make_settings: MakeSettings
         assert error["code"] == "upstream_unavailable"
         assert "circuit breaker is open" in error["message"]
         assert 0 < error["retry_after_ms"] <= 60_000
-        assert chatd.sim.statistics().requests == 3
+        assert chatd.sim is not None and chatd.sim.statistics().requests == 3
         async with httpx.AsyncClient(base_url=chatd.url) as http:
             ready = await http.get("/readyz")
         assert ready.status_code == 503

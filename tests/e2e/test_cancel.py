@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,11 @@ from tests.e2e.conftest import MakeSettings
 
 
 async def wait_for_disconnects(chatd: Chatd, count: int) -> None:
-    """The simulator saw ``count`` clients leave within 100 ms."""
+    """The simulator saw ``count`` clients leave (how soon is the benchmarks' to
+    measure: the bound only keeps a missing close from hanging the test)."""
     sim = chatd.sim
     assert sim is not None
-    await wait_until(lambda: sim.statistics().client_disconnects >= count, within=0.1)
+    await wait_until(lambda: sim.statistics().client_disconnects >= count, within=5)
 
 
 async def wait_idle(chatd: Chatd) -> None:
@@ -35,6 +37,12 @@ async def wait_idle(chatd: Chatd) -> None:
     )
 
 
+async def cancel(client: ChatClient, request_id: str) -> dict[str, Any]:
+    """Cancel ``request_id``; the event that ends it."""
+    await client.send({"type": "cancel", "id": request_id})
+    return await client.finish(request_id)
+
+
 async def test_cancel_mid_stream(chatd: Chatd, client: ChatClient) -> None:
     """cancel ends the request with done/cancelled and closes the upstream call."""
     assert chatd.sim is not None
@@ -42,8 +50,7 @@ async def test_cancel_mid_stream(chatd: Chatd, client: ChatClient) -> None:
     with trio.fail_after(10):
         await client.chat("a", "tell me a long story about the sea")
         await client.wait_for("a", "token")
-        await client.send({"type": "cancel", "id": "a"})
-        done = await client.finish("a")
+        done = await cancel(client, "a")
     assert done["type"] == "done"
     assert done["finish_reason"] == "cancelled"
     assert done["path"] == "direct"
@@ -62,8 +69,7 @@ async def test_cancel_while_queued_for_first_token(chatd: Chatd, client: ChatCli
         await client.wait_for("b", "accepted")
         sim = chatd.sim
         await wait_until(lambda: sim.statistics().active >= 1, within=5)
-        await client.send({"type": "cancel", "id": "b"})
-        done = await client.finish("b")
+        done = await cancel(client, "b")
     assert done["finish_reason"] == "cancelled"
     assert done["path"] is None
     await wait_for_disconnects(chatd, 1)
@@ -120,25 +126,30 @@ class SlowTool:
         await stream_text(result.answer or "", send)
 
 
-def slow_rules(tmp_path: Path) -> str:
-    path = tmp_path / "rules.toml"
-    path.write_text(
+@asynccontextmanager
+async def slow_tool_chat(
+    make_settings: MakeSettings, tmp_path: Path, **tables: Any
+) -> AsyncIterator[tuple[ChatClient, SlowTool]]:
+    """chatd (with ``tables`` in its settings) whose simulator calls a 5 s ``slow_lookup``
+    for "slow"; a client on it, and the tool."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
         '[[rules]]\npattern = "slow"\ntool_calls = [{name = "slow_lookup", arguments = {}}]\n'
     )
-    return str(path)
-
-
-async def test_tool_timeout(make_settings: MakeSettings, tmp_path: Path) -> None:
-    """A tool past its timeout ends ok false, and the answer still comes."""
-    settings = make_settings(
-        sim=SimSettings(ttft_ms=10, tokens_per_s=1000, rules=slow_rules(tmp_path)),
-        tools=ToolsSettings(timeout_s=0.2),
-    )
+    sim = SimSettings(ttft_ms=10, tokens_per_s=1000, rules=str(rules))
+    settings = make_settings(sim=sim, **tables)
     tool = SlowTool(seconds=5)
     async with (
         open_chatd(settings, extra_tools=[tool]) as server,
         open_chat_client(server.ws_url) as client,
     ):
+        yield client, tool
+
+
+async def test_tool_timeout(make_settings: MakeSettings, tmp_path: Path) -> None:
+    """A tool past its timeout ends ok false, and the answer still comes."""
+    timeout = ToolsSettings(timeout_s=0.2)
+    async with slow_tool_chat(make_settings, tmp_path, tools=timeout) as (client, tool):
         with trio.fail_after(5):
             await client.chat("t", "do the slow thing")
             done = await client.finish("t")
@@ -151,18 +162,10 @@ async def test_tool_timeout(make_settings: MakeSettings, tmp_path: Path) -> None
 
 async def test_cancel_stops_running_tools(make_settings: MakeSettings, tmp_path: Path) -> None:
     """A cancel while a tool runs stops the tool too."""
-    settings = make_settings(
-        sim=SimSettings(ttft_ms=10, tokens_per_s=1000, rules=slow_rules(tmp_path))
-    )
-    tool = SlowTool(seconds=5)
-    async with (
-        open_chatd(settings, extra_tools=[tool]) as server,
-        open_chat_client(server.ws_url) as client,
-    ):
+    async with slow_tool_chat(make_settings, tmp_path) as (client, tool):
         with trio.fail_after(5):
             await client.chat("t", "do the slow thing")
             await client.wait_for("t", "tool_start")
-            await client.send({"type": "cancel", "id": "t"})
-            done = await client.finish("t")
+            done = await cancel(client, "t")
         assert done["finish_reason"] == "cancelled"
         assert tool.cancelled == [True]

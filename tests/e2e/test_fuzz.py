@@ -89,7 +89,7 @@ from chatd.config import (
 )
 from chatd.llm.sim.small_talk import compose_reply
 from chatd.testing import Chatd, open_chat_client, open_chatd, wait_until
-from tests.e2e.conftest import MakeSettings
+from tests.e2e.conftest import CHAT_ANSWER_FIELDS, MakeSettings, sse_events
 
 DEFAULT_SEED = 20_150_815
 """CI's seed, so a failure there is the same failure here."""
@@ -1072,16 +1072,9 @@ class Harness:
                 raise Mismatch(f"a bad event stream: {where}")
         else:
             body = response.json()
-            if set(body) != {
-                "answer",
-                "path",
-                "request_id",
-                "finish_reason",
-                "shared",
-                "cached",
-                "usage",
-                "timings",
-            } or not (isinstance(body["answer"], str) and body["answer"]):
+            if set(body) != CHAT_ANSWER_FIELDS or not (
+                isinstance(body["answer"], str) and body["answer"]
+            ):
                 raise Mismatch(f"a bad answer: {where}")
 
     async def abandon(self, how: str) -> None:
@@ -1110,15 +1103,6 @@ class Harness:
                     raise Mismatch(f"an SSE chat got {received[:200]!r}")
         finally:
             await stream.aclose()
-
-
-def sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    """An SSE body as (event, data) pairs."""
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], orjson.loads(lines["data"])))
-    return events
 
 
 # -- The state machine -----------------------------------------------------------------

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 import structlog
 import trio
@@ -16,7 +15,7 @@ from chatd.pipeline import ChatInput, Pipeline
 from chatd.pipeline.events import Accepted
 from chatd.pipeline.request import RequestOutput
 from chatd.testing import Chatd, open_chat_client, open_chatd, wait_until
-from tests.e2e.conftest import MakeSettings
+from tests.e2e.conftest import CHAT_ANSWER_FIELDS, MakeSettings, sse_events
 
 
 @pytest.fixture
@@ -25,29 +24,12 @@ async def http(chatd: Chatd) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], orjson.loads(lines["data"])))
-    return events
-
-
 async def test_json_answer(http: httpx.AsyncClient) -> None:
     """Without SSE, one JSON object answers with the whole text and the done fields."""
     response = await http.post("/v1/chat", json={"message": "what is 6*7?"})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {
-        "answer",
-        "path",
-        "request_id",
-        "finish_reason",
-        "shared",
-        "cached",
-        "usage",
-        "timings",
-    }
+    assert set(body) == CHAT_ANSWER_FIELDS
     assert body["path"] == "tools"
     assert "42" in body["answer"]
     assert body["finish_reason"] == "stop"
@@ -139,7 +121,7 @@ async def test_sse_client_leaving_cancels(chatd: Chatd) -> None:
             while b"event: token" not in received:
                 received += await stream.receive_some()
     sim = chatd.sim
-    await wait_until(lambda: sim.statistics().client_disconnects >= 1, within=0.1)
+    await wait_until(lambda: sim.statistics().client_disconnects >= 1, within=5)
     await wait_until(lambda: not chatd.pipeline.admission.statistics().llm_streams_in_use, within=1)
 
 

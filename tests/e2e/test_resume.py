@@ -21,11 +21,21 @@ from tests.e2e.conftest import MakeSettings
 QUESTION = "tell me something about the weather in spring"
 
 
-def resume_settings(make_settings: MakeSettings, grace: float = 5.0, **tables: Any) -> Any:
+def resume_settings(
+    make_settings: MakeSettings, grace: float = 5.0, tokens_per_s: float = 100, **tables: Any
+) -> Any:
     return make_settings(
-        sim=SimSettings(ttft_ms=10, tokens_per_s=100),
+        sim=SimSettings(ttft_ms=10, tokens_per_s=tokens_per_s),
         server=ServerSettings(resume_grace_s=grace),
         **tables,
+    )
+
+
+async def resume(client: ChatClient, request_id: str, accepted: dict[str, Any], after: int) -> None:
+    """Ask on ``client``, as ``request_id``, for the rest of the request that sent
+    ``accepted``: its events after ``after``."""
+    await client.send(
+        {"type": "resume", "id": request_id, "request_id": accepted["request_id"], "after": after}
     )
 
 
@@ -43,6 +53,17 @@ async def until_tokens(client: ChatClient, request_id: str, count: int) -> None:
             await client._arrived.wait()
 
 
+async def ask_and_drop(server: Chatd, tokens: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Ask QUESTION resumably as "a" on a socket of its own, hear ``tokens`` tokens, then
+    drop the socket; the accepted event and all that was heard."""
+    async with open_chat_client(server.ws_url) as client:
+        await client.chat("a", QUESTION, resumable=True)
+        accepted = await client.wait_for("a", "accepted")
+        await until_tokens(client, "a", tokens)
+        await client.drop()
+        return accepted, list(client.events["a"])
+
+
 def seqs(events: list[dict[str, Any]]) -> list[int]:
     return [e["seq"] for e in events if "seq" in e]
 
@@ -52,20 +73,13 @@ async def test_a_dropped_socket_resumes_with_exactly_the_missing_events(
 ) -> None:
     async with open_chatd(resume_settings(make_settings)) as server:
         assert server.sim is not None
-        async with open_chat_client(server.ws_url) as first:
-            await first.chat("a", QUESTION, resumable=True)
-            accepted = await first.wait_for("a", "accepted")
-            await until_tokens(first, "a", 3)
-            await first.drop()
-            heard = list(first.events["a"])
+        accepted, heard = await ask_and_drop(server, tokens=3)
         assert accepted["seq"] == 1
         numbers = seqs(heard)
         assert numbers == sorted(set(numbers)) and numbers[0] == 1
         last = numbers[-1]
         async with open_chat_client(server.ws_url) as second:
-            await second.send(
-                {"type": "resume", "id": "b", "request_id": accepted["request_id"], "after": last}
-            )
+            await resume(second, "b", accepted, after=last)
             done = await second.finish("b")
             rest = second.events["b"]
         assert done["type"] == "done" and done["finish_reason"] == "stop"
@@ -82,31 +96,22 @@ async def test_a_dropped_socket_resumes_with_exactly_the_missing_events(
 async def test_no_resume_within_the_grace_cancels_the_request(
     make_settings: MakeSettings,
 ) -> None:
-    settings = resume_settings(make_settings, grace=0.3)
+    settings = resume_settings(make_settings, grace=0.3, tokens_per_s=5)
     async with open_chatd(settings) as server:
         assert server.sim is not None
-        server.sim.set_timing(tokens_per_s=5)
-        async with open_chat_client(server.ws_url) as client:
-            await client.chat("a", QUESTION, resumable=True)
-            accepted = await client.wait_for("a", "accepted")
-            await until_tokens(client, "a", 1)
-            await client.drop()
+        accepted, _heard = await ask_and_drop(server, tokens=1)
         assert server.sim.stats.active == 1  # still streaming, for the grace
         await wait_until(lambda: server.sim is not None and server.sim.stats.active == 0, within=5)
         assert server.sim.stats.client_disconnects == 1
         await wait_until(lambda: not server.pipeline.journals, within=5)
         async with open_chat_client(server.ws_url) as late:
-            await late.send(
-                {"type": "resume", "id": "b", "request_id": accepted["request_id"], "after": 1}
-            )
+            await resume(late, "b", accepted, after=1)
             error = await late.finish("b")
         assert error["code"] == "not_found"
 
 
 async def test_without_the_flag_a_drop_still_cancels_at_once(make_settings: MakeSettings) -> None:
-    async with open_chatd(resume_settings(make_settings)) as server:
-        assert server.sim is not None
-        server.sim.set_timing(tokens_per_s=5)
+    async with open_chatd(resume_settings(make_settings, tokens_per_s=5)) as server:
         async with open_chat_client(server.ws_url) as client:
             await client.chat("a", QUESTION)
             await until_tokens(client, "a", 1)
@@ -119,15 +124,10 @@ async def test_a_finished_answer_can_still_be_resumed_within_the_grace(
     make_settings: MakeSettings,
 ) -> None:
     async with open_chatd(resume_settings(make_settings)) as server:
-        async with open_chat_client(server.ws_url) as first:
-            await first.chat("a", QUESTION, resumable=True)
-            accepted = await first.wait_for("a", "accepted")
-            await first.drop()
+        accepted, _heard = await ask_and_drop(server, tokens=0)
         await wait_until(lambda: not server.pipeline.requests, within=10)
         async with open_chat_client(server.ws_url) as second:
-            await second.send(
-                {"type": "resume", "id": "a", "request_id": accepted["request_id"], "after": 1}
-            )
+            await resume(second, "a", accepted, after=1)
             done = await second.finish("a")
         assert done["type"] == "done"
         assert second.answer("a") == await full_answer(server, QUESTION)
@@ -138,9 +138,7 @@ async def test_resuming_takes_over_and_cancel_works_from_there(
 ) -> None:
     """A resume while the first socket is still open moves the stream to the
     new one (the first stops hearing it); a cancel there stops the request."""
-    async with open_chatd(resume_settings(make_settings)) as server:
-        assert server.sim is not None
-        server.sim.set_timing(tokens_per_s=5)
+    async with open_chatd(resume_settings(make_settings, tokens_per_s=5)) as server:
         async with (
             open_chat_client(server.ws_url) as first,
             open_chat_client(server.ws_url) as second,
@@ -148,9 +146,7 @@ async def test_resuming_takes_over_and_cancel_works_from_there(
             await first.chat("a", QUESTION, resumable=True)
             accepted = await first.wait_for("a", "accepted")
             await until_tokens(first, "a", 1)
-            await second.send(
-                {"type": "resume", "id": "x", "request_id": accepted["request_id"], "after": 0}
-            )
+            await resume(second, "x", accepted, after=0)
             await until_tokens(second, "x", 1)
             assert second.events["x"][0]["type"] == "accepted"  # from the start
             await second.send({"type": "cancel", "id": "x"})

@@ -11,9 +11,9 @@ import trio
 from rich.console import Console
 
 from chatd.cli.trace import LogIndex, render_timeline
-from chatd.config import BreakerSettings, BreakersSettings, LLMSettings, LogSettings
+from chatd.config import LogSettings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd
-from tests.e2e.conftest import MakeSettings
+from tests.e2e.conftest import MakeSettings, open_chatd_with_llm_down
 
 
 async def test_path_a_writes_its_spans_and_one_summary(chatd: Chatd, client: ChatClient) -> None:
@@ -91,17 +91,9 @@ async def test_failing_tool_span_says_why(client: ChatClient) -> None:
     assert summary["outcome"] == "done"
 
 
-async def test_open_breaker_shows_in_spans(
-    make_settings: MakeSettings,
-) -> None:
+async def test_open_breaker_shows_in_spans(make_settings: MakeSettings) -> None:
     """With the LLM's breaker open, the router span fails saying so, as does the summary."""
-    settings = make_settings(
-        llm=LLMSettings(retries=0),
-        breakers=BreakersSettings(llm=BreakerSettings(failure_threshold=1, open_timeout_s=60)),
-    )
-    async with open_chatd(settings) as chatd, open_chat_client(chatd.ws_url) as client:
-        assert chatd.sim is not None
-        chatd.sim.set_fault("error", status=503)
+    async with open_chatd_with_llm_down(make_settings, failure_threshold=1) as (_chatd, client):
         await spans_of(client, "x", "hello")
         spans, summary = await spans_of(client, "y", "hello")
     assert spans["router"]["outcome"] == "error"

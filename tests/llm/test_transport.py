@@ -26,10 +26,12 @@ from chatd.llm.transport import BODY, ResponseBody, TrioTransport
 from chatd.testing import wait_until
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
+Serve = Callable[[Handler], Awaitable[str]]
+"""The ``serve`` fixture: starts a server running a handler; its base URL."""
 
 
 @pytest.fixture
-async def serve(nursery: trio.Nursery) -> Callable[[Handler], Awaitable[str]]:
+async def serve(nursery: trio.Nursery) -> Serve:
     """Start a TCP server running ``handler`` per connection; its base URL."""
 
     async def start(handler: Handler) -> str:
@@ -96,9 +98,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def test_get_and_post_through_httpx(
-    serve: Callable[[Handler], Awaitable[str]], client: httpx.AsyncClient
-) -> None:
+async def test_get_and_post_through_httpx(serve: Serve, client: httpx.AsyncClient) -> None:
     """A request's method, path, headers and body reach the server; the body comes back."""
     server = HTTPServer(b"pong", chunks=3)
     url = await serve(server)
@@ -112,9 +112,7 @@ async def test_get_and_post_through_httpx(
     assert (b"x-k", b"v") in list(request.headers)
 
 
-async def test_one_connection_is_reused_and_kept_idle(
-    serve: Callable[[Handler], Awaitable[str]],
-) -> None:
+async def test_one_connection_is_reused_and_kept_idle(serve: Serve) -> None:
     """Requests one after another share one kept-alive connection."""
     server = HTTPServer()
     url = await serve(server)
@@ -128,9 +126,7 @@ async def test_one_connection_is_reused_and_kept_idle(
     assert server.connections == 1
 
 
-async def test_per_origin_limit_and_pool_timeout(
-    serve: Callable[[Handler], Awaitable[str]],
-) -> None:
+async def test_per_origin_limit_and_pool_timeout(serve: Serve) -> None:
     """At most ``max_connections`` in use; one more request waits, and times out as httpx does."""
     server = HTTPServer(chunks=1)
     url = await serve(server)
@@ -147,9 +143,7 @@ async def test_per_origin_limit_and_pool_timeout(
     assert server.connections == 3
 
 
-async def test_many_concurrent_requests_share_the_limit(
-    serve: Callable[[Handler], Awaitable[str]],
-) -> None:
+async def test_many_concurrent_requests_share_the_limit(serve: Serve) -> None:
     """50 requests at once over a limit of 4: all answered, never more than 4 connections."""
     server = HTTPServer(chunks=5)
     url = await serve(server)
@@ -169,7 +163,7 @@ async def test_many_concurrent_requests_share_the_limit(
 
 
 async def test_a_body_closed_early_closes_its_connection(
-    serve: Callable[[Handler], Awaitable[str]], client: httpx.AsyncClient
+    serve: Serve, client: httpx.AsyncClient
 ) -> None:
     """Leaving a response before its end closes the connection: the server sees it go."""
     server = HTTPServer(b"x" * 1000, chunks=10_000)
@@ -180,9 +174,7 @@ async def test_a_body_closed_early_closes_its_connection(
         await wait_until(lambda: server.disconnects > 0, within=2)
 
 
-async def test_receive_some_reads_without_timeouts(
-    serve: Callable[[Handler], Awaitable[str]], client: httpx.AsyncClient
-) -> None:
+async def test_receive_some_reads_without_timeouts(serve: Serve, client: httpx.AsyncClient) -> None:
     """``extensions[BODY]`` reads the body piece by piece, then ``None``; the
     connection goes back to the pool at the end."""
     url = await serve(HTTPServer(b"abc", chunks=4))
@@ -197,7 +189,7 @@ async def test_receive_some_reads_without_timeouts(
 
 
 async def test_a_connection_closed_by_the_server_while_idle_is_replaced(
-    serve: Callable[[Handler], Awaitable[str]], client: httpx.AsyncClient
+    serve: Serve, client: httpx.AsyncClient
 ) -> None:
     """A kept-alive connection the server closed is noticed at checkout, not sent on."""
 
@@ -216,9 +208,7 @@ async def test_a_connection_closed_by_the_server_while_idle_is_replaced(
         assert (await client.get(url)).content == b"ok"
 
 
-async def test_connections_past_descriptor_1024(
-    serve: Callable[[Handler], Awaitable[str]],
-) -> None:
+async def test_connections_past_descriptor_1024(serve: Serve) -> None:
     """A busy server holds thousands of descriptors: checkout's check of an idle
     connection works past select()'s limit of 1,024."""
     server = HTTPServer()
@@ -246,9 +236,7 @@ async def test_connections_past_descriptor_1024(
     ],
 )
 @pytest.mark.parametrize("close", [False, True])
-async def test_chunked_bodies_and_keep_alive(
-    serve: Callable[[Handler], Awaitable[str]], reply: bytes, close: bool
-) -> None:
+async def test_chunked_bodies_and_keep_alive(serve: Serve, reply: bytes, close: bool) -> None:
     """A chunked body (chatd decodes those itself) comes out whole; the
     connection is reused unless the server said ``Connection: close``."""
     connections: list[int] = []
@@ -273,7 +261,7 @@ async def test_chunked_bodies_and_keep_alive(
     assert len(connections) == (2 if close else 1)
 
 
-async def test_keepalive_expiry(serve: Callable[[Handler], Awaitable[str]]) -> None:
+async def test_keepalive_expiry(serve: Serve) -> None:
     """A connection idle for longer than ``keepalive_expiry`` is not reused."""
     server = HTTPServer()
     url = await serve(server)
@@ -318,7 +306,7 @@ async def test_connect_timeout() -> None:
                 filler.close()
 
 
-async def test_read_timeout(serve: Callable[[Handler], Awaitable[str]]) -> None:
+async def test_read_timeout(serve: Serve) -> None:
     """A server that reads the request and never answers: httpx.ReadTimeout."""
 
     async def silent(stream: trio.SocketStream) -> None:
@@ -332,7 +320,7 @@ async def test_read_timeout(serve: Callable[[Handler], Awaitable[str]]) -> None:
             await http.get(url)
 
 
-async def test_write_timeout(serve: Callable[[Handler], Awaitable[str]]) -> None:
+async def test_write_timeout(serve: Serve) -> None:
     """A server that never reads a large body: httpx.WriteTimeout."""
 
     async def deaf(stream: trio.SocketStream) -> None:
@@ -354,7 +342,7 @@ async def test_write_timeout(serve: Callable[[Handler], Awaitable[str]]) -> None
     ],
 )
 async def test_broken_servers_are_protocol_errors(
-    serve: Callable[[Handler], Awaitable[str]], client: httpx.AsyncClient, reply: bytes
+    serve: Serve, client: httpx.AsyncClient, reply: bytes
 ) -> None:
     """Garbage, a body cut short, or silence: httpx.RemoteProtocolError (a TransportError)."""
 

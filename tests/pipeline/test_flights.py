@@ -3,6 +3,9 @@ follower that cannot take one without waiting catches up on its own."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
 import attrs
 import trio
 import trio.lowlevel
@@ -48,6 +51,32 @@ def own_turn() -> Turn:
     return Turn(_unsent, ToolContext("flight"))
 
 
+async def follow_then_leave(flights: Flights, flight: Flight, turn: Turn, created: bool) -> bool:
+    """Follow ``flight`` with ``turn`` to its end, then leave it, however following ended."""
+    try:
+        return await flights.follow(flight, turn, created=created)
+    finally:
+        flights.leave(flight, created=created)
+
+
+async def _never_reads(event: Event) -> None:
+    await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def unread_flight(
+    work: Callable[[Flight], Awaitable[None]],
+) -> AsyncIterator[tuple[Flights, Flight]]:
+    """A flight running ``work`` whose one follower never reads and leaves after 30 s
+    (the janitor reaping it); the flights, still running, and the flight."""
+    async with trio.open_nursery() as nursery:
+        flights = Flights(nursery, deadline_s=600)
+        flight, created = flights.join("key", own_turn, work)
+        with trio.move_on_after(30):
+            await follow_then_leave(flights, flight, Turn(_never_reads, ToolContext("r1")), created)
+        yield flights, flight
+
+
 async def answer(flight: Flight) -> None:
     await flight.turn.route("direct")
     for text in TEXTS:
@@ -65,10 +94,7 @@ async def test_followers_get_every_event_in_order(autojump_clock: trio.abc.Clock
         async def ask(index: int, follower: Follower) -> None:
             turn = follower.turn(f"r{index}")
             flight, created = flights.join("key", own_turn, answer)
-            try:
-                assert await flights.follow(flight, turn, created=created)
-            finally:
-                flights.leave(flight, created=created)
+            assert await follow_then_leave(flights, flight, turn, created)
 
         for index, follower in enumerate(followers):
             nursery.start_soon(ask, index, follower)
@@ -109,14 +135,8 @@ async def test_a_flight_waits_for_its_furthest_follower(autojump_clock: trio.abc
         flights = Flights(nursery, deadline_s=600)
         flight, created = flights.join("key", own_turn, long_answer)
 
-        async def follow() -> None:
-            try:
-                await flights.follow(flight, follower.turn("r1"), created=created)
-            finally:
-                flights.leave(flight, created=created)
-
         async with trio.open_nursery() as following:
-            following.start_soon(follow)
+            following.start_soon(follow_then_leave, flights, flight, follower.turn("r1"), created)
             await trio.sleep(60)
             assert len(flight.events) <= 10 + WINDOW + 1, "it waited for its follower"
             held = len(produced)
@@ -139,17 +159,7 @@ async def test_a_paused_flight_ends_when_its_followers_leave(
             await flight.turn.token("t ")
             await trio.sleep(0.001)
 
-    async def never(event: Event) -> None:
-        await trio.sleep_forever()
-
-    async with trio.open_nursery() as nursery:
-        flights = Flights(nursery, deadline_s=600)
-        flight, created = flights.join("key", own_turn, endless)
-        with trio.move_on_after(30):  # the reaper's doing
-            try:
-                await flights.follow(flight, Turn(never, ToolContext("r1")), created=created)
-            finally:
-                flights.leave(flight, created=created)
+    async with unread_flight(endless) as (flights, flight):
         await trio.sleep(1)
         assert flight.finished and len(flight.events) <= WINDOW + 2
         assert flights.statistics().in_flight == 0
@@ -166,16 +176,6 @@ async def test_a_flight_waits_for_characters_too(autojump_clock: trio.abc.Clock)
             await flight.turn.token("x" * 1_000)
             await trio.sleep(0.001)
 
-    async def never(event: Event) -> None:
-        await trio.sleep_forever()
-
-    async with trio.open_nursery() as nursery:
-        flights = Flights(nursery, deadline_s=600)
-        flight, created = flights.join("key", own_turn, long_reads)
-        with trio.move_on_after(30):
-            try:
-                await flights.follow(flight, Turn(never, ToolContext("r1")), created=created)
-            finally:
-                flights.leave(flight, created=created)
+    async with unread_flight(long_reads) as (_flights, flight):
         chars = sum(len(e.text) for e in flight.events if isinstance(e, Token))
         assert chars <= WINDOW_CHARS + 2_000

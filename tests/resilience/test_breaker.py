@@ -23,6 +23,11 @@ def breaker(**settings: float | None) -> CircuitBreaker:
     return CircuitBreaker("llm", BreakerSettings(**settings))  # type: ignore[arg-type]
 
 
+def ratio_breaker() -> CircuitBreaker:
+    """A breaker judged by its failure ratio alone: 0.5, over 4 calls or more in 10 s."""
+    return breaker(failure_threshold=100, failure_ratio=0.5, min_calls=4, window_s=10)
+
+
 def state(cb: CircuitBreaker) -> str:
     # A function, not cb.state inline: mypy would keep a property narrowed by
     # one assert across the awaits and calls that change it.
@@ -284,7 +289,7 @@ def test_default_is_failure(exc: BaseException, counts: bool) -> None:
 
 async def test_ratio_opens_once_min_calls_is_reached(autojump_clock: trio.abc.Clock) -> None:
     """The ratio is not judged below min_calls; at min_calls it opens at exactly the ratio."""
-    cb = breaker(failure_threshold=100, failure_ratio=0.5, min_calls=4, window_s=10)
+    cb = ratio_breaker()
     fail(cb)
     fail(cb)
     fail(cb)
@@ -297,7 +302,7 @@ async def test_ratio_opens_once_min_calls_is_reached(autojump_clock: trio.abc.Cl
 
 async def test_ratio_opens_at_exactly_the_ratio(autojump_clock: trio.abc.Clock) -> None:
     """2 failures in 4 calls is a ratio of 0.5 and opens a breaker set to 0.5."""
-    cb = breaker(failure_threshold=100, failure_ratio=0.5, min_calls=4, window_s=10)
+    cb = ratio_breaker()
     succeed(cb)
     fail(cb)
     succeed(cb)
@@ -308,7 +313,7 @@ async def test_ratio_opens_at_exactly_the_ratio(autojump_clock: trio.abc.Clock) 
 
 async def test_old_calls_fall_out_of_the_window(autojump_clock: trio.abc.Clock) -> None:
     """A call stops counting window_s seconds after it ended."""
-    cb = breaker(failure_threshold=100, failure_ratio=0.5, min_calls=4, window_s=10)
+    cb = ratio_breaker()
     fail(cb)
     fail(cb)
     fail(cb)

@@ -44,6 +44,21 @@ def text_of(plan: object) -> str:
     return plan.text
 
 
+def tool_results(*results: tuple[str, str]) -> list[dict[str, Any]]:
+    """A round of tool calls as messages: the assistant calling each tool, then its result."""
+    calls = [
+        {"id": f"c{n}", "type": "function", "function": {"name": name}}
+        for n, (name, _) in enumerate(results, start=1)
+    ]
+    return [
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *(
+            {"role": "tool", "tool_call_id": f"c{n}", "content": content}
+            for n, (_, content) in enumerate(results, start=1)
+        ),
+    ]
+
+
 # --- tokens ---------------------------------------------------------------------------
 
 
@@ -155,22 +170,10 @@ def test_required_tool_choice_always_calls() -> None:
 
 def test_tool_results_are_quoted_verbatim() -> None:
     """After tool results the answer quotes each (no tool names), and calls nothing."""
-    request = {
-        "tools": TOOLS,
-        "messages": [
-            {"role": "user", "content": "what is 6*7 and the time?"},
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "calculator"}},
-                    {"id": "c2", "type": "function", "function": {"name": "clock"}},
-                ],
-            },
-            {"role": "tool", "tool_call_id": "c1", "content": "6*7 = 42"},
-            {"role": "tool", "tool_call_id": "c2", "content": '{"now": "12:00"}  odd  spacing'},
-        ],
-    }
+    request = body("what is 6*7 and the time?")
+    request["messages"] += tool_results(
+        ("calculator", "6*7 = 42"), ("clock", '{"now": "12:00"}  odd  spacing')
+    )
     text = text_of(plan_reply(request, default_rules()))
     assert text == '6*7 = 42\n{"now": "12:00"}  odd  spacing'
 
@@ -469,22 +472,8 @@ def test_follow_up_in_the_same_message_leans_on_the_question_before_it() -> None
 def test_two_tool_results_are_both_in_the_answer() -> None:
     """After a calculator and an FAQ result, the answer quotes both."""
     request = conversation("what's 2+2 and how do I reset my password")
-    request["messages"] += [
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "calculator"}},
-                {"id": "c2", "type": "function", "function": {"name": "frequently_asked"}},
-            ],
-        },
-        {"role": "tool", "tool_call_id": "c1", "content": "2+2 = 4"},
-        {
-            "role": "tool",
-            "tool_call_id": "c2",
-            "content": '{"answer": "Use Forgot password.", "question": "How do I reset it?"}',
-        },
-    ]
+    faq = '{"answer": "Use Forgot password.", "question": "How do I reset it?"}'
+    request["messages"] += tool_results(("calculator", "2+2 = 4"), ("frequently_asked", faq))
     text = text_of(plan_reply(request, default_rules()))
     assert text == "2+2 = 4\nUse Forgot password."  # no tool names, no data
 
