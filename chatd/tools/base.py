@@ -10,12 +10,20 @@ Natural-answer tools (``frequently_asked``) may return a confident
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 import trio
 
-__all__ = ["Speculative", "Tool", "ToolContext", "ToolResult", "stream_text", "string_argument"]
+__all__ = [
+    "BuiltinTool",
+    "Speculative",
+    "Tool",
+    "ToolContext",
+    "ToolResult",
+    "stream_text",
+    "string_argument",
+]
 
 
 @attrs.frozen
@@ -125,3 +133,13 @@ def string_argument(
     if required:
         schema["required"] = [name]
     return schema
+
+
+class BuiltinTool:
+    """What the built-in tools share unless they say otherwise: no natural
+    answer, neither time- nor user-bound, ``tools.timeout_s`` as their limit."""
+
+    natural_answer: ClassVar[bool] = False
+    time_bound: ClassVar[bool] = False
+    user_bound: ClassVar[bool] = False
+    timeout_s: float | None = None

@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from chatd.exceptions import ToolFailed
-from chatd.tools.base import ToolContext, ToolResult, stream_text, string_argument
+from chatd.tools.base import BuiltinTool, ToolContext, ToolResult, stream_text, string_argument
 
 __all__ = [
     "MAX_EXPONENT",
@@ -149,7 +149,7 @@ def _describe(node: ast.expr) -> str:
 
 
 @attrs.frozen
-class Calculator:
+class Calculator(BuiltinTool):
     """Evaluates arithmetic safely; the answer shows the expression and its value."""
 
     name: ClassVar[str] = "calculator"
@@ -163,9 +163,6 @@ class Calculator:
         minLength=1,
         maxLength=MAX_EXPRESSION_CHARS,
     )
-    natural_answer: ClassVar[bool] = False
-    time_bound: ClassVar[bool] = False
-    user_bound: ClassVar[bool] = False
     timeout_s: float | None = None
 
     async def execute(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from chatd.exceptions import ToolFailed
-from chatd.tools.base import ToolContext, ToolResult, stream_text, string_argument
+from chatd.tools.base import BuiltinTool, ToolContext, ToolResult, stream_text, string_argument
 
 __all__ = ["Clock", "describe_time"]
 
@@ -70,7 +70,7 @@ def describe_time(moment: datetime, zone_name: str | None = None) -> str:
 
 
 @attrs.frozen
-class Clock:
+class Clock(BuiltinTool):
     """Tells the date and time; ``now`` is injectable so tests can fix the moment.
 
     ``now`` should return an aware datetime; a naive one is taken as UTC.
@@ -87,9 +87,7 @@ class Clock:
         required=False,
         maxLength=64,
     )
-    natural_answer: ClassVar[bool] = False
     time_bound: ClassVar[bool] = True
-    user_bound: ClassVar[bool] = False
     now: Callable[[], datetime] = _utc_now
     timeout_s: float | None = None
 

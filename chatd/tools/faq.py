@@ -23,7 +23,7 @@ import trio
 
 from chatd.exceptions import ToolFailed, UpstreamError, UpstreamUnavailable
 from chatd.stores.kb import KnowledgeBase, Passage
-from chatd.tools.base import ToolContext, ToolResult, stream_text, string_argument
+from chatd.tools.base import BuiltinTool, ToolContext, ToolResult, stream_text, string_argument
 
 __all__ = ["FrequentlyAsked", "describe_passages"]
 
@@ -54,7 +54,7 @@ def describe_passages(question: str, passages: Sequence[Passage], min_confidence
 
 
 @attrs.frozen
-class FrequentlyAsked:
+class FrequentlyAsked(BuiltinTool):
     """Looks the user's question up in a :class:`~chatd.stores.kb.KnowledgeBase`."""
 
     name: ClassVar[str] = "frequently_asked"
@@ -67,9 +67,6 @@ class FrequentlyAsked:
         "question", "The customer's question, in their own words."
     )
     natural_answer: ClassVar[bool] = True
-    time_bound: ClassVar[bool] = False
-    user_bound: ClassVar[bool] = False
-    timeout_s: ClassVar[float | None] = None
 
     kb: KnowledgeBase
     min_confidence: float = 0.75

@@ -22,7 +22,6 @@ from chatd.config import KBSettings
 from chatd.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
 from chatd.stores.kb.base import (
     FAQEntry,
-    KBCounters,
     KBStatistics,
     KnowledgeBase,
     load_faq_file,
@@ -33,7 +32,6 @@ from chatd.stores.kb.sqlite import SQLiteKnowledgeBase, open_sqlite_knowledge_ba
 
 __all__ = [
     "FAQEntry",
-    "KBCounters",
     "KBStatistics",
     "KnowledgeBase",
     "Passage",
