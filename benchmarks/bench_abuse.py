@@ -53,17 +53,13 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, Request, TextMessage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import (
-    Process,
-    clean_env,
-    machine_cpu_seconds,
-    percentile,
-    provenance,
-    provenance_markdown,
-    start_process,
-    unique_chit_chat,
-)
-from machine import describe_machine, machine_markdown, write_results
+import loadgen.rig
+from bench_pipeline import percentile, unique_chit_chat
+from loadgen.chat import ask, chat_frame
+from loadgen.cpu import machine_cpu_seconds
+from loadgen.processes import clean_env, log_tails_on_failure, start_chatd, start_sim
+from loadgen.script import RunRecord, provenance_markdown, script_parser
+from machine import machine_markdown, write_results
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,10 +153,6 @@ def long_question(n: int) -> str:
     return f"Tell me everything you know, all of it, part {n}."
 
 
-def chat_frame(request_id: str, message: str) -> str:
-    return orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode()
-
-
 def tcp_queues(tables: Iterable[str], port: int) -> dict[str, int]:
     """Bytes the kernel holds in the established TCP connections of ``port``, from the
     text of ``/proc/net/tcp`` and ``tcp6``: on the listening side (``server_unsent``:
@@ -210,14 +202,6 @@ def in_flight(samples: Mapping[str, float]) -> int:
     return int(sum(v for k, v in samples.items() if k.startswith("chatd_requests_in_flight{")))
 
 
-def proc_status_kib(pid: int, field: str) -> int:
-    """A ``kB`` field of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def mb(kib: float) -> float:
     """KiB as MB (10^6 bytes), the unit of the bar."""
     return round(kib * 1024 / 1e6, 1)
@@ -246,42 +230,29 @@ def ratio(loaded: float | None, unloaded: float | None) -> float | None:
 
 
 @attrs.frozen
-class Rig:
-    """A simulator and the chatd in front of it."""
+class Rig(loadgen.rig.Rig):
+    """A simulator and the chatd in front of it (``server``), and chatd's operator key."""
 
-    sim: Process
-    chatd: Process
     operator_key: str | None = None
 
     @property
-    def sim_base(self) -> str:
-        return str(self.sim.listening["url"]).removesuffix("/v1")
-
-    @property
     def sim_port(self) -> int:
-        return int(self.sim_base.rsplit(":", 1)[1])
+        return int(self.sim_control.rsplit(":", 1)[1])
 
     @property
     def chatd_port(self) -> int:
-        return int(str(self.chatd.listening["url"]).rsplit(":", 1)[1])
-
-    @property
-    def ws_url(self) -> str:
-        return str(self.chatd.listening["ws_url"])
-
-    def rss_kib(self) -> int:
-        return proc_status_kib(self.chatd.pid, "VmRSS")
+        return int(self.server_url.rsplit(":", 1)[1])
 
     def cpu(self) -> dict[str, float]:
-        return {"chatd": self.chatd.cpu_seconds(), "sim": self.sim.cpu_seconds()}
+        return {"chatd": self.server.cpu_seconds(), "sim": self.sim.cpu_seconds()}
 
     async def sim_stats(self, http: httpx.AsyncClient) -> dict[str, int]:
-        response = await http.get(self.sim_base + "/_sim/stats")
+        response = await http.get(self.sim_control + "/_sim/stats")
         response.raise_for_status()
         return dict(response.json())
 
     async def sim_reset(self, http: httpx.AsyncClient) -> None:
-        (await http.post(self.sim_base + "/_sim/reset")).raise_for_status()
+        (await http.post(self.sim_control + "/_sim/reset")).raise_for_status()
 
     async def settled(self, http: httpx.AsyncClient) -> bool:
         """No answer open upstream, no request under way in chatd."""
@@ -289,7 +260,7 @@ class Rig:
         return not stats["active"] and not in_flight(await self.metrics(http))
 
     async def metrics(self, http: httpx.AsyncClient) -> dict[str, float]:
-        url = str(self.chatd.listening["url"]) + "/metrics"
+        url = self.server_url + "/metrics"
         headers = {"authorization": f"Bearer {self.operator_key}"} if self.operator_key else {}
         response = await http.get(url, headers=headers)
         response.raise_for_status()
@@ -300,50 +271,19 @@ def start_rig(
     label: str,
     workdir: Path,
     stack: contextlib.ExitStack,
-    sim_args: Sequence[str],
-    chatd_env: Mapping[str, str],
+    ttft_ms: float,
+    tokens_per_s: float,
+    sim_args: Sequence[str] = (),
+    chatd_env: Mapping[str, str] | None = None,
     operator_key: str | None = None,
 ) -> Rig:
-    """``chatd sim-llm`` and ``chatd serve`` on free ports, each its own process."""
-    sim = start_process(
-        f"{label}-sim", ["sim-llm", "--port", "0", *sim_args], workdir, clean_env(ROOT), stack
+    """``chatd sim-llm`` (with ``sim_args``) and ``chatd serve`` on free ports, each its own
+    process."""
+    sim = start_sim(workdir, ROOT, ttft_ms, tokens_per_s, stack, f"{label}-sim", sim_args)
+    chatd = start_chatd(
+        f"{label}-chatd", str(sim.listening["url"]), workdir, ROOT, stack, chatd_env
     )
-    env = clean_env(
-        ROOT,
-        CHATD_LOG_FORMAT="json",
-        CHATD_KB_PATH=str(workdir / f"kb-{label}.sqlite3"),
-        **chatd_env,
-    )
-    args = ["serve", "--port", "0", "--llm-url", str(sim.listening["url"])]
-    chatd = start_process(f"{label}-chatd", args, workdir, env, stack)
-    return Rig(sim, chatd, operator_key)
-
-
-def log_events(process: Process) -> collections.Counter[str]:
-    """Warning and error log lines of a process, by event."""
-    counts: collections.Counter[str] = collections.Counter()
-    for line in process.log_path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            record = orjson.loads(line)
-            if isinstance(record, dict) and record.get("level") in ("warning", "error"):
-                counts[str(record.get("event"))] += 1
-    return counts
-
-
-async def ask(ws: WebSocketConnection, request_id: str, message: str) -> dict[str, Any]:
-    """Send one chat and read it to its end: its client TTFT (s) and terminal event."""
-    with trio.fail_after(CHAT_TIMEOUT_S):
-        sent = time.perf_counter()
-        await ws.send_message(chat_frame(request_id, message))
-        first: float | None = None
-        while True:
-            event = orjson.loads(await ws.get_message())
-            if event.get("id") != request_id:
-                continue
-            if event["type"] == "token" and first is None:
-                first = time.perf_counter() - sent
-            elif event["type"] in ("done", "error"):
-                return {"ttft_s": first, "terminal": event}
+    return Rig(sim, chatd, operator_key=operator_key)
 
 
 # --- 1. slow-reader flood ---------------------------------------------------------------
@@ -374,7 +314,7 @@ async def snapshot(rig: Rig, http: httpx.AsyncClient, t0: float) -> dict[str, An
     metrics = await rig.metrics(http)
     return {
         "t_s": round(time.perf_counter() - t0, 1),
-        "rss_kib": rig.rss_kib(),
+        "rss_kib": rig.server.rss_kib(),
         "sim": await rig.sim_stats(http),
         "upstream": read_tcp_queues(rig.sim_port),
         "downstream": read_tcp_queues(rig.chatd_port),
@@ -393,13 +333,13 @@ async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[
     chats_total = params.slow_sockets * params.chats_per_socket
     async with httpx.AsyncClient(timeout=10) as http:
         async with open_websocket_url(rig.ws_url) as ws:
-            warm = await ask(ws, "warm", WARM_UP)
-            assert warm["terminal"]["type"] == "done", warm
+            warm = await ask(ws, "warm", WARM_UP, timeout_s=CHAT_TIMEOUT_S)
+            assert warm.terminal["type"] == "done", warm
         await rig.sim_reset(http)
         await trio.sleep(1.0)
         baseline = []
         for _ in range(5):
-            baseline.append(rig.rss_kib())
+            baseline.append(rig.server.rss_kib())
             await trio.sleep(0.2)
         rss0 = int(statistics.median(baseline))
         metrics0 = await rig.metrics(http)
@@ -442,9 +382,9 @@ async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[
         settled_s = round(time.perf_counter() - closed_at, 2)
         after = await snapshot(rig, http, t0)
         await trio.sleep(2.0)
-        after_rss_kib = rig.rss_kib()
+        after_rss_kib = rig.server.rss_kib()
         async with open_websocket_url(rig.ws_url) as ws:
-            check = await ask(ws, "check", WARM_UP + " again")
+            check = await ask(ws, "check", WARM_UP + " again", timeout_s=CHAT_TIMEOUT_S)
         metrics1 = await rig.metrics(http)
 
     outcomes = {
@@ -457,7 +397,7 @@ async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[
         "rss_baseline_kib": rss0,
         "window": window_end,
         "peak_rss_kib": peak_kib,
-        "peak_rss_hwm_kib": proc_status_kib(rig.chatd.pid, "VmHWM"),
+        "peak_rss_hwm_kib": rig.server.status_kib("VmHWM"),
         "samples": samples,
         "watched_s": round(watched_s, 1),
         "chatd_cores_busy": round((cpu1["chatd"] - cpu0["chatd"]) / watched_s, 2),
@@ -469,10 +409,10 @@ async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[
         },
         "requests_by_outcome": outcomes,
         "check_after": {
-            "terminal": check["terminal"]["type"],
-            "ttft_ms": None if check["ttft_s"] is None else round(check["ttft_s"] * 1000, 1),
+            "terminal": check.terminal["type"],
+            "ttft_ms": None if check.ttft_s is None else round(check.ttft_s * 1000, 1),
         },
-        "chatd_log_warnings": dict(log_events(rig.chatd)),
+        "chatd_log_warnings": dict(rig.server.log_events()),
     }
 
 
@@ -615,16 +555,16 @@ async def b_phase(
         nursery.start_soon(sample)
         for k in range(params.b_chats):
             n = 100_000 * (1 + ["warm", "unloaded", "loaded", "unloaded-after"].index(phase.name))
-            got = await ask(ws, f"b-{phase.name}-{k}", unique_chit_chat(n + k))
-            terminal = got["terminal"]
+            got = await ask(
+                ws, f"b-{phase.name}-{k}", unique_chit_chat(n + k), timeout_s=CHAT_TIMEOUT_S
+            )
+            terminal = got.terminal
             timings = terminal.get("timings") or {}
             phase.records.append(
                 {
                     "terminal": terminal["type"],
                     "code": terminal.get("code"),
-                    "client_ttft_ms": None
-                    if got["ttft_s"] is None
-                    else round(got["ttft_s"] * 1000, 1),
+                    "client_ttft_ms": None if got.ttft_s is None else round(got.ttft_s * 1000, 1),
                     "server_ttft_ms": timings.get("ttft_ms"),
                     "queue_ms": timings.get("queue_ms"),
                     "cached": terminal.get("cached"),
@@ -722,7 +662,7 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
         "ratio_p90": ratio(
             loaded["client_overhead"]["p90_ms"], unloaded["client_overhead"]["p90_ms"]
         ),
-        "chatd_log_warnings": dict(log_events(rig.chatd)),
+        "chatd_log_warnings": dict(rig.server.log_events()),
     }
 
 
@@ -975,25 +915,18 @@ def run_slow_readers(params: Params, workdir: Path, word: str, tail_s: float) ->
     label = f"slow-{word}"
     rules = workdir / f"{label}.json"
     rules.write_bytes(orjson.dumps(long_answer_rules(params.answer_tokens, word)))
-    sim_args = ["--ttft-ms", f"{params.long_ttft_ms:g}", "--tokens-per-s",
-                f"{params.long_tokens_per_s:g}", "--rules", str(rules)]  # fmt: skip
     with contextlib.ExitStack() as stack:
-        rig = start_rig(label, workdir, stack, sim_args, {})
-        try:
+        rig = start_rig(label, workdir, stack, params.long_ttft_ms, params.long_tokens_per_s,
+                        ["--rules", str(rules)])  # fmt: skip
+        with log_tails_on_failure(rig.processes):
             result = trio.run(measure_slow_readers, rig, params, tail_s)
-            result["word"] = word
-            result["answer_chars"] = params.answer_tokens * (len(word) + 1) - 1
-            return result
-        except BaseException:
-            for process in (rig.sim, rig.chatd):
-                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
-            raise
+        result["word"] = word
+        result["answer_chars"] = params.answer_tokens * (len(word) + 1) - 1
+        return result
 
 
 def run_fairness(params: Params, workdir: Path) -> dict[str, Any]:
     key_a, key_b, operator = (secrets.token_urlsafe(24) for _ in range(3))
-    sim_args = ["--ttft-ms", f"{params.fair_ttft_ms:g}",
-                "--tokens-per-s", f"{params.fair_tokens_per_s:g}"]  # fmt: skip
     env = {
         "CHATD_SERVER_API_KEYS": orjson.dumps([key_a, key_b]).decode(),
         "CHATD_SERVER_OPERATOR_KEYS": orjson.dumps([operator]).decode(),
@@ -1001,13 +934,10 @@ def run_fairness(params: Params, workdir: Path) -> dict[str, Any]:
         "CHATD_LIMITS_MAX_QUEUE": str(params.max_queue),
     }
     with contextlib.ExitStack() as stack:
-        rig = start_rig("fair", workdir, stack, sim_args, env, operator)
-        try:
+        rig = start_rig("fair", workdir, stack, params.fair_ttft_ms, params.fair_tokens_per_s,
+                        chatd_env=env, operator_key=operator)  # fmt: skip
+        with log_tails_on_failure(rig.processes):
             return trio.run(measure_fairness, rig, params, key_a, key_b)
-        except BaseException:
-            for process in (rig.sim, rig.chatd):
-                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
-            raise
 
 
 def main() -> None:
@@ -1015,10 +945,7 @@ def main() -> None:
         summary = trio.run(flood_worker, orjson.loads(sys.argv[2]))
         print(orjson.dumps(summary).decode(), flush=True)
         return
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run (about 40 s)")
+    parser = script_parser(__doc__, "a short run (about 40 s)")
     parser.add_argument("--window-s", type=float, help="slow-reader window (default 30; quick 8)")
     parser.add_argument("--b-chats", type=int, help="key B's chats per phase (20; quick 4)")
     parser.add_argument(
@@ -1027,27 +954,19 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     params = params_from(args)
-    source = provenance(ROOT)
-    machine = describe_machine()
-    started = time.perf_counter()
+    record = RunRecord.start(__file__, ROOT)
     with tempfile.TemporaryDirectory(prefix="bench-abuse-") as tmp:
         slow = run_slow_readers(params, Path(tmp), params.word, params.tail_s)
         variant = None
         if params.variant_word is not None:
             variant = run_slow_readers(params, Path(tmp), params.variant_word, 0.0)
         fair = run_fairness(params, Path(tmp))
-    result: dict[str, Any] = {
-        "benchmark": "abuse: slow-reader flood of long answers; fairness under one key's flood",
-        "command": " ".join(["python benchmarks/bench_abuse.py", *sys.argv[1:]]),
-        "params": attrs.asdict(params),
-        "chatd": source,
-        "slow_readers": slow,
-        "slow_readers_variant": variant,
-        "fairness": fair,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "machine": machine,
-    }
+    result = record.result(
+        "abuse: slow-reader flood of long answers; fairness under one key's flood",
+        params,
+        {"slow_readers": slow, "slow_readers_variant": variant, "fairness": fair},
+        loadavg_at_end=True,
+    )
     verdicts = [slow_reader_verdict(slow, result["params"]), fairness_verdict(fair)]
     result["met"] = {"slow_readers": verdicts[0][0], "fairness": verdicts[1][0]}
     result["verdicts"] = [line for _met, line in verdicts]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,8 @@ import structlog
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe_machine, machine_markdown
+from loadgen.script import markdown_table
+from machine import describe_machine, machine_markdown, write_results
 
 from chatd.config import BreakerSettings
 from chatd.exceptions import BreakerOpen, UpstreamError
@@ -113,22 +113,17 @@ def main() -> None:
         "rows": rows,
         "machine": describe_machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    name = "breaker-failfast" + ("-quick" if args.quick else "")
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = "\n".join(
-        f"| {r['case']} | {r['p50_us']} | {r['p99_us']} | {r['mean_us']} |" for r in rows
+    table = markdown_table(
+        ["case", "p50 (µs)", "p99 (µs)", "mean (µs)"],
+        [[r["case"], r["p50_us"], r["p99_us"], r["mean_us"]] for r in rows],
     )
     md = (
         "# Circuit breaker: time to fail fast\n\n"
         f"{n} calls per case, each timed alone with `perf_counter_ns` inside `trio.run`, "
         "gc off while timing; the timer's own cost is the last row and is not subtracted.\n\n"
-        "| case | p50 (µs) | p99 (µs) | mean (µs) |\n"
-        "|---|---|---|---|\n"
         f"{table}\n\n## Machine\n\n{machine_markdown(result['machine'])}\n"
     )
-    (RESULTS / f"{name}.md").write_text(md)
-    print(md)
+    write_results(RESULTS, "breaker-failfast" + ("-quick" if args.quick else ""), result, md)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Results go to benchmarks/results/client-cpu-per-token.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +22,8 @@ import orjson
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe_machine, machine_markdown
+from loadgen.script import markdown_table
+from machine import describe_machine, machine_markdown, write_results
 
 from chatd.config import LLMSettings
 from chatd.llm import ChatRequest, open_llm_client
@@ -120,22 +120,16 @@ def main() -> None:
         "rows": rows,
         "machine": describe_machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    (RESULTS / f"client-cpu-per-token{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = "\n".join(
-        f"| {r['per_read']} | {r['parse_us_per_token']} | {r['client_us_per_token']} |"
-        for r in rows
+    table = markdown_table(
+        ["chunks per read", "parse only (µs/token)", "whole client (µs/token)"],
+        [[r["per_read"], r["parse_us_per_token"], r["client_us_per_token"]] for r in rows],
     )
     md = (
         "# LLM client: CPU per streamed token\n\n"
         f"{repeat} answers of {args.tokens} tokens; one OpenAI chunk per token.\n\n"
-        "| chunks per read | parse only (µs/token) | whole client (µs/token) |\n"
-        "|---|---|---|\n"
         f"{table}\n\n## Machine\n\n{machine_markdown(result['machine'])}\n"
     )
-    (RESULTS / f"client-cpu-per-token{suffix}.md").write_text(md)
-    print(md)
+    write_results(RESULTS, "client-cpu-per-token" + ("-quick" if args.quick else ""), result, md)
 
 
 if __name__ == "__main__":

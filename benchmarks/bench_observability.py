@@ -53,8 +53,6 @@ import contextlib
 import ctypes
 import io
 import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -69,25 +67,16 @@ import httpx
 import orjson
 import structlog
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import WebSocketConnection
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import (
-    PATH_B,
-    Process,
-    ProfileJob,
-    _frames,
-    clean_env,
-    machine_cpu_seconds,
-    machine_delta,
-    percentile,
-    provenance,
-    provenance_markdown,
-    start_sim,
-    unique_chit_chat,
-    unique_question,
-)
-from machine import describe_machine, machine_markdown, write_results
+from bench_pipeline import PATH_B, percentile, unique_chit_chat, unique_question
+from loadgen.chat import ask, on_every_connection, open_connections
+from loadgen.cpu import Usage
+from loadgen.processes import Process, clean_env, log_tails_on_failure, proc_stat, start_sim
+from loadgen.profiling import ProfileJob, collapsed_samples, find_py_spy, record_profile
+from loadgen.script import RunRecord, provenance_markdown, script_parser
+from machine import machine_markdown, write_results
 
 from chatd.config import LogSettings
 from chatd.observability import Metrics, RequestTrace, configure_logging
@@ -275,7 +264,7 @@ class RoundTotals:
     problems: list[str] = attrs.field(factory=list)
 
 
-async def ask(
+async def ask_questions(
     ws: WebSocketConnection, index: int, round_no: int, params: Params, totals: RoundTotals
 ) -> None:
     """One connection's questions of a round, one after another, the paths in turn."""
@@ -283,23 +272,14 @@ async def ask(
     for k in range(chats):
         path = PATHS[(index + k) % len(PATHS)]
         n = ((round_no + 1) * params.connections + index) * chats + k
-        request_id = f"r{round_no}-{k}"
         message = question(path, n)
-        started = time.perf_counter()
-        await ws.send_message(
-            orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode()
-        )
-        while True:
-            event = orjson.loads(await ws.get_message())
-            totals.frames += 1
-            kind = event["type"]
-            if kind == "token":
-                totals.token_frames += 1
-            elif kind in ("done", "error"):
-                break
-        totals.durations.append(time.perf_counter() - started)
+        reply = await ask(ws, f"r{round_no}-{k}", message)
+        totals.frames += reply.frames
+        totals.token_frames += reply.token_frames
+        totals.durations.append(reply.duration_s)
+        event = reply.terminal
         reused = event.get("cached") or event.get("shared")
-        if kind == "error" or event.get("path") != path or reused:
+        if event["type"] == "error" or event.get("path") != path or reused:
             totals.problems.append(f"{message!r} (expected {path}): {event}")
             continue
         totals.requests += 1
@@ -310,11 +290,9 @@ async def ask(
 async def load_round(
     sockets: Sequence[WebSocketConnection], round_no: int, params: Params
 ) -> RoundTotals:
+    """One round: every connection's questions, the connections side by side."""
     totals = RoundTotals()
-    with trio.fail_after(300):
-        async with trio.open_nursery() as nursery:
-            for index, ws in enumerate(sockets):
-                nursery.start_soon(ask, ws, index, round_no, params, totals)
+    await on_every_connection(sockets, ask_questions, round_no, params, totals)
     return totals
 
 
@@ -348,8 +326,7 @@ class Measured:
 
     def user_system_seconds(self) -> tuple[float, float]:
         """utime and stime apart, from /proc/PID/stat (in 10 ms ticks)."""
-        with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        fields = proc_stat(self.process.pid)
         tick = os.sysconf("SC_CLK_TCK")
         return int(fields[11]) / tick, int(fields[12]) / tick
 
@@ -360,13 +337,13 @@ async def measured_round(
 ) -> None:  # fmt: skip
     """One round against ``m``'s chatd: CPU, log growth and what came back."""
     offset = m.config.log_file.stat().st_size if m.config.log_file.exists() else 0
-    cpu0, (user0, system0), sim0 = m.cpu_seconds(), m.user_system_seconds(), sim.cpu_seconds()
-    machine0, client0, wall0 = machine_cpu_seconds(), time.process_time(), time.perf_counter()
+    user0, system0 = m.user_system_seconds()
+    usage = Usage(m, sim)
+    usage.start()
     totals = await load_round(sockets, round_no, params)
-    wall = time.perf_counter() - wall0
-    cpu, (user, system) = m.cpu_seconds() - cpu0, m.user_system_seconds()
-    sim_cpu, client_cpu = sim.cpu_seconds() - sim0, time.process_time() - client0
-    busy, stolen = machine_delta(machine0)
+    spent = usage.stop()
+    user, system = m.user_system_seconds()
+    wall, cpu = spent["wall_s"], spent["chatd_cpu_s"]
     written = read_from(m.config.log_file, offset)
     if totals.problems:
         raise RuntimeError(
@@ -390,10 +367,10 @@ async def measured_round(
             "frames": totals.frames,
             "token_frames": totals.token_frames,
             "completion_tokens": totals.completion_tokens,
-            "sim_cpu_s": round(sim_cpu, 4),
-            "client_cpu_s": round(client_cpu, 4),
-            "machine_busy_s": round(busy, 3),
-            "machine_stolen_s": round(stolen, 3),
+            "sim_cpu_s": round(spent["sim_cpu_s"], 4),
+            "client_cpu_s": round(spent["client_cpu_s"], 4),
+            "machine_busy_s": round(spent["machine_busy_s"], 3),
+            "machine_stolen_s": round(spent["machine_stolen_s"], 3),
         }
     )
 
@@ -404,13 +381,12 @@ async def measure_end_to_end(
     """Open every connection, warm up, then the measured rounds in turn (ABC CBA);
     then, with ``py_spy``, profile each configuration but the control under load."""
     async with contextlib.AsyncExitStack() as stack:
-        sockets: dict[str, list[WebSocketConnection]] = {}
-        for m in runs:
-            url = m.process.listening["ws_url"]
-            sockets[m.config.label] = [
-                await stack.enter_async_context(open_websocket_url(url))
-                for _ in range(params.connections)
-            ]
+        sockets = {
+            m.config.label: await open_connections(
+                stack, m.process.listening["ws_url"], params.connections
+            )
+            for m in runs
+        }
         for m in runs:  # warm-up, not counted: the upstream pool fills, the KB is read
             totals = await load_round(sockets[m.config.label], -1, params)
             if totals.problems:
@@ -461,40 +437,24 @@ async def profile(
     comparing two chatd processes: this is where one process's CPU went."""
     raw = m.config.log_file.with_suffix(".profile.txt")
     job = ProfileJob(py_spy, raw, raw.with_suffix(".log"))
-    command = [py_spy, "record", "--pid", str(m.process.pid), "--rate", "250",
-               "--format", "raw", "--output", str(raw)]  # fmt: skip
-    with open(job.log, "wb") as log:  # noqa: ASYNC230 - a local file, opened once
-        spy = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
-    try:
-        await trio.sleep(1.0)  # py-spy attaches
+
+    async def rounds() -> None:
         for k in range(params.profile_rounds):
             await load_round(sockets, params.rounds + k, params)
-    finally:
-        with trio.move_on_after(30) as waited:
-            waited.shield = True
-            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            await spy.wait()
-        if spy.returncode is None:
-            spy.kill()
-            with trio.move_on_after(5) as reaped:
-                reaped.shield = True
-                await spy.wait()
+
+    status = await record_profile(job, m.process.pid, rounds)
     if not raw.exists():
-        return {"skipped": f"py-spy (status {spy.returncode}) wrote nothing: "
+        return {"skipped": f"py-spy (status {status}) wrote nothing: "
                 f"{read_from(job.log, 0).decode(errors='replace')[-500:]}"}  # fmt: skip
     counts: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        frames = list(_frames(stack))
+    for frames, count in collapsed_samples(raw):
         if frames[-1][0] == "WorkerThread._work":  # an idle trio worker thread
             continue
-        total += int(count_text)
+        total += count
         for area, holds in PROFILE_AREAS.items():
             if holds(frames):
-                counts[area] += int(count_text)
+                counts[area] += count
     return {
         "samples": total,
         "pct": {area: round(counts[area] / max(1, total) * 100, 2) for area in PROFILE_AREAS},
@@ -1101,12 +1061,11 @@ def run_end_to_end(
             for c in configs
         ]
         try:
-            for m in runs:
-                wait_listening(m.process)
-            return trio.run(measure_end_to_end, runs, sim, params, py_spy)
+            with log_tails_on_failure((sim, *(m.process for m in runs))):
+                for m in runs:
+                    wait_listening(m.process)
+                return trio.run(measure_end_to_end, runs, sim, params, py_spy)
         except BaseException:
-            for process in (sim, *(m.process for m in runs)):
-                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
             for c in configs:
                 print(f"--- {c.label} log file tail ---", file=sys.stderr)
                 print(read_from(c.log_file, 0).decode(errors="replace")[-2000:], file=sys.stderr)
@@ -1133,10 +1092,7 @@ def params_from(args: argparse.Namespace) -> Params:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
+    parser = script_parser(__doc__, "a short run (well under a minute)", chatd_path=True)
     parser.add_argument("--connections", type=int, help="connections per chatd (50; quick 30)")
     parser.add_argument("--chats", type=int, help="questions per connection per round (6; quick 3)")
     parser.add_argument("--rounds", type=int, help="measured rounds per configuration (8; quick 2)")
@@ -1149,26 +1105,15 @@ def main() -> None:
         action="store_true",
         help="skip profiling each chatd (but the control) under load with py-spy",
     )
-    parser.add_argument(
-        "--chatd-path",
-        type=Path,
-        default=Path(__file__).resolve().parent.parent,
-        help="run chatd from this source tree (default: this repository)",
-    )
     args = parser.parse_args()
     params = params_from(args)
     chatd_path: Path = args.chatd_path.resolve()
     name = "observability" + ("-quick" if params.quick else "")
-    RESULTS.mkdir(exist_ok=True)
-    source = provenance(chatd_path)
-    machine = describe_machine()
-    py_spy: str | None = None
+    record = RunRecord.start(__file__, chatd_path)
+    py_spy = find_py_spy() if params.profile else None
     profiles: dict[str, Any] | None = None
-    if params.profile:
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not Path(py_spy).exists():
-            py_spy, profiles = None, {"skipped": "py-spy is not installed (pip install py-spy)"}
-    started = time.perf_counter()
+    if params.profile and py_spy is None:
+        profiles = {"skipped": "py-spy is not installed (pip install py-spy)"}
     with tempfile.TemporaryDirectory(prefix="bench-observability-") as tmp:
         workdir = Path(tmp)
         configs = configs_for(workdir, params.include_text, params.control)
@@ -1177,18 +1122,15 @@ def main() -> None:
             c.label: log_shape(c.log_file) for c in configs if c.env["CHATD_LOG_LEVEL"] == "info"
         }
         micro = {"metrics": micro_metrics(params), "traces": micro_traces(params, workdir)}
-    result: dict[str, Any] = {
-        "benchmark": "observability: chatd CPU per request with logs on and off",
-        "command": "python benchmarks/bench_observability.py " + " ".join(sys.argv[1:]),
-        "params": attrs.asdict(params),
-        "chatd": source,
+    figures = {
         "e2e": measured["configs"],
         "profiles": measured["profiles"] or profiles,
         "log_shape": shapes,
         "micro": micro,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "machine": machine,
     }
+    result = record.result(
+        "observability: chatd CPU per request with logs on and off", params, figures
+    )
     result["comparison"] = compare(result["e2e"], micro, result["profiles"])
     result["conclusions"] = conclusions(result["e2e"], result["comparison"])
     write_results(RESULTS, name, result, markdown(result))

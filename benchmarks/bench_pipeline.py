@@ -33,15 +33,10 @@ import argparse
 import collections
 import contextlib
 import math
-import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +47,12 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe_machine, machine_markdown, write_results
+from loadgen.chat import Replies, ask, on_every_connection, open_connections
+from loadgen.cpu import Usage
+from loadgen.processes import Process, log_tails_on_failure, start_chatd, start_sim
+from loadgen.profiling import ProfileJob, collapsed_samples, find_py_spy, record_profile
+from loadgen.script import RunRecord, provenance_markdown, script_parser
+from machine import machine_markdown, write_results
 
 from chatd.llm.sim.completions import ARGUMENT_PIECE_CHARS
 from chatd.llm.sim.rules import ToolCallsPlan, default_rules, plan_reply
@@ -138,149 +138,6 @@ class Params:
     profile_rounds: int
 
 
-# --- processes --------------------------------------------------------------------------
-
-
-@attrs.define
-class Process:
-    """A chatd or simulator subprocess, its log file and its listening line."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    listening: dict[str, Any] = attrs.field(factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the process, in seconds."""
-        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def kill(self) -> None:
-        """Kill it and reap it; harmless if it already exited."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-
-
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, stolen) CPU seconds of the whole machine, all cores, from /proc/stat:
-    whether something else on the machine competed with the run."""
-    with open("/proc/stat", encoding="ascii") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
-
-
-def machine_delta(before: tuple[float, float]) -> tuple[float, float]:
-    """:func:`machine_cpu_seconds` since ``before``."""
-    busy, stolen = machine_cpu_seconds()
-    return busy - before[0], stolen - before[1]
-
-
-def clean_env(chatd_path: Path, **extra: str) -> dict[str, str]:
-    """This process's environment without any CHATD_ setting, importing chatd
-    from ``chatd_path``, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
-    env["PYTHONPATH"] = str(chatd_path)
-    env.update(extra)
-    return env
-
-
-def provenance(chatd_path: Path) -> dict[str, Any]:
-    """Which chatd was measured: its directory, git commit and uncommitted files."""
-    info: dict[str, Any] = {"chatd_path": str(chatd_path), "git_head": None}
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(chatd_path), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout if done.returncode == 0 else None
-
-    head = git("rev-parse", "--short", "HEAD")
-    if head:
-        info["git_head"] = head.strip()
-        status = git("status", "--porcelain", "--", "chatd") or ""
-        info["chatd_uncommitted_files"] = [line[3:] for line in status.splitlines()]
-    return info
-
-
-def provenance_markdown(source: Mapping[str, Any]) -> str:
-    """:func:`provenance` in words: "chatd from `PATH` at git HEAD, with uncommitted …"."""
-    changed = source.get("chatd_uncommitted_files") or []
-    return (
-        f"chatd from `{source['chatd_path']}`"
-        + (f" at git {source['git_head']}" if source["git_head"] else "")
-        + (f", with uncommitted changes to {', '.join(changed)}" if changed else "")
-    )
-
-
-def start_process(
-    name: str,
-    args: Sequence[str],
-    workdir: Path,
-    env: Mapping[str, str],
-    stack: contextlib.ExitStack,
-    script: Path | None = None,
-) -> Process:
-    """Start ``python -m chatd ARGS`` (or ``python SCRIPT ARGS``), logging to a file (a
-    pipe left unread could fill and stall it), and wait for its JSON line with a ``url``."""
-    log_path = workdir / f"{name}.log"
-    program = [str(script)] if script is not None else ["-m", "chatd"]
-    with open(log_path, "wb") as log:
-        popen = subprocess.Popen(
-            [sys.executable, *program, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            env=dict(env),
-        )
-    process = Process(name, popen, log_path)
-    stack.callback(process.kill)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):
-                record = orjson.loads(line)
-                if isinstance(record, dict) and "url" in record:
-                    process.listening = record
-                    return process
-        if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited with {popen.returncode}:\n{process.log_tail()}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{name} printed no listening line in 30 s:\n{process.log_tail()}")
-
-
-def start_sim(
-    workdir: Path,
-    chatd_path: Path,
-    ttft_ms: float,
-    tokens_per_s: float,
-    stack: contextlib.ExitStack,
-    name: str = "sim",
-) -> Process:
-    """Start ``chatd sim-llm`` on a free port at the given timing (see :func:`start_process`)."""
-    args = ["sim-llm", "--port", "0", "--ttft-ms", f"{ttft_ms:g}",
-            "--tokens-per-s", f"{tokens_per_s:g}"]  # fmt: skip
-    return start_process(name, args, workdir, clean_env(chatd_path), stack)
-
-
 # --- statistics -------------------------------------------------------------------------
 
 
@@ -327,27 +184,10 @@ async def ttft_request(
     ws: WebSocketConnection, request_id: str, message: str
 ) -> tuple[float, str | None, dict[str, Any]]:
     """Send one chat, time its first token, cancel it; (ttft s, path, terminal)."""
-    path: str | None = None
-    first: float | None = None
-    with trio.fail_after(60):
-        started = time.perf_counter()
-        await ws.send_message(
-            orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode()
-        )
-        while True:
-            event = orjson.loads(await ws.get_message())
-            if event.get("id") != request_id:
-                continue
-            kind = event["type"]
-            if kind == "route":
-                path = event["path"]
-            elif kind == "token" and first is None:
-                first = time.perf_counter() - started
-                await ws.send_message(orjson.dumps({"type": "cancel", "id": request_id}).decode())
-            elif kind in ("done", "error"):
-                if first is None:
-                    raise RuntimeError(f"{request_id} ended without a token: {event}")
-                return first, path, event
+    reply = await ask(ws, request_id, message, timeout_s=60, cancel_at_first_token=True)
+    if reply.ttft_s is None:
+        raise RuntimeError(f"{request_id} ended without a token: {reply.terminal}")
+    return reply.ttft_s, reply.path, reply.terminal
 
 
 async def measure_ttft(
@@ -422,65 +262,19 @@ async def measure_ttft(
 # --- 2. server CPU per streamed token ---------------------------------------------------
 
 
-@attrs.define
-class LoadTotals:
-    """What the client saw over one load round."""
-
-    chats: int = 0
-    errors: int = 0
-    frames: int = 0
-    token_frames: int = 0
-    token_chars: int = 0
-    sim_tokens: int = 0
-    cached: int = 0
-    shared: int = 0
-    paths: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    durations: list[float] = attrs.field(factory=list)
-    """Client-measured, from sending ``chat`` to its ``done``, in seconds."""
-    server_ttft_ms: list[float] = attrs.field(factory=list)
-
-
 async def chat_worker(
-    ws: WebSocketConnection, index: int, round_no: int, chats: int, totals: LoadTotals
+    ws: WebSocketConnection, index: int, round_no: int, chats: int, totals: Replies
 ) -> None:
     """One connection: ``chats`` chit-chat requests, one after another."""
     for k in range(chats):
-        request_id = f"r{round_no}-{k}"
         message = unique_chit_chat((round_no + 2) * 1_000_000 + index * 1000 + k)
-        started = time.perf_counter()
-        await ws.send_message(
-            orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode()
-        )
-        while True:
-            event = orjson.loads(await ws.get_message())
-            totals.frames += 1
-            kind = event["type"]
-            if kind == "token":
-                totals.token_frames += 1
-                totals.token_chars += len(event["text"])
-            elif kind == "done":
-                totals.chats += 1
-                totals.sim_tokens += event["usage"]["completion_tokens"]
-                totals.paths[event["path"]] += 1
-                totals.cached += bool(event.get("cached"))
-                totals.shared += bool(event.get("shared"))
-                totals.durations.append(time.perf_counter() - started)
-                if event["timings"].get("ttft_ms") is not None:
-                    totals.server_ttft_ms.append(event["timings"]["ttft_ms"])
-                break
-            elif kind == "error":
-                totals.errors += 1
-                break
+        totals.add(await ask(ws, f"r{round_no}-{k}", message))
 
 
-async def load_round(
-    sockets: Sequence[WebSocketConnection], round_no: int, chats: int
-) -> LoadTotals:
-    totals = LoadTotals()
-    with trio.fail_after(300):
-        async with trio.open_nursery() as nursery:
-            for index, ws in enumerate(sockets):
-                nursery.start_soon(chat_worker, ws, index, round_no, chats, totals)
+async def load_round(sockets: Sequence[WebSocketConnection], round_no: int, chats: int) -> Replies:
+    """Every connection's ``chats`` requests, the connections side by side."""
+    totals = Replies()
+    await on_every_connection(sockets, chat_worker, round_no, chats, totals)
     return totals
 
 
@@ -493,87 +287,59 @@ class Tally:
     process: Process
     connections: int
     chats_per_connection: int
-    cpu_s: float = 0.0
-    wall_s: float = 0.0
-    sim_cpu_s: float = 0.0
-    client_cpu_s: float = 0.0
-    machine_busy_s: float = 0.0
-    machine_steal_s: float = 0.0
-    totals: LoadTotals = attrs.field(factory=LoadTotals)
+    spent: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    """Wall time and CPU over the rounds, in seconds, keyed as :meth:`Usage.stop` has them."""
+    totals: Replies = attrs.field(factory=Replies)
     rounds: list[dict[str, Any]] = attrs.field(factory=list)
 
-    def add(
-        self,
-        totals: LoadTotals,
-        cpu: float,
-        wall: float,
-        sim_cpu: float,
-        client: float,
-        machine: tuple[float, float],
-    ) -> None:
-        self.machine_busy_s += machine[0]
-        self.machine_steal_s += machine[1]
-        self.cpu_s += cpu
-        self.wall_s += wall
-        self.sim_cpu_s += sim_cpu
-        self.client_cpu_s += client
-        for field in (
-            "chats",
-            "errors",
-            "frames",
-            "token_frames",
-            "token_chars",
-            "sim_tokens",
-            "cached",
-            "shared",
-        ):
-            setattr(self.totals, field, getattr(self.totals, field) + getattr(totals, field))
-        self.totals.paths.update(totals.paths)
-        self.totals.durations.extend(totals.durations)
-        self.totals.server_ttft_ms.extend(totals.server_ttft_ms)
+    def add(self, totals: Replies, spent: Mapping[str, float]) -> None:
+        """Sum one round's replies and what it took."""
+        self.spent.update(spent)
+        self.totals.merge(totals)
+        cpu = spent["chatd_cpu_s"]
         self.rounds.append(
             {
-                "wall_s": round(wall, 3),
+                "wall_s": round(spent["wall_s"], 3),
                 "chatd_cpu_s": round(cpu, 3),
-                "sim_tokens": totals.sim_tokens,
-                "chatd_us_per_sim_token": round(cpu / max(1, totals.sim_tokens) * 1e6, 1),
+                "sim_tokens": totals.tokens,
+                "chatd_us_per_sim_token": round(cpu / max(1, totals.tokens) * 1e6, 1),
             }
         )
 
     def result(self, tokens_per_s: float, ttft_ms: float) -> dict[str, Any]:
-        t = self.totals
-        tokens, frames = max(1, t.sim_tokens), max(1, t.frames)
+        t, cpu, wall = self.totals, self.spent["chatd_cpu_s"], self.spent["wall_s"]
+        tokens, frames = max(1, t.tokens), max(1, t.frames)
         # The simulator alone: first token at ttft, then one every 1/rate.
-        ideal_s = ttft_ms / 1000 + (t.sim_tokens / max(1, t.chats) - 1) / tokens_per_s
+        ideal_s = ttft_ms / 1000 + (t.tokens / max(1, t.answers) - 1) / tokens_per_s
         per_token_us = [r["chatd_us_per_sim_token"] for r in self.rounds]
         return {
             "label": self.label,
             "token_merge_ms": self.merge_ms,
             "connections": self.connections,
             "chats_per_connection_per_round": self.chats_per_connection,
-            "chats": t.chats,
-            "errors": t.errors,
+            "chats": t.answers,
+            "errors": t.errors.total(),
             "cached": t.cached,
             "shared": t.shared,
             "paths": dict(t.paths),
-            "sim_tokens": t.sim_tokens,
+            "sim_tokens": t.tokens,
             "token_frames": t.token_frames,
             "all_frames": t.frames,
-            "sim_tokens_per_token_frame": round(t.sim_tokens / max(1, t.token_frames), 2),
-            "wall_s": round(self.wall_s, 3),
+            "sim_tokens_per_token_frame": round(t.tokens / max(1, t.token_frames), 2),
+            "wall_s": round(wall, 3),
             "demanded_tokens_per_s": round(self.connections * tokens_per_s),
-            "achieved_tokens_per_s": round(t.sim_tokens / self.wall_s),
-            "chatd_cpu_s": round(self.cpu_s, 3),
-            "chatd_cpu_busy": round(self.cpu_s / self.wall_s, 3),
-            "chatd_us_per_sim_token": round(self.cpu_s / tokens * 1e6, 1),
-            "chatd_us_per_token_frame": round(self.cpu_s / max(1, t.token_frames) * 1e6, 1),
-            "chatd_us_per_frame": round(self.cpu_s / frames * 1e6, 1),
-            "chatd_ms_per_chat": round(self.cpu_s / max(1, t.chats) * 1e3, 3),
+            "achieved_tokens_per_s": round(t.tokens / wall),
+            "chatd_cpu_s": round(cpu, 3),
+            "chatd_cpu_busy": round(cpu / wall, 3),
+            "chatd_us_per_sim_token": round(cpu / tokens * 1e6, 1),
+            "chatd_us_per_token_frame": round(cpu / max(1, t.token_frames) * 1e6, 1),
+            "chatd_us_per_frame": round(cpu / frames * 1e6, 1),
+            "chatd_ms_per_chat": round(cpu / max(1, t.answers) * 1e3, 3),
             "chatd_us_per_sim_token_by_round": per_token_us,
-            "sim_cpu_busy": round(self.sim_cpu_s / self.wall_s, 3),
-            "client_cpu_busy": round(self.client_cpu_s / self.wall_s, 3),
-            "machine_cores_busy": round(self.machine_busy_s / self.wall_s, 2),
-            "machine_cores_stolen": round(self.machine_steal_s / self.wall_s, 2),
+            "sim_cpu_busy": round(self.spent["sim_cpu_s"] / wall, 3),
+            "client_cpu_busy": round(self.spent["client_cpu_s"] / wall, 3),
+            "machine_cores_busy": round(self.spent["machine_busy_s"] / wall, 2),
+            "machine_cores_stolen": round(self.spent["machine_stolen_s"] / wall, 2),
             "chat_duration_p50_ms": round(statistics.median(t.durations) * 1000, 1),
             "chat_duration_p95_ms": round(percentile(t.durations, 95) * 1000, 1),
             "chat_duration_ideal_ms": round(ideal_s * 1000, 1),
@@ -588,13 +354,10 @@ async def measure_load(
     up, then run the configurations' measured rounds in turn, the order reversed
     every other round (ABC CBA) so drift in the machine's load falls on all."""
     async with contextlib.AsyncExitStack() as stack:
-        sockets: dict[str, list[WebSocketConnection]] = {}
-        for tally in tallies:
-            url = tally.process.listening["ws_url"]
-            sockets[tally.label] = [
-                await stack.enter_async_context(open_websocket_url(url))
-                for _ in range(tally.connections)
-            ]
+        sockets = {
+            t.label: await open_connections(stack, t.process.listening["ws_url"], t.connections)
+            for t in tallies
+        }
         idle: dict[str, float] = {}
         for tally in tallies:  # the upstream pool fills here, too
             await load_round(sockets[tally.label], -1, max(1, 100 // tally.connections))
@@ -606,21 +369,12 @@ async def measure_load(
         for round_no in range(params.load_rounds):
             order = list(tallies) if round_no % 2 == 0 else list(reversed(tallies))
             for tally in order:
-                cpu0, sim0 = tally.process.cpu_seconds(), sim.cpu_seconds()
-                machine0 = machine_cpu_seconds()
-                client0, wall0 = time.process_time(), time.perf_counter()
+                usage = Usage(tally.process, sim)
+                usage.start()
                 totals = await load_round(
                     sockets[tally.label], round_no, tally.chats_per_connection
                 )
-                wall = time.perf_counter() - wall0
-                tally.add(
-                    totals,
-                    tally.process.cpu_seconds() - cpu0,
-                    wall,
-                    sim.cpu_seconds() - sim0,
-                    time.process_time() - client0,
-                    machine_delta(machine0),
-                )
+                tally.add(totals, usage.stop())
 
         profile = None
         if job is not None:
@@ -636,45 +390,16 @@ async def measure_load(
 # --- profile ----------------------------------------------------------------------------
 
 
-@attrs.frozen
-class ProfileJob:
-    """Where py-spy is and where its output goes."""
-
-    py_spy: str
-    out: Path
-    log: Path
-
-
 async def profile_load(
     tally: Tally, sockets: Sequence[WebSocketConnection], job: ProfileJob, params: Params
 ) -> int | None:
     """Load rounds under py-spy attached to chatd; py-spy's exit status."""
-    command = [job.py_spy, "record", "--pid", str(tally.process.pid), "--rate", "250",
-               "--format", "raw", "--output", str(job.out)]  # fmt: skip
-    with open(job.log, "wb") as log:  # noqa: ASYNC230 - a local file, opened once
-        spy = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
-    try:
-        await trio.sleep(1.0)  # py-spy attaches
+
+    async def rounds() -> None:
         for round_no in range(params.profile_rounds):
             await load_round(sockets, 1000 + round_no, tally.chats_per_connection)
-    finally:
-        with trio.move_on_after(30) as waited:
-            waited.shield = True
-            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            await spy.wait()
-        if spy.returncode is None:
-            spy.kill()
-            with trio.move_on_after(5) as reaped:
-                reaped.shield = True
-                await spy.wait()
-    return spy.returncode
 
-
-def _frames(stack: str) -> Iterator[tuple[str, str]]:
-    """(function, file) of each frame of a collapsed stack, outermost first."""
-    for frame in stack.split(";"):
-        name, _, where = frame.partition(" (")
-        yield name, where.rsplit(":", 1)[0]
+    return await record_profile(job, tally.process.pid, rounds)
 
 
 def _area(path: str) -> str:
@@ -702,12 +427,7 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
     self_time: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = idle_workers = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = list(_frames(stack))
+    for frames, count in collapsed_samples(raw):
         name, path = frames[-1]
         if name == "WorkerThread._work":
             idle_workers += count
@@ -952,10 +672,7 @@ async def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
+    parser = script_parser(__doc__, "a short run (well under a minute)", chatd_path=True)
     parser.add_argument("--ttft-rounds", type=int, help="requests per path (default 30; quick 8)")
     parser.add_argument(
         "--connections", type=int, default=100, help="concurrent chats in the load phase"
@@ -975,13 +692,6 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also profile chatd under load with py-spy"
     )
-    parser.add_argument(
-        "--chatd-path",
-        type=Path,
-        default=ROOT,
-        help="run chatd from this source tree (default: this repository), e.g. to compare "
-        "a change against a checkout of the commit before it",
-    )
     args = parser.parse_args()
     params = params_from(args)
     chatd_path: Path = args.chatd_path.resolve()
@@ -990,48 +700,32 @@ def main() -> None:
     job: ProfileJob | None = None
     skipped: str | None = None
     if params.profile:
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if Path(py_spy).exists():
+        py_spy = find_py_spy()
+        if py_spy is not None:
             out = RESULTS / f"{name}-profile.txt"
             out.unlink(missing_ok=True)
             job = ProfileJob(py_spy, out, out.with_suffix(".log"))
         else:
             skipped = "py-spy is not installed (pip install py-spy)"
 
-    source = provenance(chatd_path)
-    machine = describe_machine()
-    started = time.perf_counter()
+    record = RunRecord.start(__file__, chatd_path)
     with (
         tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
         sim = start_sim(workdir, chatd_path, params.ttft_ms, params.ttft_tokens_per_s, stack)
-        serve = ["serve", "--port", "0", "--llm-url", sim.listening["url"]]
         merges = {"default": params.default_merge_ms, "no-merge": 0.0}
         if params.small_connections:
             merges["small"] = params.default_merge_ms
+        llm_url = sim.listening["url"]
         chatds = {
-            label: start_process(
-                f"chatd-{label}",
-                serve,
-                workdir,
-                clean_env(
-                    chatd_path,
-                    CHATD_KB_PATH=str(workdir / f"kb-{label}.sqlite3"),
-                    CHATD_LOG_FORMAT="json",
-                    CHATD_SERVER_TOKEN_MERGE_MS=f"{merge:g}",
-                ),
-                stack,
-            )
+            label: start_chatd(f"chatd-{label}", llm_url, workdir, chatd_path, stack,
+                               {"CHATD_SERVER_TOKEN_MERGE_MS": f"{merge:g}"})
             for label, merge in merges.items()
-        }
-        try:
+        }  # fmt: skip
+        with log_tails_on_failure((sim, *chatds.values())):
             measured = trio.run(run, params, sim, chatds, job)
-        except BaseException:
-            for process in (sim, *chatds.values()):
-                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
-            raise
 
     if job is not None:
         status = measured["load"]["profile"]["py_spy_status"]
@@ -1044,15 +738,9 @@ def main() -> None:
             }
     elif skipped:
         measured["load"]["profile"] = {"skipped": skipped}
-    result: dict[str, Any] = {
-        "benchmark": "pipeline: TTFT by path, server CPU per streamed token",
-        "command": "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]),
-        "params": attrs.asdict(params),
-        "chatd": source,
-        **measured,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "machine": machine,
-    }
+    result = record.result(
+        "pipeline: TTFT by path, server CPU per streamed token", params, measured
+    )
     result["verdicts"] = verdicts(result["ttft"], result["load"])
     write_results(RESULTS, name, result, markdown(result))
 

@@ -26,7 +26,7 @@ is the client, over trio-websocket on loopback. Two measurements in one run:
    N then N.
 
 Results go to benchmarks/results/resilience{,-quick}.{json,md}. Helpers for
-processes, environments and percentiles are imported from bench_pipeline.py.
+processes and CPU readings come from the load generator's harness (``loadgen``).
 """
 
 from __future__ import annotations
@@ -48,25 +48,18 @@ import attrs
 import httpx
 import orjson
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import WebSocketConnection
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import (
-    Process,
-    clean_env,
-    machine_cpu_seconds,
-    machine_delta,
-    percentile,
-    provenance,
-    provenance_markdown,
-    start_process,
-    start_sim,
-    unique_chit_chat,
-)
-from machine import describe_machine, machine_markdown, write_results
+from bench_pipeline import percentile, unique_chit_chat
+from loadgen.chat import ask, chat_frame, open_connections
+from loadgen.cpu import Usage
+from loadgen.processes import Process, log_tails_on_failure, start_chatd, start_sim
+from loadgen.rig import sim_stats
+from loadgen.script import RunRecord, provenance_markdown, script_parser
+from machine import machine_markdown, write_results
 
 RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 5.0
 BREAKER_OPEN_TEXT = "circuit breaker is open"
 STORM_MESSAGE = "tell me a long story about the sea"
@@ -107,40 +100,6 @@ def latency_ms(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def chat_frame(request_id: str, message: object) -> str:
-    return orjson.dumps({"type": "chat", "id": request_id, "message": message}).decode()
-
-
-@attrs.define
-class Usage:
-    """CPU of chatd, the simulator, this client and the machine over an interval."""
-
-    chatd: Process
-    sim: Process
-    chatd0: float = 0.0
-    sim0: float = 0.0
-    client0: float = 0.0
-    wall0: float = 0.0
-    machine0: tuple[float, float] = (0.0, 0.0)
-
-    def start(self) -> None:
-        self.chatd0, self.sim0 = self.chatd.cpu_seconds(), self.sim.cpu_seconds()
-        self.client0, self.wall0 = time.process_time(), time.perf_counter()
-        self.machine0 = machine_cpu_seconds()
-
-    def stop(self) -> dict[str, float]:
-        """Seconds of each since :meth:`start`."""
-        busy, stolen = machine_delta(self.machine0)
-        return {
-            "wall_s": time.perf_counter() - self.wall0,
-            "chatd_cpu_s": self.chatd.cpu_seconds() - self.chatd0,
-            "sim_cpu_s": self.sim.cpu_seconds() - self.sim0,
-            "client_cpu_s": time.process_time() - self.client0,
-            "machine_busy_s": busy,
-            "machine_stolen_s": stolen,
-        }
-
-
 def usage_report(spent: Mapping[str, float]) -> dict[str, float]:
     """Seconds rounded, plus each process's busy share and the machine's cores in use."""
     wall = max(spent["wall_s"], 1e-9)
@@ -155,9 +114,8 @@ def usage_report(spent: Mapping[str, float]) -> dict[str, float]:
 
 
 async def sim_requests(sim: httpx.AsyncClient) -> int:
-    response = await sim.get("/_sim/stats")
-    response.raise_for_status()
-    return int(response.json()["requests"])
+    """The simulator's request count so far."""
+    return (await sim_stats(sim))["requests"]
 
 
 async def readyz(chatd: httpx.AsyncClient) -> dict[str, Any]:
@@ -180,10 +138,10 @@ class ErrorSamples:
 
 @attrs.frozen
 class FrameKind:
-    """A frame that chatd answers with an error, and what that error should be."""
+    """A chat that chatd answers with an error, and what that error should be."""
 
     name: str
-    make: Callable[[str, int], str]
+    message: Callable[[], object]
     code: str
     text: str | None
 
@@ -192,19 +150,20 @@ class FrameKind:
 _message_numbers = itertools.count()
 
 
-def breaker_chat(request_id: str, n: int) -> str:
+def breaker_message() -> str:
     # A text never sent before, so no two requests share a flight, even on two
     # connections at once: each goes the whole way to the breaker.
-    return chat_frame(request_id, unique_chit_chat(next(_message_numbers)))
+    return unique_chit_chat(next(_message_numbers))
 
 
-def bad_chat(request_id: str, n: int) -> str:
-    return chat_frame(request_id, 5)
+def bad_message() -> int:
+    """Not a text: chatd's reader refuses it before any pipeline work."""
+    return 5
 
 
 KINDS = (
-    FrameKind("breaker_open", breaker_chat, "upstream_unavailable", BREAKER_OPEN_TEXT),
-    FrameKind("bad_request", bad_chat, "bad_request", None),
+    FrameKind("breaker_open", breaker_message, "upstream_unavailable", BREAKER_OPEN_TEXT),
+    FrameKind("bad_request", bad_message, "bad_request", None),
 )
 
 
@@ -212,18 +171,11 @@ async def error_round_trips(
     ws: WebSocketConnection, kind: FrameKind, prefix: str, first: int, count: int,
     samples: ErrorSamples,
 ) -> None:  # fmt: skip
-    """``count`` frames of ``kind``, each sent once the previous one's error is in."""
+    """``count`` chats of ``kind``, each sent once the previous one's error is in."""
     for k in range(first, first + count):
-        request_id = f"{prefix}-{k}"
-        frame = kind.make(request_id, k)
-        with trio.fail_after(30):
-            started = time.perf_counter()
-            await ws.send_message(frame)
-            while True:
-                event = orjson.loads(await ws.get_message())
-                if event.get("id") == request_id and event["type"] in ("error", "done"):
-                    break
-        samples.seconds.append(time.perf_counter() - started)
+        reply = await ask(ws, f"{prefix}-{k}", kind.message(), timeout_s=30)
+        samples.seconds.append(reply.duration_s)
+        event = reply.terminal
         code = event.get("code", event["type"])
         samples.codes[code] += 1
         if code != kind.code or (kind.text and kind.text not in event.get("message", "")):
@@ -253,13 +205,8 @@ async def open_the_breaker(ws: WebSocketConnection, limit: int = 100) -> list[di
     """Chats one at a time until one is refused by the open breaker; their errors."""
     seen = []
     for k in range(limit):
-        request_id = f"opening-{k}"
-        with trio.fail_after(60):
-            await ws.send_message(chat_frame(request_id, unique_chit_chat(900_000 + k)))
-            while True:
-                event = orjson.loads(await ws.get_message())
-                if event.get("id") == request_id and event["type"] in ("error", "done"):
-                    break
+        reply = await ask(ws, f"opening-{k}", unique_chit_chat(900_000 + k), timeout_s=60)
+        event = reply.terminal
         seen.append({key: event.get(key) for key in ("type", "code", "message")})
         if BREAKER_OPEN_TEXT in event.get("message", ""):
             return seen
@@ -279,10 +226,7 @@ async def measure_breaker(chatd: Process, sim: Process, params: Params) -> dict[
         (await sim_http.post("/_sim/faults", json=fault)).raise_for_status()
         requests_before = await sim_requests(sim_http)
         url = chatd.listening["ws_url"]
-        sockets = [
-            await stack.enter_async_context(open_websocket_url(url))
-            for _ in range(params.breaker_connections)
-        ]
+        sockets = await open_connections(stack, url, params.breaker_connections)
         opening = await open_the_breaker(sockets[0])
         requests_at_open = await sim_requests(sim_http)
         ready_open = await readyz(chatd_http)
@@ -432,9 +376,7 @@ async def measure_storm(
         httpx.AsyncClient(base_url=sim_url, timeout=10) as sim_http,
         contextlib.AsyncExitStack() as stack,
     ):
-        sockets = [
-            await stack.enter_async_context(open_websocket_url(url)) for _ in range(connections)
-        ]
+        sockets = await open_connections(stack, url, connections)
         # Warm-up on other (unique) texts: code paths, upstream pool, sockets.
         warm = Wave()
         async with trio.open_nursery() as nursery:
@@ -660,23 +602,15 @@ def start_all(params: Params, workdir: Path, chatd_path: Path,
         sim = start_sim(workdir, chatd_path, params.storm_ttft_ms, params.storm_tokens_per_s,
                         stack, name=f"sim-{label}")  # fmt: skip
         processes[sim.name] = sim
-        env = clean_env(
-            chatd_path,
-            CHATD_KB_PATH=str(workdir / f"kb-{label}.sqlite3"),
-            CHATD_LOG_FORMAT="json",
-            **extra,
+        chatd = start_chatd(
+            f"chatd-{label}", sim.listening["url"], workdir, chatd_path, stack, extra
         )
-        serve = ["serve", "--port", "0", "--llm-url", sim.listening["url"]]
-        chatd = start_process(f"chatd-{label}", serve, workdir, env, stack)
         processes[chatd.name] = chatd
     return processes
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
+    parser = script_parser(__doc__, "a short run (well under a minute)", chatd_path=True)
     parser.add_argument(
         "--breaker-chats", type=int, help="timed frames per kind and concurrency (2000; quick 200)"
     )
@@ -687,40 +621,23 @@ def main() -> None:
     parser.add_argument(
         "--storm-connections", type=int, default=10, help="connections the storm is sent over"
     )
-    parser.add_argument(
-        "--chatd-path", type=Path, default=ROOT, help="run chatd from this source tree"
-    )
     args = parser.parse_args()
     params = params_from(args)
     chatd_path: Path = args.chatd_path.resolve()
     name = "resilience" + ("-quick" if params.quick else "")
-    RESULTS.mkdir(exist_ok=True)
-
-    source = provenance(chatd_path)
-    machine = describe_machine()
-    started = time.perf_counter()
+    record = RunRecord.start(__file__, chatd_path)
     with (
         tempfile.TemporaryDirectory(prefix="bench-resilience-") as tmp,
         contextlib.ExitStack() as stack,  # kills every process, whatever happens
     ):
-        processes: dict[str, Process] = {}
-        try:
-            processes = start_all(params, Path(tmp), chatd_path, stack)
+        processes = start_all(params, Path(tmp), chatd_path, stack)
+        with log_tails_on_failure(processes.values()):
             measured = trio.run(run, params, processes)
-        except BaseException:
-            for process in processes.values():
-                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
-            raise
-
-    result: dict[str, Any] = {
-        "benchmark": "resilience: fail-fast with the LLM breaker open; storm of identical chats",
-        "command": " ".join(["python benchmarks/bench_resilience.py", *sys.argv[1:]]),
-        "params": attrs.asdict(params),
-        "chatd": source,
-        **measured,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "machine": machine,
-    }
+    result = record.result(
+        "resilience: fail-fast with the LLM breaker open; storm of identical chats",
+        params,
+        measured,
+    )
     result["verdicts"] = verdicts(result["breaker"], result["storm"], params)
     write_results(RESULTS, name, result, markdown(result))
 

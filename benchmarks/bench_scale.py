@@ -45,24 +45,24 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import orjson
 import redis
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import WebSocketConnection
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import (
+from bench_pipeline import percentile, unique_chit_chat
+from loadgen.chat import Replies, ask, open_connections
+from loadgen.cpu import machine_cpu_seconds
+from loadgen.processes import (
     Process,
-    clean_env,
-    machine_cpu_seconds,
-    percentile,
-    provenance,
-    provenance_markdown,
-    start_process,
+    log_tails_on_failure,
+    pid_cpu_seconds,
+    proc_stat,
+    start_chatd,
     start_sim,
-    unique_chit_chat,
 )
-from machine import describe_machine, machine_markdown, write_results
+from loadgen.script import RunRecord, provenance_markdown, script_parser
+from machine import machine_markdown, write_results
 
 from chatd.config import RedisSettings
 from chatd.stores.redis.client import RedisClient, open_redis
@@ -101,47 +101,19 @@ class Params:
 # --- processes --------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (the state is ``[0]``)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def pid_cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid``, in seconds."""
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pid_start_ticks(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks after boot), or None if it is gone: with
     the pid, this names one process even once pids are reused."""
     try:
-        return int(_stat(pid)[19])
+        return int(proc_stat(pid)[19])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def log_records(process: Process) -> list[dict[str, Any]]:
-    """The JSON lines of a process's log so far."""
-    records = []
-    for line in process.log_path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            record = orjson.loads(line)
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def log_warnings(deployment: Deployment) -> dict[str, int]:
     """Warning and error log lines of a deployment (all its processes), by event: a Redis
     fallback, say, would mean some of the run did not use Redis."""
-    counts = collections.Counter(
-        str(r.get("event"))
-        for r in log_records(deployment.main)
-        if r.get("level") in ("warning", "error", "critical")
-    )
-    return dict(counts)
+    return dict(deployment.main.log_events(("warning", "error", "critical")))
 
 
 @attrs.define
@@ -173,7 +145,7 @@ class Deployment:
         comes before its workers even start); note the workers' pids."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            records = log_records(self.main)
+            records = self.main.log_records()
             if self.workers > 1:  # noted at once, so that stop() finds them
                 started = [r for r in records if r.get("event") == "worker started"]
                 self.worker_pids = [int(r["pid"]) for r in started]
@@ -211,15 +183,10 @@ def start_deployment(
     stack: contextlib.ExitStack,
 ) -> Deployment:
     """``chatd serve --workers N`` on a free port, on Redis under a prefix of its own."""
-    env = clean_env(
-        chatd_path,
-        CHATD_REDIS_URL=redis_url,
-        CHATD_REDIS_PREFIX=f"bench-{label}:",
-        CHATD_KB_PATH=str(workdir / f"kb-{label}.sqlite3"),
-        CHATD_LOG_FORMAT="json",
-    )
-    args = ["serve", "--workers", str(workers), "--port", "0", "--llm-url", llm_url]
-    deployment = Deployment(label, workers, start_process(label, args, workdir, env, stack))
+    env = {"CHATD_REDIS_URL": redis_url, "CHATD_REDIS_PREFIX": f"bench-{label}:"}
+    workers_args = ["--workers", str(workers)]
+    chatd = start_chatd(label, llm_url, workdir, chatd_path, stack, env, workers_args)
+    deployment = Deployment(label, workers, chatd)
     stack.callback(deployment.stop)
     deployment.wait_ready()
     return deployment
@@ -228,59 +195,14 @@ def start_deployment(
 # --- 1. one process against two ---------------------------------------------------------
 
 
-@attrs.define
-class Totals:
-    """What the users saw over one or more rounds."""
-
-    answers: int = 0
-    tokens: int = 0
-    token_frames: int = 0
-    cached: int = 0
-    shared: int = 0
-    errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    ttft_s: list[float] = attrs.field(factory=list)
-    """Client-measured: ``chat`` sent to the first ``token`` frame."""
-    server_ttft_ms: list[float] = attrs.field(factory=list)
-
-    def add(self, other: Totals) -> None:
-        for name in ("answers", "tokens", "token_frames", "cached", "shared"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.errors.update(other.errors)
-        self.ttft_s.extend(other.ttft_s)
-        self.server_ttft_ms.extend(other.server_ttft_ms)
-
-
 async def user(
-    ws: WebSocketConnection, questions: Iterator[int], stop_at: float, totals: Totals
+    ws: WebSocketConnection, questions: Iterator[int], stop_at: float, totals: Replies
 ) -> None:
     """Ask unique chit-chat questions one after another until ``stop_at``; the last
     one is read to its end."""
     while time.perf_counter() < stop_at:
         n = next(questions)
-        with trio.fail_after(CHAT_TIMEOUT_S):
-            sent = time.perf_counter()
-            chat = {"type": "chat", "id": f"q{n}", "message": unique_chit_chat(n)}
-            await ws.send_message(orjson.dumps(chat).decode())
-            first = True
-            while True:
-                event = orjson.loads(await ws.get_message())
-                kind = event["type"]
-                if kind == "token":
-                    totals.token_frames += 1
-                    if first:
-                        totals.ttft_s.append(time.perf_counter() - sent)
-                        first = False
-                elif kind == "done":
-                    totals.answers += 1
-                    totals.tokens += event["usage"]["completion_tokens"]
-                    totals.cached += bool(event.get("cached"))
-                    totals.shared += bool(event.get("shared"))
-                    if event["timings"].get("ttft_ms") is not None:
-                        totals.server_ttft_ms.append(event["timings"]["ttft_ms"])
-                    break
-                elif kind == "error":
-                    totals.errors[event.get("code", "?")] += 1
-                    break
+        totals.add(await ask(ws, f"q{n}", unique_chit_chat(n), timeout_s=CHAT_TIMEOUT_S))
 
 
 @attrs.define
@@ -320,7 +242,7 @@ class Tally:
     rig_cpu_s: dict[str, float] = attrs.field(factory=lambda: collections.defaultdict(float))
     machine_busy_s: float = 0.0
     machine_steal_s: float = 0.0
-    totals: Totals = attrs.field(factory=Totals)
+    totals: Replies = attrs.field(factory=Replies)
     redis_commands: collections.Counter[str] = attrs.field(factory=collections.Counter)
     rounds: list[dict[str, float]] = attrs.field(factory=list)
 
@@ -335,7 +257,7 @@ class Tally:
         last answer."""
         commands0 = rig.redis_commands()
         chatd0, rig0, machine0 = self.deployment.cpu_by_process(), rig.cpu(), machine_cpu_seconds()
-        totals = Totals()
+        totals = Replies()
         wall0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for ws in sockets[: self.users]:
@@ -352,7 +274,7 @@ class Tally:
             self.rig_cpu_s[name] += value - rig0[name]
         self.machine_busy_s += machine1[0] - machine0[0]
         self.machine_steal_s += machine1[1] - machine0[1]
-        self.totals.add(totals)
+        self.totals.merge(totals)
         self.rounds.append(
             {
                 "wall_s": round(wall, 3),
@@ -418,11 +340,7 @@ async def measure_scale(
     questions = itertools.count()
     async with contextlib.AsyncExitStack() as stack:
         sockets = {
-            d.label: [
-                await stack.enter_async_context(open_websocket_url(d.ws_url))
-                for _ in range(params.users)
-            ]
-            for d in deployments
+            d.label: await open_connections(stack, d.ws_url, params.users) for d in deployments
         }
         for deployment in deployments:  # pools, connections to Redis and the simulator
             warm = Tally(deployment, params.users)
@@ -860,10 +778,7 @@ async def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run (under 40 s)")
+    parser = script_parser(__doc__, "a short run (under 40 s)")
     parser.add_argument(
         "--users", type=int, default=64, help="users per deployment in the saturating rounds"
     )
@@ -872,9 +787,7 @@ def main() -> None:
     args = parser.parse_args()
     params = params_from(args)
     name = "scale" + ("-quick" if params.quick else "")
-    source = provenance(ROOT)
-    machine = describe_machine()
-    started = time.perf_counter()
+    record = RunRecord.start(__file__, ROOT)
     with (
         tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
         contextlib.ExitStack() as stack,
@@ -890,24 +803,16 @@ def main() -> None:
             start_deployment(label, workers, workdir, ROOT, sim.listening["url"], server.url, stack)
             for label, workers in (("one-process", 1), ("two-processes", 2))
         ]
-        try:
+        with log_tails_on_failure((sim, *(d.main for d in deployments))):
             measured = trio.run(run, params, deployments, Rig(sim, redis_pid, watcher), server.url)
-        except BaseException:
-            for process in (sim, *(d.main for d in deployments)):
-                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
-            raise
         measured["scale"]["chatd_log_warnings"] = {d.label: log_warnings(d) for d in deployments}
-    measured["scale"]["nproc"] = machine["nproc"]
-    result: dict[str, Any] = {
-        "benchmark": "scale-out: 1 vs 2 chatd processes on Redis; Redis thread-offload cost",
-        "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
-        "params": attrs.asdict(params),
-        "chatd": source,
-        **measured,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "machine": machine,
-    }
+    measured["scale"]["nproc"] = record.machine["nproc"]
+    result = record.result(
+        "scale-out: 1 vs 2 chatd processes on Redis; Redis thread-offload cost",
+        params,
+        measured,
+        loadavg_at_end=True,
+    )
     result["verdicts"] = verdicts(result["scale"])
     write_results(RESULTS, name, result, markdown(result))
 

@@ -17,7 +17,6 @@ knowing. Results go to benchmarks/results/sim-cpu-per-token{,-quick}.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,8 @@ import orjson
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe_machine, machine_markdown
+from loadgen.script import markdown_table
+from machine import describe_machine, machine_markdown, write_results
 
 RESULTS = Path(__file__).parent / "results"
 TTFT_MS = 50.0
@@ -197,25 +197,22 @@ def main() -> None:
         "rows": rows,
         "machine": machine,
     }
-    RESULTS.mkdir(exist_ok=True)
-    name = "sim-cpu-per-token" + ("-quick" if args.quick else "")
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = "\n".join(
-        f"| {r['streams']} | {r['tokens_per_stream']} | {r['tokens_per_s_per_stream']:g} "
-        f"| {r['demanded_tokens_per_s']} | {r['throughput_tokens_per_s']} "
-        f"| {r['wall_s']} ({r['ideal_wall_s']}) | {r['sim_cpu_busy']:.0%} "
-        f"| **{r['sim_cpu_us_per_token']}** | {r['client_reads_per_token']} |"
+    header = ["streams", "tokens each", "tokens/s each", "demanded tokens/s",
+              "achieved tokens/s", "wall s (ideal)", "sim CPU busy", "sim CPU µs/token",
+              "client reads/token"]  # fmt: skip
+    table = markdown_table(header, [
+        [r["streams"], r["tokens_per_stream"], f"{r['tokens_per_s_per_stream']:g}",
+         r["demanded_tokens_per_s"], r["throughput_tokens_per_s"],
+         f"{r['wall_s']} ({r['ideal_wall_s']})", f"{r['sim_cpu_busy']:.0%}",
+         f"**{r['sim_cpu_us_per_token']}**", r["client_reads_per_token"]]
         for r in rows
-    )
+    ])  # fmt: skip
     md = (
         "# Simulated LLM: CPU per streamed token\n\n"
         f"Concurrent streamed completions, ttft {TTFT_MS:g} ms, over loopback from a "
         "raw-socket trio client in another process. CPU is the simulator process's "
         "user + system time over the run (connection set-up and request parsing "
         "included), divided by the content tokens streamed.\n\n"
-        "| streams | tokens each | tokens/s each | demanded tokens/s | achieved tokens/s "
-        "| wall s (ideal) | sim CPU busy | sim CPU µs/token | client reads/token |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
         f"{table}\n\n"
         "Client reads per token near 1 mean one write per token; well below 1, the "
         "simulator was behind and sent every due token in one write. Each stream opens "
@@ -223,8 +220,7 @@ def main() -> None:
         "connection and request, which the other rows spread over their tokens.\n\n"
         f"## Machine\n\n{machine_markdown(machine)}\n"
     )
-    (RESULTS / f"{name}.md").write_text(md)
-    print(md)
+    write_results(RESULTS, "sim-cpu-per-token" + ("-quick" if args.quick else ""), result, md)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,15 @@ small, in under a minute. Scenarios: see ``loadgen/scenarios.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
-
-import attrs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import provenance
 from loadgen.report import markdown
 from loadgen.runner import Plan, run_scenario
 from loadgen.scenarios import SCENARIOS
-from machine import describe_machine
+from loadgen.script import RunRecord
+from machine import write_results
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,23 +78,15 @@ def main() -> None:
     args = parse_args()
     names, plan, name = plan_from(args)
     chatd_path: Path = args.chatd_path.resolve()
-    machine = describe_machine()
-    started = time.perf_counter()
+    record = RunRecord.start(__file__, chatd_path)
     scenarios = [run_scenario(SCENARIOS[n], plan, chatd_path) for n in names]
-    result: dict[str, Any] = {
-        "benchmark": "load: virtual users against chatd and the simulated LLM",
-        "command": " ".join(["python benchmarks/load.py", *sys.argv[1:]]),
-        "plan": attrs.asdict(plan),
-        "chatd": provenance(chatd_path),
-        "scenarios": scenarios,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "machine": machine,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"load-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(result)
-    (RESULTS / f"load-{name}.md").write_text(md)
-    print(md)
+    result = record.result(
+        "load: virtual users against chatd and the simulated LLM",
+        plan,
+        {"scenarios": scenarios},
+        params_key="plan",
+    )
+    write_results(RESULTS, f"load-{name}", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import attrs
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import provenance
 from loadgen.cancels import cancel_to_close
 from loadgen.comparisons import logging_on_off, path_ttft, storm_on_off
 from loadgen.floor import floor_and_capacity
@@ -50,6 +49,7 @@ from loadgen.plots import draw_plots
 from loadgen.rig import Rig, rig_running
 from loadgen.runner import Plan, run_scenario
 from loadgen.scenarios import SCENARIOS, Behaviour, Scenario
+from loadgen.script import provenance
 from loadgen.soak import measure_soak
 from loadgen.targets_report import markdown
 from loadgen.users import Record

@@ -5,10 +5,16 @@
 - :mod:`loadgen.scenarios`: what users ask and how they behave (declarative);
 - :mod:`loadgen.users`: the virtual users, one WebSocket connection each;
 - :mod:`loadgen.rig`: the chatd and simulator processes, /proc readings, faults;
+- :mod:`loadgen.processes`: starting a subprocess and reading its CPU and log;
+- :mod:`loadgen.chat`: one chat over a WebSocket, timed, and replies summed;
+- :mod:`loadgen.cpu`: CPU over an interval, of each process and of the machine;
+- :mod:`loadgen.profiling`: py-spy attached to chatd, its stacks read back;
+- :mod:`loadgen.script`: a script's flags, chatd's provenance, the results' record;
 - :mod:`loadgen.summary`: percentiles and per-run figures (pure);
 - :mod:`loadgen.report`: the Markdown table (pure);
 - :mod:`loadgen.progress`: the progress bar on stderr.
 
 It imports chatd only for the simulator's rules (to know its timing floor) and
-the process helpers of ``bench_pipeline.py``; it talks to chatd over the wire.
+``bench_pipeline.py`` for its questions and statistics; it talks to chatd over
+the wire. The ``bench_*.py`` scripts use its parts too.
 """

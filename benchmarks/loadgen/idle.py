@@ -22,7 +22,7 @@ import trio
 from bench_pipeline import load_round
 from trio_websocket import WebSocketConnection, connect_websocket_url, open_websocket_url
 
-from loadgen.rig import Rig, rss_kib
+from loadgen.rig import Rig
 
 __all__ = ["kib_per_connection", "measure_idle", "metric_value"]
 
@@ -79,7 +79,7 @@ async def measure_idle(
     """Open ``connections`` idle WebSockets to ``rig``'s server; its RSS along the way."""
     await warm_up(rig)
     await trio.sleep(settle_s)
-    points = [(0, rss_kib(rig.server.pid))]
+    points = [(0, rig.server.rss_kib())]
     held: list[WebSocketConnection] = []
     async with trio.open_nursery() as owner:  # the connections' reader tasks live here
 
@@ -94,9 +94,9 @@ async def measure_idle(
                     for _ in range(min(step, connections - len(held))):
                         openers.start_soon(connect, limit)
                 await trio.sleep(0.05)  # the server finishes each handshake's work
-                points.append((len(held), rss_kib(rig.server.pid)))
+                points.append((len(held), rig.server.rss_kib()))
         await trio.sleep(settle_s)
-        points.append((len(held), rss_kib(rig.server.pid)))
+        points.append((len(held), rig.server.rss_kib()))
         seen = await chatd_metric(rig, "chatd_active_connections")
         owner.cancel_scope.cancel()
     # One question on a fresh connection: the server still answers after all that.
@@ -109,6 +109,6 @@ async def measure_idle(
         "rss_open_kib": points[-1][1],
         **kib_per_connection(points),
         "server_saw_connections": seen,
-        "answered_after": still.chats,
+        "answered_after": still.answers,
         "points": points,
     }

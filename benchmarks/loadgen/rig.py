@@ -1,6 +1,6 @@
 """The rig of one run: a simulator and a chatd (or the bare relay) as subprocesses.
 
-Processes start through ``bench_pipeline.start_process`` (a log file each, the
+Processes start through ``loadgen.processes.start_process`` (a log file each, the
 first JSON log line with a ``url``). The server's CPU comes from
 /proc/PID/stat, its RSS from VmRSS in /proc/PID/status; the simulator's
 counters and faults through its ``/_sim/*`` endpoints. A sampler records a
@@ -13,7 +13,6 @@ mid-run. With ``watch_closes`` the server reaches the simulator through
 from __future__ import annotations
 
 import contextlib
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,12 +21,19 @@ from typing import Any, Literal
 import attrs
 import httpx
 import trio
-from bench_pipeline import Process, clean_env, start_process, start_sim
 
+from loadgen.processes import (
+    Process,
+    clean_env,
+    log_tails_on_failure,
+    start_chatd,
+    start_process,
+    start_sim,
+)
 from loadgen.scenarios import Outage
 from loadgen.users import RunState
 
-__all__ = ["Rig", "rig_running", "rss_kib", "run_outage", "sample_forever", "start_rig"]
+__all__ = ["Rig", "rig_running", "run_outage", "sample_forever", "start_rig"]
 
 BENCHMARKS = Path(__file__).resolve().parent.parent
 RELAY = BENCHMARKS / "relay.py"
@@ -90,15 +96,7 @@ def start_rig(
             stack, RELAY,
         )  # fmt: skip
         return Rig(sim, process, watcher)
-    env = clean_env(
-        chatd_path,
-        CHATD_KB_PATH=str(workdir / "kb.sqlite3"),
-        CHATD_LOG_FORMAT="json",
-        **chatd_env,
-    )
-    chatd = start_process("chatd", ["serve", "--port", "0", "--llm-url", llm_url], workdir, env,
-                          stack)  # fmt: skip
-    return Rig(sim, chatd, watcher)
+    return Rig(sim, start_chatd("chatd", llm_url, workdir, chatd_path, stack, chatd_env), watcher)
 
 
 @contextlib.contextmanager
@@ -119,21 +117,8 @@ def rig_running(
     ):
         rig = start_rig(Path(tmp), chatd_path, ttft_ms, tokens_per_s, chatd_env or {}, stack,
                         server, watch_closes)  # fmt: skip
-        try:
+        with log_tails_on_failure(rig.processes):
             yield rig
-        except BaseException:
-            for process in rig.processes:
-                print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
-            raise
-
-
-def rss_kib(pid: int) -> int:
-    """The process's resident set (VmRSS), in KiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def sim_stats(http: httpx.AsyncClient) -> dict[str, int]:
@@ -156,7 +141,7 @@ async def sample_forever(
             {
                 "t_s": round(trio.current_time() - run.t0, 2),
                 "chatd_cpu_s": round(rig.server.cpu_seconds(), 3),
-                "chatd_rss_kib": rss_kib(rig.server.pid),
+                "chatd_rss_kib": rig.server.rss_kib(),
                 "tokens": run.tokens,
                 "sent": run.sent,
                 "in_flight": run.in_flight,

@@ -9,7 +9,6 @@ counter over the users' run only.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from typing import Any
 import attrs
 import httpx
 import trio
-from bench_pipeline import machine_cpu_seconds, machine_delta
 
+from loadgen.cpu import Usage
 from loadgen.progress import show_progress
-from loadgen.rig import Rig, Server, rig_running, rss_kib, run_outage, sample_forever, sim_stats
+from loadgen.rig import Rig, Server, rig_running, run_outage, sample_forever, sim_stats
 from loadgen.scenarios import Scenario
 from loadgen.summary import outage_phases, summarise
 from loadgen.users import Record, RunState, run_users
@@ -72,11 +71,10 @@ async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> tuple[dict[str, 
     samples: list[dict[str, float]] = []
     marks: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=rig.sim_control, timeout=10) as http:
-        rss_start = rss_kib(rig.server.pid)
+        rss_start = rig.server.rss_kib()
         stats0 = await sim_stats(http)
-        cpu0, sim_cpu0 = rig.server.cpu_seconds(), rig.sim.cpu_seconds()
-        client0, machine0 = time.process_time(), machine_cpu_seconds()
-        wall0 = time.perf_counter()
+        usage = Usage(rig.server, rig.sim)
+        usage.start()
         async with trio.open_nursery() as watchers:
             run.t0 = trio.current_time()
             watchers.start_soon(sample_forever, rig, run, samples)
@@ -86,21 +84,20 @@ async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> tuple[dict[str, 
                 watchers.start_soon(run_outage, http, run, scenario.behaviour.outage, marks)
             await run_users(run)
             watchers.cancel_scope.cancel()
-        wall = time.perf_counter() - wall0
-        cpu = rig.server.cpu_seconds() - cpu0
-        sim_cpu = rig.sim.cpu_seconds() - sim_cpu0
-        client_cpu = time.process_time() - client0
+        used = usage.stop()
+        wall, cpu = used["wall_s"], used["chatd_cpu_s"]
+        rig_cpu = cpu + used["sim_cpu_s"] + used["client_cpu_s"]
         spent = {
             "chatd_cpu_s": round(cpu, 3),
-            "sim_cpu_s": round(sim_cpu, 3),
-            "client_cpu_s": round(client_cpu, 3),
+            "sim_cpu_s": round(used["sim_cpu_s"], 3),
+            "client_cpu_s": round(used["client_cpu_s"], 3),
             # The machine is shared: cores busy in all, and the rig's own share.
-            "machine_cores_busy": round(machine_delta(machine0)[0] / wall, 2),
-            "rig_cores_busy": round((cpu + sim_cpu + client_cpu) / wall, 2),
+            "machine_cores_busy": round(used["machine_busy_s"] / wall, 2),
+            "rig_cores_busy": round(rig_cpu / wall, 2),
         }
         stats1 = await sim_stats(http)
         await trio.sleep(0.5)  # let chatd let go of the closed connections
-        rss_end = rss_kib(rig.server.pid)
+        rss_end = rig.server.rss_kib()
     result = summarise(run.records, wall, plan.ttft_ms, plan.tokens_per_s)
     calls = stats1["requests"] - stats0["requests"]
     result.update(

@@ -19,7 +19,7 @@ import trio
 
 from loadgen.idle import chatd_metric
 from loadgen.progress import show_progress
-from loadgen.rig import Rig, rss_kib
+from loadgen.rig import Rig
 from loadgen.scenarios import Scenario
 from loadgen.summary import summarise
 from loadgen.users import Record, RunState, run_users
@@ -29,7 +29,7 @@ __all__ = ["measure_soak"]
 
 async def _sample(rig: Rig, run: RunState, done: int, samples: list[list[float]]) -> None:
     while True:
-        samples.append([done + run.sent, rss_kib(rig.server.pid)])
+        samples.append([done + run.sent, rig.server.rss_kib()])
         await trio.sleep(0.5)
 
 
@@ -65,7 +65,7 @@ async def measure_soak(
         points.append(
             {
                 "requests": len(records),
-                "rss_kib": rss_kib(rig.server.pid),
+                "rss_kib": rig.server.rss_kib(),
                 "cache_entries": await chatd_metric(rig, "chatd_cache_entries"),
                 "chatd_cpu_s": round(rig.server.cpu_seconds(), 2),
             }

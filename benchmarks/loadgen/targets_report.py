@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bench_pipeline import provenance_markdown
 from machine import machine_markdown
+
+from loadgen.script import provenance_markdown
 
 __all__ = ["markdown"]
 

@@ -8,8 +8,8 @@ request count; the request in flight finishes (bounded by a timeout).
 
 The load generator shares the machine's cores with chatd and the simulator,
 so the per-frame path is kept lean: one ``orjson.loads`` and a few
-comparisons per frame, no task per request, and no reader task beside
-trio-websocket's own.
+comparisons per frame (:func:`loadgen.chat.note_event`), no task per request,
+and no reader task beside trio-websocket's own.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from trio_websocket import (
 )
 
 from chatd.trio_websocket_compat import close_stream
+from loadgen.chat import cancel_frame, chat_frame, note_event
 from loadgen.scenarios import Kind, Scenario
 
 __all__ = ["Record", "RunState", "run_users"]
@@ -220,9 +221,7 @@ async def _ask(
     if abort is not None:
         cut_at = trio.current_time() + abort[1]
     try:
-        await ws.send_message(
-            orjson.dumps({"type": "chat", "id": request_id, "message": record.message}).decode()
-        )
+        await ws.send_message(chat_frame(request_id, record.message))
         with trio.move_on_after(REQUEST_TIMEOUT_S):
             while True:
                 with trio.move_on_at(cut_at):
@@ -230,16 +229,7 @@ async def _ask(
                     event = orjson.loads(text)
                     if event.get("id") != request_id:
                         continue
-                    record.frames += 1
-                    kind = event["type"]
-                    if kind == "token":
-                        record.token_frames += 1
-                        record.chars += len(event["text"])
-                        if record.ttft_s is None:
-                            record.ttft_s = time.perf_counter() - started
-                    elif kind == "route":
-                        record.path = event["path"]
-                    elif kind in ("done", "error"):
+                    if note_event(record, event, started):
                         record.duration_s = time.perf_counter() - started
                         _terminal(record, event)
                         return
@@ -250,9 +240,7 @@ async def _ask(
                 record.action = abort[0]
                 record.abort_at = time.monotonic()
                 if abort[0] == "cancel":
-                    await ws.send_message(
-                        orjson.dumps({"type": "cancel", "id": request_id}).decode()
-                    )
+                    await ws.send_message(cancel_frame(request_id))
                 else:
                     # As chatd.testing.ChatClient.drop: no close handshake, as a
                     # network failure would leave it.
