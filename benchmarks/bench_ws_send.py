@@ -41,15 +41,12 @@ def _server(variant: str, port: int, messages: int) -> None:
     done = trio.Event()
 
     if variant == "chatd":
-        from chatd.server.front import _consume, _peek_head, _request
+        from chatd.server.front import read_request_head
         from chatd.server.websocket import accept
 
         async def handle(stream: trio.SocketStream) -> None:
-            head = await _peek_head(stream)
-            assert head
-            request = _request(head)
+            request = await read_request_head(stream)
             assert request is not None
-            await _consume(stream, len(head))
             ws = await accept(stream, request, deflate=False, max_message_bytes=1 << 20)
             assert ws is not None
             start = time.process_time()

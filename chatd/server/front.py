@@ -26,7 +26,7 @@ import trio
 
 from chatd.server.hypercorn_compat import ServeHTTP
 
-__all__ = ["ServeWebSocket", "serve_front_door"]
+__all__ = ["ServeWebSocket", "read_request_head", "serve_front_door"]
 
 ServeWebSocket = Callable[[trio.SocketStream, h11.Request], Awaitable[None]]
 """Serve one WebSocket whose upgrade request (given) has been read off the stream."""
@@ -92,6 +92,17 @@ async def _consume(stream: trio.SocketStream, size: int) -> None:
     """Read off the ``size`` bytes already peeked at."""
     while size > 0:
         size -= len(await stream.receive_some(size))
+
+
+async def read_request_head(stream: trio.SocketStream) -> h11.Request | None:
+    """Read the request head off ``stream``: the request, or ``None`` if none
+    that parses came. For serving a WebSocket without the front door (the
+    tests and benchmarks of :mod:`chatd.server.websocket`)."""
+    head = await _peek_head(stream)
+    request = _request(head) if head else None
+    if head and request is not None:
+        await _consume(stream, len(head))
+    return request
 
 
 async def _guarded(

@@ -20,7 +20,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, TextMessage
 from wsproto.events import Request as WSRequest
 
-from chatd.server.front import _consume, _peek_head, _request
+from chatd.server.front import read_request_head
 from chatd.server.websocket import WebSocket, accept
 from chatd.testing import wait_until
 
@@ -37,11 +37,8 @@ async def echo_server(nursery: trio.Nursery) -> Started:
         accepted: list[WebSocket] = []
 
         async def handle(stream: trio.SocketStream) -> None:
-            head = await _peek_head(stream)
-            assert head
-            request = _request(head)
+            request = await read_request_head(stream)
             assert request is not None
-            await _consume(stream, len(head))
             ws = await accept(stream, request, deflate=deflate, max_message_bytes=max_message_bytes)
             if ws is None:
                 return
