@@ -31,16 +31,14 @@ import trio
 
 from chatd.exceptions import ChatdError
 from chatd.pipeline.events import Accepted, Event, is_terminal
+from chatd.pipeline.resume_redis import POLL_S, mirror, poll_owner
 
 if TYPE_CHECKING:
     from chatd.stores.redis.client import RedisClient
 
-__all__ = ["POLL_S", "Followable", "Journal", "Journals"]
+__all__ = ["Followable", "Journal", "Journals"]
 
 log = structlog.get_logger(__name__)
-
-POLL_S = 0.5
-"""How often an owner that nobody here follows asks Redis for a follower elsewhere."""
 
 
 class Followable(Protocol):
@@ -178,16 +176,12 @@ class Journal:
                     await self._changed.wait()
 
     async def _poll(self, redis: RedisClient) -> tuple[bool, bool]:
-        from chatd.pipeline.resume_redis import poll_owner
-
         try:
             return await poll_owner(self, redis)
         except ChatdError:  # Redis is down: only followers here count
             return False, False
 
     async def _mirror(self, redis: RedisClient) -> None:
-        from chatd.pipeline.resume_redis import mirror
-
         while self.request_id is None and not self.finished:
             await self._changed.wait()
         if self.request_id is not None:

@@ -21,27 +21,42 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
 from chatd.pipeline.codec import decode_event, encode_event
 from chatd.pipeline.events import Event, is_terminal
-from chatd.pipeline.resume import POLL_S
 
 if TYPE_CHECKING:  # redis-py is imported only where Redis is configured
     from redis import Redis
 
-    from chatd.pipeline.resume import Journal
     from chatd.stores.redis.client import RedisClient
 
-__all__ = ["RemoteJournal", "mirror", "open_remote", "poll_owner"]
+__all__ = ["POLL_S", "Mirrored", "RemoteJournal", "mirror", "open_remote", "poll_owner"]
 
+POLL_S = 0.5
+"""How often an owner that nobody here follows asks Redis for a follower elsewhere."""
 FLUSH_S = 0.05
 """How often a journal's new events are written to its stream."""
 LEASE_MS = 2000
 """How long a remote follower's last sign of life counts."""
+
+
+class Mirrored(Protocol):
+    """What is read of a journal (:class:`chatd.pipeline.resume.Journal`) to
+    mirror it to Redis and to poll for its followers elsewhere."""
+
+    client: str
+    grace: float
+    request_id: str | None
+    events: list[Event]
+    finished: bool
+
+    async def changed(self) -> None:
+        """Return once an event was added or the journal finished."""
+        ...
 
 
 def _keys(redis: RedisClient, request_id: str) -> tuple[str, str, str, str]:
@@ -49,7 +64,7 @@ def _keys(redis: RedisClient, request_id: str) -> tuple[str, str, str, str]:
     return base, base + ":meta", base + ":follower", base + ":cancel"
 
 
-async def mirror(journal: Journal, redis: RedisClient) -> None:
+async def mirror(journal: Mirrored, redis: RedisClient) -> None:
     """Write ``journal``'s events to its stream as they come, to the end."""
     sent = 0
     while True:
@@ -65,7 +80,7 @@ async def mirror(journal: Journal, redis: RedisClient) -> None:
 
 
 def _append(
-    r: Redis, keys: tuple[str, str, str, str], journal: Journal, sent: int, batch: list[Event]
+    r: Redis, keys: tuple[str, str, str, str], journal: Mirrored, sent: int, batch: list[Event]
 ) -> None:
     stream, meta, _, _ = keys
     ttl_ms = int((journal.grace + (0 if journal.finished else 600)) * 1000)
@@ -79,7 +94,7 @@ def _append(
     pipe.execute()
 
 
-async def poll_owner(journal: Journal, redis: RedisClient) -> tuple[bool, bool]:
+async def poll_owner(journal: Mirrored, redis: RedisClient) -> tuple[bool, bool]:
     """(someone follows remotely, the client cancelled remotely)."""
     _, _, follower, cancel = _keys(redis, str(journal.request_id))
 
