@@ -5,6 +5,7 @@ Also the FAQ file reader and the shared scoring, which every backend uses.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ import trio
 
 from chatd.config import KBSettings
 from chatd.exceptions import ConfigError
-from chatd.stores.kb import FAQEntry, KnowledgeBase, load_faq_file, open_knowledge_base, sample_faq
+from chatd.stores.kb import (
+    FAQEntry,
+    KnowledgeBase,
+    load_faq_file,
+    open_knowledge_base,
+    rank,
+    sample_faq,
+)
 from chatd.stores.kb.eval import evaluate, load_eval_set
 from chatd.stores.kb.rank import MAX_QUERY_TERMS, Evidence, query_terms, stems
 
@@ -346,3 +354,28 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path, name: str, problem: s
         write(tmp_path, name, "question,answer\n")
     with pytest.raises(ConfigError, match=problem):
         load_faq_file(tmp_path / name)
+
+
+def test_stemming_in_threads_gives_each_thread_its_own_words() -> None:
+    """The backends rank in worker threads: stems made side by side are the stems
+    made one at a time (a shared stemmer swapped words between threads)."""
+    stem = rank._stem.__wrapped__  # without the cache, every call stems
+    words = sorted({word for entry in sample_faq() for word in stems(entry.answer)})
+    expected = [stem(word) for word in words]
+    results: list[list[str]] = []
+    failures: list[BaseException] = []
+
+    def stem_all() -> None:
+        try:
+            for _ in range(20):
+                results.append([stem(word) for word in words])
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=stem_all) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert len(results) == 80 and all(result == expected for result in results)

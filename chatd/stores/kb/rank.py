@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -136,7 +137,18 @@ _WEAK = frozenset({"when", "where", "why", "which"})
 # term one FTS token.
 _TOKEN = re.compile(r"[^\W_]+")
 _APOSTROPHES = re.compile(r"['\u2019\u2018`´]")
-_STEMMER = snowballstemmer.stemmer("english")
+
+
+class _Stemmer(threading.local):
+    """One Snowball stemmer per thread: a stemmer keeps the word it works on in
+    itself, so two threads sharing one (the backends rank in worker threads)
+    stem each other's words ("installments" came out "password"), or fail."""
+
+    def __init__(self) -> None:
+        self.english = snowballstemmer.stemmer("english")
+
+
+_STEMMER = _Stemmer()
 
 
 def _fold(text: str) -> str:
@@ -177,7 +189,7 @@ def query_terms(text: str) -> list[str]:
 
 @lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
-    return str(_STEMMER.stemWord(word))
+    return str(_STEMMER.english.stemWord(word))
 
 
 def stems(text: str) -> list[str]:
