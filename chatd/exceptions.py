@@ -214,9 +214,6 @@ _RAISED_AS: dict[str, type[ChatdError]] = {
 }
 """The class a :class:`Failure` of each code is raised as."""
 
-SHARED_FAILURE = "a shared answer failed"
-"""What subscribers read for a bug in shared work (its details stay in the log)."""
-
 
 @attrs.frozen
 class Failure:
@@ -230,11 +227,13 @@ class Failure:
     detail: str | None = None
 
     @classmethod
-    def of(cls, error: BaseException) -> Failure:
-        """What ``error`` says; anything but a :class:`ChatdError` is a bug,
-        which says only that it happened (its details are for the log)."""
+    def of(cls, error: BaseException, log_id: str | None = None) -> Failure:
+        """What ``error`` says. Anything but a :class:`ChatdError` is a bug: it
+        says only that one happened and, given ``log_id`` (the request id its
+        traceback was logged under), where an operator finds it."""
         if not isinstance(error, ChatdError):
-            return cls("internal", SHARED_FAILURE)
+            where = f"; the log has it under {log_id}" if log_id else ""
+            return cls("internal", f"internal error{where}")
         return cls(error.code, error.message, error.retry_after_ms, error.detail)
 
     @property

@@ -75,7 +75,9 @@ async def _unsent(event: Event) -> None:
 @attrs.frozen
 class Pipeline:
     """Everything a request needs, shared by all requests of the process:
-    built, run and torn down by :func:`chatd.server.services.open_pipeline`."""
+    built, run and torn down by :func:`chatd.server.services.open_pipeline`.
+    (``attrs.evolve`` gives a copy with run-time state of its own: draining,
+    the knowledge base's version, journals and per-client counts.)"""
 
     settings: Settings
     llm: ChatStreamer

@@ -129,7 +129,8 @@ class Lead:
         if self.diverged:
             return DIVERGED
         if not isinstance(error, trio.Cancelled):
-            return record("error", failure_to_json(Failure.of(error)))
+            failure = Failure.of(error, self.flight.turn.context.request_id)
+            return record("error", failure_to_json(failure))
         if trio.current_time() >= self.flight.scope.deadline:
             return record("error", failure_to_json(STOPPED))
         return ABANDONED  # shutting down: a follower takes it over

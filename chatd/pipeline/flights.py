@@ -265,7 +265,7 @@ class Flights:
                     flight.failure = Failure.of(first_leaf(group))
                 except* Exception as group:
                     log.error("flight crashed", exc_info=first_leaf(group))
-                    flight.failure = Failure.of(first_leaf(group))
+                    flight.failure = Failure.of(first_leaf(group), flight.turn.context.request_id)
         finally:
             if not completed and flight.failure is None and not flight.alone:
                 # Its own deadline, or the server shutting down: never a bare Cancelled.

@@ -123,31 +123,42 @@ async def open_pipeline(
         if redis is not None:
             breakers["redis"] = redis.breaker
         sessions, rate_limiter, cache = _stores(settings, redis, metrics.redis_fallback)
-        async with trio.open_nursery() as nursery:
-            pipeline = Pipeline(
-                settings=settings,
-                llm=upstream,
-                tools=registry,
-                sessions=sessions,
-                admission=Admission(settings.limits),
-                rate_limiter=rate_limiter,
-                requests=RequestRegistry(settings.janitor),
-                breakers=breakers,
-                metrics=metrics,
-                flights=_flights(settings, redis, nursery, supervisor),
-                cache=cache,
-                redis=redis,
-                kb=kb,
-            )
-            await pipeline.kb_version.read()
-            positions = pipeline.admission.run_position_updates
-            nursery.start_soon(supervisor.run, "queue_positions", positions)
-            watch = functools.partial(pipeline.kb_version.watch, settings.janitor.interval_s)
-            nursery.start_soon(supervisor.run, "kb_watch", watch)
-            try:
-                yield pipeline
-            finally:
-                nursery.cancel_scope.cancel()
+        raised: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                pipeline = Pipeline(
+                    settings=settings,
+                    llm=upstream,
+                    tools=registry,
+                    sessions=sessions,
+                    admission=Admission(settings.limits),
+                    rate_limiter=rate_limiter,
+                    requests=RequestRegistry(settings.janitor),
+                    breakers=breakers,
+                    metrics=metrics,
+                    flights=_flights(settings, redis, nursery, supervisor),
+                    cache=cache,
+                    redis=redis,
+                    kb=kb,
+                )
+                await pipeline.kb_version.read()
+                positions = pipeline.admission.run_position_updates
+                nursery.start_soon(supervisor.run, "queue_positions", positions)
+                watch = functools.partial(pipeline.kb_version.watch, settings.janitor.interval_s)
+                nursery.start_soon(supervisor.run, "kb_watch", watch)
+                try:
+                    yield pipeline
+                except BaseException as exc:
+                    raised = exc
+                    raise
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # What the caller's block raised comes back as it was, not inside
+            # the group the pipeline's nursery wraps it in.
+            if raised is not None and group.exceptions == (raised,):
+                raise raised from raised.__cause__
+            raise
 
 
 def _flights(

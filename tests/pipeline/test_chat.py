@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from chatd.config import KBSettings, Settings
+from chatd.exceptions import ShuttingDown
 from chatd.pipeline import ChatInput, Event, Pipeline
 from chatd.pipeline.events import Done
 from chatd.server.services import open_pipeline
@@ -72,3 +73,12 @@ async def test_cancel_stops_the_rate_limit_check(pipeline: Pipeline) -> None:
     (terminal,) = out.events
     assert isinstance(terminal, Done) and terminal.finish_reason == "cancelled"
     assert len(pipeline.requests) == 0
+
+
+async def test_what_the_block_raises_comes_out_as_raised(tmp_path: Path) -> None:
+    """The pipeline's own nursery does not wrap the caller's error in a group."""
+    settings = Settings(kb=KBSettings(path=str(tmp_path / "kb.sqlite3")))
+    with pytest.raises(ShuttingDown, match="going away"):
+        async with open_pipeline(settings, "http://127.0.0.1:9/v1") as pipeline:
+            pipeline.start_draining()
+            raise ShuttingDown("going away")

@@ -121,6 +121,8 @@ def test_a_bug_travels_as_an_internal_failure() -> None:
     back = Failure.of(KeyError("secret detail")).exception()
     assert type(back) is ChatdError and back.code == "internal"
     assert "secret" not in back.message
+    logged = Failure.of(KeyError("secret detail"), "req_1").message
+    assert logged == "internal error; the log has it under req_1"
 
 
 def test_unknown_code_is_raised_as_an_internal_error() -> None:

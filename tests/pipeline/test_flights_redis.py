@@ -39,7 +39,7 @@ class FakeWork:
     tokens: tuple[str, ...] = TOKENS
     pause_at: int | None = None
     """Pause after this many events (0: before the route) until ``resume``."""
-    error: ChatdError | None = None
+    error: Exception | None = None
     diverge: bool = False
     calls: int = 0
     cancelled: bool = False
@@ -250,6 +250,23 @@ async def test_error_reaches_each_instance_as_its_own_copy(redis_url: str) -> No
         assert (asker.result.code, asker.result.message) == ("upstream_error", "bad gateway")
     assert one.result is not two.result and work.calls == 1
     assert two.events == one.events
+
+
+async def test_a_bug_in_the_work_tells_every_instance_where_the_log_has_it(
+    redis_url: str,
+) -> None:
+    """A crash (not a ChatdError) ends both askers with an internal error that
+    names the request its traceback was logged under, and nothing of the bug."""
+    work = FakeWork(pause_at=1, error=ValueError("a secret detail"))
+    with trio.fail_after(5):
+        async with leader_and_follower(redis_url, work) as (a, b, one, two):
+            await wait_until(lambda: _stats(a, b, "followed") == 1, within=2)
+            work.resume.set()
+            await one.done.wait()
+            await two.done.wait()
+    for asker in (one, two):
+        assert isinstance(asker.result, ChatdError) and asker.result.code == "internal"
+        assert asker.result.message == "internal error; the log has it under one"
 
 
 async def test_leader_lost_mid_answer_ends_followers_with_retryable_error(redis_url: str) -> None:
