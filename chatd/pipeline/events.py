@@ -159,9 +159,17 @@ def is_terminal(event: Event) -> bool:
     return isinstance(event, Done | Error)
 
 
+UNAVAILABLE_RETRY_MS = 1000
+"""The hint an ``upstream_unavailable`` carries when its dependency gave none
+(a refused connection): protocol.md's table promises one for that code."""
+
+
 def error_event(exc: ChatdError) -> Error:
     """The wire form of one of chatd's errors: its code, words and retry hint."""
-    return Error(exc.code, redact(exc.message), exc.retry_after_ms)
+    retry_after_ms = exc.retry_after_ms
+    if retry_after_ms is None and exc.code == "upstream_unavailable":
+        retry_after_ms = UNAVAILABLE_RETRY_MS
+    return Error(exc.code, redact(exc.message), retry_after_ms)
 
 
 _OPTIONAL = frozenset({"error", "retry_after_ms", "degraded", "request_id"})

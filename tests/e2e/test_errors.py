@@ -217,6 +217,7 @@ async def test_upstream_unavailable(make_settings: MakeSettings) -> None:
         error = await ask(client, "a", "hello")
         assert error["code"] == "upstream_unavailable"
         assert "cannot reach the LLM" in error["message"]
+        assert error["retry_after_ms"] == 1000  # the table says there is always one
 
 
 async def test_upstream_error(chatd: Chatd, client: ChatClient) -> None:
