@@ -215,6 +215,12 @@ _RAISED_AS: dict[str, type[ChatdError]] = {
 """The class a :class:`Failure` of each code is raised as."""
 
 
+def crash_message(log_id: str | None) -> str:
+    """What users read of a bug: that one happened and, given ``log_id`` (a
+    request id), where an operator finds it."""
+    return f"internal error; the log has it under {log_id}" if log_id else "internal error"
+
+
 @attrs.frozen
 class Failure:
     """An error as data, for whatever outlives the raise: the protocol
@@ -232,8 +238,7 @@ class Failure:
         says only that one happened and, given ``log_id`` (the request id its
         traceback was logged under), where an operator finds it."""
         if not isinstance(error, ChatdError):
-            where = f"; the log has it under {log_id}" if log_id else ""
-            return cls("internal", f"internal error{where}")
+            return cls("internal", crash_message(log_id))
         return cls(error.code, error.message, error.retry_after_ms, error.detail)
 
     @property

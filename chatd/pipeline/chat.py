@@ -29,6 +29,7 @@ from chatd.exceptions import (
     Overloaded,
     ShuttingDown,
     TooLarge,
+    crash_message,
     first_leaf,
 )
 from chatd.llm import Message
@@ -236,8 +237,7 @@ class Pipeline:
             del error  # it holds this frame through its traceback: no cycle to collect
         except* Exception as group:
             log.error("request crashed", exc_info=first_leaf(group))
-            message = f"internal error; the log has it under {request_id}"
-            failed = Error("internal", message, request_id=request_id)
+            failed = Error("internal", crash_message(request_id), request_id=request_id)
         return failed
 
     def _count(

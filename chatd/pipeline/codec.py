@@ -13,17 +13,15 @@ raises :class:`CodecError`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cattrs
 import orjson
 
 from chatd.exceptions import Failure
 from chatd.pipeline.events import EVENT_TYPES, Event, Token
+from chatd.pipeline.request import CachedAnswer
 from chatd.pipeline.turn import Outcome
-
-if TYPE_CHECKING:
-    from chatd.pipeline.request import CachedAnswer
 
 __all__ = [
     "EVENT_TYPES",
@@ -44,8 +42,6 @@ __all__ = [
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
-
-_SCALARS = (str, int, float, bool, type(None))
 
 
 class CodecError(ValueError):
@@ -118,10 +114,6 @@ def encode_cached(answer: CachedAnswer) -> bytes:
 
 def decode_cached(data: bytes) -> CachedAnswer:
     """The cached answer :func:`encode_cached` wrote."""
-    # Imported here: chat.py may well import this module one day, and a
-    # module-level import of chat.py would then be a cycle.
-    from chatd.pipeline.request import CachedAnswer
-
     obj = _loads(data)
     try:
         events, outcome = obj["events"], obj["outcome"]

@@ -17,7 +17,7 @@ import orjson
 import structlog
 import trio
 
-from chatd.exceptions import HTTP_STATUS, ChatdError, TooLarge, Unauthorized
+from chatd.exceptions import HTTP_STATUS, ChatdError, TooLarge, Unauthorized, crash_message
 from chatd.pipeline import ChatInput, Event, Pipeline
 from chatd.pipeline.events import Error
 from chatd.server.auth import client_address, identify
@@ -29,6 +29,7 @@ __all__ = [
     "ChannelOutput",
     "Receive",
     "Send",
+    "cancel_on_disconnect",
     "check_client",
     "check_length",
     "crash_error",
@@ -107,9 +108,6 @@ def retry_after_s(retry_after_ms: int) -> int:
     return max(1, -(-retry_after_ms // 1000))
 
 
-"""An ASGI 3 application: ``app(scope, receive, send)``."""
-
-
 def header(scope: dict[str, Any], name: bytes) -> bytes:
     """The first value of header ``name`` (lower case), or ``b""``."""
     return next((v for k, v in scope["headers"] if k.lower() == name), b"")
@@ -148,9 +146,16 @@ SSE_HEADERS = [
 ]
 
 
+async def cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` once the HTTP client has gone."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
 def crash_error(chat: ChatInput) -> Error:
     """What the client of a request that crashed is told."""
-    return Error("internal", "internal error; the log has it under " + chat.id)
+    return Error("internal", crash_message(chat.id))
 
 
 async def run_owned(
@@ -172,13 +177,9 @@ async def run_owned(
             async with events:
                 await pipeline.run(chat, ChannelOutput(chat.id, events, cancel), cancel)
 
-        async def watch_for_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            nursery.cancel_scope.cancel()  # the client left: its request ends now
-
         nursery.start_soon(run)
-        nursery.start_soon(watch_for_disconnect)
+        # The client left: its request ends now.
+        nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope)
         async with events_out:
             async for request_id, event in events_out:
                 await deliver(request_id, event)

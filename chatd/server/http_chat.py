@@ -32,6 +32,7 @@ from chatd.server.asgi import (
     ASGIApp,
     Receive,
     Send,
+    cancel_on_disconnect,
     check_client,
     check_length,
     crash_error,
@@ -196,13 +197,8 @@ async def _serve_resumable(
 async def _relay(journal: Journal, after: int, label: str, receive: Receive, send: Send) -> None:
     """``journal``'s events after ``after`` as SSE, until its end or the client leaves."""
     async with trio.open_nursery() as nursery:
-
-        async def watch_for_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            nursery.cancel_scope.cancel()  # the client left: the journal waits for it
-
-        nursery.start_soon(watch_for_disconnect)
+        # The client left: the journal waits for it.
+        nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope)
         async with contextlib.aclosing(journal.follow(after)) as events:
             async for seq, event in events:
                 frame = b"id: %s:%d\nevent: %s\ndata: %s\n\n" % (
