@@ -26,7 +26,7 @@ import trio
 
 from chatd.exceptions import UpstreamUnavailable
 from chatd.llm import ChatRequest, Completion, Message, TextDelta, ToolCall, ToolCallBegin
-from chatd.llm.types import estimate_prompt_tokens, estimate_tokens
+from chatd.llm.types import estimate_tokens
 from chatd.pipeline.events import ToolEnd, ToolStart
 from chatd.pipeline.turn import ChatStreamer, Turn
 from chatd.tools.base import Speculative, Tool, ToolResult
@@ -39,17 +39,24 @@ log = structlog.get_logger("chatd.pipeline")
 
 async def _stream_text(turn: Turn, llm: ChatStreamer, request: ChatRequest) -> Completion | None:
     """Stream the answer call's text to the client; return its completion."""
+    completion: Completion | None = None
+    seen = 0
     with turn.trace.span("answer") as span:
-        async with llm.stream(request) as events:
-            async for event in events:
-                span.mark()  # the call's time to first event: keeps the first
-                if isinstance(event, TextDelta):
-                    await turn.say(event.text)
-                elif isinstance(event, Completion):
-                    turn.count(event)
-                    span.set(finish_reason=event.finish_reason)
-                    return event
-    return None  # pragma: no cover - a stream always ends with its completion
+        try:
+            async with llm.stream(request) as events:
+                async for event in events:
+                    span.mark()  # the call's time to first event: keeps the first
+                    seen += 1
+                    if isinstance(event, TextDelta):
+                        await turn.say(event.text)
+                    elif isinstance(event, Completion):
+                        turn.count(event)
+                        span.set(finish_reason=event.finish_reason)
+                        completion = event
+        finally:
+            if completion is None:
+                turn.count_cut_off(request.messages, seen)
+    return completion
 
 
 def _tool_messages(calls: Sequence[ToolCall], outcomes: Sequence[ToolOutcome]) -> list[Message]:
@@ -257,10 +264,8 @@ async def answer(
                             (early,) = await tools.run([call])
                             natural = tools.natural(early)
                             if natural is not None:
-                                # Leaving closes the router's stream: no more tokens
-                                # paid, and no usage reported; count what was sent.
-                                turn.prompt_tokens += estimate_prompt_tokens(router.messages)
-                                turn.completion_tokens += seen
+                                # Leaving closes the router's stream: no more
+                                # tokens paid, and no usage reported.
                                 break
                     elif isinstance(event, Completion):
                         turn.count(event)
@@ -277,6 +282,9 @@ async def answer(
         if not await _answer_without_llm(turn, tools, registry, messages, done_with_llm):
             raise
         return
+    finally:
+        if completion is None:
+            turn.count_cut_off(router.messages, seen)
     if natural is not None:
         done_with_llm()
         await tools.stream_answer(natural)

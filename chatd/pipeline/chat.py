@@ -68,6 +68,10 @@ __all__ = ["Pipeline"]
 
 log = structlog.get_logger("chatd.pipeline")
 
+# How long charging a token budget may take once the answer is over (a Redis
+# call on a shared limiter), even when the client has gone.
+CHARGE_TIMEOUT_S = 2.0
+
 
 async def _unsent(event: Event) -> None:
     raise AssertionError("a flight's turn sends through the flight")  # pragma: no cover
@@ -202,15 +206,15 @@ class Pipeline:
             # limiter's call to Redis as it stops the answer.
             deadline = trio.move_on_after(timeout)  # counts from when it is entered
             with self.requests.track(request_id) as tracked, self._counted(chat.client), scope:
-                with turn.trace.span("admission"):
-                    await self.check(chat)
-                await out.send(Accepted(request_id))
-                with deadline, tracked.scope:
-                    turn.on_state = tracked.enter
-                    await self._answer(chat, turn)
-            if self.rate_limiter.tokens_per_day and not turn.cached:
-                used = turn.prompt_tokens + turn.completion_tokens
-                await self.rate_limiter.charge(chat.client, used)
+                try:
+                    with turn.trace.span("admission"):
+                        await self.check(chat)
+                    await out.send(Accepted(request_id))
+                    with deadline, tracked.scope:
+                        turn.on_state = tracked.enter
+                        await self._answer(chat, turn)
+                finally:
+                    await self._charge(chat.client, turn)
             if deadline.cancelled_caught:
                 self.metrics.cancelled("deadline")
                 raise DeadlineExceeded(f"the request passed its {timeout:g} s deadline")
@@ -239,6 +243,15 @@ class Pipeline:
             log.error("request crashed", exc_info=first_leaf(group))
             failed = Error("internal", crash_message(request_id), request_id=request_id)
         return failed
+
+    async def _charge(self, client: str, turn: Turn) -> None:
+        """Count the answer's tokens against ``client``'s budget for the day,
+        shielded: a client that goes mid-answer (which cancels its
+        connection's work at once) still pays for what it was sent."""
+        used = turn.prompt_tokens + turn.completion_tokens
+        if self.rate_limiter.tokens_per_day and used and not turn.cached:
+            with trio.move_on_after(CHARGE_TIMEOUT_S, shield=True):
+                await self.rate_limiter.charge(client, used)
 
     def _count(
         self, chat: ChatInput, turn: Turn, terminal: Done | Error | None, started: float
@@ -295,6 +308,14 @@ class Pipeline:
                 )
             prepare.set(messages=len(messages))
         turn.queue_s += waited
+        try:
+            await self._answer_to(messages, turn, chat.client)
+        finally:
+            turn.count_unfinished(messages)
+
+    async def _answer_to(self, messages: list[Message], turn: Turn, client: str) -> None:
+        """The answer to ``messages``: from the cache, a shared flight, or an LLM."""
+        trace = turn.trace
         key = flight_key(self.llm.model, self.tools.names, messages, self.kb_version.value)
         if self.cache is not None:
             with trace.span("cache") as lookup:
@@ -306,7 +327,7 @@ class Pipeline:
                 turn.cached = True
                 return
         if self.flights is None:
-            await self._fly(messages, turn, chat.client)
+            await self._fly(messages, turn, client)
             return
 
         def make_turn() -> Turn:
@@ -319,7 +340,7 @@ class Pipeline:
             )
 
         with trace.span("flight") as span:
-            work = functools.partial(self._fly_and_keep, messages, key, span, chat.client)
+            work = functools.partial(self._fly_and_keep, messages, key, span, client)
             flight, created = self.flights.join(key, make_turn, work)
             span.set(created=created)
             if not created:
@@ -330,7 +351,7 @@ class Pipeline:
             finally:
                 self.flights.leave(flight, created=created)
         if not followed:  # the flight stopped being shared before any event: answer alone
-            await self._fly(messages, turn, chat.client)
+            await self._fly(messages, turn, client)
 
     async def _fly(self, messages: list[Message], turn: Turn, client: str) -> None:
         """Answer with an LLM-stream slot held throughout (queued fairly among

@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from chatd.llm import ChatEvent, ChatRequest, Completion
+from chatd.llm.types import Message, estimate_prompt_tokens, estimate_tokens
 from chatd.observability.spans import RequestTrace
 from chatd.pipeline.events import Event, Queued, Route, Token
 from chatd.pipeline.registry import RequestState
@@ -159,3 +160,21 @@ class Turn:
         if completion.usage is not None:
             self.prompt_tokens += completion.usage.prompt_tokens
             self.completion_tokens += completion.usage.completion_tokens
+
+    def count_unfinished(self, messages: Sequence[Message]) -> None:
+        """A request that ended before its answer's usage was known to it (its
+        client went or cancelled while following a flight, or the answer
+        failed part way) counts what it was sent: its prompt, estimated, and
+        the tokens of the text it streamed."""
+        if self.text and not (self.prompt_tokens or self.completion_tokens):
+            self.prompt_tokens = estimate_prompt_tokens(messages)
+            self.completion_tokens = estimate_tokens(self.text)
+
+    def count_cut_off(self, messages: Sequence[Message], chunks: int) -> None:
+        """Add the usage of an LLM call left before it reported any (the
+        client went or cancelled, Path B took over, the answer grew too long):
+        its prompt, estimated, and a token for each chunk it streamed. A call
+        that streamed nothing counts nothing."""
+        if chunks:
+            self.prompt_tokens += estimate_prompt_tokens(messages)
+            self.completion_tokens += chunks

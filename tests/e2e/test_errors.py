@@ -17,6 +17,7 @@ from chatd.config import JanitorSettings, LimitsSettings, LLMSettings, ServerSet
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
 from chatd.trio_websocket_compat import close_stream
 from tests.e2e.conftest import MakeSettings
+from tests.observability.test_metrics import scrape, value
 
 
 async def ask(client: ChatClient, request_id: str, message: str, **fields: Any) -> dict[str, Any]:
@@ -165,6 +166,30 @@ async def test_a_spent_token_budget_is_rate_limited_for_that_key_alone(
             assert 0 < error["retry_after_ms"] <= 86_400_000
         async with open_chat_client(server.ws_url + "?api_key=beta") as client:
             assert (await ask(client, "c", "hello"))["type"] == "done"
+
+
+async def test_a_client_that_goes_mid_answer_still_pays_for_its_tokens(
+    make_settings: MakeSettings,
+) -> None:
+    """Closing the socket cancels the answer's work at once, but not the charge
+    of the tokens it used: the key's next chat meets the spent budget."""
+    settings = make_settings(
+        server=ServerSettings(api_keys=["alpha"]), limits=LimitsSettings(tokens_per_day=1)
+    )
+    async with open_chatd(settings) as server:
+        assert server.sim is not None
+        server.sim.set_timing(tokens_per_s=20)
+        async with open_chat_client(server.ws_url + "?api_key=alpha") as client:
+            await client.chat("a", "tell me a long story about the sea")
+            await client.wait_for("a", "token")
+        metrics = server.pipeline.metrics
+        await wait_until(
+            lambda: value(scrape(metrics), "chatd_cancellations_total", cause="disconnect") == 1,
+            within=10,
+        )
+        async with open_chat_client(server.ws_url + "?api_key=alpha") as client:
+            error = await ask(client, "b", "hello again")
+            assert error["code"] == "rate_limited" and "token budget" in error["message"]
 
 
 async def test_overloaded_when_queue_full(make_settings: MakeSettings) -> None:

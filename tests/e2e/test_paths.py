@@ -192,7 +192,8 @@ async def test_sessions_belong_to_their_client(make_settings: MakeSettings) -> N
 
 async def test_an_answer_past_its_limit_ends_with_length(make_settings: MakeSettings) -> None:
     """limits.max_answer_chars cuts an answer: done with finish_reason length,
-    no more text than the limit, its LLM stream closed."""
+    no more text than the limit, its LLM stream closed, and the usage of the
+    call it cut counted (estimated: the LLM reported none)."""
     from chatd.config import LimitsSettings
     from chatd.testing import wait_until
 
@@ -203,6 +204,7 @@ async def test_an_answer_past_its_limit_ends_with_length(make_settings: MakeSett
         done = await ask(client, "long", "tell me a long story about the sea")
         assert done["finish_reason"] == "length"
         assert 0 < len(client.answer("long")) <= 40
+        assert done["usage"]["prompt_tokens"] > 0 and done["usage"]["completion_tokens"] > 0
         await wait_until(lambda: sim.statistics().active == 0, within=5)
 
 
