@@ -46,13 +46,13 @@ async def _stream_text(turn: Turn, llm: ChatStreamer, request: ChatRequest) -> C
             async with llm.stream(request) as events:
                 async for event in events:
                     span.mark()  # the call's time to first event: keeps the first
-                    seen += 1
-                    if isinstance(event, TextDelta):
-                        await turn.say(event.text)
-                    elif isinstance(event, Completion):
+                    if isinstance(event, Completion):
                         turn.count(event)
                         span.set(finish_reason=event.finish_reason)
                         completion = event
+                    elif isinstance(event, TextDelta):
+                        seen += 1
+                        await turn.say(event.text)
         finally:
             if completion is None:
                 turn.count_cut_off(request.messages, seen)
