@@ -250,8 +250,10 @@ class Pipeline:
         connection's work at once) still pays for what it was sent."""
         used = turn.prompt_tokens + turn.completion_tokens
         if self.rate_limiter.tokens_per_day and used and not turn.cached:
-            with trio.move_on_after(CHARGE_TIMEOUT_S, shield=True):
+            with trio.move_on_after(CHARGE_TIMEOUT_S, shield=True) as charging:
                 await self.rate_limiter.charge(client, used)
+            if charging.cancelled_caught:
+                log.warning("token budget not charged", tokens=used, timeout_s=CHARGE_TIMEOUT_S)
 
     def _count(
         self, chat: ChatInput, turn: Turn, terminal: Done | Error | None, started: float

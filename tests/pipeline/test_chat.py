@@ -7,6 +7,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+import structlog.testing
 import trio
 
 from chatd.config import KBSettings, Settings
@@ -82,3 +83,34 @@ async def test_what_the_block_raises_comes_out_as_raised(tmp_path: Path) -> None
         async with open_pipeline(settings, "http://127.0.0.1:9/v1") as pipeline:
             pipeline.start_draining()
             raise ShuttingDown("going away")
+
+
+@attrs.define
+class HangingCharge:
+    """A rate limiter whose charge never returns (a Redis call hanging)."""
+
+    tokens_per_day: int = 1000
+    charges: list[int] = attrs.field(factory=list)
+
+    async def check(self, client: str) -> None:
+        pass
+
+    async def charge(self, client: str, tokens: int) -> None:
+        self.charges.append(tokens)
+        await trio.sleep_forever()
+
+
+async def test_a_charge_that_hangs_is_given_up_and_logged(
+    pipeline: Pipeline, autojump_clock: trio.abc.Clock
+) -> None:
+    """The token charge is bounded: the answer ends (here the FAQ's, the LLM
+    being down), and operators hear of the charge that did not happen."""
+    limiter = HangingCharge()
+    pipeline = attrs.evolve(pipeline, rate_limiter=limiter)
+    out = Recorded()
+    with structlog.testing.capture_logs() as logs, trio.fail_after(60):
+        await pipeline.run(ChatInput("c1", "How long does shipping take?"), out, trio.CancelScope())
+    assert isinstance(out.events[-1], Done) and out.events[-1].path == "tool_stream"
+    assert len(limiter.charges) == 1 and limiter.charges[0] > 0
+    (warning,) = [e for e in logs if e["event"] == "token budget not charged"]
+    assert warning["tokens"] == limiter.charges[0]
