@@ -1,30 +1,12 @@
-"""Abuse: a flood of long answers nobody reads, and one key flooding while another asks.
+"""Abuse (issue 15): a flood of long answers nobody reads, and one key flooding while another asks.
 
-Issue 15's "What must show", two figures in one run:
+1. Slow readers: raw WebSockets send many chats whose answers are long, and never read again;
+   chatd's RSS and what happens upstream (bar: RSS growth <= 50 MB, answers paused or cut).
+2. Fairness: key A floods from a child process while key B asks one chat after another
+   (bar: B's TTFT overhead loaded at most 2x unloaded, median and p90).
 
-1. **Slow-reader flood.** ``chatd serve`` (its own process, defaults) in front of
-   ``chatd sim-llm`` (its own process, so its ``GET /_sim/stats`` counts what
-   happened upstream) with a rules file that answers every chat with
-   ``answer_tokens`` short words, streamed fast. A few raw sockets do the
-   WebSocket handshake, send ``chats_per_socket`` unique chats each and never
-   read again. Over ``window_s`` this samples chatd's RSS (``/proc``), the
-   simulator's counters (requests, active, completed, client_disconnects) and
-   the bytes the kernel holds in the sockets on both sides of chatd
-   (``/proc/net/tcp``). Bar: RSS growth at most 50 MB, and upstream answers
-   paused or cut, not read to the end. It then watches a while longer (what
-   the janitor and the LLM gap timeout do), closes the sockets and checks
-   that chatd still answers.
-2. **Fairness under a flood from one key.** chatd with two API keys and
-   ``limits.llm_streams`` small enough for the flood to fill it. Key A (a
-   child process of its own, so its event loop does not delay B's clock)
-   keeps ``flood_chats`` chats in flight on each of ``flood_sockets``
-   connections, reading everything, re-sending a refused chat after
-   ``refusal_pause_s``; key B asks single chats one after another. B's TTFT
-   overhead (client TTFT minus the simulator's TTFT) with the flood against
-   without it. Bar: loaded at most 2x unloaded, median and p90.
-
-Results go to benchmarks/results/abuse.{json,md}; ``--quick`` (about 40 s)
-prints its report and writes files only with ``--output DIR``.
+The report says how each figure is taken. Results go to benchmarks/results/abuse.{json,md};
+``--quick`` (about 40 s) prints its report and writes files only with ``--output DIR``.
 """
 
 from __future__ import annotations
@@ -32,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import os
 import secrets
 import statistics
@@ -39,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import loadgen.rig
 from bench_pipeline import percentile, unique_chit_chat
 from loadgen.chat import ask, chat_frame
-from loadgen.cpu import machine_cpu_seconds
+from loadgen.cpu import Usage
 from loadgen.processes import clean_env, log_tails_on_failure, start_chatd, start_sim
 from loadgen.script import RunRecord, provenance_markdown, script_parser
 from machine import machine_markdown, write_results
@@ -70,67 +53,50 @@ TTFT_BAR_RATIO = 2.0
 WARM_UP = "warm up"
 """A message the long-answer rules answer in one word (warm-ups, the check after)."""
 CHAT_TIMEOUT_S = 60.0
+LLM_STREAMS_IN_USE = 'chatd_limiter_in_use{limiter="llm_streams"}'
+PHASES = ("warm", "unloaded", "loaded", "unloaded-after")
+"""Key B's phases, in order; the warm-up is not reported."""
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Params:
     """What one run does."""
 
     quick: bool
     # 1. slow-reader flood
-    answer_tokens: int
-    long_ttft_ms: float
-    long_tokens_per_s: float
-    slow_sockets: int
-    chats_per_socket: int
-    window_s: float
-    """The figure: RSS growth and upstream outcomes over this long."""
-    tail_s: float
-    """Then watched this much longer, the sockets still open and unread."""
-    word: str
-    """Each answer is this word ``answer_tokens`` times (a token is the word and a space)."""
+    answer_tokens: int = 20_000
+    long_ttft_ms: float = 20.0
+    long_tokens_per_s: float = 2000.0
+    slow_sockets: int = 3
+    chats_per_socket: int = 64
+    window_s: float  # the figure: RSS growth and upstream outcomes over this long
+    tail_s: float  # then watched this much longer, the sockets still open and unread
+    word: str = "ok"  # each answer is this word answer_tokens times (a token: word and space)
     variant_word: str | None
     """A second flood with this longer word, whose answers pass the 64 Ki characters a
     request may have waiting (``_PENDING_CHARS``) but not ``limits.max_answer_chars``;
     ``None``: no second flood."""
-    sample_s: float
+    sample_s: float = 1.0
     # 2. fairness
-    fair_ttft_ms: float
-    fair_tokens_per_s: float
-    llm_streams: int
-    max_queue: int
-    flood_sockets: int
-    flood_chats: int
-    """Chats key A keeps in flight on each of its connections."""
-    refusal_pause_s: float
-    b_chats: int
-    """Chats key B asks in each phase (unloaded, loaded, unloaded again)."""
-    b_think_s: float
+    fair_ttft_ms: float = 300.0
+    fair_tokens_per_s: float = 40.0
+    llm_streams: int = 40
+    max_queue: int = 100
+    flood_sockets: int = 3
+    flood_chats: int = 64  # chats key A keeps in flight on each of its connections
+    refusal_pause_s: float = 0.1
+    b_chats: int  # chats key B asks in each phase (unloaded, loaded, unloaded again)
+    b_think_s: float = 0.25
 
 
 def params_from(args: argparse.Namespace) -> Params:
     quick = bool(args.quick)
     return Params(
         quick=quick,
-        answer_tokens=20_000,
-        long_ttft_ms=20.0,
-        long_tokens_per_s=2000.0,
-        slow_sockets=3,
-        chats_per_socket=64,
         window_s=args.window_s or (8.0 if quick else 30.0),
         tail_s=0.0 if quick else 15.0,
-        word="ok",
         variant_word=None if quick else "abc",
-        sample_s=1.0,
-        fair_ttft_ms=300.0,
-        fair_tokens_per_s=40.0,
-        llm_streams=40,
-        max_queue=100,
-        flood_sockets=3,
-        flood_chats=64,
-        refusal_pause_s=0.1,
         b_chats=args.b_chats or (4 if quick else 20),
-        b_think_s=0.25,
     )
 
 
@@ -197,9 +163,14 @@ def metric_samples(exposition: str) -> dict[str, float]:
     return samples
 
 
+def metric_sum(samples: Mapping[str, float], prefix: str) -> int:
+    """The samples whose name (with labels) starts with ``prefix``, summed."""
+    return int(sum(v for k, v in samples.items() if k.startswith(prefix)))
+
+
 def in_flight(samples: Mapping[str, float]) -> int:
     """Requests under way in any state, from :func:`metric_samples`."""
-    return int(sum(v for k, v in samples.items() if k.startswith("chatd_requests_in_flight{")))
+    return metric_sum(samples, "chatd_requests_in_flight{")
 
 
 def mb(kib: float) -> float:
@@ -226,6 +197,10 @@ def ratio(loaded: float | None, unloaded: float | None) -> float | None:
     return round(loaded / unloaded, 2)
 
 
+def median_or_none(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 # --- processes --------------------------------------------------------------------------
 
 
@@ -243,21 +218,10 @@ class Rig(loadgen.rig.Rig):
     def chatd_port(self) -> int:
         return int(self.server_url.rsplit(":", 1)[1])
 
-    def cpu(self) -> dict[str, float]:
-        return {"chatd": self.server.cpu_seconds(), "sim": self.sim.cpu_seconds()}
-
     async def sim_stats(self, http: httpx.AsyncClient) -> dict[str, int]:
         response = await http.get(self.sim_control + "/_sim/stats")
         response.raise_for_status()
         return dict(response.json())
-
-    async def sim_reset(self, http: httpx.AsyncClient) -> None:
-        (await http.post(self.sim_control + "/_sim/reset")).raise_for_status()
-
-    async def settled(self, http: httpx.AsyncClient) -> bool:
-        """No answer open upstream, no request under way in chatd."""
-        stats = await self.sim_stats(http)
-        return not stats["active"] and not in_flight(await self.metrics(http))
 
     async def metrics(self, http: httpx.AsyncClient) -> dict[str, float]:
         url = self.server_url + "/metrics"
@@ -266,31 +230,48 @@ class Rig(loadgen.rig.Rig):
         response.raise_for_status()
         return metric_samples(response.text)
 
+    async def busy(self, http: httpx.AsyncClient, upstream: bool) -> bool:
+        """A request under way in chatd, or (with ``upstream``) an answer open upstream."""
+        if upstream and (await self.sim_stats(http))["active"]:
+            return True
+        return in_flight(await self.metrics(http)) > 0
 
-def start_rig(
+    async def until_idle(self, http: httpx.AsyncClient, timeout_s: float, upstream: bool) -> float:
+        """Until not :meth:`busy` (at most ``timeout_s``): the seconds that took."""
+        started = time.perf_counter()
+        with trio.move_on_after(timeout_s):
+            while await self.busy(http, upstream):  # noqa: ASYNC110 (other processes: polled)
+                await trio.sleep(0.2)
+        return round(time.perf_counter() - started, 2)
+
+
+@contextlib.contextmanager
+def running_rig(
     label: str,
     workdir: Path,
-    stack: contextlib.ExitStack,
-    ttft_ms: float,
-    tokens_per_s: float,
+    timing: tuple[float, float],
     sim_args: Sequence[str] = (),
     chatd_env: Mapping[str, str] | None = None,
     operator_key: str | None = None,
-) -> Rig:
-    """``chatd sim-llm`` (with ``sim_args``) and ``chatd serve`` on free ports, each its own
-    process."""
-    sim = start_sim(workdir, ROOT, ttft_ms, tokens_per_s, stack, f"{label}-sim", sim_args)
-    chatd = start_chatd(
-        f"{label}-chatd", str(sim.listening["url"]), workdir, ROOT, stack, chatd_env
-    )
-    return Rig(sim, chatd, operator_key=operator_key)
+) -> Iterator[Rig]:
+    """``chatd sim-llm`` (at ``timing``: ttft ms, tokens/s; with ``sim_args``) and ``chatd
+    serve`` on free ports, each its own process, for the block; their log tails if it fails."""
+    with contextlib.ExitStack() as stack:
+        sim = start_sim(workdir, ROOT, *timing, stack, f"{label}-sim", sim_args)
+        chatd = start_chatd(
+            f"{label}-chatd", str(sim.listening["url"]), workdir, ROOT, stack, chatd_env
+        )
+        rig = Rig(sim, chatd, operator_key=operator_key)
+        with log_tails_on_failure(rig.processes):
+            yield rig
 
 
 # --- 1. slow-reader flood ---------------------------------------------------------------
 
 
-async def open_slow_reader(host: str, port: int, chats: Sequence[str]) -> trio.SocketStream:
+async def open_slow_reader(port: int, chats: Sequence[str]) -> trio.SocketStream:
     """A WebSocket that sends ``chats`` (frames) after its handshake and never reads again."""
+    host = "127.0.0.1"
     stream = await trio.open_tcp_stream(host, port)
     ws = WSConnection(ConnectionType.CLIENT)
     await stream.send_all(ws.send(Request(host=f"{host}:{port}", target="/v1/ws")))
@@ -320,22 +301,18 @@ async def snapshot(rig: Rig, http: httpx.AsyncClient, t0: float) -> dict[str, An
         "downstream": read_tcp_queues(rig.chatd_port),
         "requests_in_flight": in_flight(metrics),
         "connections": int(metrics.get("chatd_active_connections", 0)),
-        "reaps": int(
-            sum(v for k, v in metrics.items() if k.startswith("chatd_janitor_reaps_total"))
-        ),
+        "reaps": metric_sum(metrics, "chatd_janitor_reaps_total"),
     }
 
 
 async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[str, Any]:
     """Warm up, flood with slow readers, sample every ``sample_s`` over the window and
     ``tail_s`` more, close the readers, then check that chatd still answers."""
-    host = "127.0.0.1"
-    chats_total = params.slow_sockets * params.chats_per_socket
     async with httpx.AsyncClient(timeout=10) as http:
         async with open_websocket_url(rig.ws_url) as ws:
             warm = await ask(ws, "warm", WARM_UP, timeout_s=CHAT_TIMEOUT_S)
             assert warm.terminal["type"] == "done", warm
-        await rig.sim_reset(http)
+        (await http.post(rig.sim_control + "/_sim/reset")).raise_for_status()
         await trio.sleep(1.0)
         baseline = []
         for _ in range(5):
@@ -343,43 +320,34 @@ async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[
             await trio.sleep(0.2)
         rss0 = int(statistics.median(baseline))
         metrics0 = await rig.metrics(http)
-        cpu0 = rig.cpu()
+        usage = Usage(rig.server, rig.sim)
+        usage.start()
 
         t0 = time.perf_counter()
         readers = []
         for s in range(params.slow_sockets):
+            first = s * params.chats_per_socket
             chats = [
-                chat_frame(f"long-{s}-{k}", long_question(s * params.chats_per_socket + k))
+                chat_frame(f"long-{s}-{k}", long_question(first + k))
                 for k in range(params.chats_per_socket)
             ]
-            readers.append(await open_slow_reader(host, rig.chatd_port, chats))
+            readers.append(await open_slow_reader(rig.chatd_port, chats))
         samples = []
-        peak_kib = rss0
         end = t0 + params.window_s + tail_s
-        window_end: dict[str, Any] | None = None
         while True:
-            sample = await snapshot(rig, http, t0)
-            samples.append(sample)
-            peak_kib = max(peak_kib, sample["rss_kib"])
-            if window_end is None and sample["t_s"] >= params.window_s - 0.05:
-                window_end = {**sample, "peak_rss_kib": peak_kib}
+            samples.append(await snapshot(rig, http, t0))
             if time.perf_counter() >= end - 0.05:
                 break
             await trio.sleep_until(
                 trio.current_time() + params.sample_s - (time.perf_counter() - t0) % params.sample_s
             )
-        assert window_end is not None
-        cpu1 = rig.cpu()
+        spent = usage.stop()
         watched_s = time.perf_counter() - t0
 
         for reader in readers:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await reader.aclose()
-        closed_at = time.perf_counter()
-        with trio.move_on_after(15):
-            while not await rig.settled(http):  # noqa: ASYNC110 (other processes: polled)
-                await trio.sleep(0.2)
-        settled_s = round(time.perf_counter() - closed_at, 2)
+        settled_s = await rig.until_idle(http, 15, upstream=True)
         after = await snapshot(rig, http, t0)
         await trio.sleep(2.0)
         after_rss_kib = rig.server.rss_kib()
@@ -387,26 +355,26 @@ async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[
             check = await ask(ws, "check", WARM_UP + " again", timeout_s=CHAT_TIMEOUT_S)
         metrics1 = await rig.metrics(http)
 
+    # The window's figures are the first sample at its end, and the peak RSS until then.
+    at_end = next((i for i, s in enumerate(samples) if s["t_s"] >= params.window_s - 0.05), None)
+    assert at_end is not None, "no sample at the end of the window"
+    window_peak = max([rss0] + [s["rss_kib"] for s in samples[: at_end + 1]])
     outcomes = {
         k.removeprefix("chatd_requests_total"): int(v - metrics0.get(k, 0))
         for k, v in metrics1.items()
         if k.startswith("chatd_requests_total{") and v - metrics0.get(k, 0)
     }
     return {
-        "chats": chats_total,
+        "chats": params.slow_sockets * params.chats_per_socket,
         "rss_baseline_kib": rss0,
-        "window": window_end,
-        "peak_rss_kib": peak_kib,
+        "window": {**samples[at_end], "peak_rss_kib": window_peak},
+        "peak_rss_kib": max([rss0] + [s["rss_kib"] for s in samples]),
         "peak_rss_hwm_kib": rig.server.status_kib("VmHWM"),
         "samples": samples,
         "watched_s": round(watched_s, 1),
-        "chatd_cores_busy": round((cpu1["chatd"] - cpu0["chatd"]) / watched_s, 2),
-        "sim_cores_busy": round((cpu1["sim"] - cpu0["sim"]) / watched_s, 2),
-        "after_close": {
-            **after,
-            "settled_s": settled_s,
-            "rss_kib_2s_later": after_rss_kib,
-        },
+        "chatd_cores_busy": round(spent["chatd_cpu_s"] / watched_s, 2),
+        "sim_cores_busy": round(spent["sim_cpu_s"] / watched_s, 2),
+        "after_close": {**after, "settled_s": settled_s, "rss_kib_2s_later": after_rss_kib},
         "requests_by_outcome": outcomes,
         "check_after": {
             "terminal": check.terminal["type"],
@@ -416,6 +384,16 @@ async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[
     }
 
 
+def run_slow_readers(params: Params, workdir: Path, word: str, tail_s: float) -> dict[str, Any]:
+    """One slow-reader flood, with answers of ``word`` repeated."""
+    rules = workdir / f"slow-{word}.json"
+    rules.write_bytes(orjson.dumps(long_answer_rules(params.answer_tokens, word)))
+    timing = (params.long_ttft_ms, params.long_tokens_per_s)
+    with running_rig(f"slow-{word}", workdir, timing, ["--rules", str(rules)]) as rig:
+        result = trio.run(measure_slow_readers, rig, params, tail_s)
+    return {**result, "word": word, "answer_chars": params.answer_tokens * (len(word) + 1) - 1}
+
+
 # --- 2. fairness ------------------------------------------------------------------------
 
 
@@ -423,24 +401,20 @@ async def flood_worker(config: Mapping[str, Any]) -> dict[str, Any]:
     """Key A's flood (run in a child process): ``sockets`` connections each keeping
     ``chats`` chats in flight, reading everything, until stdin closes."""
     counts: collections.Counter[str] = collections.Counter()
-    numbers = iter(range(int(config["first"]), 1 << 62))
+    numbers = itertools.count(int(config["first"]))
     headers = [(b"authorization", f"Bearer {config['key']}".encode())]
-    pause = float(config["pause_s"])
     started = time.perf_counter()
-    ready = 0
 
     async def connection(index: int, task_status: trio.TaskStatus[None]) -> None:
-        nonlocal ready
         ends: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         async with open_websocket_url(config["url"], extra_headers=headers) as ws:
 
             async def read() -> None:
                 while True:
                     event = orjson.loads(await ws.get_message())
-                    kind = event["type"]
-                    if kind == "token":
+                    if event["type"] == "token":
                         counts["token_frames"] += 1
-                    elif kind in ("done", "error") and event.get("id") in ends:
+                    elif event["type"] in ("done", "error") and event.get("id") in ends:
                         ends.pop(event["id"]).send_nowait(event)
 
             async def lane(lane_no: int) -> None:
@@ -456,20 +430,19 @@ async def flood_worker(config: Mapping[str, Any]) -> dict[str, Any]:
                         counts["tokens"] += event["usage"]["completion_tokens"]
                     else:
                         counts[f"error:{event.get('code')}"] += 1
-                        await trio.sleep(pause)
+                        await trio.sleep(float(config["pause_s"]))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read)
                 for lane_no in range(int(config["chats"])):
                     nursery.start_soon(lane, lane_no)
-                ready += 1
                 task_status.started()
 
     stdin = trio.lowlevel.FdStream(os.dup(0))
     async with trio.open_nursery() as nursery:
         for index in range(int(config["sockets"])):
             await nursery.start(connection, index)
-        print(orjson.dumps({"ready": ready}).decode(), flush=True)
+        print(orjson.dumps({"ready": int(config["sockets"])}).decode(), flush=True)
         while await stdin.receive_some():
             pass
         nursery.cancel_scope.cancel()
@@ -488,79 +461,33 @@ async def read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> bytes:
     return line
 
 
-@attrs.define
-class Phase:
-    """Key B's chats in one phase, and the machine meanwhile."""
-
-    name: str
-    records: list[dict[str, Any]] = attrs.field(factory=list)
-    saturation: list[dict[str, int]] = attrs.field(factory=list)
-    wall_s: float = 0.0
-    cores_busy: dict[str, float] = attrs.field(factory=dict)
-
-    def result(self, sim_ttft_ms: float) -> dict[str, Any]:
-        done = [r for r in self.records if r["terminal"] == "done"]
-        in_use = [s["llm_streams_in_use"] for s in self.saturation]
-        queued = [s["queued"] for s in self.saturation]
-        return {
-            "name": self.name,
-            "chats": len(self.records),
-            "done": len(done),
-            "errors": dict(
-                collections.Counter(r["code"] for r in self.records if r["terminal"] != "done")
-            ),
-            "cached_or_shared": sum(bool(r["cached"] or r["shared"]) for r in done),
-            "client_overhead": overhead_summary(
-                [r["client_ttft_ms"] - sim_ttft_ms for r in done if r["client_ttft_ms"]]
-            ),
-            "server_overhead": overhead_summary(
-                [r["server_ttft_ms"] - sim_ttft_ms for r in done if r["server_ttft_ms"]]
-            ),
-            "queue": overhead_summary([r["queue_ms"] for r in done if r["queue_ms"] is not None]),
-            "llm_streams_in_use": {
-                "min": min(in_use, default=None),
-                "median": statistics.median(in_use) if in_use else None,
-            },
-            "queued": {
-                "min": min(queued, default=None),
-                "median": statistics.median(queued) if queued else None,
-                "max": max(queued, default=None),
-            },
-            "wall_s": round(self.wall_s, 1),
-            "cores_busy": self.cores_busy,
-            "records": self.records,
-        }
-
-
 async def b_phase(
-    rig: Rig, ws: WebSocketConnection, http: httpx.AsyncClient, phase: Phase, params: Params
-) -> None:
-    """Key B's ``b_chats`` chats one after another, llm_streams and the queue sampled."""
+    rig: Rig, ws: WebSocketConnection, http: httpx.AsyncClient, name: str, params: Params
+) -> dict[str, Any]:
+    """Key B's ``b_chats`` chats one after another, llm_streams in use and the queue sampled
+    meanwhile; the phase's figures."""
+    records: list[dict[str, Any]] = []
+    in_use: list[int] = []
+    queued: list[int] = []
 
     async def sample() -> None:
         while True:
             metrics = await rig.metrics(http)
-            phase.saturation.append(
-                {
-                    "llm_streams_in_use": int(
-                        metrics.get('chatd_limiter_in_use{limiter="llm_streams"}', 0)
-                    ),
-                    "queued": int(metrics.get("chatd_queue_depth", 0)),
-                }
-            )
+            in_use.append(int(metrics.get(LLM_STREAMS_IN_USE, 0)))
+            queued.append(int(metrics.get("chatd_queue_depth", 0)))
             await trio.sleep(0.25)
 
-    machine0, cpu0, wall0 = machine_cpu_seconds(), rig.cpu(), time.perf_counter()
+    first = 100_000 * (1 + PHASES.index(name))
+    usage = Usage(rig.server, rig.sim)
+    usage.start()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample)
         for k in range(params.b_chats):
-            n = 100_000 * (1 + ["warm", "unloaded", "loaded", "unloaded-after"].index(phase.name))
-            got = await ask(
-                ws, f"b-{phase.name}-{k}", unique_chit_chat(n + k), timeout_s=CHAT_TIMEOUT_S
-            )
+            message = unique_chit_chat(first + k)
+            got = await ask(ws, f"b-{name}-{k}", message, timeout_s=CHAT_TIMEOUT_S)
             terminal = got.terminal
             timings = terminal.get("timings") or {}
-            phase.records.append(
+            records.append(
                 {
                     "terminal": terminal["type"],
                     "code": terminal.get("code"),
@@ -573,28 +500,42 @@ async def b_phase(
             )
             await trio.sleep(params.b_think_s)
         nursery.cancel_scope.cancel()
-    phase.wall_s = time.perf_counter() - wall0
-    busy = machine_cpu_seconds()[0] - machine0[0]
-    cpu1 = rig.cpu()
-    phase.cores_busy = {
-        "machine": round(busy / phase.wall_s, 2),
-        **{k: round((cpu1[k] - cpu0[k]) / phase.wall_s, 2) for k in cpu1},
+    spent = usage.stop()
+    wall = spent["wall_s"]
+    done = [r for r in records if r["terminal"] == "done"]
+
+    def overheads(key: str) -> dict[str, Any]:
+        """TTFT minus the simulator's, of the answers that have one."""
+        return overhead_summary([r[key] - params.fair_ttft_ms for r in done if r[key]])
+
+    return {
+        "name": name,
+        "chats": len(records),
+        "done": len(done),
+        "errors": dict(collections.Counter(r["code"] for r in records if r["terminal"] != "done")),
+        "cached_or_shared": sum(bool(r["cached"] or r["shared"]) for r in done),
+        "client_overhead": overheads("client_ttft_ms"),
+        "server_overhead": overheads("server_ttft_ms"),
+        "queue": overhead_summary([r["queue_ms"] for r in done if r["queue_ms"] is not None]),
+        "llm_streams_in_use": {"min": min(in_use, default=None), "median": median_or_none(in_use)},
+        "queued": {
+            "min": min(queued, default=None),
+            "median": median_or_none(queued),
+            "max": max(queued, default=None),
+        },
+        "wall_s": round(wall, 1),
+        "cores_busy": {
+            "machine": round(spent["machine_busy_s"] / wall, 2),
+            "chatd": round(spent["chatd_cpu_s"] / wall, 2),
+            "sim": round(spent["sim_cpu_s"] / wall, 2),
+        },
+        "records": records,
     }
-
-
-async def wait_until_idle(rig: Rig, http: httpx.AsyncClient, timeout_s: float = 30) -> float:
-    """Until chatd has no request in flight; how long that took."""
-    started = time.perf_counter()
-    with trio.move_on_after(timeout_s):
-        while in_flight(await rig.metrics(http)):  # noqa: ASYNC110 (another process: polled)
-            await trio.sleep(0.2)
-    return round(time.perf_counter() - started, 2)
 
 
 async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> dict[str, Any]:
     """Key B's chats unloaded, under key A's flood (a child process), and unloaded again."""
     headers = [(b"authorization", f"Bearer {key_b}".encode())]
-    phases = {name: Phase(name) for name in ("warm", "unloaded", "loaded", "unloaded-after")}
     flood_config = {
         "url": rig.ws_url,
         "key": key_a,
@@ -603,12 +544,16 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
         "first": 10_000_000,
         "pause_s": params.refusal_pause_s,
     }
+    # Saturated: A holds all it may (nine tenths of the slots: one client never takes the
+    # last tenth), and someone is queued.
+    share = params.llm_streams - params.llm_streams // 10
+    phases = {}
     async with (
         httpx.AsyncClient(timeout=10) as http,
         open_websocket_url(rig.ws_url, extra_headers=headers) as ws,
     ):
         for name in ("warm", "unloaded"):
-            await b_phase(rig, ws, http, phases[name], params)
+            phases[name] = await b_phase(rig, ws, http, name, params)
         worker = await trio.lowlevel.open_process(
             [sys.executable, __file__, "--flood-worker", orjson.dumps(flood_config).decode()],
             stdin=subprocess.PIPE,
@@ -621,49 +566,51 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
             with trio.fail_after(30):
                 await read_line(worker.stdout, buffer)  # its connections are open
                 ramp0 = time.perf_counter()
-                # Saturated: A holds all it may (nine tenths of the slots: one
-                # client never takes the last tenth), and someone is queued.
-                share = params.llm_streams - params.llm_streams // 10
                 while True:
                     metrics = await rig.metrics(http)
                     if (
-                        metrics.get('chatd_limiter_in_use{limiter="llm_streams"}', 0) >= share
+                        metrics.get(LLM_STREAMS_IN_USE, 0) >= share
                         and metrics.get("chatd_queue_depth", 0) > 0
                     ):
                         break
                     await trio.sleep(0.1)
                 ramp_s = round(time.perf_counter() - ramp0, 2)
                 await trio.sleep(1.0)
-            await b_phase(rig, ws, http, phases["loaded"], params)
+            phases["loaded"] = await b_phase(rig, ws, http, "loaded", params)
         finally:
             await worker.stdin.aclose()
             with trio.fail_after(30):
                 flood = orjson.loads(await read_line(worker.stdout, buffer))
                 await worker.wait()
-        idle_after_s = await wait_until_idle(rig, http)
+        idle_after_s = await rig.until_idle(http, 30, upstream=False)
         if not params.quick:
-            await b_phase(rig, ws, http, phases["unloaded-after"], params)
+            phases["unloaded-after"] = await b_phase(rig, ws, http, "unloaded-after", params)
 
-    results = {
-        name: phase.result(params.fair_ttft_ms)
-        for name, phase in phases.items()
-        if name != "warm" and phase.records
-    }
-    unloaded, loaded = results["unloaded"], results["loaded"]
+    del phases["warm"]
+    unloaded, loaded = phases["unloaded"]["client_overhead"], phases["loaded"]["client_overhead"]
     flood["done_per_s"] = round(flood.get("done", 0) / max(1e-9, flood["elapsed_s"]), 1)
     return {
-        "phases": results,
+        "phases": phases,
         "flood": flood,
         "ramp_s": ramp_s,
         "idle_after_flood_s": idle_after_s,
-        "ratio_p50": ratio(
-            loaded["client_overhead"]["p50_ms"], unloaded["client_overhead"]["p50_ms"]
-        ),
-        "ratio_p90": ratio(
-            loaded["client_overhead"]["p90_ms"], unloaded["client_overhead"]["p90_ms"]
-        ),
+        "ratio_p50": ratio(loaded["p50_ms"], unloaded["p50_ms"]),
+        "ratio_p90": ratio(loaded["p90_ms"], unloaded["p90_ms"]),
         "chatd_log_warnings": dict(rig.server.log_events()),
     }
+
+
+def run_fairness(params: Params, workdir: Path) -> dict[str, Any]:
+    key_a, key_b, operator = (secrets.token_urlsafe(24) for _ in range(3))
+    env = {
+        "CHATD_SERVER_API_KEYS": orjson.dumps([key_a, key_b]).decode(),
+        "CHATD_SERVER_OPERATOR_KEYS": orjson.dumps([operator]).decode(),
+        "CHATD_LIMITS_LLM_STREAMS": str(params.llm_streams),
+        "CHATD_LIMITS_MAX_QUEUE": str(params.max_queue),
+    }
+    timing = (params.fair_ttft_ms, params.fair_tokens_per_s)
+    with running_rig("fair", workdir, timing, chatd_env=env, operator_key=operator) as rig:
+        return trio.run(measure_fairness, rig, params, key_a, key_b)
 
 
 # --- verdicts and report ----------------------------------------------------------------
@@ -910,36 +857,6 @@ def _flood_errors(flood: Mapping[str, Any]) -> dict[str, int]:
 # --- main -------------------------------------------------------------------------------
 
 
-def run_slow_readers(params: Params, workdir: Path, word: str, tail_s: float) -> dict[str, Any]:
-    """One slow-reader flood, with answers of ``word`` repeated."""
-    label = f"slow-{word}"
-    rules = workdir / f"{label}.json"
-    rules.write_bytes(orjson.dumps(long_answer_rules(params.answer_tokens, word)))
-    with contextlib.ExitStack() as stack:
-        rig = start_rig(label, workdir, stack, params.long_ttft_ms, params.long_tokens_per_s,
-                        ["--rules", str(rules)])  # fmt: skip
-        with log_tails_on_failure(rig.processes):
-            result = trio.run(measure_slow_readers, rig, params, tail_s)
-        result["word"] = word
-        result["answer_chars"] = params.answer_tokens * (len(word) + 1) - 1
-        return result
-
-
-def run_fairness(params: Params, workdir: Path) -> dict[str, Any]:
-    key_a, key_b, operator = (secrets.token_urlsafe(24) for _ in range(3))
-    env = {
-        "CHATD_SERVER_API_KEYS": orjson.dumps([key_a, key_b]).decode(),
-        "CHATD_SERVER_OPERATOR_KEYS": orjson.dumps([operator]).decode(),
-        "CHATD_LIMITS_LLM_STREAMS": str(params.llm_streams),
-        "CHATD_LIMITS_MAX_QUEUE": str(params.max_queue),
-    }
-    with contextlib.ExitStack() as stack:
-        rig = start_rig("fair", workdir, stack, params.fair_ttft_ms, params.fair_tokens_per_s,
-                        chatd_env=env, operator_key=operator)  # fmt: skip
-        with log_tails_on_failure(rig.processes):
-            return trio.run(measure_fairness, rig, params, key_a, key_b)
-
-
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--flood-worker":
         summary = trio.run(flood_worker, orjson.loads(sys.argv[2]))
@@ -949,9 +866,11 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, help="slow-reader window (default 30; quick 8)")
     parser.add_argument("--b-chats", type=int, help="key B's chats per phase (20; quick 4)")
     parser.add_argument(
-        "--output", type=Path, help="where abuse.{json,md} go (default benchmarks/results; "
-        "with --quick, nowhere unless given)"
-    )  # fmt: skip
+        "--output",
+        type=Path,
+        help="where abuse.{json,md} go (default benchmarks/results; "
+        "with --quick, nowhere unless given)",
+    )
     args = parser.parse_args()
     params = params_from(args)
     record = RunRecord.start(__file__, ROOT)

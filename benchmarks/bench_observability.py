@@ -1,53 +1,19 @@
 """What request logs and metrics cost: chatd's CPU per request with logs on and off.
 
-Two parts in one run:
+1. End to end: one simulated LLM and one chatd (``python -m chatd serve``) per configuration,
+   side by side, differing only in ``CHATD_LOG_*`` (logs on; off; on with the text; a second
+   logs-off process as an A/A control), take the same load in turns; each chatd's CPU and log
+   growth are divided by the requests answered. Then (unless ``--no-profile``) more rounds
+   under py-spy: the share of each process's CPU spent in structlog calls.
+2. In process: the metrics calls and one request's trace per path, logged by chatd's own
+   structlog set-up, timed in a loop.
 
-1. **End to end.** One simulated LLM (``python -m chatd sim-llm --port 0``,
-   ttft 20 ms, 500 tokens/s: fast, so chatd's CPU is what limits the run) and
-   one chatd (``python -m chatd serve --port 0``) per configuration, side by
-   side, differing only in ``CHATD_LOG_*``:
-
-   - ``logs-on``: JSON lines to a file at level info: every request writes
-     its span lines and a ``request summary`` line (``CHATD_LOG_FILE``,
-     ``CHATD_LOG_FORMAT=json``, ``CHATD_LOG_LEVEL=info``);
-   - ``logs-off``: the same with ``CHATD_LOG_LEVEL=error``: spans and summaries
-     are info lines, so structlog's filtering bound logger drops them; the
-     traces are still kept, only nothing is rendered or written;
-   - ``logs-on-text`` (unless ``--no-text``): ``logs-on`` plus
-     ``CHATD_LOG_INCLUDE_TEXT=true`` (the summary carries the message and answer);
-   - ``logs-off-2`` (unless ``--no-control``): a second ``logs-off`` process.
-     Two identical chatd processes can differ in CPU per request by a few
-     percent, as much as logging costs (even with one PYTHONHASHSEED): this A/A
-     control shows how far to trust a difference between two processes.
-
-   Each round, every configuration gets the same load: N WebSocket connections
-   (opened beforehand), each asking its questions one after another, mixing
-   the three paths (chit-chat, ``direct``; "what is N*M?", ``tools`` via the
-   calculator; a confident FAQ question, ``tool_stream``), every one asked for
-   the first time (checked: ``cached`` and ``shared`` false, the expected
-   path). The configurations take turns, the order reversed every other round
-   (ABCD DCBA), after a warm-up round, so the machine's noise falls on all alike.
-   chatd's CPU (utime + stime, from its CPU-time clock) and its log file's
-   growth over each round are divided by the requests answered. Then (unless
-   ``--no-profile``) more rounds run under py-spy, one configuration at a time,
-   for the share of each process's CPU spent in structlog calls: the cost of
-   logging inside one process, free of the noise between processes.
-
-2. **In process.** ``Metrics.request_finished`` + ``Metrics.cancelled`` (what
-   chatd calls per request) and one request's :class:`RequestTrace` with the
-   spans each path writes and its summary, rendered by chatd's own structlog
-   set-up: as JSON into memory, as JSON into a line-buffered file (as
-   ``log.file`` does), with ``include_text``, and at level error (the
-   bookkeeping that remains with logs off). This separates the costs that
-   part 1 can only see summed.
-
-Results go to benchmarks/results/observability{,-quick}.{json,md}. Process,
-environment and statistics helpers come from bench_pipeline.py.
+The report says how each figure is taken. Results go to
+benchmarks/results/observability{,-quick}.{json,md}.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import ctypes
@@ -60,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import attrs
 import httpx
@@ -70,11 +36,11 @@ import trio
 from trio_websocket import WebSocketConnection
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import PATH_B, percentile, unique_chit_chat, unique_question
-from loadgen.chat import ask, on_every_connection, open_connections
+from bench_pipeline import PATH_B, percentile, rows, unique_chit_chat, unique_question
+from loadgen import profiling
+from loadgen.chat import Replies, ask, on_every_connection, open_connections
 from loadgen.cpu import Usage
 from loadgen.processes import Process, clean_env, log_tails_on_failure, proc_stat, start_sim
-from loadgen.profiling import ProfileJob, collapsed_samples, find_py_spy, record_profile
 from loadgen.script import RunRecord, provenance_markdown, script_parser
 from machine import machine_markdown, write_results
 
@@ -86,7 +52,7 @@ PATHS = ("direct", "tools", "tool_stream")
 FAQ_QUESTION = PATH_B[1]  # answered confidently by the FAQ: Path B
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Params:
     """What one run does."""
 
@@ -94,8 +60,8 @@ class Params:
     connections: int
     chats_per_connection: int
     rounds: int
-    sim_ttft_ms: float
-    sim_tokens_per_s: float
+    sim_ttft_ms: float = 20.0
+    sim_tokens_per_s: float = 500.0
     include_text: bool
     control: bool
     profile: bool
@@ -116,43 +82,31 @@ class Config:
     control: bool = False
 
 
+# The configurations: label: (description, CHATD_LOG_LEVEL, more settings). All write JSON to a
+# file. The control, logs-off-2, is a second logs-off process: how far two chatd processes
+# differ when nothing does (an A/A test). It comes next to logs-off, as logs-on is on its other
+# side: in the ABCD DCBA order both pairs are always measured one after the other.
+CONFIGS = {
+    "logs-on": ("JSON to a file, level info", "info", {}),
+    "logs-off": ("level error: spans and summaries filtered out", "error", {}),
+    "logs-off-2": ("as logs-off: a second process (A/A)", "error", {}),
+    "logs-on-text": (
+        "JSON to a file, level info, include_text",
+        "info",
+        {"CHATD_LOG_INCLUDE_TEXT": "true"},
+    ),
+}
+
+
 def configs_for(workdir: Path, include_text: bool, control: bool) -> list[Config]:
-    """The configurations compared; all write to a file, so only the level
-    (and ``include_text``) differs between them. The control is a second,
-    identical ``logs-off`` process: how far two chatd processes differ when
-    nothing does (an A/A test), the floor under any difference measured."""
-
-    def config(
-        label: str, description: str, level: str, control: bool = False, **extra: str
-    ) -> Config:
-        log_file = workdir / f"{label}.jsonl"
-        env = {
-            "CHATD_LOG_FILE": str(log_file),
-            "CHATD_LOG_FORMAT": "json",
-            "CHATD_LOG_LEVEL": level,
-            **extra,
-        }
-        return Config(label, description, env, log_file, control)
-
-    configs = [
-        config("logs-on", "JSON to a file, level info", "info"),
-        config("logs-off", "level error: spans and summaries filtered out", "error"),
-    ]
-    # The control next to logs-off, as logs-on is on its other side: in the
-    # ABCD DCBA order both pairs are always measured one after the other.
-    if control:
-        configs.append(
-            config("logs-off-2", "as logs-off: a second process (A/A)", "error", control=True)
-        )
-    if include_text:
-        configs.append(
-            config(
-                "logs-on-text",
-                "JSON to a file, level info, include_text",
-                "info",
-                CHATD_LOG_INCLUDE_TEXT="true",
-            )
-        )
+    """The configurations compared, but the control and ``logs-on-text`` if not wanted."""
+    left_out = {"logs-off-2": not control, "logs-on-text": not include_text}
+    configs = []
+    for label, (description, level, extra) in CONFIGS.items():
+        if not left_out.get(label):
+            log = workdir / f"{label}.jsonl"
+            env = {"CHATD_LOG_FILE": str(log), "CHATD_LOG_FORMAT": "json", "CHATD_LOG_LEVEL": level}
+            configs.append(Config(label, description, env | extra, log, label == "logs-off-2"))
     return configs
 
 
@@ -184,11 +138,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def cpu_clock(pid: int) -> int:
-    """The CPU-time clock of process ``pid`` (``clock_getcpuclockid``): its
-    utime + stime over all its threads, as /proc/PID/stat gives them, but in
-    nanoseconds rather than 10 ms ticks. A round is ~1 s of chatd's CPU over a
-    few hundred requests, so ticks alone would round each round's figure to
-    tens of µs per request."""
+    """The CPU-time clock of process ``pid`` (``clock_getcpuclockid``): its utime + stime
+    over all its threads, as /proc/PID/stat gives them, but in nanoseconds rather than 10 ms
+    ticks, which would round a round's figure to tens of µs per request."""
     clock = ctypes.c_int()
     error = _libc.clock_getcpuclockid(pid, ctypes.byref(clock))
     if error:
@@ -201,9 +153,7 @@ def spawn_chatd(
 ) -> Process:
     """Start ``python -m chatd serve --port 0`` with ``config``'s settings; killed
     when ``stack`` closes. :func:`wait_listening` finds where it listens."""
-    env = clean_env(
-        chatd_path, CHATD_KB_PATH=str(workdir / f"kb-{config.label}.sqlite3"), **config.env
-    )
+    kb = str(workdir / f"kb-{config.label}.sqlite3")
     log_path = workdir / f"chatd-{config.label}.out"
     with open(log_path, "wb") as out:
         popen = subprocess.Popen(
@@ -212,7 +162,7 @@ def spawn_chatd(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env=env,
+            env=clean_env(chatd_path, CHATD_KB_PATH=kb, **config.env),
         )
     process = Process(f"chatd-{config.label}", popen, log_path)
     stack.callback(process.kill)
@@ -238,6 +188,16 @@ def wait_listening(process: Process, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"{process.name} was not serving in {timeout_s:g} s:\n{process.log_tail()}")
 
 
+def read_from(path: Path, offset: int) -> bytes:
+    """The bytes of ``path`` from ``offset`` on (nothing if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
 # --- 1. end to end ----------------------------------------------------------------------
 
 
@@ -252,16 +212,11 @@ def question(path: str, n: int) -> str:
 
 
 @attrs.define
-class RoundTotals:
-    """What the client saw over one round against one chatd."""
+class RoundTotals(Replies):
+    """What the client saw over one round against one chatd, and what went wrong."""
 
-    requests: int = 0
-    by_path: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    frames: int = 0
-    token_frames: int = 0
-    completion_tokens: int = 0
-    durations: list[float] = attrs.field(factory=list)
     problems: list[str] = attrs.field(factory=list)
+    """Errors, and answers on another path than expected or cached or shared."""
 
 
 async def ask_questions(
@@ -271,20 +226,13 @@ async def ask_questions(
     chats = params.chats_per_connection
     for k in range(chats):
         path = PATHS[(index + k) % len(PATHS)]
-        n = ((round_no + 1) * params.connections + index) * chats + k
-        message = question(path, n)
+        message = question(path, ((round_no + 1) * params.connections + index) * chats + k)
         reply = await ask(ws, f"r{round_no}-{k}", message)
-        totals.frames += reply.frames
-        totals.token_frames += reply.token_frames
-        totals.durations.append(reply.duration_s)
+        totals.add(reply)
         event = reply.terminal
         reused = event.get("cached") or event.get("shared")
         if event["type"] == "error" or event.get("path") != path or reused:
             totals.problems.append(f"{message!r} (expected {path}): {event}")
-            continue
-        totals.requests += 1
-        totals.by_path[path] += 1
-        totals.completion_tokens += event["usage"]["completion_tokens"]
 
 
 async def load_round(
@@ -296,23 +244,14 @@ async def load_round(
     return totals
 
 
-def read_from(path: Path, offset: int) -> bytes:
-    """The bytes of ``path`` from ``offset`` on (nothing if it does not exist)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read()
-    except FileNotFoundError:
-        return b""
-
-
 @attrs.define
 class Measured:
-    """One configuration's chatd and its measured rounds."""
+    """One configuration's chatd, its connections and its measured rounds."""
 
     config: Config
     process: Process
     clock: int = attrs.field(init=False)
+    sockets: Sequence[WebSocketConnection] = ()
     rounds: list[dict[str, Any]] = attrs.field(factory=list)
     durations: list[float] = attrs.field(factory=list)
     idle_cpu_s_per_s: float = 0.0
@@ -331,42 +270,39 @@ class Measured:
         return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-async def measured_round(
-    m: Measured, sockets: Sequence[WebSocketConnection], sim: Process, round_no: int,
-    params: Params,
-) -> None:  # fmt: skip
+async def measured_round(m: Measured, sim: Process, round_no: int, params: Params) -> None:
     """One round against ``m``'s chatd: CPU, log growth and what came back."""
     offset = m.config.log_file.stat().st_size if m.config.log_file.exists() else 0
     user0, system0 = m.user_system_seconds()
     usage = Usage(m, sim)
     usage.start()
-    totals = await load_round(sockets, round_no, params)
+    totals = await load_round(m.sockets, round_no, params)
     spent = usage.stop()
     user, system = m.user_system_seconds()
-    wall, cpu = spent["wall_s"], spent["chatd_cpu_s"]
     written = read_from(m.config.log_file, offset)
     if totals.problems:
         raise RuntimeError(
             f"{m.config.label}: {len(totals.problems)} request(s) failed, took the wrong "
             "path or were cached or shared:\n" + "\n".join(totals.problems[:5])
         )
-    n = max(1, totals.requests)
     m.durations.extend(totals.durations)
     m.rounds.append(
         {
             "round": round_no,
-            "requests": totals.requests,
-            "by_path": dict(totals.by_path),
-            "wall_s": round(wall, 3),
-            "chatd_cpu_s": round(cpu, 6),
+            "requests": totals.answers,
+            "by_path": dict(totals.paths),
+            "wall_s": round(spent["wall_s"], 3),
+            "chatd_cpu_s": round(spent["chatd_cpu_s"], 6),
             "chatd_utime_s": round(user - user0, 2),
             "chatd_stime_s": round(system - system0, 2),
-            "chatd_cpu_us_per_request": round(cpu / n * 1e6, 1),
+            "chatd_cpu_us_per_request": round(
+                spent["chatd_cpu_s"] / max(1, totals.answers) * 1e6, 1
+            ),
             "log_bytes": len(written),
             "log_lines": written.count(b"\n"),
             "frames": totals.frames,
             "token_frames": totals.token_frames,
-            "completion_tokens": totals.completion_tokens,
+            "completion_tokens": totals.tokens,
             "sim_cpu_s": round(spent["sim_cpu_s"], 4),
             "client_cpu_s": round(spent["client_cpu_s"], 4),
             "machine_busy_s": round(spent["machine_busy_s"], 3),
@@ -378,33 +314,30 @@ async def measured_round(
 async def measure_end_to_end(
     runs: Sequence[Measured], sim: Process, params: Params, py_spy: str | None
 ) -> dict[str, Any]:
-    """Open every connection, warm up, then the measured rounds in turn (ABC CBA);
-    then, with ``py_spy``, profile each configuration but the control under load."""
+    """Open every connection, warm up, then the measured rounds in turn, the order reversed
+    every other round (ABC CBA); then, with ``py_spy``, profile each configuration but the
+    control under load."""
     async with contextlib.AsyncExitStack() as stack:
-        sockets = {
-            m.config.label: await open_connections(
+        for m in runs:
+            m.sockets = await open_connections(
                 stack, m.process.listening["ws_url"], params.connections
             )
-            for m in runs
-        }
         for m in runs:  # warm-up, not counted: the upstream pool fills, the KB is read
-            totals = await load_round(sockets[m.config.label], -1, params)
-            if totals.problems:
-                raise RuntimeError(f"{m.config.label}, warm-up:\n" + "\n".join(totals.problems[:5]))
-        before = {m.config.label: m.cpu_seconds() for m in runs}
+            problems = (await load_round(m.sockets, -1, params)).problems
+            if problems:
+                raise RuntimeError(f"{m.config.label}, warm-up:\n" + "\n".join(problems[:5]))
+        before = [m.cpu_seconds() for m in runs]
         await trio.sleep(1.0)
-        for m in runs:
-            m.idle_cpu_s_per_s = round(m.cpu_seconds() - before[m.config.label], 4)
+        for m, cpu in zip(runs, before, strict=True):
+            m.idle_cpu_s_per_s = round(m.cpu_seconds() - cpu, 4)
         for round_no in range(params.rounds):
-            order = list(runs) if round_no % 2 == 0 else list(reversed(runs))
-            for m in order:
-                await measured_round(m, sockets[m.config.label], sim, round_no, params)
+            for m in runs if round_no % 2 == 0 else reversed(runs):
+                await measured_round(m, sim, round_no, params)
         profiles = {}
         if py_spy is not None:
             for m in runs:
                 if not m.config.control:
-                    profiles[m.config.label] = await profile(m, sockets[m.config.label], params,
-                                                             py_spy)  # fmt: skip
+                    profiles[m.config.label] = await profile(m, params, py_spy)
     configs = {m.config.label: summarise(m) for m in runs}
     for label, shares in profiles.items():
         per_request = configs[label]["chatd_cpu_us_per_request"]
@@ -429,36 +362,22 @@ PROFILE_AREAS: dict[str, Callable[[list[tuple[str, str]]], bool]] = {
 }
 
 
-async def profile(
-    m: Measured, sockets: Sequence[WebSocketConnection], params: Params, py_spy: str
-) -> dict[str, Any]:
-    """Load rounds under py-spy attached to ``m``'s chatd: the share of its samples
-    in each of :data:`PROFILE_AREAS`. Free of the process-to-process noise of
-    comparing two chatd processes: this is where one process's CPU went."""
+async def profile(m: Measured, params: Params, py_spy: str) -> dict[str, Any]:
+    """Load rounds under py-spy attached to ``m``'s chatd: the share of its samples in each
+    of :data:`PROFILE_AREAS`, where one process's CPU went, free of the noise between
+    processes."""
     raw = m.config.log_file.with_suffix(".profile.txt")
-    job = ProfileJob(py_spy, raw, raw.with_suffix(".log"))
+    job = profiling.ProfileJob(py_spy, raw, raw.with_suffix(".log"))
 
     async def rounds() -> None:
         for k in range(params.profile_rounds):
-            await load_round(sockets, params.rounds + k, params)
+            await load_round(m.sockets, params.rounds + k, params)
 
-    status = await record_profile(job, m.process.pid, rounds)
+    status = await profiling.record_profile(job, m.process.pid, rounds)
     if not raw.exists():
-        return {"skipped": f"py-spy (status {status}) wrote nothing: "
-                f"{read_from(job.log, 0).decode(errors='replace')[-500:]}"}  # fmt: skip
-    counts: collections.Counter[str] = collections.Counter()
-    total = 0
-    for frames, count in collapsed_samples(raw):
-        if frames[-1][0] == "WorkerThread._work":  # an idle trio worker thread
-            continue
-        total += count
-        for area, holds in PROFILE_AREAS.items():
-            if holds(frames):
-                counts[area] += count
-    return {
-        "samples": total,
-        "pct": {area: round(counts[area] / max(1, total) * 100, 2) for area in PROFILE_AREAS},
-    }
+        log = read_from(job.log, 0).decode(errors="replace")[-500:]
+        return {"skipped": f"py-spy (status {status}) wrote nothing: {log}"}
+    return profiling.area_shares(raw, PROFILE_AREAS)
 
 
 def summarise(m: Measured) -> dict[str, Any]:
@@ -467,8 +386,7 @@ def summarise(m: Measured) -> dict[str, Any]:
     def total(key: str) -> float:
         return float(sum(r[key] for r in m.rounds))
 
-    requests = max(1.0, total("requests"))
-    wall = max(total("wall_s"), 1e-9)
+    requests, wall = max(1.0, total("requests")), max(total("wall_s"), 1e-9)
     by_path: collections.Counter[str] = collections.Counter()
     for r in m.rounds:
         by_path.update(r["by_path"])
@@ -574,11 +492,10 @@ def micro_metrics(params: Params) -> dict[str, Any]:
         for _ in range(n):
             metrics.frames_sent(3)
 
-    n, repeats = params.metrics_calls, params.micro_repeats
+    loops = {"request_finished": finished, "cancelled": cancelled, "frames_sent": frames}
     result: dict[str, Any] = {
-        "request_finished": us_per_call(finished, n, repeats),
-        "cancelled": us_per_call(cancelled, n, repeats),
-        "frames_sent": us_per_call(frames, n, repeats),
+        name: us_per_call(loop, params.metrics_calls, params.micro_repeats)
+        for name, loop in loops.items()
     }
     result["per_request_us"] = round(
         result["request_finished"]["median_us"] + result["cancelled"]["median_us"], 3
@@ -653,54 +570,47 @@ def trace_request(path: str, include_text: bool, n: int) -> None:
         )
 
 
-@attrs.frozen
-class Variant:
-    """How the in-process traces are logged."""
-
-    name: str
-    description: str
-    level: Literal["info", "error"]
-    include_text: bool
-    to_file: bool
-
-
-VARIANTS = (
-    Variant("json-file", "level info, JSON to a line-buffered file (as log.file)", "info",
-            False, True),
-    Variant("json-memory", "level info, JSON to an in-memory stream", "info", False, False),
-    Variant("json-memory-text", "as json-memory, with include_text", "info", True, False),
-    Variant("filtered", "level error: every span and summary call filtered (logs off)",
-            "error", False, False),
-)  # fmt: skip
+# How the in-process traces are logged: name: (description, level, include_text, to a
+# line-buffered file rather than an in-memory stream).
+VARIANTS = {
+    "json-file": ("level info, JSON to a line-buffered file (as log.file)", "info", False, True),
+    "json-memory": ("level info, JSON to an in-memory stream", "info", False, False),
+    "json-memory-text": ("as json-memory, with include_text", "info", True, False),
+    "filtered": (
+        "level error: every span and summary call filtered (logs off)",
+        "error",
+        False,
+        False,
+    ),
+}
 
 
 def micro_traces(params: Params, workdir: Path) -> dict[str, Any]:
     """µs per request of each path's trace under each variant; the repeats
     interleave the variants and paths, so drift in the machine falls on all."""
     samples: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
-    written: dict[str, tuple[float, float]] = {}
+    written: dict[tuple[str, str], tuple[float, float]] = {}
     n = params.micro_requests
 
-    def run(variant: Variant, path: str, stream: TextIO, first: int) -> float:
-        configure_logging(LogSettings(level=variant.level, format="json"), stream=stream)
+    def run(level: str, include_text: bool, path: str, stream: TextIO, first: int) -> float:
+        configure_logging(LogSettings(level=level, format="json"), stream=stream)
         started = time.perf_counter()
         for i in range(first, first + n):
-            trace_request(path, variant.include_text, i)
+            trace_request(path, include_text, i)
         return (time.perf_counter() - started) / n * 1e6
 
     async def main(file: TextIO) -> None:
         with structlog.contextvars.bound_contextvars(connection_id="conn_1"):
             for repeat in range(-1, params.micro_repeats):  # repeat -1 warms up
-                for variant in VARIANTS:
+                for name, (_description, level, include_text, to_file) in VARIANTS.items():
                     for path in PATHS:
-                        stream = file if variant.to_file else io.StringIO()
-                        us = run(variant, path, stream, (repeat + 1) * n)
+                        stream = file if to_file else io.StringIO()
+                        us = run(level, include_text, path, stream, (repeat + 1) * n)
                         if repeat >= 0:
-                            samples[variant.name, path].append(us)
+                            samples[name, path].append(us)
                         if isinstance(stream, io.StringIO):
                             text = stream.getvalue()
-                            lines = text.count("\n")
-                            written[f"{variant.name} {path}"] = (len(text) / n, lines / n)
+                            written[name, path] = (len(text) / n, text.count("\n") / n)
 
     try:
         with open(workdir / "micro.jsonl", "a", encoding="utf-8", buffering=1) as file:
@@ -708,29 +618,26 @@ def micro_traces(params: Params, workdir: Path) -> dict[str, Any]:
     finally:
         structlog.reset_defaults()
     result: dict[str, Any] = {}
-    for variant in VARIANTS:
+    for name, (description, _level, _text, to_file) in VARIANTS.items():
         per_path = {}
         for path in PATHS:
-            s = samples[variant.name, path]
+            s = samples[name, path]
             # The file gets what the memory stream gets.
-            key = f"{'json-memory' if variant.to_file else variant.name} {path}"
-            size, lines = written[key]
+            size, lines = written["json-memory" if to_file else name, path]
             per_path[path] = {
                 "median_us": round(statistics.median(s), 2),
                 "min_us": round(min(s), 2),
                 "bytes_per_request": round(size, 1),
                 "lines_per_request": round(lines, 2),
             }
-        result[variant.name] = {
-            "description": variant.description,
+        mix = {"median_us": 2, "bytes_per_request": 1, "lines_per_request": 2}  # and digits
+        result[name] = {
+            "description": description,
             "paths": per_path,
-            "mix_median_us": round(statistics.fmean(per_path[p]["median_us"] for p in PATHS), 2),
-            "mix_bytes_per_request": round(
-                statistics.fmean(per_path[p]["bytes_per_request"] for p in PATHS), 1
-            ),
-            "mix_lines_per_request": round(
-                statistics.fmean(per_path[p]["lines_per_request"] for p in PATHS), 2
-            ),
+            **{
+                f"mix_{key}": round(statistics.fmean(per_path[p][key] for p in PATHS), digits)
+                for key, digits in mix.items()
+            },
         }
     return result
 
@@ -755,9 +662,12 @@ def compare(
 ) -> dict[str, Any]:
     """Logs on against logs off; the A/A control; the profiles; what part 2 predicts."""
     on, off = e2e["logs-on"], e2e["logs-off"]
-    key = "chatd_cpu_us_per_request"
-    by_round = f"{key}_by_round"
-    traces = micro["traces"]
+    key, by_round, system = (
+        "chatd_cpu_us_per_request",
+        "chatd_cpu_us_per_request_by_round",
+        "chatd_system_us_per_request",
+    )
+    traces, metrics_us = micro["traces"], micro["metrics"]["per_request_us"]
     file_us, filtered_us = traces["json-file"]["mix_median_us"], traces["filtered"]["mix_median_us"]
     lines = traces["json-file"]["mix_lines_per_request"]
     result: dict[str, Any] = {
@@ -766,27 +676,21 @@ def compare(
         "on_minus_off_paired": _paired(on[by_round], off[by_round]),
         "micro_on_minus_off_us": round(file_us - filtered_us, 1),
         "e2e_over_micro": round((on[key] - off[key]) / max(file_us - filtered_us, 1e-9), 2),
-        "system_on_minus_off_us": round(
-            on["chatd_system_us_per_request"] - off["chatd_system_us_per_request"], 1
-        ),
+        "system_on_minus_off_us": round(on[system] - off[system], 1),
         "micro_render_and_write_us_per_line": round((file_us - filtered_us) / lines, 2),
         "micro_write_us_per_line": round(
             (file_us - traces["json-memory"]["mix_median_us"]) / lines, 2
         ),
         "micro_bookkeeping_us_per_request": filtered_us,
-        "micro_metrics_us_per_request": micro["metrics"]["per_request_us"],
-        "micro_left_with_logs_off_share": round(
-            (filtered_us + micro["metrics"]["per_request_us"]) / off[key], 4
-        ),
+        "micro_metrics_us_per_request": metrics_us,
+        "micro_left_with_logs_off_share": round((filtered_us + metrics_us) / off[key], 4),
     }
     if "logs-off-2" in e2e:
         again = e2e["logs-off-2"]
         result["aa_us_per_request"] = round(again[key] - off[key], 1)
         result["aa_ratio"] = round(again[key] / off[key], 4)
         result["aa_paired"] = _paired(again[by_round], off[by_round])
-        result["aa_system_us"] = round(
-            again["chatd_system_us_per_request"] - off["chatd_system_us_per_request"], 1
-        )
+        result["aa_system_us"] = round(again[system] - off[system], 1)
     if "logs-on-text" in e2e:
         text = e2e["logs-on-text"]
         result["text_minus_on_us_per_request"] = round(text[key] - on[key], 1)
@@ -795,10 +699,8 @@ def compare(
             text["log_bytes_per_request"] - on["log_bytes_per_request"], 1
         )
     if profiles and "pct" in profiles.get("logs-on", {}) and "pct" in profiles.get("logs-off", {}):
-        on_us, off_us = (
-            profiles["logs-on"]["us_per_request"],
-            profiles["logs-off"]["us_per_request"],
-        )
+        on_us = profiles["logs-on"]["us_per_request"]
+        off_us = profiles["logs-off"]["us_per_request"]
         in_situ = on_us["structlog_calls"] - off_us["structlog_calls"]
         result["in_situ_on_minus_off_us"] = round(in_situ, 1)
         result["in_situ_share_of_on"] = round(in_situ / on[key], 4)
@@ -821,9 +723,9 @@ def conclusions(e2e: Mapping[str, Any], c: Mapping[str, Any]) -> list[str]:
     diff = c["on_minus_off_us_per_request"]
     first = (
         f"End to end, chatd with logs on spent **{abs(diff)} µs** "
-        f"{'more' if diff >= 0 else 'less'} CPU per request than with logs off "
-        f"({on[key]} against {off[key]} µs, "
-        f"**{(c['on_over_off'] - 1) * 100:+.1f}%**; round by round {paired['mean']}{se} µs), "
+        f"{'more' if diff >= 0 else 'less'} CPU per request than with logs off ({on[key]} "
+        f"against {off[key]} µs, **{(c['on_over_off'] - 1) * 100:+.1f}%**; round by round "
+        f"{paired['mean']}{se} µs), "
         f"writing {on['log_lines_per_request']} lines, {on['log_bytes_per_request']:.0f} bytes "
         "per request."
     )
@@ -835,18 +737,17 @@ def conclusions(e2e: Mapping[str, Any], c: Mapping[str, Any]) -> list[str]:
             f"({(c['aa_ratio'] - 1) * 100:+.1f}%; round by round {aa_paired['mean']}{aa_se} µs)"
             + (
                 ": as much, so end to end alone this run does not pin the cost down."
-                if abs(aa) >= abs(c["on_minus_off_us_per_request"]) / 2
+                if abs(aa) >= abs(diff) / 2
                 else ": the difference stands out of the noise between processes."
             )
         )
     lines = [first]
     if "in_situ_on_minus_off_us" in c:
         lines.append(
-            "Profiled in the running servers (py-spy: where one process's time goes, free of "
-            "the noise between processes), logs on spend "
-            f"**{c['in_situ_on_minus_off_us']} µs per request** "
-            f"({c['in_situ_share_of_on'] * 100:.1f}% of chatd's CPU) in structlog calls beyond "
-            f"logs off's filtered ones. {c['in_situ_write_us']} µs of that has the write(2) "
+            "Profiled in the running servers (py-spy: where one process's time goes, free of the "
+            f"noise between processes), logs on spend **{c['in_situ_on_minus_off_us']} µs per "
+            f"request** ({c['in_situ_share_of_on'] * 100:.1f}% of chatd's CPU) in structlog calls "
+            f"beyond logs off's filtered ones. {c['in_situ_write_us']} µs of that has the write(2) "
             "of a line as its leaf; py-spy counts a thread that is runnable as well as one "
             "running, so that may include waiting for a CPU after the write (two cores, four "
             "busy processes), and chatd's system time does not settle it: it differs by "
@@ -865,25 +766,21 @@ def conclusions(e2e: Mapping[str, Any], c: Mapping[str, Any]) -> list[str]:
         ratios.append(f"{c['in_situ_over_micro']}x in the profile")
     if ratios:
         micro_line += (
-            f". In the server the same lines cost {' and '.join(ratios)}, likely because "
-            "there a request's lines are written one at a time among other work, not back "
-            "to back, so code and data are cold each time"
+            f". In the server the same lines cost {' and '.join(ratios)}, likely because there a "
+            "request's lines are written one at a time among other work, not back to back, so "
+            "code and data are cold each time"
         )
-    micro_line += "."
-    lines.append(micro_line)
+    lines.append(micro_line + ".")
     left = (
-        f"With logs off, what remains is the traces' bookkeeping "
+        "With logs off, what remains is the traces' bookkeeping "
         f"({c['micro_bookkeeping_us_per_request']} µs per request in the loop: spans kept, log "
         f"calls filtered) and the metrics ({c['micro_metrics_us_per_request']} µs for "
         "`request_finished` + `cancelled`): "
         f"{c['micro_left_with_logs_off_share'] * 100:.1f}% of chatd's CPU per request"
     )
     if "in_situ_left_with_logs_off_us" in c:
-        left += (
-            f"; {c['in_situ_left_with_logs_off_us']} µs "
-            f"({c['in_situ_left_with_logs_off_us'] / off[key] * 100:.1f}%) in the logs-off "
-            "profile"
-        )
+        left_us = c["in_situ_left_with_logs_off_us"]
+        left += f"; {left_us} µs ({left_us / off[key] * 100:.1f}%) in the logs-off profile"
     lines.append(left + ".")
     if "text_minus_on_us_per_request" in c:
         text = (
@@ -904,11 +801,7 @@ def conclusions(e2e: Mapping[str, Any], c: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _profile_markdown(profiles: Mapping[str, Any] | None, p: Mapping[str, Any]) -> str:
-    if not profiles:
-        return ""
-    if "skipped" in profiles:
-        return f"\n### Profiles\n\nSkipped: {profiles['skipped']}\n"
+def _profile_markdown(profiles: Mapping[str, Any], p: Mapping[str, Any]) -> str:
     rows = "\n".join(
         f"| {label} | {v['samples']} | "
         + " | ".join(f"{v['pct'][a]}% ({v['us_per_request'][a]} µs)" for a in PROFILE_AREAS)
@@ -919,31 +812,36 @@ def _profile_markdown(profiles: Mapping[str, Any] | None, p: Mapping[str, Any]) 
     )
     return (
         "\n### Where the CPU went, in situ (py-spy)\n\n"
-        f"{p['profile_rounds']} more rounds per configuration (not counted above) under "
-        "py-spy at 250 Hz, one configuration at a time. Share of chatd's samples (idle "
-        "trio worker threads left out) with a frame in: *structlog calls* (rendering and "
-        "writing a line, or dropping it at level error), *write* (the leaf is "
-        "`WriteLogger.msg`: its write(2)), *spans* (spans.py, its log calls included), "
-        "*metrics* (prometheus_client or metrics.py); µs per request is that share of the "
-        "configuration's CPU per request above.\n\n"
-        "| config | samples | structlog calls | write | spans | metrics |\n"
+        f"{p['profile_rounds']} more rounds per configuration (not counted above) under py-spy "
+        "at 250 Hz, one configuration at a time. Share of chatd's samples (idle trio worker "
+        "threads left out) with a frame in: *structlog calls* (rendering and writing a line, or "
+        "dropping it at level error), *write* (the leaf is `WriteLogger.msg`: its write(2)), "
+        "*spans* (spans.py, its log calls included), *metrics* (prometheus_client or "
+        "metrics.py); µs per request is that share of the configuration's CPU per request "
+        "above.\n\n| config | samples | structlog calls | write | spans | metrics |\n"
         f"|---|---|---|---|---|---|\n{rows}\n"
     )
+
+
+E2E_ROW = (
+    "| {label} | {description} | {requests} | **{chatd_cpu_us_per_request}** "
+    "| {chatd_system_us_per_request} | {vs_off:.3f} | {log_bytes_per_request:.0f} "
+    "| {log_lines_per_request} | {chatd_cpu_busy:.0%} | {requests_per_s} "
+    "| {request_p50_ms} / {request_p95_ms} | {frames_per_request} | {sim_cpu_busy:.0%} "
+    "| {client_cpu_busy:.0%} | {machine_cores_busy} |"
+)
+SHAPE_ROW = (
+    "| {label} | {path} | {lines_per_request} | {bytes_per_request:.0f} "
+    "| {text_chars_per_request:.0f} |"
+)
 
 
 def markdown(result: Mapping[str, Any]) -> str:
     """The results file a person reads."""
     p, e2e, micro, c = result["params"], result["e2e"], result["micro"], result["comparison"]
     off_us = e2e["logs-off"]["chatd_cpu_us_per_request"]
-    rows = "\n".join(
-        f"| {v['label']} | {v['description']} | {v['requests']} "
-        f"| **{v['chatd_cpu_us_per_request']}** | {v['chatd_system_us_per_request']} "
-        f"| {v['chatd_cpu_us_per_request'] / off_us:.3f} "
-        f"| {v['log_bytes_per_request']:.0f} | {v['log_lines_per_request']} "
-        f"| {v['chatd_cpu_busy']:.0%} | {v['requests_per_s']} "
-        f"| {v['request_p50_ms']} / {v['request_p95_ms']} | {v['frames_per_request']} "
-        f"| {v['sim_cpu_busy']:.0%} | {v['client_cpu_busy']:.0%} | {v['machine_cores_busy']} |"
-        for v in e2e.values()
+    e2e_rows = rows(
+        E2E_ROW, ({**v, "vs_off": v["chatd_cpu_us_per_request"] / off_us} for v in e2e.values())
     )
     by_round = "\n".join(
         f"- {v['label']}: {v['chatd_cpu_us_per_request_by_round']}" for v in e2e.values()
@@ -955,12 +853,14 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"| {name} | {d['by_round']} | {d['median']} | {d['mean']} | {d['stderr']} |"
         for name, d in paired
     )
-    shape_rows = "\n".join(
-        f"| {label} | {path} | {s['lines_per_request']} | {s['bytes_per_request']:.0f} "
-        f"| {s['text_chars_per_request']:.0f} |"
-        for label, shape in result["log_shape"].items()
-        for path, s in shape.items()
-        if path in PATHS
+    shape_rows = rows(
+        SHAPE_ROW,
+        (
+            {"label": label, "path": path, **s}
+            for label, shape in result["log_shape"].items()
+            for path, s in shape.items()
+            if path in PATHS
+        ),
     )
     trace_rows = "\n".join(
         f"| {name} | {v['description']} | "
@@ -982,60 +882,55 @@ def markdown(result: Mapping[str, Any]) -> str:
             "`logs-off-2` is a second logs-off process, the control: how far two chatd "
             "processes differ when nothing does"
         )
-    source = result["chatd"]
-    measured = provenance_markdown(source)
+    profiles = profiling.profile_section(
+        result.get("profiles"), "### Profiles", lambda f: _profile_markdown(f, p)
+    )
     return (
         "# Observability: chatd's CPU per request with logs on and off\n\n"
-        f"`{result['command']}` ({result['elapsed_s']} s); {measured}. The machine is "
-        "shared and noisy: compare configurations within this run, not absolute times "
-        "across runs.\n\n"
-        "## Conclusion\n\n" + "\n".join(f"- {line}" for line in result["conclusions"]) + "\n\n"
-        "## 1. End to end\n\n"
-        f"One simulated LLM (ttft {p['sim_ttft_ms']:g} ms, {p['sim_tokens_per_s']:g} "
-        "tokens/s) and one chatd process per configuration, all with "
-        "`CHATD_LOG_FORMAT=json` and `CHATD_LOG_FILE` (a temporary file); `logs-on` at "
-        "`CHATD_LOG_LEVEL=info`, `logs-off` at `error`"
+        f"`{result['command']}` ({result['elapsed_s']} s); {provenance_markdown(result['chatd'])}. "
+        "The machine is shared and noisy: compare configurations within this run, not absolute "
+        "times across runs.\n\n## Conclusion\n\n"
+        + "".join(f"- {line}\n" for line in result["conclusions"])
+        + "\n## 1. End to end\n\n"
+        f"One simulated LLM (ttft {p['sim_ttft_ms']:g} ms, {p['sim_tokens_per_s']:g} tokens/s) "
+        "and one chatd process per configuration, all with `CHATD_LOG_FORMAT=json` and "
+        "`CHATD_LOG_FILE` (a temporary file); `logs-on` at `CHATD_LOG_LEVEL=info`, `logs-off` at "
+        "`error`"
         + "".join(f"; {e}" for e in extra)
         + f". Each round, {p['connections']} WebSocket connections per chatd (opened "
         f"beforehand) each ask {p['chats_per_connection']} questions one after another, the "
         'paths in turn (chit-chat: `direct`; "what is N*M?": `tools`; a confident FAQ '
         "question: `tool_stream`), every one asked for the first time (checked: the expected "
         f"path, `cached` and `shared` false). {p['rounds']} measured rounds per configuration "
-        "after a warm-up round, taken in turn with the order reversed every other round. "
-        "chatd CPU is its utime+stime over the rounds, read from its CPU-time clock "
+        "after a warm-up round, taken in turn with the order reversed every other round. chatd "
+        "CPU is its utime+stime over the rounds, read from its CPU-time clock "
         "(`clock_getcpuclockid`, in ns; /proc/PID/stat counts the same in 10 ms ticks, too "
-        "coarse for one round, and gives the *system* part, over all rounds). Log bytes "
-        "and lines are the log file's growth over the rounds.\n\n"
-        "| config | logging | requests | chatd CPU µs/request | of which system "
-        "| vs logs-off | log bytes/request | log lines/request | chatd CPU busy "
-        "| requests/s | request p50 / p95 ms | frames/request | sim CPU busy "
-        "| client CPU busy | machine cores busy |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        f"{rows}\n\n"
-        f"chatd CPU µs/request by round:\n\n{by_round}\n\n"
+        "coarse for one round, and gives the *system* part, over all rounds). Log bytes and "
+        "lines are the log file's growth over the rounds.\n\n"
+        "| config | logging | requests | chatd CPU µs/request | of which system | vs logs-off "
+        "| log bytes/request | log lines/request | chatd CPU busy | requests/s "
+        "| request p50 / p95 ms | frames/request | sim CPU busy | client CPU busy "
+        "| machine cores busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"{e2e_rows}\n\nchatd CPU µs/request by round:\n\n{by_round}\n\n"
         "Differences round by round (µs/request; each pair measured one after the other):\n\n"
         "| difference | by round | median | mean | s.e. |\n|---|---|---|---|---|\n"
         f"{paired_rows}\n\n"
-        "Lines and bytes per request by path, from each log file as a whole (warm-up "
-        "included; a request's lines found by `request_id`):\n\n"
+        "Lines and bytes per request by path, from each log file as a whole (warm-up included; "
+        "a request's lines found by `request_id`):\n\n"
         "| config | path | lines/request | bytes/request | text chars in summary |\n"
-        f"|---|---|---|---|---|\n{shape_rows}\n"
-        f"{_profile_markdown(result.get('profiles'), p)}\n"
-        "## 2. In process\n\n"
+        f"|---|---|---|---|---|\n{shape_rows}\n{profiles}\n## 2. In process\n\n"
         "One request's `RequestTrace` as the pipeline makes it (a logger bound to the "
-        "connection's context, the spans each path writes in the end-to-end log, the "
-        "router and answer spans marked once per streamed event, then the `stream` span "
-        "and the summary), inside `trio.run`, logged through chatd's own "
-        f"`configure_logging`; {p['micro_requests']} requests per path and variant, back to "
-        f"back, {p['micro_repeats']} repeats interleaved (median µs per request shown); *mix* "
-        "is the mean of the three paths, as the end-to-end load mixes them.\n\n"
-        "| variant | logging | direct µs | tools µs | tool_stream µs | mix µs "
-        "| bytes/request | lines/request |\n|---|---|---|---|---|---|---|---|\n"
-        f"{trace_rows}\n\n"
+        "connection's context, the spans each path writes in the end-to-end log, the router and "
+        "answer spans marked once per streamed event, then the `stream` span and the summary), "
+        "inside `trio.run`, logged through chatd's own `configure_logging`; "
+        f"{p['micro_requests']} requests per path and variant, back to back, "
+        f"{p['micro_repeats']} repeats interleaved (median µs per request shown); *mix* is the "
+        "mean of the three paths, as the end-to-end load mixes them.\n\n"
+        "| variant | logging | direct µs | tools µs | tool_stream µs | mix µs | bytes/request "
+        f"| lines/request |\n|---|---|---|---|---|---|---|---|\n{trace_rows}\n\n"
         f"Metrics, µs per call ({p['metrics_calls']} calls, {p['micro_repeats']} repeats; "
         "`request_finished` cycles the three paths' labels):\n\n"
-        "| call | median µs | min µs |\n|---|---|---|\n"
-        f"{metric_rows}\n\n"
+        f"| call | median µs | min µs |\n|---|---|---|\n{metric_rows}\n\n"
         f"Per request (`request_finished` + `cancelled`): {micro['metrics']['per_request_us']} "
         "µs. `frames_sent` is called once per batch of frames the writer sends.\n\n"
         f"## Machine\n\n{machine_markdown(result['machine'])}\n"
@@ -1072,25 +967,6 @@ def run_end_to_end(
             raise
 
 
-def params_from(args: argparse.Namespace) -> Params:
-    quick = bool(args.quick)
-    return Params(
-        quick=quick,
-        connections=args.connections or (30 if quick else 50),
-        chats_per_connection=args.chats or (3 if quick else 6),
-        rounds=args.rounds or (2 if quick else 8),
-        sim_ttft_ms=20.0,
-        sim_tokens_per_s=500.0,
-        include_text=not args.no_text,
-        control=not args.no_control,
-        profile=not args.no_profile,
-        profile_rounds=2 if quick else 5,
-        micro_requests=300 if quick else 2000,
-        micro_repeats=3 if quick else 5,
-        metrics_calls=20_000 if quick else 100_000,
-    )
-
-
 def main() -> None:
     parser = script_parser(__doc__, "a short run (well under a minute)", chatd_path=True)
     parser.add_argument("--connections", type=int, help="connections per chatd (50; quick 30)")
@@ -1106,25 +982,36 @@ def main() -> None:
         help="skip profiling each chatd (but the control) under load with py-spy",
     )
     args = parser.parse_args()
-    params = params_from(args)
+    quick = bool(args.quick)
+    params = Params(
+        quick=quick,
+        connections=args.connections or (30 if quick else 50),
+        chats_per_connection=args.chats or (3 if quick else 6),
+        rounds=args.rounds or (2 if quick else 8),
+        include_text=not args.no_text,
+        control=not args.no_control,
+        profile=not args.no_profile,
+        profile_rounds=2 if quick else 5,
+        micro_requests=300 if quick else 2000,
+        micro_repeats=3 if quick else 5,
+        metrics_calls=20_000 if quick else 100_000,
+    )
     chatd_path: Path = args.chatd_path.resolve()
-    name = "observability" + ("-quick" if params.quick else "")
     record = RunRecord.start(__file__, chatd_path)
-    py_spy = find_py_spy() if params.profile else None
-    profiles: dict[str, Any] | None = None
-    if params.profile and py_spy is None:
-        profiles = {"skipped": "py-spy is not installed (pip install py-spy)"}
+    py_spy = profiling.find_py_spy() if params.profile else None
     with tempfile.TemporaryDirectory(prefix="bench-observability-") as tmp:
         workdir = Path(tmp)
         configs = configs_for(workdir, params.include_text, params.control)
         measured = run_end_to_end(params, configs, chatd_path, workdir, py_spy)
-        shapes = {
-            c.label: log_shape(c.log_file) for c in configs if c.env["CHATD_LOG_LEVEL"] == "info"
-        }
+        info = [c for c in configs if c.env["CHATD_LOG_LEVEL"] == "info"]
+        shapes = {c.label: log_shape(c.log_file) for c in info}
         micro = {"metrics": micro_metrics(params), "traces": micro_traces(params, workdir)}
+    profiles = measured["profiles"]
+    if params.profile and py_spy is None:
+        profiles = {"skipped": profiling.PY_SPY_MISSING}
     figures = {
         "e2e": measured["configs"],
-        "profiles": measured["profiles"] or profiles,
+        "profiles": profiles,
         "log_shape": shapes,
         "micro": micro,
     }
@@ -1133,6 +1020,7 @@ def main() -> None:
     )
     result["comparison"] = compare(result["e2e"], micro, result["profiles"])
     result["conclusions"] = conclusions(result["e2e"], result["comparison"])
+    name = "observability" + ("-quick" if quick else "")
     write_results(RESULTS, name, result, markdown(result))
 
 

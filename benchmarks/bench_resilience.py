@@ -1,32 +1,11 @@
 """Resilience end to end: failing fast with the LLM down, and a storm of identical questions.
 
-chatd runs as its own process (``python -m chatd serve --port 0``) against the
-simulated LLM in another (``python -m chatd sim-llm --port 0``); this process
-is the client, over trio-websocket on loopback. Two measurements in one run:
+1. The LLM answers HTTP 503 and chatd's breaker is open: a refused chat's round trip.
+2. N identical chats at once, twice, with shared flights and the answer cache on, then off.
 
-1. **LLM down, breaker open.** A chatd with ``llm.retries`` 0 and an LLM
-   breaker that opens after 5 consecutive failures and stays open for 600 s;
-   the simulator answers every completion with HTTP 503. Chats go one at a
-   time until one is refused with "circuit breaker is open"; then chats are
-   sent closed-loop (each connection sends the next once the last one's
-   ``error`` is in), on one connection and on a few side by side, and the
-   client times ``chat`` sent to its ``error`` received. As a floor for "an
-   error frame's round trip through chatd", ``chat`` frames with a bad
-   ``message`` (``bad_request``, refused by the reader before any pipeline
-   work) are timed the same way, in alternating blocks with the others. The
-   simulator's request count must not move once the breaker is open, and
-   ``/readyz`` must answer 503. Target: p99 under 5 ms.
-2. **A storm of identical questions.** Two chatd processes, each against its
-   own simulator (ttft 300 ms, 40 tokens/s): one with shared flights and the
-   answer cache on (the defaults), one with both off. Each gets N identical
-   chats sent at once over a few connections, then, as soon as the last one
-   ended, the same N again. Reported per configuration and wave: upstream
-   calls (the simulator's ``requests``), ``shared``/``cached`` from ``done``,
-   errors by code, client TTFT, chatd CPU. Expected: on, 1 call then 0; off,
-   N then N.
-
-Results go to benchmarks/results/resilience{,-quick}.{json,md}. Helpers for
-processes and CPU readings come from the load generator's harness (``loadgen``).
+chatd and the simulated LLM run as processes of their own, this one is the client; the
+report says how each figure is taken. ``python benchmarks/bench_resilience.py [--quick]``
+writes benchmarks/results/resilience{,-quick}.{json,md}.
 """
 
 from __future__ import annotations
@@ -38,7 +17,6 @@ import itertools
 import math
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,10 +30,10 @@ from trio_websocket import WebSocketConnection
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import percentile, unique_chit_chat
-from loadgen.chat import ask, chat_frame, open_connections
+from loadgen.chat import Reply, ask, chat_frame, open_connections
 from loadgen.cpu import Usage
-from loadgen.processes import Process, log_tails_on_failure, start_chatd, start_sim
-from loadgen.rig import sim_stats
+from loadgen.processes import Process
+from loadgen.rig import Rig, rig_running, set_fault, sim_stats
 from loadgen.script import RunRecord, provenance_markdown, script_parser
 from machine import machine_markdown, write_results
 
@@ -63,29 +41,41 @@ RESULTS = Path(__file__).parent / "results"
 TARGET_P99_MS = 5.0
 BREAKER_OPEN_TEXT = "circuit breaker is open"
 STORM_MESSAGE = "tell me a long story about the sea"
-# Measured blocks per frame kind and concurrency, taken in turn (ABBA) so that
-# drift in the machine's load falls on both kinds alike.
 BLOCKS = 4
+"""Measured blocks per frame kind and concurrency, the kinds taking turns (ABBA) so that
+drift in the machine's load falls on both alike."""
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Params:
     """What one run does."""
 
     quick: bool
-    failure_threshold: int
-    open_timeout_s: float
+    failure_threshold: int = 5
+    open_timeout_s: float = 600.0
     breaker_chats: int
     breaker_connections: int
     breaker_warmup: int
     storm_n: int
     storm_connections: int
-    storm_ttft_ms: float
-    storm_tokens_per_s: float
+    storm_ttft_ms: float = 300.0
+    storm_tokens_per_s: float = 40.0
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    quick = bool(args.quick)
+    return Params(
+        quick=quick,
+        breaker_chats=args.breaker_chats or (200 if quick else 2000),
+        breaker_connections=args.connections,
+        breaker_warmup=20 if quick else 100,
+        storm_n=args.storm_n or (100 if quick else 500),
+        storm_connections=args.storm_connections,
+    )
 
 
 def latency_ms(values: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/min/max/mean of seconds, in ms."""
+    """p50/p95/p99/p99.9/min/max/mean of seconds, in ms."""
     if not values:
         return {"n": 0}
     return {
@@ -101,7 +91,7 @@ def latency_ms(values: Sequence[float]) -> dict[str, float]:
 
 
 def usage_report(spent: Mapping[str, float]) -> dict[str, float]:
-    """Seconds rounded, plus each process's busy share and the machine's cores in use."""
+    """:meth:`Usage.stop`'s seconds rounded, each process's busy share and the machine's cores."""
     wall = max(spent["wall_s"], 1e-9)
     return {
         **{key: round(value, 3) for key, value in spent.items()},
@@ -114,7 +104,6 @@ def usage_report(spent: Mapping[str, float]) -> dict[str, float]:
 
 
 async def sim_requests(sim: httpx.AsyncClient) -> int:
-    """The simulator's request count so far."""
     return (await sim_stats(sim))["requests"]
 
 
@@ -126,16 +115,6 @@ async def readyz(chatd: httpx.AsyncClient) -> dict[str, Any]:
 # --- 1. LLM down, breaker open ----------------------------------------------------------
 
 
-@attrs.define
-class ErrorSamples:
-    """Round trips of one frame kind and what came back."""
-
-    seconds: list[float] = attrs.field(factory=list)
-    codes: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    unexpected: list[dict[str, Any]] = attrs.field(factory=list)
-    retry_after_ms: list[int] = attrs.field(factory=list)
-
-
 @attrs.frozen
 class FrameKind:
     """A chat that chatd answers with an error, and what that error should be."""
@@ -143,60 +122,52 @@ class FrameKind:
     name: str
     message: Callable[[], object]
     code: str
-    text: str | None
+    text: str | None = None
+
+    def unexpected(self, event: Mapping[str, Any]) -> bool:
+        code = event.get("code", event["type"])
+        return code != self.code or bool(self.text and self.text not in event.get("message", ""))
 
 
-# Numbers for unique_chit_chat across all connections and blocks of the run.
+# Every breaker_open chat is a text never sent before, so no two share a flight, even on
+# two connections at once: each goes the whole way to the breaker. A bad_request's message
+# is not a text: chatd's reader refuses it before any pipeline work.
 _message_numbers = itertools.count()
-
-
-def breaker_message() -> str:
-    # A text never sent before, so no two requests share a flight, even on two
-    # connections at once: each goes the whole way to the breaker.
-    return unique_chit_chat(next(_message_numbers))
-
-
-def bad_message() -> int:
-    """Not a text: chatd's reader refuses it before any pipeline work."""
-    return 5
-
-
 KINDS = (
-    FrameKind("breaker_open", breaker_message, "upstream_unavailable", BREAKER_OPEN_TEXT),
-    FrameKind("bad_request", bad_message, "bad_request", None),
+    FrameKind(
+        "breaker_open",
+        lambda: unique_chit_chat(next(_message_numbers)),
+        "upstream_unavailable",
+        BREAKER_OPEN_TEXT,
+    ),
+    FrameKind("bad_request", lambda: 5, "bad_request"),
 )
 
 
 async def error_round_trips(
-    ws: WebSocketConnection, kind: FrameKind, prefix: str, first: int, count: int,
-    samples: ErrorSamples,
-) -> None:  # fmt: skip
-    """``count`` chats of ``kind``, each sent once the previous one's error is in."""
-    for k in range(first, first + count):
-        reply = await ask(ws, f"{prefix}-{k}", kind.message(), timeout_s=30)
-        samples.seconds.append(reply.duration_s)
-        event = reply.terminal
-        code = event.get("code", event["type"])
-        samples.codes[code] += 1
-        if code != kind.code or (kind.text and kind.text not in event.get("message", "")):
-            samples.unexpected.append(event)
-        if "retry_after_ms" in event:
-            samples.retry_after_ms.append(event["retry_after_ms"])
+    ws: WebSocketConnection, prefix: str, kind: FrameKind, ks: range, replies: list[Reply]
+) -> None:
+    """A chat of ``kind`` for each of ``ks``, each sent once the previous one's error is in."""
+    for k in ks:
+        replies.append(await ask(ws, f"{prefix}-{k}", kind.message(), timeout_s=30))
 
 
-def error_report(samples: ErrorSamples, spent: Mapping[str, float]) -> dict[str, Any]:
+def error_report(
+    kind: FrameKind, replies: Sequence[Reply], spent: Mapping[str, float]
+) -> dict[str, Any]:
     """Latency, what came back, and CPU per frame of one kind."""
-    waits = samples.retry_after_ms
+    seconds = [reply.duration_s for reply in replies]
+    events = [reply.terminal for reply in replies]
+    unexpected = [event for event in events if kind.unexpected(event)]
+    waits = [event["retry_after_ms"] for event in events if "retry_after_ms" in event]
     return {
-        **latency_ms(samples.seconds),
-        "at_or_over_target": sum(t * 1000 >= TARGET_P99_MS for t in samples.seconds),
-        "codes": dict(samples.codes),
-        "unexpected": len(samples.unexpected),
-        "unexpected_examples": samples.unexpected[:3],
+        **latency_ms(seconds),
+        "at_or_over_target": sum(t * 1000 >= TARGET_P99_MS for t in seconds),
+        "codes": dict(collections.Counter(event.get("code", event["type"]) for event in events)),
+        "unexpected": len(unexpected),
+        "unexpected_examples": unexpected[:3],
         "retry_after_ms_range": [min(waits), max(waits)] if waits else None,
-        "chatd_cpu_us_per_frame": round(
-            spent["chatd_cpu_s"] / max(1, len(samples.seconds)) * 1e6, 1
-        ),
+        "chatd_cpu_us_per_frame": round(spent["chatd_cpu_s"] / max(1, len(seconds)) * 1e6, 1),
         **usage_report(spent),
     }
 
@@ -206,58 +177,53 @@ async def open_the_breaker(ws: WebSocketConnection, limit: int = 100) -> list[di
     seen = []
     for k in range(limit):
         reply = await ask(ws, f"opening-{k}", unique_chit_chat(900_000 + k), timeout_s=60)
-        event = reply.terminal
-        seen.append({key: event.get(key) for key in ("type", "code", "message")})
-        if BREAKER_OPEN_TEXT in event.get("message", ""):
+        seen.append({key: reply.terminal.get(key) for key in ("type", "code", "message")})
+        if BREAKER_OPEN_TEXT in reply.terminal.get("message", ""):
             return seen
     raise RuntimeError(f"the breaker did not open in {limit} chats: {seen[-3:]}")
 
 
-async def measure_breaker(chatd: Process, sim: Process, params: Params) -> dict[str, Any]:
+async def error_blocks(
+    rig: Rig, sockets: Sequence[WebSocketConnection], chats: int
+) -> dict[str, Any]:
+    """About ``chats`` timed round trips of each kind over ``sockets``, in ABBA blocks."""
+    replies: dict[str, list[Reply]] = {kind.name: [] for kind in KINDS}
+    spent = {kind.name: collections.Counter[str]() for kind in KINDS}
+    per_block = max(1, math.ceil(chats / BLOCKS / len(sockets)))
+    for block in range(BLOCKS):
+        for kind in KINDS if block % 2 == 0 else reversed(KINDS):
+            ks = range(block * per_block, (block + 1) * per_block)
+            usage = Usage(rig.server, rig.sim)
+            usage.start()
+            async with trio.open_nursery() as nursery:
+                for c, ws in enumerate(sockets):
+                    prefix = f"{kind.name}-{len(sockets)}-{c}"
+                    nursery.start_soon(error_round_trips, ws, prefix, kind, ks, replies[kind.name])
+            spent[kind.name].update(usage.stop())
+    return {kind.name: error_report(kind, replies[kind.name], spent[kind.name]) for kind in KINDS}
+
+
+async def measure_breaker(rig: Rig, params: Params) -> dict[str, Any]:
     """Open chatd's LLM breaker, then time error round trips with it open."""
-    sim_url = sim.listening["url"].removesuffix("/v1")
     async with (
-        httpx.AsyncClient(base_url=sim_url, timeout=10) as sim_http,
-        httpx.AsyncClient(base_url=chatd.listening["url"], timeout=10) as chatd_http,
+        httpx.AsyncClient(base_url=rig.sim_control, timeout=10) as sim_http,
+        httpx.AsyncClient(base_url=rig.server_url, timeout=10) as chatd_http,
         contextlib.AsyncExitStack() as stack,
     ):
         ready_before = await readyz(chatd_http)
-        fault = {"mode": "error", "status": 503}
-        (await sim_http.post("/_sim/faults", json=fault)).raise_for_status()
+        await set_fault(sim_http, mode="error", status=503)
         requests_before = await sim_requests(sim_http)
-        url = chatd.listening["ws_url"]
-        sockets = await open_connections(stack, url, params.breaker_connections)
+        sockets = await open_connections(stack, rig.ws_url, params.breaker_connections)
         opening = await open_the_breaker(sockets[0])
         requests_at_open = await sim_requests(sim_http)
         ready_open = await readyz(chatd_http)
-
         for kind in KINDS:  # warm-up, not counted
-            await error_round_trips(
-                sockets[0], kind, f"warm-{kind.name}", 0, params.breaker_warmup, ErrorSamples()
-            )
-
-        runs: dict[str, dict[str, Any]] = {}
-        for connections in sorted({1, params.breaker_connections}):
-            samples = {kind.name: ErrorSamples() for kind in KINDS}
-            spent: dict[str, collections.Counter[str]] = {
-                kind.name: collections.Counter() for kind in KINDS
-            }
-            per_block = max(1, math.ceil(params.breaker_chats / BLOCKS / connections))
-            for block in range(BLOCKS):
-                order = KINDS if block % 2 == 0 else tuple(reversed(KINDS))
-                for kind in order:
-                    usage = Usage(chatd, sim)
-                    usage.start()
-                    async with trio.open_nursery() as nursery:
-                        for c, ws in enumerate(sockets[:connections]):
-                            nursery.start_soon(
-                                error_round_trips, ws, kind, f"{kind.name}-{connections}-{c}",
-                                block * per_block, per_block, samples[kind.name],
-                            )  # fmt: skip
-                    spent[kind.name].update(usage.stop())
-            runs[str(connections)] = {
-                name: error_report(samples[name], spent[name]) for name in samples
-            }
+            ks = range(params.breaker_warmup)
+            await error_round_trips(sockets[0], f"warm-{kind.name}", kind, ks, [])
+        runs = {
+            str(n): await error_blocks(rig, sockets[:n], params.breaker_chats)
+            for n in sorted({1, params.breaker_connections})
+        }
         requests_after = await sim_requests(sim_http)
         ready_after = await readyz(chatd_http)
     return {
@@ -286,62 +252,56 @@ class Wave:
     frames: collections.Counter[str] = attrs.field(factory=collections.Counter)
     """Frames received, by event type."""
 
+    async def send_and_read(
+        self, ws: WebSocketConnection, frames: Sequence[tuple[str, str]]
+    ) -> None:
+        """Send ``frames`` (request id, ``chat`` frame) and read until each has ended."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.read, ws, {request_id for request_id, _ in frames})
+            for request_id, frame in frames:
+                self.sent[request_id] = time.perf_counter()
+                await ws.send_message(frame)
 
-async def read_wave(ws: WebSocketConnection, ids: set[str], wave: Wave) -> None:
-    """Read events until every request in ``ids`` has its terminal event."""
-    left = set(ids)
-    while left:
-        event = orjson.loads(await ws.get_message())
-        request_id = event.get("id")
-        if request_id not in left:
-            continue
-        kind = event["type"]
-        wave.frames[kind] += 1
-        if kind == "token":
-            wave.first_token.setdefault(request_id, time.perf_counter())
-            wave.texts[request_id].append(event["text"])
-        elif kind in ("done", "error"):
-            wave.ended[request_id] = time.perf_counter()
-            wave.terminal[request_id] = event
-            left.discard(request_id)
-
-
-async def connection_wave(ws: WebSocketConnection, frames: Sequence[tuple[str, str]],
-                          wave: Wave) -> None:  # fmt: skip
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_wave, ws, {request_id for request_id, _ in frames}, wave)
-        for request_id, frame in frames:
-            wave.sent[request_id] = time.perf_counter()
-            await ws.send_message(frame)
+    async def read(self, ws: WebSocketConnection, left: set[str]) -> None:
+        while left:
+            event = orjson.loads(await ws.get_message())
+            request_id = event.get("id")
+            if request_id not in left:
+                continue
+            kind = event["type"]
+            self.frames[kind] += 1
+            if kind == "token":
+                self.first_token.setdefault(request_id, time.perf_counter())
+                self.texts[request_id].append(event["text"])
+            elif kind in ("done", "error"):
+                self.ended[request_id] = time.perf_counter()
+                self.terminal[request_id] = event
+                left.discard(request_id)
 
 
 async def storm_wave(
-    sockets: Sequence[WebSocketConnection], n: int, label: str, message: str
+    sockets: Sequence[WebSocketConnection], chats: Sequence[tuple[str, object]]
 ) -> Wave:
-    """``n`` chats of ``message``, spread over ``sockets``, all sent at once."""
+    """``chats`` (request id, message), round robin over ``sockets``, all sent at once."""
     frames: list[list[tuple[str, str]]] = [[] for _ in sockets]
-    for k in range(n):
-        request_id = f"{label}-{k}"
+    for k, (request_id, message) in enumerate(chats):
         frames[k % len(sockets)].append((request_id, chat_frame(request_id, message)))
     wave = Wave()
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             for ws, mine in zip(sockets, frames, strict=True):
-                nursery.start_soon(connection_wave, ws, mine, wave)
+                nursery.start_soon(wave.send_and_read, ws, mine)
     return wave
 
 
 def wave_result(wave: Wave, calls: int, usage: Mapping[str, float]) -> dict[str, Any]:
-    done = [e for e in wave.terminal.values() if e["type"] == "done"]
-    errors = collections.Counter(e["code"] for e in wave.terminal.values() if e["type"] == "error")
-    answers = collections.Counter(
-        "".join(wave.texts[r]) for r, e in wave.terminal.items() if e["type"] == "done"
-    )
-    ttft = [wave.first_token[r] - wave.sent[r] for r in wave.first_token]
-    total = [
-        wave.ended[r] - wave.sent[r] for r in wave.terminal if wave.terminal[r]["type"] == "done"
-    ]
+    """The figures of one wave: ``calls`` upstream, ``usage`` from :func:`usage_report`."""
+    done_ids = [r for r, event in wave.terminal.items() if event["type"] == "done"]
+    done = [wave.terminal[r] for r in done_ids]
+    errors = [event for event in wave.terminal.values() if event["type"] == "error"]
+    answers = collections.Counter("".join(wave.texts[r]) for r in done_ids)
     server_ttft = [e["timings"]["ttft_ms"] for e in done if e["timings"].get("ttft_ms") is not None]
+    per_chat = max(1, len(wave.sent))
     return {
         "chats": len(wave.sent),
         "upstream_calls": calls,
@@ -350,16 +310,16 @@ def wave_result(wave: Wave, calls: int, usage: Mapping[str, float]) -> dict[str,
         "cached": sum(bool(e.get("cached")) for e in done),
         "finish_reasons": dict(collections.Counter(e["finish_reason"] for e in done)),
         "paths": dict(collections.Counter(e["path"] for e in done)),
-        "errors": dict(errors),
-        "error_examples": [e for e in wave.terminal.values() if e["type"] == "error"][:3],
-        "frames_per_chat": round(sum(wave.frames.values()) / max(1, len(wave.sent)), 1),
-        "token_frames_per_chat": round(wave.frames["token"] / max(1, len(wave.sent)), 1),
+        "errors": dict(collections.Counter(e["code"] for e in errors)),
+        "error_examples": errors[:3],
+        "frames_per_chat": round(sum(wave.frames.values()) / per_chat, 1),
+        "token_frames_per_chat": round(wave.frames["token"] / per_chat, 1),
         "frames": dict(wave.frames),
         "distinct_answers": len(answers),
         "answer_chars": len(next(iter(answers))) if answers else 0,
         "completion_tokens": sorted({e["usage"]["completion_tokens"] for e in done}),
-        "client_ttft": latency_ms(ttft),
-        "client_total": latency_ms(total),
+        "client_ttft": latency_ms([t - wave.sent[r] for r, t in wave.first_token.items()]),
+        "client_total": latency_ms([wave.ended[r] - wave.sent[r] for r in done_ids]),
         "server_ttft_p50_ms": statistics.median(server_ttft) if server_ttft else None,
         **usage,
     }
@@ -370,29 +330,40 @@ async def measure_storm(
 ) -> dict[str, Any]:
     """Warm up, then two waves of ``n`` identical chats over ``connections`` WebSockets,
     the second right after the first."""
-    sim_url = sim.listening["url"].removesuffix("/v1")
-    url = chatd.listening["ws_url"]
+    sim_control = sim.listening["url"].removesuffix("/v1")
     async with (
-        httpx.AsyncClient(base_url=sim_url, timeout=10) as sim_http,
+        httpx.AsyncClient(base_url=sim_control, timeout=10) as sim_http,
         contextlib.AsyncExitStack() as stack,
     ):
-        sockets = await open_connections(stack, url, connections)
+        sockets = await open_connections(stack, chatd.listening["ws_url"], connections)
         # Warm-up on other (unique) texts: code paths, upstream pool, sockets.
-        warm = Wave()
-        async with trio.open_nursery() as nursery:
-            for c, ws in enumerate(sockets):
-                frames = [(f"warm-{c}", chat_frame(f"warm-{c}", unique_chit_chat(800_000 + c)))]
-                nursery.start_soon(connection_wave, ws, frames, warm)
+        await storm_wave(
+            sockets, [(f"warm-{c}", unique_chit_chat(800_000 + c)) for c in range(connections)]
+        )
         waves = []
         for number in (1, 2):
             before = await sim_requests(sim_http)
             usage = Usage(chatd, sim)
             usage.start()
-            wave = await storm_wave(sockets, n, f"{label}-w{number}", STORM_MESSAGE)
+            chats = [(f"{label}-w{number}-{k}", STORM_MESSAGE) for k in range(n)]
+            wave = await storm_wave(sockets, chats)
             spent = usage.stop()
             calls = await sim_requests(sim_http) - before
             waves.append(wave_result(wave, calls, usage_report(spent)))
     return {"label": label, "waves": waves}
+
+
+def storm_env(n: int, sharing: bool) -> dict[str, str]:
+    """chatd settings for a storm of ``n``: limits raised so nothing is refused, and shared
+    flights and the answer cache both on (the defaults) or both off."""
+    on = "true" if sharing else "false"
+    return {
+        "CHATD_LIMITS_LLM_STREAMS": str(max(1000, 2 * n)),
+        "CHATD_LIMITS_MAX_QUEUE": str(max(1000, 4 * n)),
+        "CHATD_LIMITS_MAX_REQUESTS_PER_CONNECTION": str(max(64, 2 * n)),
+        "CHATD_CACHE_ENABLED": on,
+        "CHATD_FLIGHTS_ENABLED": on,
+    }
 
 
 # --- report -----------------------------------------------------------------------------
@@ -541,72 +512,15 @@ def markdown(result: Mapping[str, Any]) -> str:
 # --- main -------------------------------------------------------------------------------
 
 
-def params_from(args: argparse.Namespace) -> Params:
-    quick = bool(args.quick)
-    return Params(
-        quick=quick,
-        failure_threshold=5,
-        open_timeout_s=600.0,
-        breaker_chats=args.breaker_chats or (200 if quick else 2000),
-        breaker_connections=args.connections,
-        breaker_warmup=20 if quick else 100,
-        storm_n=args.storm_n or (100 if quick else 500),
-        storm_connections=args.storm_connections,
-        storm_ttft_ms=300.0,
-        storm_tokens_per_s=40.0,
-    )
-
-
-async def run(params: Params, processes: Mapping[str, Process]) -> dict[str, Any]:
-    breaker = await measure_breaker(processes["chatd-breaker"], processes["sim-breaker"], params)
+async def run(params: Params, rigs: Mapping[str, Rig]) -> dict[str, Any]:
+    breaker = await measure_breaker(rigs["breaker"], params)
     configs = [
         await measure_storm(
-            label,
-            processes[f"chatd-{label}"],
-            processes[f"sim-{label}"],
-            params.storm_n,
-            params.storm_connections,
+            label, rigs[label].server, rigs[label].sim, params.storm_n, params.storm_connections
         )
         for label in ("on", "off")
     ]
     return {"breaker": breaker, "storm": {"configs": configs}}
-
-
-def storm_env(n: int, sharing: bool) -> dict[str, str]:
-    """chatd settings for a storm of ``n``: limits raised so nothing is refused, and shared
-    flights and the answer cache both on (the defaults) or both off."""
-    on = "true" if sharing else "false"
-    return {
-        "CHATD_LIMITS_LLM_STREAMS": str(max(1000, 2 * n)),
-        "CHATD_LIMITS_MAX_QUEUE": str(max(1000, 4 * n)),
-        "CHATD_LIMITS_MAX_REQUESTS_PER_CONNECTION": str(max(64, 2 * n)),
-        "CHATD_CACHE_ENABLED": on,
-        "CHATD_FLIGHTS_ENABLED": on,
-    }
-
-
-def start_all(params: Params, workdir: Path, chatd_path: Path,
-              stack: contextlib.ExitStack) -> dict[str, Process]:  # fmt: skip
-    """A simulator and a chatd for the breaker, and one of each per storm configuration."""
-    chatd_env = {
-        "breaker": {
-            "CHATD_LLM_RETRIES": "0",
-            "CHATD_BREAKERS_LLM_FAILURE_THRESHOLD": str(params.failure_threshold),
-            "CHATD_BREAKERS_LLM_OPEN_TIMEOUT_S": f"{params.open_timeout_s:g}",
-        },
-        "on": storm_env(params.storm_n, sharing=True),
-        "off": storm_env(params.storm_n, sharing=False),
-    }
-    processes: dict[str, Process] = {}
-    for label, extra in chatd_env.items():
-        sim = start_sim(workdir, chatd_path, params.storm_ttft_ms, params.storm_tokens_per_s,
-                        stack, name=f"sim-{label}")  # fmt: skip
-        processes[sim.name] = sim
-        chatd = start_chatd(
-            f"chatd-{label}", sim.listening["url"], workdir, chatd_path, stack, extra
-        )
-        processes[chatd.name] = chatd
-    return processes
 
 
 def main() -> None:
@@ -624,21 +538,33 @@ def main() -> None:
     args = parser.parse_args()
     params = params_from(args)
     chatd_path: Path = args.chatd_path.resolve()
-    name = "resilience" + ("-quick" if params.quick else "")
     record = RunRecord.start(__file__, chatd_path)
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-resilience-") as tmp,
-        contextlib.ExitStack() as stack,  # kills every process, whatever happens
-    ):
-        processes = start_all(params, Path(tmp), chatd_path, stack)
-        with log_tails_on_failure(processes.values()):
-            measured = trio.run(run, params, processes)
+    # A simulator and a chatd for the breaker, and one of each per storm configuration,
+    # all started before measuring and all killed after.
+    chatd_env = {
+        "breaker": {
+            "CHATD_LLM_RETRIES": "0",
+            "CHATD_BREAKERS_LLM_FAILURE_THRESHOLD": str(params.failure_threshold),
+            "CHATD_BREAKERS_LLM_OPEN_TIMEOUT_S": f"{params.open_timeout_s:g}",
+        },
+        "on": storm_env(params.storm_n, sharing=True),
+        "off": storm_env(params.storm_n, sharing=False),
+    }
+    with contextlib.ExitStack() as stack:
+        rigs = {
+            label: stack.enter_context(
+                rig_running(label, chatd_path, params.storm_ttft_ms, params.storm_tokens_per_s, env)
+            )
+            for label, env in chatd_env.items()
+        }
+        measured = trio.run(run, params, rigs)
     result = record.result(
         "resilience: fail-fast with the LLM breaker open; storm of identical chats",
         params,
         measured,
     )
     result["verdicts"] = verdicts(result["breaker"], result["storm"], params)
+    name = "resilience" + ("-quick" if params.quick else "")
     write_results(RESULTS, name, result, markdown(result))
 
 
