@@ -333,10 +333,11 @@ async def measure_slow_readers(rig: Rig, params: Params, tail_s: float) -> dict[
             ]
             readers.append(await open_slow_reader(rig.chatd_port, chats))
         samples = []
-        end = t0 + params.window_s + tail_s
         while True:
             samples.append(await snapshot(rig, http, t0))
-            if time.perf_counter() >= end - 0.05:
+            # On the sample's own time, stamped mid-snapshot: under load a snapshot
+            # takes seconds, and the window's end must have a sample at or after it.
+            if samples[-1]["t_s"] >= params.window_s + tail_s - 0.05:
                 break
             await trio.sleep_until(
                 trio.current_time() + params.sample_s - (time.perf_counter() - t0) % params.sample_s
