@@ -13,6 +13,7 @@ import trio
 
 from chatd.exceptions import ToolFailed, UpstreamUnavailable
 from chatd.llm import ChatEvent, ChatRequest, Completion, TextDelta, ToolCall, ToolCallBegin
+from chatd.llm.types import Usage, estimate_prompt_tokens
 from chatd.pipeline.answer import answer
 from chatd.pipeline.events import Event, Token, ToolEnd
 from chatd.pipeline.turn import Turn
@@ -162,6 +163,9 @@ async def test_an_answer_is_cut_at_its_limit(autojump_clock: trio.abc.Clock) -> 
     with pytest.raises(AnswerTooLong):
         await answer(turn, llm, ToolRegistry([]), QUESTION)
     assert len(_text(events)) <= 1_000 and llm.open == 0
+    # No usage came: the prompt, estimated, and a token for each chunk received
+    # (20 sent, the 21st past the limit).
+    assert (turn.prompt_tokens, turn.completion_tokens) == (estimate_prompt_tokens(QUESTION), 21)
 
     faq = SlowFAQ(llm, [False])
     turn = Turn(send, ToolContext("r2"), max_chars=5)
@@ -219,6 +223,26 @@ async def test_direct_streams_the_routers_own_text(autojump_clock: trio.abc.Cloc
     assert turn.path == "direct" and turn.finish_reason == "length"
     assert _text(events) == "Hello there" and kinds(events) == ["Route", "Token"]
     assert llm.calls == 1 and llm.open == 0
+
+
+async def test_usage_is_the_llms_or_else_what_streamed(autojump_clock: trio.abc.Clock) -> None:
+    """A call that ends reports its usage, counted once; a call cancelled part
+    way counts its prompt, estimated, and a token for each chunk it streamed."""
+    script = [
+        TextDelta("It"),
+        TextDelta(" is"),
+        TextDelta(" 5."),
+        Completion("", (), "stop", Usage(7, 3)),
+    ]
+    llm = ScriptedLLM([script, script])
+    _, turn = recorder()
+    await answer(turn, llm, ToolRegistry([Adder()]), QUESTION)
+    assert (turn.prompt_tokens, turn.completion_tokens) == (7, 3)
+
+    _, turn = recorder()
+    with trio.move_on_after(2.5):  # two chunks in
+        await answer(turn, llm, ToolRegistry([Adder()]), QUESTION)
+    assert (turn.prompt_tokens, turn.completion_tokens) == (estimate_prompt_tokens(QUESTION), 2)
 
 
 async def test_path_a_runs_the_tools_then_a_second_call_with_their_results(
