@@ -1,14 +1,11 @@
 """Cancel to upstream close: from a ``cancel`` frame to the LLM connection closing.
 
-The load generator stamps ``time.monotonic()`` just before it sends each
-``cancel`` (``Record.abort_at``); ``closewatch.py``, between chatd and the
-simulator, stamps the same clock when chatd closes an upstream connection
-and notes the user message of the last request on it. Every message is
-unique, so a cancelled chat's close is the first one closed by chatd for its
-message at or after the stamp. A cancel with none is counted as *no close
-seen* (say, the answer ended and the connection went back to the pool before
-the cancel arrived); one whose connection was already closed by chatd
-before the stamp as *closed before*.
+The users stamp ``time.monotonic()`` just before each ``cancel`` (``Record.abort_at``);
+``closewatch.py``, between chatd and the simulator, stamps the same clock when chatd closes an
+upstream connection and names the last request's user message on it. Messages are unique, so a
+cancel's close is chatd's first close for its message at or after the stamp; with none, the
+cancel is *no close seen* (the answer may have ended first), or *closed before* if chatd
+closed one before the stamp.
 """
 
 from __future__ import annotations
@@ -29,13 +26,9 @@ __all__ = ["cancel_to_close", "match_closes", "read_closes"]
 
 def read_closes(log: Path) -> list[dict[str, Any]]:
     """The ``closed`` lines of a closewatch log."""
-    closes = []
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            if record.get("event") == "closed":
-                closes.append(record)
-    return closes
+    lines = log.read_text(errors="replace").splitlines()
+    records = (json.loads(line) for line in lines if line.startswith("{"))
+    return [r for r in records if r.get("event") == "closed"]
 
 
 def match_closes(

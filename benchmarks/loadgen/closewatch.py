@@ -1,26 +1,17 @@
 """A TCP proxy in front of the simulator that notes when each connection is closed.
 
-``python benchmarks/loadgen/closewatch.py --target HOST:PORT`` listens on a
-free loopback port and prints a JSON line with its ``url``; chatd's
-``--llm-url`` then points at it. Every connection it accepts gets one to the
-target, and bytes are copied both ways untouched. When either side ends it
-(EOF or reset) it closes both and prints one JSON line::
-
-    {"event": "closed", "at": 12345.678901, "by": "client", "message": "tell me …"}
-
-``at`` is ``time.monotonic()`` (CLOCK_MONOTONIC: the load generator's clock
-too, so the two can be subtracted); ``by`` is ``client`` (chatd closed it, as
-it does on a cancel) or ``target``; ``message`` is the last user message of
-the last request the client sent on it, which names the chat it served.
-
-The simulator cannot say when a connection closed, only count it; this is
-the smallest addition that can, without touching chatd. It sees chatd's
-close one loopback hop before the simulator would.
+``python benchmarks/loadgen/closewatch.py --target HOST:PORT`` listens on a free loopback port
+and prints a JSON line with its ``url`` (chatd's ``--llm-url`` then points at it). It copies
+bytes both ways untouched; when either side ends a connection it closes both and prints
+``{"event": "closed", "at": …, "by": "client", "message": "tell me …"}``: ``at`` is
+``time.monotonic()`` (the load generator's clock too), ``by`` is ``client`` (chatd closed it)
+or ``target``, ``message`` the last user message of the last request on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -29,8 +20,7 @@ import orjson
 import trio
 
 READ_SIZE = 65536
-# Only the head and body of the latest request are kept; a body longer than
-# this (a long history) is cut and its message not found.
+# Only the latest request is kept; a body longer than this is cut and its message not found.
 MAX_REQUEST_BYTES = 256 * 1024
 
 
@@ -58,19 +48,6 @@ class LastRequest:
         return users[-1] if users and isinstance(users[-1], str) else None
 
 
-async def pump(
-    source: trio.SocketStream, sink: trio.SocketStream, seen: LastRequest | None
-) -> None:
-    """Copy ``source`` to ``sink`` until ``source`` ends or either breaks."""
-    try:
-        while data := await source.receive_some(READ_SIZE):
-            if seen is not None:
-                seen.feed(data)
-            await sink.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
 async def proxy(client: trio.SocketStream, host: str, port: int) -> None:
     """One connection: copy both ways; report which side ended it, and when."""
     seen = LastRequest()
@@ -82,30 +59,31 @@ async def proxy(client: trio.SocketStream, host: str, port: int) -> None:
             return
         async with target, trio.open_nursery() as nursery:
 
-            async def one_way(
-                source: trio.SocketStream, sink: trio.SocketStream, by: str, watch: bool
-            ) -> None:
-                await pump(source, sink, seen if watch else None)
+            async def pump(source: trio.SocketStream, sink: trio.SocketStream, by: str) -> None:
+                """Copy ``source`` to ``sink`` until ``source`` ends or either breaks."""
+                try:
+                    while data := await source.receive_some(READ_SIZE):
+                        if by == "client":
+                            seen.feed(data)
+                        await sink.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
                 ended.append((time.monotonic(), by))
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(one_way, client, target, "client", True)
-            nursery.start_soon(one_way, target, client, "target", False)
+            nursery.start_soon(pump, client, target, "client")
+            nursery.start_soon(pump, target, client, "target")
     at, by = ended[0] if ended else (time.monotonic(), "proxy")
     line = {"event": "closed", "at": at, "by": by, "message": seen.message()}
     print(json.dumps(line), flush=True)
 
 
 async def serve(target: str) -> None:
-    host, _, port_text = target.rpartition(":")
-    port = int(port_text)
+    host, _, port = target.rpartition(":")
+    handler = functools.partial(proxy, host=host, port=int(port))
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     bound = listeners[0].socket.getsockname()[1]
     print(json.dumps({"event": "listening", "url": f"http://127.0.0.1:{bound}"}), flush=True)
-
-    async def handler(client: trio.SocketStream) -> None:
-        await proxy(client, host, port)
-
     await trio.serve_listeners(handler, listeners)
 
 

@@ -1,14 +1,7 @@
-"""The comparisons issue 6 asks for in one run, measured by the benchmarks that own them.
-
-- flights and the answer cache on against off: ``bench_resilience.measure_storm``
-  (two waves of N identical chats; upstream calls, TTFT), each configuration
-  with its own simulator and chatd;
-- Path B against Path A time to first token: ``bench_pipeline.measure_ttft``
-  (rounds of one request per path, side by side, each cancelled at its first token);
-- request logs on against off: ``bench_observability.run_end_to_end`` (chatd CPU
-  per request, the configurations taking turns, ABBA).
-
-This module only sizes them, runs them and keeps the figures the targets need.
+"""The comparisons issue 6 asks for, measured by the benchmarks that own them, with fresh
+processes each: flights and the answer cache on against off (``bench_resilience``), Path B
+against Path A TTFT (``bench_pipeline``), request logs on against off
+(``bench_observability``). This module sizes them, runs them and keeps the target's figures.
 """
 
 from __future__ import annotations
@@ -26,6 +19,10 @@ from bench_resilience import measure_storm, storm_env
 from loadgen.rig import rig_running
 
 __all__ = ["logging_on_off", "path_ttft", "storm_on_off"]
+
+LOG_FIGURES = ("requests", "chatd_cpu_us_per_request", "chatd_cpu_us_per_request_by_round",
+               "log_lines_per_request", "request_p50_ms", "request_p95_ms", "chatd_cpu_busy",
+               "machine_cores_busy", "env")  # fmt: skip
 
 
 def storm_on_off(chatd_path: Path, n: int, connections: int) -> dict[str, Any]:
@@ -58,21 +55,14 @@ def logging_on_off(chatd_path: Path, connections: int, chats: int, rounds: int) 
     with tempfile.TemporaryDirectory(prefix="targets-logging-") as tmp:
         configs = configs_for(Path(tmp), include_text=False, control=False)
         measured = run_end_to_end(params, configs, chatd_path, Path(tmp))
-    keep = ("requests", "chatd_cpu_us_per_request", "chatd_cpu_us_per_request_by_round",
-            "log_lines_per_request", "request_p50_ms", "request_p95_ms", "chatd_cpu_busy",
-            "machine_cores_busy")  # fmt: skip
-    by_label = {
-        label: {k: c[k] for k in keep} | {"env": c["env"]}
-        for label, c in measured["configs"].items()
-    }
-    on, off = by_label["logs-on"], by_label["logs-off"]
-    key = "chatd_cpu_us_per_request"
+    by_label = {label: {k: c[k] for k in LOG_FIGURES} for label, c in measured["configs"].items()}
+    on, off = (by_label[label]["chatd_cpu_us_per_request"] for label in ("logs-on", "logs-off"))
     return {
         "connections": connections,
         "chats_per_connection": chats,
         "rounds": rounds,
         "sim": {"ttft_ms": params.sim_ttft_ms, "tokens_per_s": params.sim_tokens_per_s},
         "configs": by_label,
-        "cpu_on_over_off": round(on[key] / off[key], 3),
-        "cpu_on_minus_off_us": round(on[key] - off[key], 1),
+        "cpu_on_over_off": round(on / off, 3),
+        "cpu_on_minus_off_us": round(on - off, 1),
     }

@@ -1,17 +1,15 @@
 """The floor and the capacity: chatd's CPU per streamed token against the bare relay's.
 
-The same load goes to chatd and to ``benchmarks/relay.py`` (each with its own
-fresh simulator): N virtual users asking chit-chat questions back to back
-(the ``direct`` path), so N streams at the simulator's rate are open at once.
-Rounds alternate the order (relay, chatd; chatd, relay; ...) so drift in the
-machine's load falls on both. CPU per token is the server's utime + stime
-over the users' run divided by the LLM's tokens (``usage.completion_tokens``);
-the capacity it implies is one core's worth of tokens per second, and that
-over the per-stream rate: how many such streams one core could relay.
+The same load (N users asking chit-chat back to back) goes to chatd and to
+``benchmarks/relay.py``, each with a fresh simulator, in rounds that alternate the order so
+drift in the machine's load falls on both. CPU per token is the server's utime + stime over
+the users' run per LLM token; the capacity it implies is one core's worth of tokens per second
+and, over the per-stream rate, of such streams.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,31 +25,28 @@ SERVERS: tuple[Server, ...] = ("relay", "chatd")
 
 def per_token(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One server's runs summed: CPU per token and per frame, what was asked and answered."""
-
-    def total(key: str) -> float:
-        return float(sum(r[key] for r in runs))
-
-    tokens = max(1.0, total("tokens"))
-    errors: dict[str, int] = {}
+    total = {k: float(sum(r[k] for r in runs)) for k in ("tokens", "chatd_cpu_s", "wall_s")}
+    tokens, cpu_s, wall_s = max(1.0, total["tokens"]), total["chatd_cpu_s"], total["wall_s"]
+    token_frames = sum(r["token_frames"] for r in runs)
+    errors: collections.Counter[str] = collections.Counter()
     for r in runs:
-        for code, n in r["errors_by_code"].items():
-            errors[code] = errors.get(code, 0) + n
+        errors.update(r["errors_by_code"])
     return {
         "runs": len(runs),
-        "requests": int(total("requests")),
-        "answered": int(total("answered")),
-        "errors_by_code": errors,
-        "tokens": int(total("tokens")),
-        "token_frames": int(total("token_frames")),
-        "tokens_per_token_frame": round(tokens / max(1.0, total("token_frames")), 2),
-        "cpu_s": round(total("chatd_cpu_s"), 3),
-        "wall_s": round(total("wall_s"), 2),
-        "cpu_busy": round(total("chatd_cpu_s") / max(1e-9, total("wall_s")), 3),
-        "us_per_token": round(total("chatd_cpu_s") / tokens * 1e6, 1),
+        "requests": sum(r["requests"] for r in runs),
+        "answered": sum(r["answered"] for r in runs),
+        "errors_by_code": dict(errors),
+        "tokens": int(total["tokens"]),
+        "token_frames": token_frames,
+        "tokens_per_token_frame": round(tokens / max(1.0, token_frames), 2),
+        "cpu_s": round(cpu_s, 3),
+        "wall_s": round(wall_s, 2),
+        "cpu_busy": round(cpu_s / max(1e-9, wall_s), 3),
+        "us_per_token": round(cpu_s / tokens * 1e6, 1),
         "us_per_token_by_run": [
             round(r["chatd_cpu_s"] / max(1, r["tokens"]) * 1e6, 1) for r in runs
         ],
-        "achieved_tokens_per_s": round(tokens / max(1e-9, total("wall_s")), 1),
+        "achieved_tokens_per_s": round(tokens / max(1e-9, wall_s), 1),
         "overhead_p99_ms_by_run": [r["overhead"].get("p99_ms") for r in runs],
         "machine_cores_busy_by_run": [r["machine_cores_busy"] for r in runs],
     }
@@ -66,19 +61,8 @@ def capacity(us_per_token: float, stream_tokens_per_s: float) -> dict[str, float
     }
 
 
-def floor_and_capacity(
-    chatd_path: Path,
-    users: int,
-    duration_s: float,
-    ramp_s: float,
-    rounds: int,
-    ttft_ms: float = 300.0,
-    tokens_per_s: float = 40.0,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """``rounds`` of the same load against the relay and chatd, alternating."""
-    plan = Plan(users=users, duration_s=duration_s, ramp_s=ramp_s, think_s=0.0,
-                ttft_ms=ttft_ms, tokens_per_s=tokens_per_s, progress=progress)  # fmt: skip
+def floor_and_capacity(chatd_path: Path, plan: Plan, rounds: int) -> dict[str, Any]:
+    """``rounds`` of chit-chat at ``plan`` against the relay and chatd, alternating."""
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SERVERS}
     for round_no in range(rounds):
         for server in SERVERS if round_no % 2 == 0 else SERVERS[::-1]:
@@ -86,17 +70,16 @@ def floor_and_capacity(
     servers = {s: per_token(runs[s]) for s in SERVERS}
     chatd_us, relay_us = servers["chatd"]["us_per_token"], servers["relay"]["us_per_token"]
     return {
-        "users": users,
-        "tokens_per_s_each": tokens_per_s,
-        "ttft_ms": ttft_ms,
-        "duration_s": duration_s,
-        "ramp_s": ramp_s,
+        "users": plan.users,
+        "tokens_per_s_each": plan.tokens_per_s,
+        "ttft_ms": plan.ttft_ms,
+        "duration_s": plan.duration_s,
+        "ramp_s": plan.ramp_s,
         "rounds": rounds,
-        "demanded_tokens_per_s": round(users * tokens_per_s),
+        "demanded_tokens_per_s": round(plan.users * plan.tokens_per_s),
         "servers": servers,
         "chatd_over_relay": round(chatd_us / max(relay_us, 1e-9), 2),
-        "chatd_capacity": capacity(chatd_us, tokens_per_s),
-        "relay_capacity": capacity(relay_us, tokens_per_s),
-        # The first run of each, for the throughput and CPU plot.
-        "samples": {s: runs[s][0]["samples"] for s in SERVERS},
+        "chatd_capacity": capacity(chatd_us, plan.tokens_per_s),
+        "relay_capacity": capacity(relay_us, plan.tokens_per_s),
+        "samples": {s: runs[s][0]["samples"] for s in SERVERS},  # the first run's, for the plot
     }

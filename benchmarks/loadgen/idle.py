@@ -1,14 +1,9 @@
 """Idle connections: the server's resident memory per open WebSocket that sends nothing.
 
-A warm-up comes first (a few connections each ask a chit-chat question, then
-close), so code paths, the upstream pool and the allocator's arenas are in
-place; the server's RSS is read once it has let go of them. Then
-``connections`` WebSockets are opened, ``batch`` handshakes at a time (the
-listen backlog is finite), and RSS is read after every ``step`` of them; once
-all are open they sit for ``settle_s`` without a frame and RSS is read again.
-The figure is (RSS then − RSS before) / connections; the least-squares slope
-of RSS over the steps is reported beside it as a check. For chatd, its
-``chatd_active_connections`` gauge says how many it really held.
+After a warm-up (a few connections ask a question, then close) and ``settle_s``, RSS is read;
+then ``connections`` WebSockets open, ``batch`` handshakes at a time, RSS read after every
+``step`` of them and once more ``settle_s`` after the last. The figure is (RSS then − RSS
+before) / connections, beside the least-squares slope over the steps as a check.
 """
 
 from __future__ import annotations
@@ -33,23 +28,19 @@ def kib_per_connection(points: Sequence[tuple[int, int]]) -> dict[str, float]:
     """From (open connections, RSS KiB) points, the first at 0 connections: the RSS
     delta of the last point over its connections, and the slope through all of them."""
     (n0, rss0), (n1, rss1) = points[0], points[-1]
-    slope = (
-        statistics.linear_regression([n for n, _ in points], [r for _, r in points]).slope
-        if len(points) > 2
-        else (rss1 - rss0) / max(1, n1 - n0)
-    )
+    delta = (rss1 - rss0) / max(1, n1 - n0)
+    xs, ys = [n for n, _ in points], [rss for _, rss in points]
+    slope = statistics.linear_regression(xs, ys).slope if len(points) > 2 else delta
     return {
-        "delta_kib_per_connection": round((rss1 - rss0) / max(1, n1 - n0), 2),
+        "delta_kib_per_connection": round(delta, 2),
         "slope_kib_per_connection": round(slope, 2),
     }
 
 
 def metric_value(exposition: str, name: str) -> float | None:
     """The value of an unlabelled sample ``name`` in Prometheus text, or None."""
-    for line in exposition.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+    lines = exposition.splitlines()
+    return next((float(line.split()[1]) for line in lines if line.startswith(name + " ")), None)
 
 
 async def chatd_metric(rig: Rig, name: str) -> float | None:
@@ -62,22 +53,15 @@ async def chatd_metric(rig: Rig, name: str) -> float | None:
         return metric_value(response.text, name)
 
 
-async def warm_up(rig: Rig, connections: int = 5) -> None:
-    """A chit-chat question on each of a few connections, then close them."""
-    async with trio.open_nursery() as nursery:
-        sockets: list[WebSocketConnection] = []
-        for _ in range(connections):
-            sockets.append(await connect_websocket_url(nursery, rig.ws_url))
-        await load_round(sockets, 7_000, 1)
-        for ws in sockets:
-            await ws.aclose()
-
-
 async def measure_idle(
     rig: Rig, connections: int, step: int, batch: int = 50, settle_s: float = 1.0
 ) -> dict[str, Any]:
     """Open ``connections`` idle WebSockets to ``rig``'s server; its RSS along the way."""
-    await warm_up(rig)
+    async with trio.open_nursery() as nursery:  # the warm-up: a question on each of 5
+        sockets = [await connect_websocket_url(nursery, rig.ws_url) for _ in range(5)]
+        await load_round(sockets, 7_000, 1)
+        for ws in sockets:
+            await ws.aclose()
     await trio.sleep(settle_s)
     points = [(0, rig.server.rss_kib())]
     held: list[WebSocketConnection] = []

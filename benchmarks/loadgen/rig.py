@@ -1,13 +1,9 @@
 """The rig of one run: a simulator and a chatd (or the bare relay) as subprocesses.
 
-Processes start through ``loadgen.processes.start_process`` (a log file each, the
-first JSON log line with a ``url``). The server's CPU comes from
-/proc/PID/stat, its RSS from VmRSS in /proc/PID/status; the simulator's
-counters and faults through its ``/_sim/*`` endpoints. A sampler records a
-time series (CPU, RSS, tokens, connections) once a second for the report and
-the plots; the outage controller switches the simulator's fault on and off
-mid-run. With ``watch_closes`` the server reaches the simulator through
-``closewatch.py``, which notes when each upstream connection closes.
+With ``watch_closes`` the server reaches the simulator through ``closewatch.py``, which notes
+when each upstream connection closes. Also here: the simulator's counters and faults
+(``/_sim/*``), a sampler of the server's CPU and RSS and the run's counters, and the outage
+controller that switches the simulator's fault on and off mid-run.
 """
 
 from __future__ import annotations
@@ -33,21 +29,19 @@ from loadgen.processes import (
 from loadgen.scenarios import Outage
 from loadgen.users import RunState
 
-__all__ = ["Rig", "rig_running", "run_outage", "sample_forever", "start_rig"]
+__all__ = ["Rig", "rig_running", "run_outage", "sample_forever", "set_fault", "sim_stats"]
 
 BENCHMARKS = Path(__file__).resolve().parent.parent
-RELAY = BENCHMARKS / "relay.py"
-CLOSEWATCH = BENCHMARKS / "loadgen" / "closewatch.py"
 Server = Literal["chatd", "relay"]
 
 
 @attrs.frozen
 class Rig:
-    """The simulator and the server under load of one run (and the close watcher, if any)."""
+    """The simulator, the server under load (chatd or ``benchmarks/relay.py``) and the close
+    watcher, if any, of one run."""
 
     sim: Process
     server: Process
-    """chatd, or the bare relay (``benchmarks/relay.py``)."""
     closewatch: Process | None = None
 
     @property
@@ -69,36 +63,6 @@ class Rig:
         return [p for p in (self.sim, self.closewatch, self.server) if p is not None]
 
 
-def start_rig(
-    workdir: Path,
-    chatd_path: Path,
-    ttft_ms: float,
-    tokens_per_s: float,
-    chatd_env: Mapping[str, str],
-    stack: contextlib.ExitStack,
-    server: Server = "chatd",
-    watch_closes: bool = False,
-) -> Rig:
-    """Start ``chatd sim-llm`` and ``chatd serve`` (or the relay) against it; all die with
-    ``stack``."""
-    sim = start_sim(workdir, chatd_path, ttft_ms, tokens_per_s, stack)
-    llm_url = sim.listening["url"]
-    watcher = None
-    if watch_closes:
-        target = llm_url.removeprefix("http://").removesuffix("/v1")
-        watcher = start_process(
-            "closewatch", ["--target", target], workdir, clean_env(chatd_path), stack, CLOSEWATCH
-        )
-        llm_url = watcher.listening["url"] + "/v1"
-    if server == "relay":
-        process = start_process(
-            "relay", ["--port", "0", "--llm-url", llm_url], workdir, clean_env(chatd_path),
-            stack, RELAY,
-        )  # fmt: skip
-        return Rig(sim, process, watcher)
-    return Rig(sim, start_chatd("chatd", llm_url, workdir, chatd_path, stack, chatd_env), watcher)
-
-
 @contextlib.contextmanager
 def rig_running(
     name: str,
@@ -109,14 +73,26 @@ def rig_running(
     server: Server = "chatd",
     watch_closes: bool = False,
 ) -> Iterator[Rig]:
-    """A rig in a temporary directory for the block; its logs' tails on stderr if the
-    block fails, and every process killed after it."""
+    """``chatd sim-llm`` and ``chatd serve`` (or the relay) against it in a temporary
+    directory for the block; their logs' tails on stderr if it fails, all killed after it."""
     with (
         tempfile.TemporaryDirectory(prefix=f"load-{name}-") as tmp,
         contextlib.ExitStack() as stack,
     ):
-        rig = start_rig(Path(tmp), chatd_path, ttft_ms, tokens_per_s, chatd_env or {}, stack,
-                        server, watch_closes)  # fmt: skip
+        workdir, env = Path(tmp), clean_env(chatd_path)
+        sim = start_sim(workdir, chatd_path, ttft_ms, tokens_per_s, stack)
+        llm_url, watcher = sim.listening["url"], None
+        if watch_closes:
+            target = ["--target", llm_url.removeprefix("http://").removesuffix("/v1")]
+            script = BENCHMARKS / "loadgen" / "closewatch.py"
+            watcher = start_process("closewatch", target, workdir, env, stack, script)
+            llm_url = watcher.listening["url"] + "/v1"
+        if server == "relay":
+            args = ["--port", "0", "--llm-url", llm_url]
+            process = start_process("relay", args, workdir, env, stack, BENCHMARKS / "relay.py")
+        else:
+            process = start_chatd("chatd", llm_url, workdir, chatd_path, stack, chatd_env or {})
+        rig = Rig(sim, process, watcher)
         with log_tails_on_failure(rig.processes):
             yield rig
 
@@ -135,7 +111,7 @@ async def set_fault(http: httpx.AsyncClient, **fault: Any) -> None:
 async def sample_forever(
     rig: Rig, run: RunState, samples: list[dict[str, float]], every_s: float = 1.0
 ) -> None:
-    """Append a sample of chatd's CPU and RSS and the run's counters every ``every_s``."""
+    """Append a sample of the server's CPU and RSS and the run's counters every ``every_s``."""
     while True:
         samples.append(
             {

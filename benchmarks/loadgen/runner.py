@@ -1,10 +1,8 @@
 """One scenario, start to finish: its own simulator and chatd, the users, the readings.
 
-Each scenario gets fresh processes, so one's cache, flights, breaker and
-memory do not colour the next. Readings bracket the users: chatd's RSS once
-connected-to-nothing (start) and after the last user closed (end), its peak
-from the once-a-second samples; chatd's CPU and the simulator's request
-counter over the users' run only.
+Fresh processes per scenario, so one's cache, flights, breaker and memory do not colour the
+next. chatd's RSS is read before the users (start), after the last closed (end) and once a
+second (peak); CPU and the simulator's counters over the users' run only.
 """
 
 from __future__ import annotations
@@ -57,13 +55,11 @@ def run_scenario(
     with rig_running(scenario.name, chatd_path, plan.ttft_ms, plan.tokens_per_s,
                      scenario.chatd_env, server, watch_closes) as rig:  # fmt: skip
         result, records = trio.run(_measure, scenario, plan, rig)
-        if finish is not None:
-            result.update(finish(rig, records))
-        return result
+        return result | (finish(rig, records) if finish is not None else {})
 
 
 async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> tuple[dict[str, Any], list[Record]]:
-    duration = max(plan.duration_s, scenario.min_duration_s)
+    duration, outage = max(plan.duration_s, scenario.min_duration_s), scenario.behaviour.outage
     run = RunState(
         rig.ws_url, scenario, plan.users, duration, plan.ramp_s, plan.think_s,
         plan.max_requests, plan.seed,
@@ -80,52 +76,46 @@ async def _measure(scenario: Scenario, plan: Plan, rig: Rig) -> tuple[dict[str, 
             watchers.start_soon(sample_forever, rig, run, samples)
             if plan.progress:
                 watchers.start_soon(show_progress, run, scenario.name)
-            if scenario.behaviour.outage is not None:
-                watchers.start_soon(run_outage, http, run, scenario.behaviour.outage, marks)
+            if outage is not None:
+                watchers.start_soon(run_outage, http, run, outage, marks)
             await run_users(run)
             watchers.cancel_scope.cancel()
         used = usage.stop()
-        wall, cpu = used["wall_s"], used["chatd_cpu_s"]
-        rig_cpu = cpu + used["sim_cpu_s"] + used["client_cpu_s"]
-        spent = {
-            "chatd_cpu_s": round(cpu, 3),
-            "sim_cpu_s": round(used["sim_cpu_s"], 3),
-            "client_cpu_s": round(used["client_cpu_s"], 3),
-            # The machine is shared: cores busy in all, and the rig's own share.
-            "machine_cores_busy": round(used["machine_busy_s"] / wall, 2),
-            "rig_cores_busy": round(rig_cpu / wall, 2),
-        }
         stats1 = await sim_stats(http)
         await trio.sleep(0.5)  # let chatd let go of the closed connections
         rss_end = rig.server.rss_kib()
+    wall, cpu = used["wall_s"], used["chatd_cpu_s"]
     result = summarise(run.records, wall, plan.ttft_ms, plan.tokens_per_s)
     calls = stats1["requests"] - stats0["requests"]
-    result.update(
-        {
-            "scenario": scenario.name,
-            "description": scenario.description,
-            "duration_s": duration,
-            "chatd_env": dict(scenario.chatd_env),
-            "client_errors": dict(run.errors),
-            **spent,
-            "chatd_cpu_busy": round(cpu / wall, 3),
-            # None when no LLM streamed (Path B only): no tokens to divide by.
-            "chatd_cpu_s_per_1k_tokens": (
-                round(cpu / result["tokens"] * 1000, 4) if result["tokens"] else None
-            ),
-            "chatd_rss_kib": {
-                "start": rss_start,
-                "peak": max([rss_start, *(s["chatd_rss_kib"] for s in samples)]),
-                "end": rss_end,
-            },
-            "upstream_calls": calls,
-            "upstream_calls_per_answered": round(calls / max(1, result["answered"]), 3),
-            "upstream_calls_per_request": round(calls / max(1, result["requests"]), 3),
-            "chatd_cpu_ms_per_request": round(cpu / max(1, result["requests"]) * 1000, 2),
-            "sim_client_disconnects": stats1["client_disconnects"] - stats0["client_disconnects"],
-            "samples": samples,
-        }
-    )
-    if scenario.behaviour.outage is not None:
+    result |= {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "duration_s": duration,
+        "chatd_env": dict(scenario.chatd_env),
+        "client_errors": dict(run.errors),
+        "chatd_cpu_s": round(cpu, 3),
+        "sim_cpu_s": round(used["sim_cpu_s"], 3),
+        "client_cpu_s": round(used["client_cpu_s"], 3),
+        # The machine is shared: cores busy in all, and the rig's own share.
+        "machine_cores_busy": round(used["machine_busy_s"] / wall, 2),
+        "rig_cores_busy": round((cpu + used["sim_cpu_s"] + used["client_cpu_s"]) / wall, 2),
+        "chatd_cpu_busy": round(cpu / wall, 3),
+        # None when no LLM streamed (Path B only): no tokens to divide by.
+        "chatd_cpu_s_per_1k_tokens": (
+            round(cpu / result["tokens"] * 1000, 4) if result["tokens"] else None
+        ),
+        "chatd_rss_kib": {
+            "start": rss_start,
+            "peak": max([rss_start, *(s["chatd_rss_kib"] for s in samples)]),
+            "end": rss_end,
+        },
+        "upstream_calls": calls,
+        "upstream_calls_per_answered": round(calls / max(1, result["answered"]), 3),
+        "upstream_calls_per_request": round(calls / max(1, result["requests"]), 3),
+        "chatd_cpu_ms_per_request": round(cpu / max(1, result["requests"]) * 1000, 2),
+        "sim_client_disconnects": stats1["client_disconnects"] - stats0["client_disconnects"],
+        "samples": samples,
+    }
+    if outage is not None:
         result["outage"] = outage_phases(run.records, marks)
     return result, run.records

@@ -1,10 +1,8 @@
-"""Scenarios: what the virtual users ask (kinds of message) and how they behave.
+"""Scenarios: what the virtual users ask (kinds of message) and how they behave (pure).
 
-A :class:`Kind` makes unique messages of one sort and names the path chatd
-should take for them; a :class:`Scenario` is a weighted set of kinds plus a
-:class:`Behaviour` (cancels, drops, synchronised waves, an upstream outage)
-and any chatd settings it needs. Everything here is pure and deterministic
-given the random generator, so the mixes can be tested.
+A :class:`Kind` makes unique messages of one sort and names the path chatd should take for
+them; a :class:`Scenario` is a weighted set of kinds, a :class:`Behaviour` and any chatd
+settings it needs.
 """
 
 from __future__ import annotations
@@ -17,8 +15,8 @@ from bench_pipeline import FILLERS, unique_chit_chat
 
 __all__ = ["KINDS", "SCENARIOS", "Behaviour", "Kind", "Outage", "Scenario"]
 
-# Entries of the bundled FAQ that its search answers with full confidence, so
-# the router streams the FAQ answer (Path B). The run checks the path taken.
+# Bundled FAQ entries its search answers with full confidence: the router streams the FAQ
+# answer (Path B). The run checks the path taken.
 FAQ_QUESTIONS = (
     "How do I reset my password?",
     "Where is my order?",
@@ -30,10 +28,9 @@ FAQ_QUESTIONS = (
 
 
 def unique_faq(n: int) -> str:
-    """The ``n``-th FAQ question: one of :data:`FAQ_QUESTIONS` behind a two-word
-    prefix of stop words (see ``bench_pipeline.FILLERS``), so the answer cache
-    and shared flights never answer it yet the FAQ search sees the same terms.
-    Unique for ``n`` below 625 × len(FAQ_QUESTIONS); after that it repeats."""
+    """The ``n``-th FAQ question behind a two-word prefix of stop words (``FILLERS``): the
+    cache and shared flights never answer it, the FAQ search sees the same terms. Unique for
+    ``n`` below 625 × len(FAQ_QUESTIONS)."""
     question = FAQ_QUESTIONS[n % len(FAQ_QUESTIONS)]
     first, second = divmod((n // len(FAQ_QUESTIONS)) % 625, len(FILLERS))
     return f"{FILLERS[first]} {FILLERS[second]} {question}"
@@ -46,18 +43,14 @@ def unique_arithmetic(n: int) -> str:
 
 
 def storm_message(wave: int) -> str:
-    """The message of storm wave ``wave``: the same for every user in that wave,
-    new for each wave so the answer cache does not serve the next one."""
+    """Storm wave ``wave``'s message: every user's in that wave, new each wave (no cache)."""
     return unique_chit_chat(5_000_000 + wave)
 
 
 @attrs.frozen
 class Kind:
-    """One sort of message: how to make the ``n``-th, and what chatd should do with it.
-
-    ``sim_calls`` is how many LLM calls come one after the other before the
-    first answer token (2 for Path A: the router call, then the answer call).
-    """
+    """One sort of message: how to make the ``n``-th, and what chatd should do with it;
+    ``sim_calls`` LLM calls come one after the other before its first answer token."""
 
     name: str
     path: str
@@ -85,23 +78,21 @@ class Outage:
 
 @attrs.frozen
 class Behaviour:
-    """How users act beyond asking: cancel or drop mid-answer, ask in waves."""
+    """How users act beyond asking: a request is cancelled (``cancel_p``) or its connection
+    dropped (``drop_p``) a uniform ``abort_after_s`` after it was sent; with ``wave_s`` every
+    user sends the wave's message at multiples of it (a storm); an upstream ``outage``."""
 
     cancel_p: float = 0.0
-    """Chance a request is cancelled (``cancel`` frame) after a random delay."""
     drop_p: float = 0.0
-    """Chance the user drops its TCP connection mid-answer instead (then reconnects)."""
     abort_after_s: tuple[float, float] = (0.05, 1.0)
-    """The delay before a cancel or drop, uniform in this range, from sending ``chat``."""
     wave_s: float | None = None
-    """If set, every user sends at the same instants, multiples of this from the
-    start, and the message is the wave's: a storm of identical questions."""
     outage: Outage | None = None
 
 
 @attrs.frozen
 class Scenario:
-    """A named, weighted set of kinds, a behaviour, and the chatd settings it needs."""
+    """A named, weighted set of kinds, a behaviour, the chatd settings it needs, and the
+    least it runs whatever the plan says (an outage needs time to recover)."""
 
     name: str
     description: str
@@ -109,7 +100,6 @@ class Scenario:
     behaviour: Behaviour = Behaviour()
     chatd_env: Mapping[str, str] = attrs.field(factory=dict)
     min_duration_s: float = 0.0
-    """Runs at least this long, whatever the plan says (the outage needs time to recover)."""
 
     def pick(self, rng: random.Random) -> Kind:
         """A kind, drawn by weight."""
@@ -121,15 +111,10 @@ class Scenario:
 
     def abort(self, rng: random.Random) -> tuple[str, float] | None:
         """Whether this request is cut short: (``"cancel"`` or ``"drop"``, delay s), or None."""
-        b = self.behaviour
-        draw = rng.random()
-        if draw < b.cancel_p:
-            action = "cancel"
-        elif draw < b.cancel_p + b.drop_p:
-            action = "drop"
-        else:
+        b, draw = self.behaviour, rng.random()
+        if draw >= b.cancel_p + b.drop_p:
             return None
-        return action, rng.uniform(*b.abort_after_s)
+        return "cancel" if draw < b.cancel_p else "drop", rng.uniform(*b.abort_after_s)
 
 
 SCENARIOS: Mapping[str, Scenario] = {
@@ -155,8 +140,8 @@ SCENARIOS: Mapping[str, Scenario] = {
             "chit-chat; the LLM answers 503 from 30% to 60% of the run",
             {"chitchat": 1},
             Behaviour(outage=Outage()),
-            # The default 30 s open timeout would outlast a short run: the
-            # breaker must get the chance to probe and close again.
+            # The default 30 s open timeout would outlast a short run: the breaker must
+            # get the chance to probe and close again.
             {"CHATD_BREAKERS_LLM_OPEN_TIMEOUT_S": "1"},
             min_duration_s=8.0,
         ),

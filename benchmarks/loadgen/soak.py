@@ -1,13 +1,8 @@
 """Soak: does chatd's memory settle, or grow with the requests it has served?
 
-One chatd, against a simulator fast enough (a few ms to first token, thousands
-of tokens/s) that tens of thousands of requests take minutes. The virtual
-users run in phases, each to a request count (the numbering of unique
-questions carries on from phase to phase); after each phase every user has
-closed its connection, the run waits ``settle_s``, and chatd's RSS is read
-together with its answer-cache size (a bounded cache fills as unique
-questions pass through it: that growth is by design, up to its bound). A
-sampler keeps RSS against requests sent for the plot.
+The users run in phases, each to a request count (unique questions numbered on from phase to
+phase); after each, every connection closed and ``settle_s`` later, chatd's RSS and its
+answer-cache size are read. A sampler keeps RSS against requests sent for the plot.
 """
 
 from __future__ import annotations
@@ -83,10 +78,7 @@ async def measure_soak(
         "kib_per_cache_entry_gained": (
             round((last["rss_kib"] - first["rss_kib"]) / entries, 2) if entries > 0 else None
         ),
-        "requests": summary["requests"],
-        "answered": summary["answered"],
-        "errors_by_code": summary["errors_by_code"],
-        "cached": summary["cached"],
+        **{k: summary[k] for k in ("requests", "answered", "errors_by_code", "cached")},
         "wall_s": round(wall, 1),
         "samples": samples,
     }

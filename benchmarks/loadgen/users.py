@@ -1,15 +1,10 @@
 """Virtual users: each keeps one WebSocket connection and asks one chat at a time.
 
-A user starts at its place in the ramp-up, then loops: think, pick a kind,
-send ``chat``, read that request's events to its terminal one (cancelling or
-dropping the connection on the way if the scenario says so), record what it
-saw. It stops sending at the run's deadline or once the run has sent its
-request count; the request in flight finishes (bounded by a timeout).
-
-The load generator shares the machine's cores with chatd and the simulator,
-so the per-frame path is kept lean: one ``orjson.loads`` and a few
-comparisons per frame (:func:`loadgen.chat.note_event`), no task per request,
-and no reader task beside trio-websocket's own.
+A user starts at its place in the ramp-up, then loops: think, pick a kind, send ``chat``, read
+that request's events to its terminal one (cancelling or dropping the connection on the way if
+the scenario says so), record what it saw. It stops at the run's deadline or request count.
+The per-frame path is kept lean (one ``orjson.loads`` and :func:`loadgen.chat.note_event`, no
+task per request): the load generator shares the machine's cores with chatd and the simulator.
 """
 
 from __future__ import annotations
@@ -46,10 +41,12 @@ CLOSE_TIMEOUT_S = 2.0
 class Record:
     """What one user saw of one request. Times are seconds; ``sent_s`` is from the run's start.
 
-    ``terminal`` is ``done`` or ``error`` (the server's terminal event), ``dropped``
-    (we dropped the connection first), ``closed`` (the server closed it first) or
-    ``client_timeout``. ``action`` is ``cancel`` or ``drop`` when one was carried
-    out before the terminal event.
+    ``terminal`` is ``done`` or ``error`` (the server's terminal event), ``dropped`` (we
+    dropped the connection first), ``closed`` (the server closed it first) or
+    ``client_timeout``; ``action`` is ``cancel`` or ``drop`` if one was carried out before it.
+    ``tokens`` are the LLM's ``usage.completion_tokens`` (none for Path B), ``chars`` the
+    answer's; ``abort_at`` is ``time.monotonic()`` just before the cancel or drop, the clock
+    ``closewatch.py`` stamps too.
     """
 
     kind: str
@@ -67,19 +64,17 @@ class Record:
     cached: bool = False
     server_ttft_ms: float | None = None
     tokens: int = 0
-    """The LLM's ``usage.completion_tokens`` (0 for a Path B answer: no LLM streams it)."""
     chars: int = 0
-    """Characters of answer text received."""
     token_frames: int = 0
     frames: int = 0
     abort_at: float | None = None
-    """``time.monotonic()`` just before the ``cancel`` frame was sent or the connection
-    dropped: the clock other processes on the machine read too (``closewatch.py``)."""
 
 
 @attrs.define
 class RunState:
-    """Bounds, shared counters (read by the progress bar) and the records of one run."""
+    """Bounds, shared counters (read by the progress bar) and the records of one run.
+    Unique messages are numbered from ``message_offset``: a later run on the same chatd starts
+    past the earlier one's count, so no question is asked twice."""
 
     url: str
     scenario: Scenario
@@ -90,8 +85,6 @@ class RunState:
     max_requests: int | None = None
     seed: int = 1
     message_offset: int = 0
-    """Where the numbering of unique messages starts: a later run on the same chatd
-    passes past the earlier one's count, so no question is asked twice."""
     t0: float = 0.0
     records: list[Record] = attrs.field(factory=list)
     connected: int = 0
@@ -125,12 +118,9 @@ async def _user(run: RunState, index: int) -> None:
     rng = random.Random(run.seed * 1_000_003 + index)
     await trio.sleep_until(run.t0 + run.ramp_s * index / max(1, run.users))
     while run.may_send():
-        # trio-websocket 0.12 can let a Cancelled out of open_websocket_url: a Ping
-        # from the server answered while our close is under way raises
-        # LocalProtocolError in its reader task (python-trio/trio-websocket#184), and
-        # the context manager re-raises its own cancellation. Loose in run_users'
-        # nursery that Cancelled would cancel every user; in a nursery of its own it
-        # ends this connection only, and the user reconnects.
+        # trio-websocket 0.12 can let a Cancelled out of open_websocket_url (a Ping answered
+        # while our close is under way: python-trio/trio-websocket#184). In a nursery of its
+        # own it ends this connection only, not every user, and the user reconnects.
         async with trio.open_nursery() as guard:
             guard.start_soon(_connection, run, rng, index)
         if guard.cancel_scope.cancelled_caught:
@@ -138,13 +128,9 @@ async def _user(run: RunState, index: int) -> None:
 
 
 async def _connection(run: RunState, rng: random.Random, index: int) -> None:
-    """One connection of a user, asking until the run or the connection ends.
-
-    Connecting and closing are bounded here, not only by trio-websocket's own
-    timeouts: when its handshake times out, or its close handshake does, it
-    still waits for its reader task, which waits for the server to close the
-    socket (chatd's janitor does, after ``idle_connection_s``, 600 s).
-    """
+    """One connection of a user, asking until the run or the connection ends. Connecting and
+    closing are bounded here too: when trio-websocket's own handshake or close times out it
+    still waits for the server to close the socket (chatd's janitor: 600 s)."""
     connected = False
     with trio.CancelScope(deadline=trio.current_time() + CONNECT_TIMEOUT_S) as bound:
         try:
@@ -159,8 +145,8 @@ async def _connection(run: RunState, rng: random.Random, index: int) -> None:
                     run.connected -= 1
                     bound.deadline = trio.current_time() + CLOSE_TIMEOUT_S + 1
         except (HandshakeError, OSError, ConnectionClosed, trio.BrokenResourceError) as exc:
-            # Connection refused, reset, or our own drop surfacing on close: count
-            # failures to connect; a drop was already recorded.
+            # Refused or reset: a failure to connect; our own drop surfacing on close was
+            # already recorded.
             if not isinstance(exc, ConnectionClosed | trio.BrokenResourceError):
                 run.errors[f"connect:{type(exc).__name__}"] += 1
                 await trio.sleep(1.0)
@@ -172,19 +158,19 @@ async def _connection(run: RunState, rng: random.Random, index: int) -> None:
 
 async def _session(run: RunState, ws: WebSocketConnection, rng: random.Random, user: int) -> None:
     """Ask on ``ws`` until the run ends or the connection goes (then the caller reconnects)."""
-    behaviour = run.scenario.behaviour
+    wave_s = run.scenario.behaviour.wave_s
     for k in itertools.count():
-        if behaviour.wave_s is None:
+        if wave_s is None:
             await trio.sleep(rng.uniform(0, 2 * run.think_s) if run.think_s else 0)
         if not run.may_send():
             return
         kind = run.scenario.pick(rng)
-        if behaviour.wave_s is not None:
-            # Waves start once every user is connected: at the ramp's end, then
-            # every wave_s. A user still answering at a wave's start skips it.
+        if wave_s is not None:
+            # Waves start at the ramp's end (every user connected), then every wave_s; a
+            # user still answering at a wave's start skips it.
             first = run.t0 + run.ramp_s
-            wave = max(0, math.ceil((trio.current_time() - first) / behaviour.wave_s))
-            await trio.sleep_until(first + wave * behaviour.wave_s)
+            wave = max(0, math.ceil((trio.current_time() - first) / wave_s))
+            await trio.sleep_until(first + wave * wave_s)
             if not run.may_send():
                 return
             message = kind.make(wave)
@@ -217,19 +203,14 @@ async def _ask(
 ) -> None:
     """Send one chat and read its events into ``record`` until it ends."""
     started = time.perf_counter()
-    cut_at = math.inf
-    if abort is not None:
-        cut_at = trio.current_time() + abort[1]
+    cut_at = math.inf if abort is None else trio.current_time() + abort[1]
     try:
         await ws.send_message(chat_frame(request_id, record.message))
         with trio.move_on_after(REQUEST_TIMEOUT_S):
             while True:
                 with trio.move_on_at(cut_at):
-                    text = await ws.get_message()
-                    event = orjson.loads(text)
-                    if event.get("id") != request_id:
-                        continue
-                    if note_event(record, event, started):
+                    event = orjson.loads(await ws.get_message())
+                    if event.get("id") == request_id and note_event(record, event, started):
                         record.duration_s = time.perf_counter() - started
                         _terminal(record, event)
                         return
@@ -237,13 +218,10 @@ async def _ask(
                 # The abort's time came before the terminal event.
                 assert abort is not None
                 cut_at = math.inf
-                record.action = abort[0]
-                record.abort_at = time.monotonic()
+                record.action, record.abort_at = abort[0], time.monotonic()
                 if abort[0] == "cancel":
                     await ws.send_message(cancel_frame(request_id))
-                else:
-                    # As chatd.testing.ChatClient.drop: no close handshake, as a
-                    # network failure would leave it.
+                else:  # no close handshake, as a network failure would leave it
                     await close_stream(ws)
                     record.terminal = "dropped"
                     record.duration_s = time.perf_counter() - started
@@ -251,8 +229,7 @@ async def _ask(
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         record.terminal = "closed"
         record.duration_s = time.perf_counter() - started
-    except BaseException:
-        # Cancelled with the connection (see _user): the request is lost with it.
+    except BaseException:  # cancelled with the connection (see _user): the request is lost
         record.terminal = "closed"
         record.duration_s = time.perf_counter() - started
         run.errors["closed"] += 1
@@ -268,8 +245,7 @@ def _terminal(record: Record, event: dict[str, object]) -> None:
     record.path = str(event.get("path", record.path))
     record.shared = bool(event.get("shared"))
     record.cached = bool(event.get("cached"))
-    usage = event.get("usage")
-    if isinstance(usage, dict):
+    if isinstance(usage := event.get("usage"), dict):
         record.tokens = int(usage.get("completion_tokens") or 0)
     timings = event.get("timings")
     if isinstance(timings, dict) and timings.get("ttft_ms") is not None:

@@ -1,13 +1,12 @@
 """Issue 6's targets, read off a ``targets.py`` result: goal, measured, met or not (pure).
 
-Each :class:`Goal` is a comparison with the issue's number; :func:`target_rows`
-finds the measured figure in the result's sections, says under what load it
-was measured (a quick run is scaled down, and says so) and gives the verdict.
-A section that failed or did not run is *not measured*, never met.
+A section that failed or did not run is *not measured*, never met; each row says under what
+load its figure was taken (a quick run is scaled down, and says so).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ __all__ = ["TARGETS", "Goal", "Target", "target_rows", "verdict"]
 
 Op = Literal["<=", ">=", "=="]
 Section = Mapping[str, Any]
+OPS = {"<=": (operator.le, "≤"), ">=": (operator.ge, "≥"), "==": (operator.eq, "=")}
 
 
 @attrs.frozen
@@ -28,15 +28,10 @@ class Goal:
     unit: str = ""
 
     def met(self, value: float) -> bool:
-        if self.op == "<=":
-            return value <= self.limit
-        if self.op == ">=":
-            return value >= self.limit
-        return value == self.limit
+        return bool(OPS[self.op][0](value, self.limit))
 
     def __str__(self) -> str:
-        sign = {"<=": "≤", ">=": "≥", "==": "="}[self.op]
-        return f"{sign} {self.limit:,g}{self.unit}"
+        return f"{OPS[self.op][1]} {self.limit:,g}{self.unit}"
 
 
 def verdict(value: float | None, goal: Goal) -> str:
@@ -58,18 +53,9 @@ class Target:
 
 
 def _streams_errors(s: Section) -> float:
-    """Everything the users counted as an error (refused or timed-out connections and
-    requests included) but ``lost:`` ones: trio-websocket failing our own close
+    """Every error the users counted but ``lost:`` ones: trio-websocket failing our own close
     (see ``loadgen.users``) is the client's fault, and loses no request."""
     return float(sum(n for k, n in s["client_errors"].items() if not k.startswith("lost:")))
-
-
-def _storm_calls(s: Section) -> float:
-    return float(s["configs"]["on"]["waves"][0]["upstream_calls"])
-
-
-def _b_over_a(kind: str) -> Callable[[Section], float]:
-    return lambda s: float(s["ratios_b_over_a"][kind]["ratio_of_medians"])
 
 
 def _streams_at(s: Section) -> str:
@@ -87,6 +73,10 @@ def _floor_at(s: Section) -> str:
     )
 
 
+def _b_over_a(kind: str) -> Callable[[Section], float]:
+    return lambda s: float(s["ratios_b_over_a"][kind]["ratio_of_medians"])
+
+
 TARGETS: tuple[Target, ...] = (
     Target("1,000 concurrent streams: errors", "streams", Goal("==", 0), _streams_errors,
            _streams_at),
@@ -97,7 +87,8 @@ TARGETS: tuple[Target, ...] = (
     Target("chatd CPU per token ÷ the bare relay's", "floor", Goal("<=", 2, "x"),
            lambda s: s["chatd_over_relay"], _floor_at),
     Target("1,000 identical concurrent questions: upstream calls", "storm", Goal("==", 1),
-           _storm_calls, lambda s: f"{s['n']} identical chats at once, flights and cache on"),
+           lambda s: float(s["configs"]["on"]["waves"][0]["upstream_calls"]),
+           lambda s: f"{s['n']} identical chats at once, flights and cache on"),
     Target("Path B TTFT ÷ Path A (calculator), medians", "paths", Goal("<=", 0.5, "x"),
            _b_over_a("tools_calculator"), lambda s: f"{s['rounds']} rounds, unloaded"),
     Target("Path B TTFT ÷ Path A (unsure FAQ), medians", "paths", Goal("<=", 0.5, "x"),
@@ -120,22 +111,13 @@ def target_rows(sections: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per target: name, goal, measured value, conditions, verdict."""
     rows = []
     for t in TARGETS:
-        section = sections.get(t.section)
-        value: float | None = None
-        conditions = "did not run"
-        if section is not None and "failed" in section:
+        section, value = sections.get(t.section), None
+        if section is None:
+            conditions = "did not run"
+        elif "failed" in section:
             conditions = f"failed: {section['failed']}"
-        elif section is not None:
-            value = t.value(section)
-            conditions = t.conditions(section)
-        rows.append(
-            {
-                "target": t.name,
-                "goal": str(t.goal),
-                "measured": value,
-                "unit": t.goal.unit,
-                "conditions": conditions,
-                "verdict": verdict(value, t.goal),
-            }
-        )
+        else:
+            value, conditions = t.value(section), t.conditions(section)
+        row = {"target": t.name, "goal": str(t.goal), "measured": value, "unit": t.goal.unit}
+        rows.append(row | {"conditions": conditions, "verdict": verdict(value, t.goal)})
     return rows
