@@ -232,7 +232,7 @@ class Pipeline:
                 self.metrics.cancelled("client_cancel")
             elif chat.session:
                 await self._remember(chat, turn)
-            return self._done(request_id, turn, finish, started)
+            return turn.done(request_id, finish, started)
         except* ChatdError as group:
             error = first_leaf(group)
             assert isinstance(error, ChatdError)
@@ -389,25 +389,4 @@ class Pipeline:
                 {"role": "user", "content": chat.message},
                 {"role": "assistant", "content": turn.text},
             ],
-        )
-
-    def _done(self, request_id: str, turn: Turn, finish: str, started: float) -> Done:
-        now = trio.current_time()
-        first = turn.first_token_at
-        return Done(
-            request_id=request_id,
-            finish_reason=finish,
-            path=turn.path,
-            shared=turn.shared,
-            cached=turn.cached,
-            usage={
-                "prompt_tokens": turn.prompt_tokens,
-                "completion_tokens": turn.completion_tokens,
-            },
-            timings={
-                "queue_ms": round(turn.queue_s * 1000),
-                "ttft_ms": None if first is None else round((first - started) * 1000),
-                "total_ms": round((now - started) * 1000),
-            },
-            degraded=turn.degraded or None,
         )

@@ -16,7 +16,7 @@ import trio
 from chatd.llm import ChatEvent, ChatRequest, Completion
 from chatd.llm.types import Message, estimate_prompt_tokens, estimate_tokens
 from chatd.observability.spans import RequestTrace
-from chatd.pipeline.events import Event, Queued, Route, Token
+from chatd.pipeline.events import Done, Event, Queued, Route, Token
 from chatd.pipeline.registry import RequestState
 from chatd.tools.base import ToolContext
 
@@ -107,6 +107,28 @@ class Turn:
         self.completion_tokens = outcome.completion_tokens
         self.tools_used = outcome.tools_used
         self.degraded = outcome.degraded
+
+    def done(self, request_id: str, finish: str, started: float) -> Done:
+        """The ``done`` event of this answer, for a request that started at ``started``."""
+        now = trio.current_time()
+        first = self.first_token_at
+        return Done(
+            request_id=request_id,
+            finish_reason=finish,
+            path=self.path,
+            shared=self.shared,
+            cached=self.cached,
+            usage={
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            },
+            timings={
+                "queue_ms": round(self.queue_s * 1000),
+                "ttft_ms": None if first is None else round((first - started) * 1000),
+                "total_ms": round((now - started) * 1000),
+            },
+            degraded=self.degraded or None,
+        )
 
     def queued(self, position: int) -> None:
         """Tell the client its queue position (advisory: may be dropped)."""
