@@ -8,21 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import bench_abuse
 import orjson
-from bench_abuse import (
-    WARM_UP,
-    fairness_verdict,
-    in_flight,
-    long_answer_rules,
-    markdown,
-    metric_samples,
-    overhead_summary,
-    params_from,
-    ratio,
-    slow_reader_verdict,
-    tcp_queues,
-)
+from bench_abuse import fairness_verdict, params_from, slow_reader_verdict
+from loadgen.abuse_fairness import overhead_summary, ratio
+from loadgen.abuse_rig import in_flight, metric_samples
+from loadgen.abuse_slow_readers import WARM_UP, long_answer_rules, long_question, tcp_queues
+from reports.abuse import markdown
 
 from chatd.llm.sim import TextPlan, load_rules, plan_reply, tokenize
 
@@ -38,7 +29,7 @@ def test_the_rules_answer_long_except_the_warm_up(tmp_path: Path) -> None:
         assert isinstance(plan, TextPlan)
         return plan.text
 
-    long = answer(bench_abuse.long_question(7))
+    long = answer(long_question(7))
     assert len(tokenize(long)) == 20_000
     assert len(long) == 20_000 * 4 - 1
     assert answer(WARM_UP + " again") == "ok"
