@@ -28,10 +28,11 @@ import trio
 from trio_websocket import WebSocketConnection
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import percentile, unique_chit_chat
 from loadgen import processes
 from loadgen.chat import Replies, ask, open_connections
 from loadgen.cpu import machine_cpu_seconds
+from loadgen.pipeline_questions import unique_chit_chat
+from loadgen.pipeline_stats import percentile
 from loadgen.script import RunRecord, provenance_markdown, script_parser
 from machine import machine_markdown, write_results
 

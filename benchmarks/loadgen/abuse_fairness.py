@@ -15,12 +15,13 @@ from typing import Any, Protocol
 import httpx
 import orjson
 import trio
-from bench_pipeline import percentile, unique_chit_chat
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from loadgen.abuse_rig import CHAT_TIMEOUT_S, LLM_STREAMS_IN_USE, Rig
 from loadgen.chat import ask, chat_frame
 from loadgen.cpu import Usage
+from loadgen.pipeline_questions import unique_chit_chat
+from loadgen.pipeline_stats import percentile
 
 __all__ = [
     "PHASES",

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import trio
-from bench_pipeline import load_round
 from trio_websocket import WebSocketConnection, connect_websocket_url, open_websocket_url
 
+from loadgen.pipeline_load import load_round
 from loadgen.rig import Rig
 
 __all__ = ["kib_per_connection", "measure_idle", "metric_value"]

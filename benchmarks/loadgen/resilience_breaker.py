@@ -12,11 +12,11 @@ from typing import Any
 
 import attrs
 import trio
-from bench_pipeline import unique_chit_chat
 from trio_websocket import WebSocketConnection
 
 from loadgen.chat import Reply, ask
 from loadgen.cpu import Usage
+from loadgen.pipeline_questions import unique_chit_chat
 from loadgen.resilience_figures import latency_ms, usage_report
 from loadgen.rig import Rig
 

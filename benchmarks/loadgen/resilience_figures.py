@@ -8,8 +8,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 import httpx
-from bench_pipeline import percentile
 
+from loadgen.pipeline_stats import percentile
 from loadgen.rig import sim_stats
 
 __all__ = ["latency_ms", "sim_requests", "usage_report"]

@@ -15,11 +15,11 @@ import attrs
 import httpx
 import orjson
 import trio
-from bench_pipeline import unique_chit_chat
 from trio_websocket import WebSocketConnection
 
 from loadgen.chat import chat_frame, open_connections
 from loadgen.cpu import Usage
+from loadgen.pipeline_questions import unique_chit_chat
 from loadgen.processes import Process
 from loadgen.resilience_figures import latency_ms, sim_requests, usage_report
 

@@ -11,7 +11,8 @@ import random
 from collections.abc import Callable, Mapping
 
 import attrs
-from bench_pipeline import FILLERS, unique_chit_chat
+
+from loadgen.pipeline_questions import FILLERS, unique_chit_chat
 
 __all__ = ["KINDS", "SCENARIOS", "Behaviour", "Kind", "Outage", "Scenario"]
 
