@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import orjson
 import pytest
+import trio
 
 from chatd.config import (
     BreakerSettings,
@@ -50,6 +51,13 @@ async def client(chatd: Chatd) -> AsyncIterator[ChatClient]:
     """A WebSocket client connected to :func:`chatd`."""
     async with open_chat_client(chatd.ws_url) as ws:
         yield ws
+
+
+async def ask(client: ChatClient, request_id: str, message: str, **fields: Any) -> dict[str, Any]:
+    """Send a chat and wait (10 s at most) for its terminal event."""
+    with trio.fail_after(10):
+        await client.chat(request_id, message, **fields)
+        return await client.finish(request_id)
 
 
 CHAT_ANSWER_FIELDS = frozenset(
