@@ -12,6 +12,7 @@ The report says how each figure is taken. Results go to benchmarks/results/abuse
 from __future__ import annotations
 
 import argparse
+import functools
 import secrets
 import subprocess
 import sys
@@ -95,7 +96,17 @@ def run_slow_readers(params: Params, workdir: Path, word: str, tail_s: float) ->
     rules.write_bytes(orjson.dumps(long_answer_rules(params.answer_tokens, word)))
     timing = (params.long_ttft_ms, params.long_tokens_per_s)
     with running_rig(f"slow-{word}", workdir, timing, ["--rules", str(rules)]) as rig:
-        result = trio.run(measure_slow_readers, rig, params, tail_s)
+        result = trio.run(
+            functools.partial(
+                measure_slow_readers,
+                rig,
+                sockets=params.slow_sockets,
+                chats_per_socket=params.chats_per_socket,
+                window_s=params.window_s,
+                sample_s=params.sample_s,
+                tail_s=tail_s,
+            )
+        )
     return {**result, "word": word, "answer_chars": params.answer_tokens * (len(word) + 1) - 1}
 
 
@@ -105,6 +116,7 @@ def run_slow_readers(params: Params, workdir: Path, word: str, tail_s: float) ->
 async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> dict[str, Any]:
     """Key B's chats unloaded, under key A's flood (a child process), and unloaded again."""
     headers = [(b"authorization", f"Bearer {key_b}".encode())]
+    b_load = {"chats": params.b_chats, "think_s": params.b_think_s, "ttft_ms": params.fair_ttft_ms}
     flood_config = {
         "url": rig.ws_url,
         "key": key_a,
@@ -122,7 +134,7 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
         open_websocket_url(rig.ws_url, extra_headers=headers) as ws,
     ):
         for name in ("warm", "unloaded"):
-            phases[name] = await b_phase(rig, ws, http, name, params)
+            phases[name] = await b_phase(rig, ws, http, name, **b_load)
         worker = await trio.lowlevel.open_process(
             [sys.executable, __file__, "--flood-worker", orjson.dumps(flood_config).decode()],
             stdin=subprocess.PIPE,
@@ -145,7 +157,7 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
                     await trio.sleep(0.1)
                 ramp_s = round(time.perf_counter() - ramp0, 2)
                 await trio.sleep(1.0)
-            phases["loaded"] = await b_phase(rig, ws, http, "loaded", params)
+            phases["loaded"] = await b_phase(rig, ws, http, "loaded", **b_load)
         finally:
             await worker.stdin.aclose()
             with trio.fail_after(30):
@@ -153,7 +165,7 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
                 await worker.wait()
         idle_after_s = await rig.until_idle(http, 30, upstream=False)
         if not params.quick:
-            phases["unloaded-after"] = await b_phase(rig, ws, http, "unloaded-after", params)
+            phases["unloaded-after"] = await b_phase(rig, ws, http, "unloaded-after", **b_load)
 
     del phases["warm"]
     unloaded, loaded = phases["unloaded"]["client_overhead"], phases["loaded"]["client_overhead"]

@@ -101,8 +101,20 @@ ratio. Compare the round pairs below whose machine cores busy is near chatd's pl
 async def measure(
     params: Params, deployments: Sequence[Deployment], rig: Rig, redis_url: str
 ) -> dict[str, Any]:
-    offload = await measure_offload(redis_url, params, rig)
-    return {"scale": await measure_scale(deployments, rig, params), "offload": offload}
+    offload = await measure_offload(
+        redis_url,
+        rig,
+        calls=params.offload_calls,
+        repeats=params.offload_repeats,
+        concurrencies=params.concurrencies,
+        pipeline_commands=params.pipeline_commands,
+    )
+    loads = (
+        ("saturating", params.users, params.rounds, params.round_s),
+        ("light", params.light_users, params.light_rounds, params.light_round_s),
+    )
+    scale = await measure_scale(deployments, rig, loads=loads, sim_ttft_ms=params.sim_ttft_ms)
+    return {"scale": scale, "offload": offload}
 
 
 def main() -> None:

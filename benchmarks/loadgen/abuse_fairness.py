@@ -10,7 +10,7 @@ import os
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import orjson
@@ -25,7 +25,6 @@ from loadgen.pipeline_stats import percentile
 
 __all__ = [
     "PHASES",
-    "KeyBLoad",
     "b_phase",
     "flood_worker",
     "median_or_none",
@@ -36,17 +35,6 @@ __all__ = [
 
 PHASES = ("warm", "unloaded", "loaded", "unloaded-after")
 """Key B's phases, in order; the warm-up is not reported."""
-
-
-class KeyBLoad(Protocol):
-    """What :func:`b_phase` reads of the run's parameters (``bench_abuse.Params``)."""
-
-    @property
-    def fair_ttft_ms(self) -> float: ...
-    @property
-    def b_chats(self) -> int: ...
-    @property
-    def b_think_s(self) -> float: ...
 
 
 def overhead_summary(values_ms: Sequence[float]) -> dict[str, Any]:
@@ -137,7 +125,14 @@ async def read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> bytes:
 
 
 async def b_phase(
-    rig: Rig, ws: WebSocketConnection, http: httpx.AsyncClient, name: str, params: KeyBLoad
+    rig: Rig,
+    ws: WebSocketConnection,
+    http: httpx.AsyncClient,
+    name: str,
+    *,
+    chats: int,
+    think_s: float,
+    ttft_ms: float,
 ) -> dict[str, Any]:
     """Key B's ``b_chats`` chats one after another, llm_streams in use and the queue sampled
     meanwhile; the phase's figures."""
@@ -157,7 +152,7 @@ async def b_phase(
     usage.start()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample)
-        for k in range(params.b_chats):
+        for k in range(chats):
             message = unique_chit_chat(first + k)
             got = await ask(ws, f"b-{name}-{k}", message, timeout_s=CHAT_TIMEOUT_S)
             terminal = got.terminal
@@ -173,7 +168,7 @@ async def b_phase(
                     "shared": terminal.get("shared"),
                 }
             )
-            await trio.sleep(params.b_think_s)
+            await trio.sleep(think_s)
         nursery.cancel_scope.cancel()
     spent = usage.stop()
     wall = spent["wall_s"]
@@ -181,7 +176,7 @@ async def b_phase(
 
     def overheads(key: str) -> dict[str, Any]:
         """TTFT minus the simulator's, of the answers that have one."""
-        return overhead_summary([r[key] - params.fair_ttft_ms for r in done if r[key]])
+        return overhead_summary([r[key] - ttft_ms for r in done if r[key]])
 
     return {
         "name": name,

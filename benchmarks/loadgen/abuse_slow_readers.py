@@ -10,7 +10,7 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import trio
@@ -24,7 +24,6 @@ from loadgen.cpu import Usage
 
 __all__ = [
     "WARM_UP",
-    "SlowReaderLoad",
     "long_answer_rules",
     "long_question",
     "mb",
@@ -37,19 +36,6 @@ __all__ = [
 
 WARM_UP = "warm up"
 """A message the long-answer rules answer in one word (warm-ups, the check after)."""
-
-
-class SlowReaderLoad(Protocol):
-    """What :func:`measure_slow_readers` reads of the run's parameters (``bench_abuse.Params``)."""
-
-    @property
-    def slow_sockets(self) -> int: ...
-    @property
-    def chats_per_socket(self) -> int: ...
-    @property
-    def window_s(self) -> float: ...
-    @property
-    def sample_s(self) -> float: ...
 
 
 def long_answer_rules(tokens: int, word: str = "ok") -> dict[str, Any]:
@@ -143,8 +129,17 @@ async def snapshot(rig: Rig, http: httpx.AsyncClient, t0: float) -> dict[str, An
     }
 
 
-async def measure_slow_readers(rig: Rig, params: SlowReaderLoad, tail_s: float) -> dict[str, Any]:
-    """Warm up, flood with slow readers, sample every ``sample_s`` over the window and
+async def measure_slow_readers(
+    rig: Rig,
+    *,
+    sockets: int,
+    chats_per_socket: int,
+    window_s: float,
+    sample_s: float,
+    tail_s: float,
+) -> dict[str, Any]:
+    """Warm up, flood with ``sockets`` slow readers of ``chats_per_socket`` chats each, sample
+    every ``sample_s`` over the ``window_s`` window and
     ``tail_s`` more, close the readers, then check that chatd still answers."""
     async with httpx.AsyncClient(timeout=10) as http:
         async with open_websocket_url(rig.ws_url) as ws:
@@ -163,11 +158,11 @@ async def measure_slow_readers(rig: Rig, params: SlowReaderLoad, tail_s: float) 
 
         t0 = time.perf_counter()
         readers = []
-        for s in range(params.slow_sockets):
-            first = s * params.chats_per_socket
+        for s in range(sockets):
+            first = s * chats_per_socket
             chats = [
                 chat_frame(f"long-{s}-{k}", long_question(first + k))
-                for k in range(params.chats_per_socket)
+                for k in range(chats_per_socket)
             ]
             readers.append(await open_slow_reader(rig.chatd_port, chats))
         samples = []
@@ -175,10 +170,10 @@ async def measure_slow_readers(rig: Rig, params: SlowReaderLoad, tail_s: float) 
             samples.append(await snapshot(rig, http, t0))
             # On the sample's own time, stamped mid-snapshot: under load a snapshot
             # takes seconds, and the window's end must have a sample at or after it.
-            if samples[-1]["t_s"] >= params.window_s + tail_s - 0.05:
+            if samples[-1]["t_s"] >= window_s + tail_s - 0.05:
                 break
             await trio.sleep_until(
-                trio.current_time() + params.sample_s - (time.perf_counter() - t0) % params.sample_s
+                trio.current_time() + sample_s - (time.perf_counter() - t0) % sample_s
             )
         spent = usage.stop()
         watched_s = time.perf_counter() - t0
@@ -195,7 +190,7 @@ async def measure_slow_readers(rig: Rig, params: SlowReaderLoad, tail_s: float) 
         metrics1 = await rig.metrics(http)
 
     # The window's figures are the first sample at its end, and the peak RSS until then.
-    at_end = next((i for i, s in enumerate(samples) if s["t_s"] >= params.window_s - 0.05), None)
+    at_end = next((i for i, s in enumerate(samples) if s["t_s"] >= window_s - 0.05), None)
     assert at_end is not None, "no sample at the end of the window"
     window_peak = max([rss0] + [s["rss_kib"] for s in samples[: at_end + 1]])
     outcomes = {
@@ -204,7 +199,7 @@ async def measure_slow_readers(rig: Rig, params: SlowReaderLoad, tail_s: float) 
         if k.startswith("chatd_requests_total{") and v - metrics0.get(k, 0)
     }
     return {
-        "chats": params.slow_sockets * params.chats_per_socket,
+        "chats": sockets * chats_per_socket,
         "rss_baseline_kib": rss0,
         "window": {**samples[at_end], "peak_rss_kib": window_peak},
         "peak_rss_kib": max([rss0] + [s["rss_kib"] for s in samples]),

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import redis
@@ -18,22 +18,9 @@ from chatd.stores.redis.client import RedisClient, open_redis
 from loadgen.pipeline_stats import percentile
 from loadgen.scale_rig import Rig
 
-__all__ = ["KEY", "OffloadLoad", "Row", "measure_offload", "pipelined"]
+__all__ = ["KEY", "Row", "measure_offload", "pipelined"]
 
 KEY = "bench-offload:key"
-
-
-class OffloadLoad(Protocol):
-    """What :func:`measure_offload` reads of the run's parameters (``bench_scale.Params``)."""
-
-    @property
-    def offload_calls(self) -> int: ...
-    @property
-    def offload_repeats(self) -> int: ...
-    @property
-    def concurrencies(self) -> tuple[int, ...]: ...
-    @property
-    def pipeline_commands(self) -> int: ...
 
 
 def pipelined(commands: int) -> Callable[[redis.Redis], Any]:
@@ -110,16 +97,24 @@ class Row:
         }
 
 
-async def measure_offload(redis_url: str, params: OffloadLoad, rig: Rig) -> dict[str, Any]:
-    """Every row in turn, ``offload_repeats`` times, after a warm-up of each; and how
-    busy the rest of the machine was meanwhile (nothing of ours but Redis should be)."""
-    n, rows = params.pipeline_commands, []
+async def measure_offload(
+    redis_url: str,
+    rig: Rig,
+    *,
+    calls: int,
+    repeats: int,
+    concurrencies: Sequence[int],
+    pipeline_commands: int,
+) -> dict[str, Any]:
+    """Every row in turn (``calls`` calls each), ``repeats`` times, after a warm-up of each;
+    and how busy the rest of the machine was meanwhile (nothing of ours but Redis should be)."""
+    n, rows = pipeline_commands, []
     for command, call in (("PING", lambda r: r.ping()), ("GET", lambda r: r.get(KEY))):
         rows.append(Row(f"{command}, plain loop", command, "sync", 1, call))
-        for c in params.concurrencies:
+        for c in concurrencies:
             rows.append(Row(f"{command}, RedisClient.call", command, "offload", c, call))
     rows.append(Row(f"pipeline of {n} GETs, plain loop", "GET", "sync", 1, pipelined(n), n))
-    for c in (1, max(params.concurrencies)):
+    for c in (1, max(concurrencies)):
         name = f"pipeline of {n} GETs, RedisClient.call"
         rows.append(Row(name, "GET", "offload", c, pipelined(n), n))
     plain = redis.Redis.from_url(redis_url, socket_timeout=2)
@@ -127,11 +122,11 @@ async def measure_offload(redis_url: str, params: OffloadLoad, rig: Rig) -> dict
     settings = RedisSettings(url=redis_url)
     async with open_redis(settings) as client:
         for row in rows:  # warm-up, not counted: threads, pool connections
-            await row.run(plain, client, max(100, params.offload_calls // 10), keep=False)
+            await row.run(plain, client, max(100, calls // 10), keep=False)
         clocks0, wall0 = rig.clocks(), time.perf_counter()
-        for _ in range(params.offload_repeats):
+        for _ in range(repeats):
             for row in rows:
-                await row.run(plain, client, params.offload_calls, keep=True)
+                await row.run(plain, client, calls, keep=True)
         wall, clocks1 = time.perf_counter() - wall0, rig.clocks()
     plain.close()
     results = [row.result() for row in rows]

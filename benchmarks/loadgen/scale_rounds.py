@@ -10,7 +10,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -26,7 +26,6 @@ __all__ = [
     "IDLE_S",
     "ROUND_KEYS",
     "Round",
-    "ScaleLoad",
     "measure_scale",
     "run_round",
     "summary",
@@ -36,25 +35,6 @@ __all__ = [
 CHAT_TIMEOUT_S = 60.0
 IDLE_S = 2.0
 ROUND_KEYS = ("wall_s", "answers_per_s", "tokens_per_s", "chatd_cores_busy", "machine_cores_busy")
-
-
-class ScaleLoad(Protocol):
-    """What :func:`measure_scale` reads of the run's parameters (``bench_scale.Params``)."""
-
-    @property
-    def sim_ttft_ms(self) -> float: ...
-    @property
-    def users(self) -> int: ...
-    @property
-    def rounds(self) -> int: ...
-    @property
-    def round_s(self) -> float: ...
-    @property
-    def light_users(self) -> int: ...
-    @property
-    def light_rounds(self) -> int: ...
-    @property
-    def light_round_s(self) -> float: ...
 
 
 @attrs.frozen
@@ -165,15 +145,21 @@ def summary(
     }
 
 
+Load = tuple[str, int, int, float]
+"""A phase of rounds: its name, users per deployment, rounds each, seconds a round."""
+
+
 async def measure_scale(
-    deployments: Sequence[Deployment], rig: Rig, params: ScaleLoad
+    deployments: Sequence[Deployment], rig: Rig, *, loads: Sequence[Load], sim_ttft_ms: float
 ) -> dict[str, Any]:
     """Open every connection first, warm up, then alternate the deployments' rounds
-    (order reversed every other round), saturating and then light."""
+    (order reversed every other round), a phase of each of ``loads`` in turn (the first
+    is the saturating one the ratios compare)."""
     questions = itertools.count()
     async with contextlib.AsyncExitStack() as stack:
         sockets = {
-            d.label: await open_connections(stack, d.ws_url, params.users) for d in deployments
+            d.label: await open_connections(stack, d.ws_url, max(load[1] for load in loads))
+            for d in deployments
         }
         for d in deployments:  # pools, connections to Redis and the simulator
             await run_round(d, sockets[d.label], 2.0, questions, rig)
@@ -181,19 +167,14 @@ async def measure_scale(
         await trio.sleep(IDLE_S)
         idle = {d.label: round((d.cpu_seconds() - idle0[d.label]) / IDLE_S, 3) for d in deployments}
         phases = {}
-        for phase, users, rounds, seconds in (
-            ("saturating", params.users, params.rounds, params.round_s),
-            ("light", params.light_users, params.light_rounds, params.light_round_s),
-        ):
+        for phase, users, rounds, seconds in loads:
             done: dict[str, list[Round]] = {d.label: [] for d in deployments}
             for round_no in range(rounds):
                 for d in deployments if round_no % 2 == 0 else deployments[::-1]:
                     sock = sockets[d.label][:users]
                     done[d.label].append(await run_round(d, sock, seconds, questions, rig))
-            phases[phase] = [
-                summary(d, users, done[d.label], params.sim_ttft_ms) for d in deployments
-            ]
-    one, two = phases["saturating"]
+            phases[phase] = [summary(d, users, done[d.label], sim_ttft_ms) for d in deployments]
+    one, two = phases[loads[0][0]]
     return {
         "phases": phases,
         "ratio_answers_per_s": round(two["answers_per_s"] / one["answers_per_s"], 3),
