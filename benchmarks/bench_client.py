@@ -1,27 +1,20 @@
-"""CPU per streamed token of the LLM client's parse path.
-
-Two measurements in one run:
-- ``parse``: SSE decoding and chunk assembly alone, on OpenAI-shaped chunks
-  arriving ``--per-read`` chunks per network read;
-- ``client``: the whole ``LLMClient.stream`` path (httpx, deadlines, events)
-  over an in-memory transport that replays the same bytes, so the number is
-  the client's own cost, not the server's or the network's.
-Results go to benchmarks/results/client-cpu-per-token.{json,md}.
+"""CPU per streamed token of the LLM client's parse path, two ways: ``parse``, SSE decoding and
+chunk assembly alone, and ``client``, the whole ``LLMClient.stream`` path (httpx, deadlines,
+events) over an in-memory transport replaying the same bytes, so that the number is the
+client's own cost. Results go to benchmarks/results/client-cpu-per-token{,-quick}.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import trio
-
-sys.path.insert(0, str(Path(__file__).parent))
 from loadgen.script import markdown_table
 from machine import describe_machine, machine_markdown, write_results
 
@@ -30,34 +23,23 @@ from chatd.llm import ChatRequest, open_llm_client
 from chatd.llm.openai import ChunkAssembler
 from chatd.llm.sse import SSEDecoder
 
-RESULTS = Path(__file__).parent / "results"
+CHUNK = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000}
 
 
-def make_chunks(tokens: int) -> list[bytes]:
-    """A realistic streamed answer: one chunk per word-sized token."""
-    out = []
+def reads(tokens: int, per_read: int) -> list[bytes]:
+    """A realistic streamed answer, one chunk per word-sized token, ``per_read`` chunks a read."""
+    chunks = []
     for i in range(tokens):
-        body = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": "chatd-sim",
-            "choices": [
-                {"index": 0, "delta": {"content": f" word{i % 97}"}, "finish_reason": None}
-            ],
-        }
-        out.append(b"data: " + orjson.dumps(body) + b"\n\n")
-    out.append(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
-    out.append(b"data: [DONE]\n\n")
-    return out
-
-
-def reads(chunks: list[bytes], per_read: int) -> list[bytes]:
+        choice = {"index": 0, "delta": {"content": f" word{i % 97}"}, "finish_reason": None}
+        body = {**CHUNK, "model": "chatd-sim", "choices": [choice]}
+        chunks.append(b"data: " + orjson.dumps(body) + b"\n\n")
+    chunks.append(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    chunks.append(b"data: [DONE]\n\n")
     return [b"".join(chunks[i : i + per_read]) for i in range(0, len(chunks), per_read)]
 
 
 def bench_parse(tokens: int, per_read: int, repeat: int) -> float:
-    data = reads(make_chunks(tokens), per_read)
+    data = reads(tokens, per_read)
     start = time.process_time()
     for _ in range(repeat):
         decoder, assembler = SSEDecoder(), ChunkAssembler()
@@ -77,7 +59,7 @@ class _Replay(httpx.AsyncByteStream):
 
 
 def bench_client(tokens: int, per_read: int, repeat: int) -> float:
-    data = reads(make_chunks(tokens), per_read)
+    data = reads(tokens, per_read)
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
@@ -98,6 +80,19 @@ def bench_client(tokens: int, per_read: int, repeat: int) -> float:
     return trio.run(run)
 
 
+def markdown(result: dict[str, Any]) -> str:
+    header = ["chunks per read", "parse only (µs/token)", "whole client (µs/token)"]
+    cells = [
+        [r["per_read"], r["parse_us_per_token"], r["client_us_per_token"]] for r in result["rows"]
+    ]
+    return (
+        "# LLM client: CPU per streamed token\n\n"
+        f"{result['answers']} answers of {result['tokens_per_answer']} tokens; one OpenAI chunk "
+        f"per token.\n\n{markdown_table(header, cells)}\n\n"
+        f"## Machine\n\n{machine_markdown(result['machine'])}\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -106,12 +101,10 @@ def main() -> None:
     repeat = 20 if args.quick else 200
     rows = []
     for per_read in (1, 4, 16):
+        parse = round(bench_parse(args.tokens, per_read, repeat), 2)
+        client = round(bench_client(args.tokens, per_read, repeat), 2)
         rows.append(
-            {
-                "per_read": per_read,
-                "parse_us_per_token": round(bench_parse(args.tokens, per_read, repeat), 2),
-                "client_us_per_token": round(bench_client(args.tokens, per_read, repeat), 2),
-            }
+            {"per_read": per_read, "parse_us_per_token": parse, "client_us_per_token": client}
         )
     result = {
         "benchmark": "client CPU per streamed token",
@@ -120,16 +113,8 @@ def main() -> None:
         "rows": rows,
         "machine": describe_machine(),
     }
-    table = markdown_table(
-        ["chunks per read", "parse only (µs/token)", "whole client (µs/token)"],
-        [[r["per_read"], r["parse_us_per_token"], r["client_us_per_token"]] for r in rows],
-    )
-    md = (
-        "# LLM client: CPU per streamed token\n\n"
-        f"{repeat} answers of {args.tokens} tokens; one OpenAI chunk per token.\n\n"
-        f"{table}\n\n## Machine\n\n{machine_markdown(result['machine'])}\n"
-    )
-    write_results(RESULTS, "client-cpu-per-token" + ("-quick" if args.quick else ""), result, md)
+    name = "client-cpu-per-token" + ("-quick" if args.quick else "")
+    write_results(Path(__file__).parent / "results", name, result, markdown(result))
 
 
 if __name__ == "__main__":

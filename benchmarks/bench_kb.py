@@ -1,21 +1,7 @@
-"""FAQ retrieval: quality on the labelled set and the cost of a query, against an
-earlier revision (issue 16).
+"""FAQ retrieval: quality on the labelled set and the cost of a query, against an earlier
+revision (issue 16), each revision in a fresh process on its own code (a git worktree).
 
-For this tree and for ``--against`` (default 25869e4, the ranking before issue
-16), each in a fresh process on its own code (a git worktree of the revision):
-
-- quality: every case of ``chatd/data/faq_eval.jsonl`` searched as
-  ``frequently_asked`` searches (the best of 3), judged at the revision's own
-  default gate (``tools.faq_min_confidence``), by half: hit (the right entry,
-  confident), wrong (another entry, confident), miss, and off-topic answered;
-- cost: CPU (process time, every thread) and wall time of ``kb.search`` per
-  query over every case's text, on the sample FAQ (76 entries) and on a
-  generated FAQ of ``--entries`` entries (the sample's questions, tags and
-  answers recombined, the same file for both revisions), medians of
-  ``--passes`` passes after a warm-up; the revisions alternate ``--rounds``
-  times and the medians of the rounds are reported.
-
-    python benchmarks/bench_kb.py [--against REV] [--entries 10000]
+    python benchmarks/bench_kb.py [--against 25869e4] [--entries 10000]
 
 Writes benchmarks/results/kb.{json,md}. Waits while /tmp/bench.lock exists.
 """
@@ -34,11 +20,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loadgen.script import markdown_table
 from machine import describe_machine, machine_markdown, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_SET = ROOT / "chatd" / "data" / "faq_eval.jsonl"
 OUTCOMES = ("hit", "wrong", "miss", "answered")
+QUALITY_HEADER = (
+    "revision",
+    "gate",
+    "half",
+    "phrasings",
+    "hit",
+    "wrong",
+    "miss",
+    "off-topic",
+    "answered",
+)
+COSTS = {"cost_sample": "sample, 76 entries", "cost_generated": "generated"}
 
 
 def generated_faq(count: int, seed: int = 16) -> list[dict[str, Any]]:
@@ -57,11 +56,9 @@ def generated_faq(count: int, seed: int = 16) -> list[dict[str, Any]]:
     return rows
 
 
-# --- the child: one revision's code, in its own process --------------------------------
-
-
 async def measure(faq_file: str, passes: int) -> dict[str, Any]:
-    """Quality on the sample FAQ, then the cost of a query on it and on ``faq_file``."""
+    """In the child, on one revision's code: quality on the sample FAQ at the revision's
+    own default gate, then the cost of a query on it and on ``faq_file``."""
     from chatd.config.settings import KBSettings, ToolsSettings
     from chatd.stores.kb import load_faq_file, open_knowledge_base
 
@@ -82,6 +79,7 @@ async def measure(faq_file: str, passes: int) -> dict[str, Any]:
 
 
 async def judge(kb: Any, cases: list[dict[str, Any]], gate: float) -> dict[str, Any]:
+    """Each half's phrasings hit, wrong or missed, and off-topic cases answered."""
     counts: dict[str, dict[str, int]] = {}
     for case in cases:
         passages = await kb.search(case["text"], limit=3)
@@ -99,6 +97,8 @@ async def judge(kb: Any, cases: list[dict[str, Any]], gate: float) -> dict[str, 
 
 
 async def cost(kb: Any, cases: list[dict[str, Any]], passes: int) -> dict[str, float]:
+    """CPU (process time, every thread) and wall µs of a search: medians of ``passes``
+    passes' medians over every case's text, after a warm-up."""
     texts = [case["text"] for case in cases]
     for text in texts[:50]:
         await kb.search(text, limit=3)
@@ -112,10 +112,8 @@ async def cost(kb: Any, cases: list[dict[str, Any]], passes: int) -> dict[str, f
             wall.append(time.perf_counter() - w0)
         cpu_medians.append(statistics.median(cpu))
         wall_medians.append(statistics.median(wall))
-    return {
-        "cpu_us": statistics.median(cpu_medians) * 1e6,
-        "wall_us": statistics.median(wall_medians) * 1e6,
-    }
+    cpu_us, wall_us = (statistics.median(medians) * 1e6 for medians in (cpu_medians, wall_medians))
+    return {"cpu_us": cpu_us, "wall_us": wall_us}
 
 
 def child(tree: str, faq_file: str, passes: int) -> None:
@@ -129,10 +127,8 @@ def child(tree: str, faq_file: str, passes: int) -> None:
     print(json.dumps(trio.run(measure, faq_file, passes)))
 
 
-# --- the parent -----------------------------------------------------------------------------
-
-
 def run_tree(tree: Path, faq_file: str, passes: int) -> dict[str, Any]:
+    """:func:`measure` in a child process on the code of ``tree``."""
     while Path("/tmp/bench.lock").exists():
         time.sleep(5)
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -147,70 +143,58 @@ def git(*args: str) -> str:
     ).stdout
 
 
-def rate(half: dict[str, int], outcome: str) -> float:
+def rate(half: dict[str, int], outcome: str) -> str:
+    """% of phrasings, or of off-topic cases for ``answered``."""
     whole = half["off"] if outcome == "answered" else half["phrasings"]
-    return 100 * half[outcome] / whole if whole else 0.0
+    return f"{100 * half[outcome] / whole if whole else 0.0:.1f}"
 
 
 def render(result: dict[str, Any]) -> str:
-    names = list(result["revisions"])
-    lines = [
-        "# FAQ retrieval: quality and the cost of a query",
-        "",
+    revisions = result["revisions"]
+    names = list(revisions)
+    quality = []
+    for name, rev in revisions.items():
+        for split, half in sorted(rev["quality"].items()):
+            rates = [rate(half, outcome) for outcome in OUTCOMES]
+            quality.append(
+                [name, rev["gate"], split, half["phrasings"], *rates[:3], half["off"], rates[3]]
+            )
+    costs = []
+    for key, label in COSTS.items():
+        if key == "cost_generated":
+            label = f"generated, {revisions[names[-1]]['generated_entries']:,} entries"
+        cpu = [revisions[name][key]["cpu_us"] for name in names]
+        wall = [f"{revisions[name][key]['wall_us']:.0f}" for name in names]
+        costs.append([label, *(f"{c:.0f}" for c in cpu), f"{cpu[-1] / cpu[0]:.2f}x", *wall])
+    cost_header = (
+        [f"{n} CPU us / query" for n in names] + ["ratio"] + [f"{n} wall us" for n in names]
+    )
+    intro = (
         f"This tree ({result['commit']}) against {result['against']}, each in its own process on "
         f"its own code, alternating {result['rounds']} times; costs are the medians of the rounds "
         f"(each a median over {result['passes']} passes of every case's text). Quality is judged "
         "at each revision's own default gate (`tools.faq_min_confidence`): hit, wrong entry and "
         "miss are % of phrasings, off-topic answered % of off-topic cases. Thresholds were "
-        "chosen on the tune half; the test half is held out.",
-        "",
-        "| revision | gate | half | phrasings | hit | wrong | miss | off-topic | answered |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in names:
-        rev = result["revisions"][name]
-        for split, half in sorted(rev["quality"].items()):
-            figures = " | ".join(f"{rate(half, o):.1f}" for o in OUTCOMES[:3])
-            lines.append(
-                f"| {name} | {rev['gate']} | {split} | {half['phrasings']} | {figures} | "
-                f"{half['off']} | {rate(half, 'answered'):.1f} |"
-            )
-    lines += [
-        "",
+        "chosen on the tune half; the test half is held out."
+    )
+    paragraphs = [
+        "# FAQ retrieval: quality and the cost of a query",
+        intro,
+        markdown_table(QUALITY_HEADER, quality),
         "Issue 16's bar on the test half: hit >= 85%, wrong <= 2%, off-topic answered <= 5%.",
-        "",
-        "| FAQ | "
-        + " | ".join(f"{n} CPU us / query" for n in names)
-        + " | ratio | "
-        + " | ".join(f"{n} wall us" for n in names)
-        + " |",
-        "|---|" + "---|" * (2 * len(names) + 1),
-    ]
-    for key, label in (("cost_sample", "sample, 76 entries"), ("cost_generated", "generated")):
-        cpu = [result["revisions"][n][key]["cpu_us"] for n in names]
-        wall = [result["revisions"][n][key]["wall_us"] for n in names]
-        if key == "cost_generated":
-            label = f"generated, {result['revisions'][names[-1]]['generated_entries']:,} entries"
-        lines.append(
-            f"| {label} | "
-            + " | ".join(f"{c:.0f}" for c in cpu)
-            + f" | {cpu[-1] / cpu[0]:.2f}x | "
-            + " | ".join(f"{w:.0f}" for w in wall)
-            + " |"
-        )
-    lines += ["", "Ratio: this tree's CPU over the earlier revision's.", "", "## Machine", ""]
-    lines += [
+        markdown_table(["FAQ", *cost_header], costs),
+        "Ratio: this tree's CPU over the earlier revision's.",
+        "## Machine",
         machine_markdown(result["machine"]),
-        "",
         "Reproduce: `python benchmarks/bench_kb.py`",
-        "",
     ]
-    return "\n".join(lines)
+    return "\n\n".join(paragraphs) + "\n"
 
 
 def median_costs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run, with each cost the median of every run's."""
     merged = dict(runs[0])
-    for key in ("cost_sample", "cost_generated"):
+    for key in COSTS:
         merged[key] = {
             figure: statistics.median(run[key][figure] for run in runs) for figure in runs[0][key]
         }
@@ -233,9 +217,9 @@ def main() -> None:
     dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "chatd").strip() else ""
     with tempfile.TemporaryDirectory() as tmp:
         faq_file = f"{tmp}/generated.jsonl"
-        with open(faq_file, "w", encoding="utf-8") as f:
-            for row in generated_faq(args.entries):
-                f.write(json.dumps(row) + "\n")
+        Path(faq_file).write_text(
+            "".join(json.dumps(row) + "\n" for row in generated_faq(args.entries))
+        )
         old = Path(tmp) / "against"
         git("worktree", "add", "--detach", str(old), args.against)
         try:

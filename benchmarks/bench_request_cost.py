@@ -1,25 +1,21 @@
 """What one chat costs chatd, counted rather than timed: calls, scopes, tasks, switches.
 
-Issue 13 asks to "count what a request allocates and enters, and remove what
-is not needed". chatd runs in this process and nothing else does: the
-simulated LLM (``chatd sim-llm``) and the client (raw sockets) are processes
-of their own. While ``--chats`` short chats run one after another, a profile
-hook counts every Python call and a few that say where the work goes, and
-the report gives them per chat. Counts do not depend on the machine's speed
-or load (they move only a little with timing: a read that finds one token or
-two), so they compare commits where CPU time cannot.
+Issue 13 asks to "count what a request allocates and enters, and remove what is not needed".
+chatd runs in this process; the simulated LLM and a raw-socket client run in their own. A
+profile hook counts calls while short chats run one after another. Counts barely depend on the
+machine's speed or load, so they compare commits where CPU time cannot.
 
     python benchmarks/bench_request_cost.py [--chats 300] [--quick]
 
-Writes benchmarks/results/request-cost.{json,md}.
+Writes benchmarks/results/request-cost.{json,md} (``--quick`` only prints the report).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +26,8 @@ from types import FrameType
 from typing import Any
 
 import trio
+from loadgen.processes import start_sim
+from loadgen.script import ROOT
 from machine import describe_machine, machine_markdown, write_results
 
 WATCHED = {
@@ -48,11 +46,13 @@ CLIENT = textwrap.dedent(
     port, chats = int(sys.argv[1]), int(sys.argv[2])
     s = socket.create_connection(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    s.sendall((f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
     data = b""
     while b"\r\n\r\n" not in data:
         data += s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 101"), data[:100]  # else ask() would wait forever
     data = data.split(b"\r\n\r\n", 1)[1]
     def frame(text):
         payload = text.encode(); mask = os.urandom(4)
@@ -100,28 +100,12 @@ class Counter:
                 self.watched[label] += 1
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def measure(chats: int, sim_port: int) -> dict[str, Any]:
+async def measure(chats: int, llm_url: str, kb_path: str) -> dict[str, Any]:
     """Serve here, ask ``chats`` chats from a client process, count."""
     from chatd.config import KBSettings, LLMSettings, Settings
     from chatd.server.serve import serve
 
-    settings = Settings(
-        llm=LLMSettings(url=f"http://127.0.0.1:{sim_port}/v1"),
-        kb=KBSettings(path=tempfile.mktemp(suffix=".sqlite3")),
-    )
-    with trio.fail_after(20):
-        while True:
-            try:
-                await (await trio.open_tcp_stream("127.0.0.1", sim_port)).aclose()
-                break
-            except OSError:
-                await trio.sleep(0.1)
+    settings = Settings(llm=LLMSettings(url=llm_url), kb=KBSettings(path=kb_path))
     async with trio.open_nursery() as nursery:
         running = await nursery.start(functools.partial(serve, settings, handle_signals=False))
         port = int(running.url.rsplit(":", 1)[1])
@@ -160,44 +144,42 @@ async def _line(stream: trio.abc.ReceiveStream, word: bytes) -> None:
         seen += data
 
 
+def markdown(result: dict[str, Any]) -> str:
+    counts = [(key, value) for key, value in result.items() if key not in ("chats", "machine")]
+    rows = "\n".join(f"| {key} | {value} |" for key, value in counts)
+    return (
+        "# What one chat costs, counted\n\n"
+        f"{result['chats']} short chats (a sentence each, direct path), one after another on one "
+        "WebSocket; the simulated LLM and the client in processes of their own; counts per "
+        "chat, from a profile hook in chatd's process.\n\n"
+        f"| per chat | count |\n|---|---|\n{rows}\n\n"
+        f"## Machine\n\n{machine_markdown(result['machine'])}\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chats", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="50 chats, no results file")
     args = parser.parse_args()
-    chats = 50 if args.quick else args.chats
     from chatd.config import LogSettings
     from chatd.observability import configure_logging
 
     machine = describe_machine()
-    sim_port = free_port()
-    command = [sys.executable, "-m", "chatd", "sim-llm", "--port", str(sim_port)]
-    sim = subprocess.Popen(
-        [*command, "--ttft-ms", "0", "--tokens-per-s", "100000"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    with open("/dev/null", "w") as nowhere:
+    with (
+        tempfile.TemporaryDirectory(prefix="request-cost-") as tmp,
+        contextlib.ExitStack() as stack,
+        open("/dev/null", "w") as nowhere,
+    ):
+        sim = start_sim(Path(tmp), ROOT, 0, 100_000, stack)
         configure_logging(LogSettings(format="json"), stream=nowhere)
-        try:
-            counts = trio.run(measure, chats, sim_port)
-        finally:
-            sim.terminate()
-            sim.wait()
-    rows = "\n".join(f"| {key} | {value} |" for key, value in counts.items() if key != "chats")
-    md = (
-        "# What one chat costs, counted\n\n"
-        f"{chats} short chats (a sentence each, direct path), one after another on one "
-        "WebSocket; the simulated LLM and the client in processes of their own; counts per "
-        "chat, from a profile hook in chatd's process.\n\n"
-        f"| per chat | count |\n|---|---|\n{rows}\n\n## Machine\n\n{machine_markdown(machine)}\n"
-    )
+        chats = 50 if args.quick else args.chats
+        counts = trio.run(measure, chats, sim.listening["url"], f"{tmp}/kb.sqlite3")
+    result = {**counts, "machine": machine}
     if args.quick:
-        print(md)
+        print(markdown(result))
     else:
-        write_results(
-            Path(__file__).parent / "results", "request-cost", {**counts, "machine": machine}, md
-        )
+        write_results(Path(__file__).parent / "results", "request-cost", result, markdown(result))
 
 
 if __name__ == "__main__":

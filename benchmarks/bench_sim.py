@@ -1,17 +1,9 @@
 """CPU per streamed token of the simulated LLM, measured from outside its process.
 
-The simulator runs alone in a subprocess (``serve_sim_llm`` under
-``trio.run``); this process drives ``--streams`` concurrent streamed
-completions of ``--tokens`` content tokens each over raw loopback sockets,
-with a client kept lean so it is not the bottleneck. The simulator's CPU
-(user + system, from /proc/PID/stat) over the whole run, divided by the
-tokens streamed, is the number: it includes accepting connections and
-parsing requests, spread over the tokens of each answer.
-
-Each ``--tokens-per-s`` value is one scenario. At a rate the simulator keeps
-up with, every token is its own write; far beyond it, due-time pacing sends
-several tokens per write and the cost per token falls: both are worth
-knowing. Results go to benchmarks/results/sim-cpu-per-token{,-quick}.{json,md}.
+The simulator (``serve_sim_llm`` under ``trio.run``) runs alone in a subprocess; this one
+drives ``--streams`` concurrent streamed completions of ``--tokens`` tokens over raw loopback
+sockets, one scenario per ``--tokens-per-s`` rate (the report says how CPU is counted).
+Results go to benchmarks/results/sim-cpu-per-token{,-quick}.{json,md}.
 """
 
 from __future__ import annotations
@@ -27,12 +19,10 @@ from typing import Any
 import httpx
 import orjson
 import trio
-
-sys.path.insert(0, str(Path(__file__).parent))
-from loadgen.script import markdown_table
+from loadgen.processes import pid_cpu_seconds
+from loadgen.script import ROOT, markdown_table
 from machine import describe_machine, machine_markdown, write_results
 
-RESULTS = Path(__file__).parent / "results"
 TTFT_MS = 50.0
 END = b"data: [DONE]\n\n\r\n0\r\n\r\n"  # the last SSE event, then the chunked terminator
 
@@ -58,24 +48,14 @@ def request_bytes(port: int, tokens: int) -> bytes:
     simulator quotes verbatim; ``max_tokens`` cuts the quote to length.
     """
     words = " ".join(f"word{i % 97}" for i in range(tokens + 10))
-    body = orjson.dumps(
-        {
-            "model": "bench",
-            "stream": True,
-            "max_tokens": tokens,
-            "messages": [
-                {"role": "user", "content": "look it up"},
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {"id": "c1", "type": "function", "function": {"name": "lookup"}}
-                    ],
-                },
-                {"role": "tool", "tool_call_id": "c1", "content": words},
-            ],
-        }
-    )
+    tool_call = {"id": "c1", "type": "function", "function": {"name": "lookup"}}
+    messages = [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": None, "tool_calls": [tool_call]},
+        {"role": "tool", "tool_call_id": "c1", "content": words},
+    ]
+    request = {"model": "bench", "stream": True, "max_tokens": tokens, "messages": messages}
+    body = orjson.dumps(request)
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -97,13 +77,6 @@ async def one_stream(port: int, request: bytes, totals: dict[str, int]) -> None:
             tail = (tail + data)[-64:]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid``, in seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run_scenario(
     sim: subprocess.Popen[bytes], port: int, streams: int, tokens: int, rate: float
 ) -> dict[str, Any]:
@@ -112,13 +85,13 @@ async def run_scenario(
         await control.post("/_sim/reset")
         request = request_bytes(port, tokens)
         totals = {"reads": 0, "bytes": 0}
-        cpu_before, wall_before = cpu_seconds(sim.pid), time.perf_counter()
+        cpu_before, wall_before = pid_cpu_seconds(sim.pid), time.perf_counter()
         with trio.fail_after(600):
             async with trio.open_nursery() as nursery:
                 for _ in range(streams):
                     nursery.start_soon(one_stream, port, request, totals)
         wall = time.perf_counter() - wall_before
-        cpu = cpu_seconds(sim.pid) - cpu_before
+        cpu = pid_cpu_seconds(sim.pid) - cpu_before
         stats = (await control.get("/_sim/stats")).json()
     if stats["completed"] != streams:
         raise RuntimeError(f"expected {streams} completed answers, the simulator says {stats}")
@@ -142,19 +115,41 @@ async def run_scenario(
 
 
 def start_sim() -> tuple[subprocess.Popen[bytes], int]:
-    root = Path(__file__).resolve().parent.parent
-    sim = subprocess.Popen(
-        [sys.executable, "-c", SIM_CODE, str(TTFT_MS), "100"],
-        stdout=subprocess.PIPE,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-    )
+    command = [sys.executable, "-c", SIM_CODE, str(TTFT_MS), "100"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    sim = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT, env=env)
     assert sim.stdout is not None
     line = sim.stdout.readline()
     if not line:
         sim.wait(10)
         raise RuntimeError("the simulator did not start")
     return sim, int(line)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    header = ["streams", "tokens each", "tokens/s each", "demanded tokens/s",
+              "achieved tokens/s", "wall s (ideal)", "sim CPU busy", "sim CPU µs/token",
+              "client reads/token"]  # fmt: skip
+    table = markdown_table(header, [
+        [r["streams"], r["tokens_per_stream"], f"{r['tokens_per_s_per_stream']:g}",
+         r["demanded_tokens_per_s"], r["throughput_tokens_per_s"],
+         f"{r['wall_s']} ({r['ideal_wall_s']})", f"{r['sim_cpu_busy']:.0%}",
+         f"**{r['sim_cpu_us_per_token']}**", r["client_reads_per_token"]]
+        for r in result["rows"]
+    ])  # fmt: skip
+    return (
+        "# Simulated LLM: CPU per streamed token\n\n"
+        f"Concurrent streamed completions, ttft {TTFT_MS:g} ms, over loopback from a "
+        "raw-socket trio client in another process. CPU is the simulator process's "
+        "user + system time over the run (connection set-up and request parsing "
+        "included), divided by the content tokens streamed.\n\n"
+        f"{table}\n\n"
+        "Client reads per token near 1 mean one write per token; well below 1, the "
+        "simulator was behind and sent every due token in one write. Each stream opens "
+        "its own connection; a row of one-token answers gives the cost of a new "
+        "connection and request, which the other rows spread over their tokens.\n\n"
+        f"## Machine\n\n{machine_markdown(result['machine'])}\n"
+    )
 
 
 def main() -> None:
@@ -191,36 +186,10 @@ def main() -> None:
         sim.terminate()
         sim.wait(10)
 
-    machine = describe_machine()
-    result = {
-        "benchmark": "simulated LLM: CPU per streamed token",
-        "rows": rows,
-        "machine": machine,
-    }
-    header = ["streams", "tokens each", "tokens/s each", "demanded tokens/s",
-              "achieved tokens/s", "wall s (ideal)", "sim CPU busy", "sim CPU µs/token",
-              "client reads/token"]  # fmt: skip
-    table = markdown_table(header, [
-        [r["streams"], r["tokens_per_stream"], f"{r['tokens_per_s_per_stream']:g}",
-         r["demanded_tokens_per_s"], r["throughput_tokens_per_s"],
-         f"{r['wall_s']} ({r['ideal_wall_s']})", f"{r['sim_cpu_busy']:.0%}",
-         f"**{r['sim_cpu_us_per_token']}**", r["client_reads_per_token"]]
-        for r in rows
-    ])  # fmt: skip
-    md = (
-        "# Simulated LLM: CPU per streamed token\n\n"
-        f"Concurrent streamed completions, ttft {TTFT_MS:g} ms, over loopback from a "
-        "raw-socket trio client in another process. CPU is the simulator process's "
-        "user + system time over the run (connection set-up and request parsing "
-        "included), divided by the content tokens streamed.\n\n"
-        f"{table}\n\n"
-        "Client reads per token near 1 mean one write per token; well below 1, the "
-        "simulator was behind and sent every due token in one write. Each stream opens "
-        "its own connection; a row of one-token answers gives the cost of a new "
-        "connection and request, which the other rows spread over their tokens.\n\n"
-        f"## Machine\n\n{machine_markdown(machine)}\n"
-    )
-    write_results(RESULTS, "sim-cpu-per-token" + ("-quick" if args.quick else ""), result, md)
+    result = {"benchmark": "simulated LLM: CPU per streamed token", "rows": rows}
+    result["machine"] = describe_machine()
+    name = "sim-cpu-per-token" + ("-quick" if args.quick else "")
+    write_results(Path(__file__).parent / "results", name, result, markdown(result))
 
 
 if __name__ == "__main__":

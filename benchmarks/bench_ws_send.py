@@ -1,28 +1,24 @@
-"""Server CPU per WebSocket message: quart-trio, a raw ASGI app on hypercorn, chatd's own.
-
-Issue 13 asks to write to the socket "through the fewest layers ... and
-choose by numbers". Each variant runs in a server process of its own that,
-once a client connects, sends ``--messages`` token-sized text frames (the
-JSON of a ``token`` event) as fast as it may, and reports the CPU time its
-process spent on them (``time.process_time``, all threads). The client is
-another process reading raw bytes off a plain socket, so its cost is not
-counted. Runs alternate between variants; medians are reported.
+"""Server CPU per WebSocket message: quart-trio, a raw ASGI app on hypercorn, chatd's own
+(issue 13: write to the socket "through the fewest layers ... and choose by numbers").
 
     python benchmarks/bench_ws_send.py [--messages 20000] [--runs 3] [--quick]
 
-Writes benchmarks/results/ws-send.{json,md}.
+Writes benchmarks/results/ws-send.{json,md} (``--quick`` only prints the report).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import functools
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +29,20 @@ VARIANTS = ("quart-trio", "hypercorn-asgi", "chatd")
 
 
 def _server(variant: str, port: int, messages: int) -> None:
-    """Serve one connection, send ``messages`` frames, print the CPU they cost."""
+    """Serve one connection, send ``messages`` frames, print the CPU they cost
+    (``time.process_time``, every thread of this process)."""
     import trio
 
     text = FRAME.decode()
     result: dict[str, float] = {}
     done = trio.Event()
+
+    @contextlib.contextmanager
+    def timed() -> Iterator[None]:
+        start = time.process_time()
+        yield
+        result["cpu_s"] = time.process_time() - start
+        done.set()
 
     if variant == "chatd":
         from chatd.server.front import read_request_head
@@ -49,22 +53,15 @@ def _server(variant: str, port: int, messages: int) -> None:
             assert request is not None
             ws = await accept(stream, request, deflate=False, max_message_bytes=1 << 20)
             assert ws is not None
-            start = time.process_time()
-            for _ in range(messages):
-                ws.send_nowait(FRAME)
-                if ws.buffered > 256 * 1024:  # as the connection waits for room
-                    await ws.drain()
-            await ws.drain()
-            result["cpu_s"] = time.process_time() - start
-            done.set()
+            with timed():
+                for _ in range(messages):
+                    ws.send_nowait(FRAME)
+                    if ws.buffered > 256 * 1024:  # as the connection waits for room
+                        await ws.drain()
+                await ws.drain()
             await trio.sleep_forever()
 
-        async def main() -> None:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(trio.serve_tcp, handle, port)
-                await done.wait()
-                nursery.cancel_scope.cancel()
-
+        server = functools.partial(trio.serve_tcp, handle, port)
     else:
         from hypercorn.config import Config
         from hypercorn.trio import serve
@@ -83,11 +80,9 @@ def _server(variant: str, port: int, messages: int) -> None:
             @app.websocket("/ws")
             async def ws() -> None:
                 await websocket.accept()
-                start = time.process_time()
-                for _ in range(messages):
-                    await websocket.send(text)
-                result["cpu_s"] = time.process_time() - start
-                done.set()
+                with timed():
+                    for _ in range(messages):
+                        await websocket.send(text)
                 await trio.sleep_forever()
 
         else:
@@ -100,18 +95,19 @@ def _server(variant: str, port: int, messages: int) -> None:
                     return
                 await receive()
                 await send({"type": "websocket.accept"})
-                start = time.process_time()
-                for _ in range(messages):
-                    await send({"type": "websocket.send", "text": text})
-                result["cpu_s"] = time.process_time() - start
-                done.set()
+                with timed():
+                    for _ in range(messages):
+                        await send({"type": "websocket.send", "text": text})
                 await trio.sleep_forever()
 
-        async def main() -> None:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve, app, config)
-                await done.wait()
-                nursery.cancel_scope.cancel()
+        server = functools.partial(serve, app, config)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server)
+            print("listening", flush=True)
+            await done.wait()
+            nursery.cancel_scope.cancel()
 
     trio.run(main)
     print(result["cpu_s"], flush=True)
@@ -120,15 +116,7 @@ def _server(variant: str, port: int, messages: int) -> None:
 def _client(port: int, messages: int) -> None:
     """Handshake, then read until every frame's bytes have come (2-byte headers)."""
     key = base64.b64encode(os.urandom(16)).decode()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            sock = socket.create_connection(("127.0.0.1", port))
-            break
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(
         f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
@@ -152,13 +140,27 @@ def run_one(variant: str, messages: int) -> float:
         port = probe.getsockname()[1]
     command = [sys.executable, __file__, "--serve", variant, "--port", str(port)]
     server = subprocess.Popen(
-        [*command, "--messages", str(messages)],
-        stdout=subprocess.PIPE,
-        text=True,
+        [*command, "--messages", str(messages)], stdout=subprocess.PIPE, text=True
     )
+    assert server.stdout is not None and server.stdout.readline() == "listening\n"
     _client(port, messages)
     out, _ = server.communicate(timeout=60)
     return float(out.strip().splitlines()[-1]) / messages * 1e6
+
+
+def markdown(result: dict[str, Any]) -> str:
+    medians = result["median_us"]
+    rows = "\n".join(
+        f"| {v} | {medians[v]:.1f} | {medians[v] / medians['chatd']:.2f}x |" for v in VARIANTS
+    )
+    return (
+        "# Server CPU per WebSocket message\n\n"
+        f"{result['messages']} token frames ({len(FRAME)} bytes of JSON) sent as fast as the "
+        f"socket takes them, to a client in another process; median of "
+        f"{len(result['runs']['chatd'])} alternating runs.\n\n"
+        "| server | µs of CPU per message | against chatd's |\n|---|---|---|\n"
+        f"{rows}\n\n## Machine\n\n{machine_markdown(result['machine'])}\n"
+    )
 
 
 def main() -> None:
@@ -180,20 +182,11 @@ def main() -> None:
         for variant in VARIANTS:
             runs[variant].append(run_one(variant, args.messages))
     medians = {v: statistics.median(xs) for v, xs in runs.items()}
-    base = medians["chatd"]
-    rows = "\n".join(f"| {v} | {medians[v]:.1f} | {medians[v] / base:.2f}x |" for v in VARIANTS)
-    md = (
-        "# Server CPU per WebSocket message\n\n"
-        f"{args.messages} token frames ({len(FRAME)} bytes of JSON) sent as fast as the socket "
-        f"takes them, to a client in another process; median of {args.runs} alternating runs.\n\n"
-        "| server | µs of CPU per message | against chatd's |\n|---|---|---|\n"
-        f"{rows}\n\n## Machine\n\n{machine_markdown(machine)}\n"
-    )
     result = {"messages": args.messages, "runs": runs, "median_us": medians, "machine": machine}
-    if not args.quick:
-        write_results(Path(__file__).parent / "results", "ws-send", result, md)
+    if args.quick:
+        print(markdown(result))
     else:
-        print(md)
+        write_results(Path(__file__).parent / "results", "ws-send", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,19 @@
-"""The protocol fuzzer of tests/e2e/test_fuzz.py, run long.
+"""The protocol fuzzer of tests/e2e/test_fuzz.py (imported from it), run long: 100,000
+examples or the time budget. Unlike CI, a failing run of 200 is recorded (its minimal example
+and seed) and the fuzz goes on; resident memory after every run shows a leak as a slope.
 
-The same state machine, strategies and checks as the CI test (imported from
-it), against one in-process chatd and its simulated LLM, for 100,000
-examples or until the time budget is spent, whichever comes first. The
-examples run in hypothesis runs of 200 (the n-th from seed ``SEED + n``);
-unlike CI, a failing run is recorded (its minimal example, as hypothesis
-shrank it, and its seed) and the fuzz goes on with the next. Resident memory
-is taken after every run, so a leak shows as a slope.
+    python benchmarks/fuzz.py [--examples N] [--budget-min 30] [--seed N] [--quick]
 
-Results go to benchmarks/results/fuzz.{json,md} (``fuzz-quick`` with
-``--quick``: 1,000 examples). ``--seed`` (or ``CHATD_FUZZ_SEED``) picks the
-seed; the default differs from CI's, so the long run covers other ground.
+Writes benchmarks/results/fuzz{,-quick}.{json,md}. ``--seed`` (or ``CHATD_FUZZ_SEED``) picks
+the seed; the default differs from CI's, so the long run covers other ground.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -108,18 +105,12 @@ async def run(examples: int, budget_s: float, run_seed: int) -> dict[str, Any]:
 def slope_per_10k(chunks: list[dict[str, Any]]) -> float | None:
     """RSS growth in MiB per 10,000 sequences over the second half of the run
     (least squares), after the bounded structures filled in the first."""
-    half = chunks[len(chunks) // 2 :]
-    if len(half) < 3:
+    half = len(chunks) // 2
+    if len(chunks) - half < 3:
         return None
-    xs, total = [], 0
-    for chunk in chunks:
-        total += chunk["sequences"]
-        xs.append(total)
-    xs = xs[len(chunks) // 2 :]
-    ys = [chunk["rss_mib"] for chunk in half]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 10_000
+    sequences = list(itertools.accumulate(chunk["sequences"] for chunk in chunks))
+    rss = [chunk["rss_mib"] for chunk in chunks]
+    return statistics.linear_regression(sequences[half:], rss[half:]).slope * 10_000
 
 
 def report(

@@ -1,18 +1,14 @@
 """The floor: a bare WebSocket relay of the simulated LLM's token stream, with no logic.
 
-``python benchmarks/relay.py --port 0 --llm-url http://127.0.0.1:PORT/v1`` prints
-one JSON line with its ``url`` and ``ws_url`` (as ``chatd serve`` does), then
-serves trio-websocket on any path. It speaks just enough of protocol.md for
-the load generator: a ``chat`` frame starts one streamed completion of the
-message (one user turn, no system prompt, no tools, no history) over h11 on
-a kept-alive loopback connection; the tokens of each network read go out
-together as one ``token`` frame (what chatd's writer does at best), then
-``done`` with the simulator's usage and ``path`` ``direct``. A ``cancel``
-frame, or the client going away, closes that upstream connection.
+``python benchmarks/relay.py --port 0 --llm-url http://127.0.0.1:PORT/v1`` prints one JSON
+line with its ``url`` and ``ws_url`` (as ``chatd serve`` does), then speaks just enough of
+protocol.md for the load generator: a ``chat`` frame streams one completion of the message
+(one user turn, nothing else) over h11 on a kept-alive connection, the tokens of each read as
+one ``token`` frame, then ``done``; ``cancel``, or the client going away, closes it upstream.
 
-No admission, routing, flights, cache, sessions, spans, logs or metrics: what
-is left is trio-websocket, h11 and orjson per token, the floor chatd's CPU
-per token is compared with (``targets.py``). It imports nothing of chatd.
+No admission, routing, flights, cache, sessions, spans, logs or metrics: what is left is
+trio-websocket, h11 and orjson per token, the floor chatd's CPU per token is compared with
+(``targets.py``). It imports nothing of chatd.
 """
 
 from __future__ import annotations
@@ -30,6 +26,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 OnText = Callable[[str], Awaitable[None]]
+STREAMED = {"stream": True, "stream_options": {"include_usage": True}}
 
 
 class UpstreamFailed(Exception):
@@ -48,29 +45,17 @@ class Upstream:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.target = parts.path.rstrip("/") + "/chat/completions"
+        self.headers = [("host", f"{self.host}:{self.port}"), ("content-type", "application/json")]
+        self.headers.append(("accept", "text/event-stream"))
         self.idle: list[trio.SocketStream] = []
 
     async def stream(self, message: str, on_text: OnText) -> int:
         """Stream the answer to ``message`` into ``on_text``, one call per read; the
         completion tokens the server reported."""
-        body = orjson.dumps(
-            {
-                "model": "chatd-sim",
-                "messages": [{"role": "user", "content": message}],
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-        )
-        request = h11.Request(
-            method="POST",
-            target=self.target,
-            headers=[
-                ("host", f"{self.host}:{self.port}"),
-                ("content-type", "application/json"),
-                ("accept", "text/event-stream"),
-                ("content-length", str(len(body))),
-            ],
-        )
+        turn = [{"role": "user", "content": message}]
+        body = orjson.dumps({"model": "chatd-sim", "messages": turn, **STREAMED})
+        headers = [*self.headers, ("content-length", str(len(body)))]
+        request = h11.Request(method="POST", target=self.target, headers=headers)
         sock = self.idle.pop() if self.idle else await trio.open_tcp_stream(self.host, self.port)
         conn = h11.Connection(h11.CLIENT)
         reusable = False
@@ -194,11 +179,7 @@ async def handle(request: WebSocketRequest, upstream: Upstream) -> None:
 
 
 async def serve(host: str, port: int, llm_url: str) -> None:
-    upstream = Upstream(llm_url)
-
-    async def handler(request: WebSocketRequest) -> None:
-        await handle(request, upstream)
-
+    handler = functools.partial(handle, upstream=Upstream(llm_url))
     async with trio.open_nursery() as nursery:
         serving = functools.partial(serve_websocket, disconnect_timeout=5)
         server = await nursery.start(serving, handler, host, port, None)
