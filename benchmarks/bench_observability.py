@@ -34,7 +34,7 @@ from loadgen.script import RunRecord, script_parser
 from machine import write_results
 from reports.observability import markdown
 
-# loadgen/comparisons.py imports these from here.
+# comparisons.py (run by targets.py) imports these from here.
 __all__ = ["Params", "configs_for", "run_end_to_end"]
 
 RESULTS = Path(__file__).parent / "results"

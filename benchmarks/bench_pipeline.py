@@ -11,7 +11,6 @@ collapsed stacks to pipeline{,-quick}-profile.txt. The report says how each figu
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,6 @@ from typing import Any
 
 import attrs
 import httpx
-import orjson
 import trio
 from trio_websocket import WebSocketConnection
 
@@ -30,15 +28,19 @@ from loadgen import profiling
 from loadgen.chat import ask, on_every_connection, open_connections
 from loadgen.cpu import Usage
 from loadgen.pipeline_load import Tally, load_round
-from loadgen.pipeline_questions import FILLERS, PATH_A, PATH_B, unique_chit_chat, unique_question
+from loadgen.pipeline_questions import (
+    FILLERS,
+    PATH_A,
+    PATH_B,
+    floor_ms,
+    unique_chit_chat,
+    unique_question,
+)
 from loadgen.pipeline_stats import percentile, summary_ms
 from loadgen.processes import Process, log_tails_on_failure, start_chatd, start_sim
 from loadgen.script import RunRecord, script_parser
 from machine import write_results
 from reports.pipeline import markdown
-
-from chatd.llm.sim.completions import ARGUMENT_PIECE_CHARS
-from chatd.llm.sim.rules import ToolCallsPlan, default_rules, plan_reply
 
 # Other scenarios and loadgen modules import these from here.
 __all__ = ["FILLERS", "floor_ms", "load_round", "measure_ttft", "percentile", "unique_chit_chat"]
@@ -48,8 +50,6 @@ TARGET_RATIO = 0.5
 # design.md ("Known traps"): ~6-20 µs per upstream token when tokens read together go out
 # together. The issue sets no number for CPU per token: this is the design's own expectation.
 DESIGN_US_PER_TOKEN = 20.0
-
-OFFERED_TOOLS = ("frequently_asked", "calculator", "clock")
 
 
 @attrs.frozen(kw_only=True)
@@ -72,25 +72,6 @@ class Params:
 
 
 # --- 1. time to first token by path -----------------------------------------------------
-
-
-def floor_ms(message: str, ttft_ms: float, tokens_per_s: float) -> tuple[str, float]:
-    """The simulator's own floor for a message's first answer token.
-
-    The router call's last tool-call unit is due at ``ttft + (units - 1) /
-    rate``; Path B can answer then, Path A needs a second call and its TTFT.
-    Returns (first tool, floor in ms for the path it should take).
-    """
-    tools = [{"type": "function", "function": {"name": n}} for n in OFFERED_TOOLS]
-    plan = plan_reply({"messages": [{"role": "user", "content": message}], "tools": tools},
-                      default_rules())  # fmt: skip
-    if not isinstance(plan, ToolCallsPlan):
-        raise RuntimeError(f"the simulator would not call a tool for {message!r}")
-    units = sum(
-        1 + math.ceil(len(orjson.dumps(call.arguments)) / ARGUMENT_PIECE_CHARS)
-        for call in plan.calls
-    )
-    return plan.calls[0].name, ttft_ms + (units - 1) * 1000 / tokens_per_s
 
 
 async def measure_ttft(

@@ -23,8 +23,8 @@ import attrs
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
+from comparisons import logging_on_off, path_ttft, storm_on_off
 from loadgen.cancels import cancel_to_close
-from loadgen.comparisons import logging_on_off, path_ttft, storm_on_off
 from loadgen.floor import floor_and_capacity
 from loadgen.idle import measure_idle
 from loadgen.plots import draw_plots

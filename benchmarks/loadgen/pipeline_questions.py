@@ -2,16 +2,26 @@
 
 Path B's and Path A's questions, the chit-chat the simulator answers directly, and the
 prefixes and tags that make every question new to chatd, so no answer comes from its answer
-cache or a shared flight. ``bench_pipeline.py`` keeps these importable for the other scenarios.
+cache or a shared flight; and the simulator's own floor for each (:func:`floor_ms`).
+``bench_pipeline.py`` keeps these importable for the other scenarios.
 """
 
 from __future__ import annotations
 
+import math
+
+import orjson
+
+from chatd.llm.sim.completions import ARGUMENT_PIECE_CHARS
+from chatd.llm.sim.rules import ToolCallsPlan, default_rules, plan_reply
+
 __all__ = [
     "CHIT_CHAT",
     "FILLERS",
+    "OFFERED_TOOLS",
     "PATH_A",
     "PATH_B",
+    "floor_ms",
     "unique_chit_chat",
     "unique_question",
 ]
@@ -67,3 +77,26 @@ def unique_chit_chat(n: int) -> str:
         if n == 0:
             break
     return f"{base}, ref {tag}"
+
+
+OFFERED_TOOLS = ("frequently_asked", "calculator", "clock")
+"""The tools the scenarios offer the router: chatd's built-in ones."""
+
+
+def floor_ms(message: str, ttft_ms: float, tokens_per_s: float) -> tuple[str, float]:
+    """The simulator's own floor for a message's first answer token.
+
+    The router call's last tool-call unit is due at ``ttft + (units - 1) /
+    rate``; Path B can answer then, Path A needs a second call and its TTFT.
+    Returns (first tool, floor in ms for the path it should take).
+    """
+    tools = [{"type": "function", "function": {"name": n}} for n in OFFERED_TOOLS]
+    plan = plan_reply({"messages": [{"role": "user", "content": message}], "tools": tools},
+                      default_rules())  # fmt: skip
+    if not isinstance(plan, ToolCallsPlan):
+        raise RuntimeError(f"the simulator would not call a tool for {message!r}")
+    units = sum(
+        1 + math.ceil(len(orjson.dumps(call.arguments)) / ARGUMENT_PIECE_CHARS)
+        for call in plan.calls
+    )
+    return plan.calls[0].name, ttft_ms + (units - 1) * 1000 / tokens_per_s

@@ -13,8 +13,8 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from bench_pipeline import floor_ms, percentile
-
+from loadgen.pipeline_questions import floor_ms
+from loadgen.pipeline_stats import percentile
 from loadgen.scenarios import KINDS
 from loadgen.users import Record
 

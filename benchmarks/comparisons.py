@@ -15,7 +15,6 @@ from bench_observability import Params as LogParams
 from bench_observability import configs_for, run_end_to_end
 from bench_pipeline import measure_ttft
 from bench_resilience import measure_storm, storm_env
-
 from loadgen.rig import rig_running
 
 __all__ = ["logging_on_off", "path_ttft", "storm_on_off"]
