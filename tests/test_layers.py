@@ -109,3 +109,16 @@ def test_no_import_cycle() -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+ROOT = PACKAGE.parent
+
+
+@pytest.mark.parametrize("tree", ["chatd", "tests", "benchmarks"])
+def test_no_module_over_400_lines(tree: str) -> None:
+    """A module over ~400 lines is asking to be split (style.md): none in the
+    package, its tests or its benchmarks."""
+    sizes = {
+        p: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / tree).rglob("*.py")
+    }
+    assert not {str(p.relative_to(ROOT)): n for p, n in sizes.items() if n > 400}
