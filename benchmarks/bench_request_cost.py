@@ -102,10 +102,14 @@ class Counter:
 
 async def measure(chats: int, llm_url: str, kb_path: str) -> dict[str, Any]:
     """Serve here, ask ``chats`` chats from a client process, count."""
-    from chatd.config import KBSettings, LLMSettings, Settings
+    from chatd.config import KBSettings, LLMSettings, ServerSettings, Settings
     from chatd.server.serve import serve
 
-    settings = Settings(llm=LLMSettings(url=llm_url), kb=KBSettings(path=kb_path))
+    settings = Settings(
+        server=ServerSettings(port=0),  # a free port: two runs at once do not collide
+        llm=LLMSettings(url=llm_url),
+        kb=KBSettings(path=kb_path),
+    )
     async with trio.open_nursery() as nursery:
         running = await nursery.start(functools.partial(serve, settings, handle_signals=False))
         port = int(running.url.rsplit(":", 1)[1])

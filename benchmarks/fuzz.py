@@ -194,9 +194,9 @@ after every example, a bystander connection streaming answers throughout.
 
 {failure_md or "None."}
 
-Known and held by a strict xfail in tests/e2e/test_fuzz.py, so modelled as chatd
-behaves and not counted here: a WebSocket frame's size is counted in characters,
-not bytes (`test_frame_limit_counts_bytes`).
+Found by the fuzzer and fixed: a WebSocket frame's size was counted in characters,
+not bytes; `test_frame_limit_counts_bytes` (tests/e2e/test_fuzz.py) keeps it fixed, and
+the model counts bytes.
 
 ## Machine
 
@@ -213,7 +213,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 examples")
     args = parser.parse_args()
     examples = 1_000 if args.quick else args.examples
-    run_seed = args.seed or int(os.environ.get("CHATD_FUZZ_SEED") or LONG_RUN_SEED)
+    seed = args.seed if args.seed is not None else os.environ.get("CHATD_FUZZ_SEED")
+    run_seed = int(seed if seed not in (None, "") else LONG_RUN_SEED)
     budget_s = args.budget_min * 60
     print(f"fuzz seed {run_seed}, {examples} examples, budget {args.budget_min:g} min", flush=True)
     outcome = trio.run(run, examples, budget_s, run_seed)

@@ -202,6 +202,8 @@ async def measure_end_to_end(
                     profiles[m.config.label] = await profile(m, params, py_spy)
     configs = {m.config.label: summarise(m) for m in runs}
     for label, shares in profiles.items():
+        if "pct" not in shares:
+            continue  # skipped: py-spy wrote nothing, and the report says why
         per_request = configs[label]["chatd_cpu_us_per_request"]
         shares["us_per_request"] = {
             key: round(pct / 100 * per_request, 1) for key, pct in shares["pct"].items()
