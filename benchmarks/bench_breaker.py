@@ -100,9 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer calls")
     quick = parser.parse_args().quick
+    machine = describe_machine()  # before the run: its load average is the one at the start
     rows = trio.run(run, 20_000 if quick else 500_000)
-    result = {"benchmark": "circuit breaker fail-fast latency", "rows": rows}
-    result["machine"] = describe_machine()
+    result = {"benchmark": "circuit breaker fail-fast latency", "rows": rows, "machine": machine}
     name = "breaker-failfast" + ("-quick" if quick else "")
     write_results(Path(__file__).parent / "results", name, result, markdown(result))
 

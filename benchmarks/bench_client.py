@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500)
     args = parser.parse_args()
     repeat = 20 if args.quick else 200
+    machine = describe_machine()  # before the run: its load average is the one at the start
     rows = []
     for per_read in (1, 4, 16):
         parse = round(bench_parse(args.tokens, per_read, repeat), 2)
@@ -115,7 +116,7 @@ def main() -> None:
         "tokens_per_answer": args.tokens,
         "answers": repeat,
         "rows": rows,
-        "machine": describe_machine(),
+        "machine": machine,
     }
     name = "client-cpu-per-token" + ("-quick" if args.quick else "")
     write_results(Path(__file__).parent / "results", name, result, markdown(result))

@@ -178,6 +178,7 @@ def main() -> None:
         scenarios.append((slow, 20 if args.quick else 50, 5.0))
         scenarios.append((slow, 1, 1000.0))  # one-token answers: the cost of a request
 
+    machine = describe_machine()  # before the run: its load average is the one at the start
     sim, port = start_sim()
     try:
         trio.run(run_scenario, sim, port, 20, 20, 1000.0)  # warm-up, not reported
@@ -187,7 +188,7 @@ def main() -> None:
         sim.wait(10)
 
     result = {"benchmark": "simulated LLM: CPU per streamed token", "rows": rows}
-    result["machine"] = describe_machine()
+    result["machine"] = machine
     name = "sim-cpu-per-token" + ("-quick" if args.quick else "")
     write_results(Path(__file__).parent / "results", name, result, markdown(result))
 

@@ -114,14 +114,18 @@ def slope_per_10k(chunks: list[dict[str, Any]]) -> float | None:
 
 
 def report(
-    outcome: dict[str, Any], examples: int, budget_s: float, run_seed: int, quick: bool
+    outcome: dict[str, Any],
+    examples: int,
+    budget_s: float,
+    run_seed: int,
+    quick: bool,
+    machine: dict[str, Any],
 ) -> tuple[dict[str, Any], str]:
     result: FuzzResult | None = outcome["result"]
     chunks, failures = outcome["chunks"], outcome["failures"]
     sequences = sum(chunk["sequences"] for chunk in chunks)
     seconds = result.seconds if result else outcome["wall_s"]
     valid = result.examples if result else None
-    machine = describe_machine()
     slope = slope_per_10k(chunks)
     rss = [chunk["rss_mib"] for chunk in chunks]
     data = {
@@ -217,8 +221,9 @@ def main() -> None:
     run_seed = int(seed if seed not in (None, "") else LONG_RUN_SEED)
     budget_s = args.budget_min * 60
     print(f"fuzz seed {run_seed}, {examples} examples, budget {args.budget_min:g} min", flush=True)
+    machine = describe_machine()  # before the run: its load average is the one at the start
     outcome = trio.run(run, examples, budget_s, run_seed)
-    data, md = report(outcome, examples, budget_s, run_seed, args.quick)
+    data, md = report(outcome, examples, budget_s, run_seed, args.quick, machine)
     write_results(RESULTS, "fuzz-quick" if args.quick else "fuzz", data, md)
 
 
