@@ -7,7 +7,6 @@ Writes benchmarks/results/breaker-failfast{,-quick}.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import statistics
@@ -18,7 +17,7 @@ from typing import Any
 
 import structlog
 import trio
-from loadgen.script import markdown_table
+from loadgen.script import markdown_table, script_parser
 from machine import describe_machine, machine_markdown, write_results
 
 from chatd.config import BreakerSettings
@@ -97,8 +96,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer calls")
+    parser = script_parser(__doc__, "fewer calls")
     quick = parser.parse_args().quick
     machine = describe_machine()  # before the run: its load average is the one at the start
     rows = trio.run(run, 20_000 if quick else 500_000)

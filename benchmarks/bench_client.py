@@ -6,7 +6,6 @@ client's own cost. Results go to benchmarks/results/client-cpu-per-token{,-quick
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import trio
-from loadgen.script import markdown_table
+from loadgen.script import markdown_table, script_parser
 from machine import describe_machine, machine_markdown, write_results
 
 from chatd.config import LLMSettings
@@ -98,8 +97,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser = script_parser(__doc__, "fewer repetitions")
     parser.add_argument("--tokens", type=int, default=500)
     args = parser.parse_args()
     repeat = 20 if args.quick else 200

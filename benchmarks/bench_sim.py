@@ -8,7 +8,6 @@ Results go to benchmarks/results/sim-cpu-per-token{,-quick}.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import httpx
 import orjson
 import trio
 from loadgen.processes import pid_cpu_seconds
-from loadgen.script import ROOT, markdown_table
+from loadgen.script import ROOT, markdown_table, script_parser
 from machine import describe_machine, machine_markdown, write_results
 
 TTFT_MS = 50.0
@@ -153,7 +152,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = script_parser(__doc__, "fewer and shorter streams")
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--tokens", type=int, default=200, help="content tokens per stream")
     parser.add_argument(
@@ -169,7 +168,6 @@ def main() -> None:
         default=1000,
         help="streams of the many-slow-streams scenario (5 tokens/s each); 0 skips it",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer and shorter streams")
     args = parser.parse_args()
     streams, tokens = (50, 100) if args.quick else (args.streams, args.tokens)
     scenarios = [(streams, tokens, rate) for rate in args.tokens_per_s]
