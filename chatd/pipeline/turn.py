@@ -188,7 +188,7 @@ class Turn:
         client went or cancelled while following a flight, or the answer
         failed part way) counts what it was sent: its prompt, estimated, and
         the tokens of the text it streamed."""
-        if self.text and not (self.prompt_tokens or self.completion_tokens):
+        if not (self.prompt_tokens or self.completion_tokens) and self._text:
             self.prompt_tokens = estimate_prompt_tokens(messages)
             self.completion_tokens = estimate_tokens(self.text)
 
