@@ -160,9 +160,15 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
             phases["loaded"] = await b_phase(rig, ws, http, "loaded", **b_load)
         finally:
             await worker.stdin.aclose()
-            with trio.fail_after(30):
-                flood = orjson.loads(await read_line(worker.stdout, buffer))
-                await worker.wait()
+            try:
+                with trio.fail_after(30):
+                    flood = orjson.loads(await read_line(worker.stdout, buffer))
+                    await worker.wait()
+            finally:  # stuck, or never told: it must not go on flooding
+                if worker.returncode is None:
+                    worker.kill()
+                    with trio.move_on_after(5, shield=True):
+                        await worker.wait()
         idle_after_s = await rig.until_idle(http, 30, upstream=False)
         if not params.quick:
             phases["unloaded-after"] = await b_phase(rig, ws, http, "unloaded-after", **b_load)

@@ -5,7 +5,7 @@ import inside a function or under TYPE_CHECKING)."""
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -45,22 +45,11 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
-def imports(path: Path, *, module_level_only: bool) -> Iterator[str]:
+def imports(path: Path) -> Iterator[str]:
     """The chatd modules ``path`` imports (``from pkg import module`` names the
-    module); at module level only: not under TYPE_CHECKING, not in functions."""
+    module), wherever the import is: in a function or under TYPE_CHECKING too."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-
-    def walk(node: ast.AST) -> Iterator[ast.AST]:
-        for child in ast.iter_child_nodes(node):
-            if module_level_only:
-                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-                    continue  # imported when called, not when imported
-                if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.dump(child.test):
-                    continue
-            yield child
-            yield from walk(child)
-
-    for node in walk(tree):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.startswith("chatd"))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -82,7 +71,7 @@ def test_imports_go_down_the_layers(module: str) -> None:
     if not own:
         return  # chatd/__init__.py
     assert own in LAYERS, f"{module}: add its package to LAYERS (and CONTRIBUTING.md)"
-    for imported in imports(MODULES[module], module_level_only=False):
+    for imported in imports(MODULES[module]):
         other = part(imported)
         if other in ("", own):
             continue
@@ -93,9 +82,14 @@ def test_imports_go_down_the_layers(module: str) -> None:
 
 def test_no_import_cycle() -> None:
     graph = {
-        name: {m for m in imports(path, module_level_only=False) if m in MODULES and m != name}
+        name: {m for m in imports(path) if m in MODULES and m != name}
         for name, path in MODULES.items()
     }
+    assert_no_cycle(graph)
+
+
+def assert_no_cycle(graph: Mapping[str, set[str]]) -> None:
+    """Fail naming the first cycle in ``graph`` (module: the modules it imports)."""
     done: set[str] = set()
 
     def visit(name: str, trail: list[str]) -> None:

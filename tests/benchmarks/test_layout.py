@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_layers import assert_no_cycle
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -51,16 +53,4 @@ def test_the_library_never_imports_a_scenario(module: str) -> None:
 
 
 def test_no_import_cycle() -> None:
-    graph = {name: set(imports(path)) - {name} for name, path in MODULES.items()}
-    done: set[str] = set()
-
-    def visit(name: str, trail: list[str]) -> None:
-        if name in trail:
-            pytest.fail("import cycle: " + " -> ".join([*trail[trail.index(name) :], name]))
-        if name not in done:
-            for imported in sorted(graph[name]):
-                visit(imported, [*trail, name])
-            done.add(name)
-
-    for name in sorted(graph):
-        visit(name, [])
+    assert_no_cycle({name: set(imports(path)) - {name} for name, path in MODULES.items()})

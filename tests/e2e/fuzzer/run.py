@@ -71,6 +71,7 @@ async def fuzz(
     statuses: collections.Counter[str] = collections.Counter()
     rss: list[int] = []
     async with (
+        contextlib.AsyncExitStack() as unfreeze,  # on any way out, after the rest
         trio.open_nursery() as nursery,
         httpx.AsyncClient(base_url=chatd.url, timeout=20) as http,
     ):
@@ -95,6 +96,7 @@ async def fuzz(
             rss.append(settled_rss())
             if index == 0:
                 gc.freeze()  # what lives now, no collection scans again until the end: 6% faster
+                unfreeze.callback(gc.unfreeze)
             if on_chunk is not None:
                 on_chunk(index, failure, harness)
             if budget_s is not None and time.perf_counter() - started > budget_s:
@@ -106,7 +108,6 @@ async def fuzz(
         with trio.fail_after(15):
             await bystander.finished.wait()
         nursery.cancel_scope.cancel()  # readers of sockets a failed example left
-    gc.unfreeze()
     if bystander.failure is not None:
         raise Mismatch(bystander.failure)
     assert chatd.sim is not None
