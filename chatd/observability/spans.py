@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
@@ -121,12 +120,7 @@ class SpanHandle:
         self.trace._open(self, self.trace.clock(), push=True)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, _type: object, exc: BaseException | None, _traceback: object) -> None:
         self.trace._close(self)
         outcome, error = describe_outcome(exc)
         if outcome == "ok" and self._failure is not None:

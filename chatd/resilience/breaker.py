@@ -15,7 +15,6 @@ import contextlib
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Literal
 
 import attrs
@@ -121,12 +120,7 @@ class Attempt:
         self._breaker._admit(self)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, _type: object, exc: BaseException | None, _traceback: object) -> None:
         if exc is None:
             self._breaker._settle(self, "success")
         elif not _is_cancellation(exc) and self._breaker.is_failure(exc):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import orjson
@@ -118,6 +118,9 @@ class Completion:
     include_usage: bool
 
 
+T = TypeVar("T")
+
+
 def _text(content: Any, where: str) -> str:
     """A message's text: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
@@ -154,6 +157,16 @@ def _conversation(messages: Any) -> tuple[str, tuple[Message, ...]]:
     return turns[-1]["content"], tuple(turns[:-1])
 
 
+def _member(data: Mapping[str, Any], name: str, kind: type[T], what: str, default: T) -> T:
+    """``data[name]``, ``default`` if absent or null; InvalidRequest unless a ``kind``."""
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise InvalidRequest(f"'{name}' must be {what}", name)
+    return value
+
+
 def parse_completion(
     body: bytes, client: str, request_id: str, session: str | None, limit: int
 ) -> Completion:
@@ -164,19 +177,13 @@ def parse_completion(
         raise InvalidRequest("'model' must be a string", "model")
     if model != MODEL:
         raise ModelNotFound(f"the model {model!r} does not exist; use {MODEL!r}", "model")
-    stream = data.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean", "stream")
-    options = data.get("stream_options") or {}
-    if not isinstance(options, Mapping):
-        raise InvalidRequest("'stream_options' must be an object", "stream_options")
+    stream = _member(data, "stream", bool, "a boolean", False)
+    options = _member(data, "stream_options", dict, "an object", {})
     if data.get("tools") or data.get("functions"):
         raise InvalidRequest("chatd runs its own tools; 'tools' are not accepted", "tools")
     if data.get("n", 1) != 1:
         raise InvalidRequest("'n' must be 1", "n")
-    metadata = data.get("metadata") or {}
-    if not isinstance(metadata, Mapping):
-        raise InvalidRequest("'metadata' must be an object", "metadata")
+    metadata = _member(data, "metadata", dict, "an object", {})
     user = data.get("user")
     if session is None and isinstance(user, str) and user:
         session = user

@@ -19,7 +19,7 @@ not import ``chatd.pipeline``, where the ``RateLimiter`` protocol lives.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 import attrs
 import structlog
@@ -71,19 +71,29 @@ class _Switch:
             log.info("redis back", store=self.store)
 
 
-def _switch_for(store: str) -> Any:
-    """The default of a wrapper's ``_switch``: one for ``store``, counted by its ``on_fallback``."""
-    return attrs.Factory(lambda self: _Switch(store, self.on_fallback), takes_self=True)
+S = TypeVar("S")
+L = TypeVar("L")
 
 
 @attrs.define
-class FallbackAnswerCache(Generic[T]):
+class _Fallback(Generic[S, L]):
+    """A wrapper's two stores and its :class:`_Switch`, named by its ``store``."""
+
+    store: ClassVar[str]
+    redis: S
+    local: L
+    on_fallback: Callable[[str], None]
+    _switch: _Switch = attrs.field(
+        init=False,
+        default=attrs.Factory(lambda self: _Switch(self.store, self.on_fallback), takes_self=True),
+    )
+
+
+@attrs.define
+class FallbackAnswerCache(_Fallback[AnswerCache[T], MemoryAnswerCache[T]], Generic[T]):
     """An :class:`AnswerCache` in Redis, in local memory while Redis fails."""
 
-    redis: AnswerCache[T]
-    local: MemoryAnswerCache[T]
-    on_fallback: Callable[[str], None]
-    _switch: _Switch = attrs.field(init=False, default=_switch_for("cache"))
+    store: ClassVar[str] = "cache"
 
     async def get(self, key: str) -> T | None:
         """See :meth:`AnswerCache.get`."""
@@ -108,13 +118,10 @@ class FallbackAnswerCache(Generic[T]):
 
 
 @attrs.define
-class FallbackSessionStore:
+class FallbackSessionStore(_Fallback[SessionStore, MemorySessionStore]):
     """A :class:`SessionStore` in Redis, in local memory while Redis fails."""
 
-    redis: SessionStore
-    local: MemorySessionStore
-    on_fallback: Callable[[str], None]
-    _switch: _Switch = attrs.field(init=False, default=_switch_for("sessions"))
+    store: ClassVar[str] = "sessions"
 
     async def history(self, session: str) -> list[Message]:
         """See :meth:`SessionStore.history`."""
@@ -148,13 +155,10 @@ class _Checks(Protocol):
 
 
 @attrs.define
-class FallbackRateLimiter:
+class FallbackRateLimiter(_Fallback[_Checks, _Checks]):
     """Rate limits in Redis, in local memory while Redis fails."""
 
-    redis: _Checks
-    local: _Checks
-    on_fallback: Callable[[str], None]
-    _switch: _Switch = attrs.field(init=False, default=_switch_for("rate_limits"))
+    store: ClassVar[str] = "rate_limits"
 
     @property
     def tokens_per_day(self) -> int:

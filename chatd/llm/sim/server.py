@@ -222,32 +222,13 @@ class SimServer:
         await exchange.respond(200, orjson.dumps({"headers": headers, "body": last.body}))
 
     async def _faults(self, exchange: Exchange) -> None:
-        if exchange.request.method == "POST":
-            fields = await _control_body(
-                exchange,
-                {"mode", "status", "ttft_ms", "tokens_per_s", "after_tokens"},
-                required={"mode"},
-            )
-            if fields is None:
-                return
-            try:
-                self.set_fault(**fields)
-            except (TypeError, ValueError) as exc:
-                await _bad_control(exchange, str(exc))
-                return
-        await exchange.respond(200, orjson.dumps(attrs.asdict(self._fault)))
+        allowed = {"mode", "status", "ttft_ms", "tokens_per_s", "after_tokens"}
+        if await _apply_control(exchange, self.set_fault, allowed, required={"mode"}):
+            await exchange.respond(200, orjson.dumps(attrs.asdict(self._fault)))
 
     async def _timing_endpoint(self, exchange: Exchange) -> None:
-        if exchange.request.method == "POST":
-            fields = await _control_body(exchange, {"ttft_ms", "tokens_per_s"})
-            if fields is None:
-                return
-            try:
-                self.set_timing(**fields)
-            except (TypeError, ValueError) as exc:
-                await _bad_control(exchange, str(exc))
-                return
-        await exchange.respond(200, orjson.dumps(attrs.asdict(self._timing)))
+        if await _apply_control(exchange, self.set_timing, {"ttft_ms", "tokens_per_s"}):
+            await exchange.respond(200, orjson.dumps(attrs.asdict(self._timing)))
 
 
 def _header_dict(exchange: Exchange) -> dict[str, str]:
@@ -274,18 +255,26 @@ def _check_timing(ttft_ms: float | None, tokens_per_s: float | None) -> None:
         raise ValueError(f"tokens_per_s must be a number greater than 0, not {tokens_per_s!r}")
 
 
-async def _control_body(
-    exchange: Exchange, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
-) -> dict[str, Any] | None:
-    """The JSON object of a ``/_sim`` POST, or None after answering 400."""
+async def _apply_control(
+    exchange: Exchange,
+    setter: Callable[..., None],
+    allowed: set[str],
+    required: frozenset[str] | set[str] = frozenset(),
+) -> bool:
+    """Call ``setter`` with the JSON object of a ``/_sim`` POST; False after answering 400.
+
+    A GET sets nothing and is answered with the current settings.
+    """
+    if exchange.request.method != "POST":
+        return True
     try:
         fields = orjson.loads(exchange.request.body or b"{}")
     except orjson.JSONDecodeError as exc:
         await _bad_control(exchange, f"request body is not valid JSON: {exc}")
-        return None
+        return False
     if not isinstance(fields, dict):
         await _bad_control(exchange, "request body must be a JSON object")
-        return None
+        return False
     unknown = set(fields) - allowed
     missing = set(required) - set(fields)
     if unknown or missing:
@@ -295,8 +284,13 @@ async def _control_body(
             else f"missing {sorted(missing)[0]!r}"
         )
         await _bad_control(exchange, problem)
-        return None
-    return fields
+        return False
+    try:
+        setter(**fields)
+    except (TypeError, ValueError) as exc:
+        await _bad_control(exchange, str(exc))
+        return False
+    return True
 
 
 async def _bad_control(exchange: Exchange, message: str) -> None:
