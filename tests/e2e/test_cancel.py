@@ -13,7 +13,7 @@ import trio
 from chatd.config import SimSettings, ToolsSettings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
 from chatd.tools.base import ToolContext, ToolResult, stream_text
-from tests.e2e.conftest import MakeSettings
+from tests.e2e.conftest import MakeSettings, start_chat
 
 
 async def wait_for_disconnects(chatd: Chatd, count: int) -> None:
@@ -62,12 +62,10 @@ async def test_cancel_mid_stream(chatd: Chatd, client: ChatClient) -> None:
 
 async def test_cancel_while_queued_for_first_token(chatd: Chatd, client: ChatClient) -> None:
     """A cancel before the first token also closes the upstream call."""
-    assert chatd.sim is not None
-    chatd.sim.set_timing(ttft_ms=2000)
     with trio.fail_after(10):
-        await client.chat("b", "hello there")
-        await client.wait_for("b", "accepted")
+        await start_chat(chatd, client, "b", "hello there", ttft_ms=2000)
         sim = chatd.sim
+        assert sim is not None
         await wait_until(lambda: sim.statistics().active >= 1, within=5)
         done = await cancel(client, "b")
     assert done["finish_reason"] == "cancelled"

@@ -16,7 +16,10 @@ import trio
 
 from chatd.config import LimitsSettings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
-from tests.e2e.conftest import MakeSettings, ask
+from tests.e2e.conftest import MakeSettings, ask, start_chat
+
+STORY = "tell me a long story about the sea"
+"""A question the simulated LLM answers at length."""
 
 
 @pytest.mark.parametrize(
@@ -59,11 +62,8 @@ async def test_binary_frame_is_bad_request(chatd: Chatd, client: ChatClient) -> 
 
 async def test_duplicate_id_leaves_the_first_alone(chatd: Chatd, client: ChatClient) -> None:
     """A second chat under an id in flight is refused; the first finishes undisturbed."""
-    assert chatd.sim is not None
-    chatd.sim.set_timing(ttft_ms=200)
     with trio.fail_after(10):
-        await client.chat("dup", "hello there")
-        await client.wait_for("dup", "accepted")
+        await start_chat(chatd, client, "dup", "hello there", ttft_ms=200)
         await client.chat("dup", "hello again")
         error = await client.wait_for("dup", "error")
         assert error["code"] == "bad_request"
@@ -91,11 +91,8 @@ async def test_too_large_names_the_request(make_settings: MakeSettings) -> None:
     once, while the connection's other requests go on."""
     settings = make_settings(limits=LimitsSettings(max_frame_bytes=2000))
     async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
-        assert server.sim is not None
-        server.sim.set_timing(ttft_ms=50, tokens_per_s=200)
         with trio.fail_after(10):
-            await client.chat("live", "tell me a long story about the sea")
-            await client.wait_for("live", "accepted")
+            await start_chat(server, client, "live", STORY, ttft_ms=50, tokens_per_s=200)
             await client.chat("big", "x" * 3000)
             error = await client.finish("big")
             assert "done" not in client.types("live")  # it came while the answer streamed
@@ -108,8 +105,6 @@ async def test_too_large_names_the_request(make_settings: MakeSettings) -> None:
 
 async def test_bad_frames_leave_requests_in_flight_alone(chatd: Chatd, client: ChatClient) -> None:
     """A burst of bad frames while an answer streams: each refused, the answer whole."""
-    assert chatd.sim is not None
-    chatd.sim.set_timing(ttft_ms=50, tokens_per_s=200)
     bad = [
         "{not json",
         '{"type": "chat", "id": "w", "message": 7}',
@@ -118,8 +113,7 @@ async def test_bad_frames_leave_requests_in_flight_alone(chatd: Chatd, client: C
         "x" * 70_000,
     ]
     with trio.fail_after(10):
-        await client.chat("live", "tell me a long story about the sea")
-        await client.wait_for("live", "accepted")
+        await start_chat(chatd, client, "live", STORY, ttft_ms=50, tokens_per_s=200)
         for frame in bad:
             await client.send(frame)
         done = await client.wait_for("live", "done")
@@ -141,7 +135,7 @@ async def test_frame_far_over_the_limit_ends_the_connection_cleanly(chatd: Chatd
     sim.set_timing(ttft_ms=10, tokens_per_s=20)
     with trio.fail_after(10):
         async with open_chat_client(chatd.ws_url) as client:
-            await client.chat("long", "tell me a long story about the sea")
+            await client.chat("long", STORY)
             await client.wait_for("long", "token")
             assert sim.statistics().active == 1
             await client.send('{"type": "chat", "id": "huge", "message": "' + "x" * 5_000_000)

@@ -9,7 +9,7 @@ import trio
 
 from chatd.config import LimitsSettings, ServerSettings
 from chatd.testing import ChatClient, Chatd, open_chat_client, open_chatd, wait_until
-from tests.e2e.conftest import MakeSettings, ask
+from tests.e2e.conftest import MakeSettings, ask, start_chat
 from tests.observability.test_metrics import scrape, value
 
 
@@ -96,10 +96,7 @@ async def test_overloaded_when_queue_full(make_settings: MakeSettings) -> None:
     """With every LLM slot taken and no queue room, a chat is refused at once."""
     settings = make_settings(limits=LimitsSettings(llm_streams=1, max_queue=0))
     async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
-        assert server.sim is not None
-        server.sim.set_timing(ttft_ms=500)
-        await client.chat("slow", "hello there")
-        await client.wait_for("slow", "accepted")
+        await start_chat(server, client, "slow", "hello there", ttft_ms=500)
         with trio.fail_after(0.4):  # refused before the first request even starts streaming
             error = await ask(client, "shed", "hello")
         assert error["code"] == "overloaded"
@@ -111,10 +108,7 @@ async def test_overloaded_after_queue_timeout(make_settings: MakeSettings) -> No
     """A queued chat hears its position, then is refused when the wait passes the limit."""
     settings = make_settings(limits=LimitsSettings(llm_streams=1, max_queue=5, queue_timeout_s=0.2))
     async with open_chatd(settings) as server, open_chat_client(server.ws_url) as client:
-        assert server.sim is not None
-        server.sim.set_timing(ttft_ms=1000)
-        await client.chat("slow", "hello there")
-        await client.wait_for("slow", "accepted")
+        await start_chat(server, client, "slow", "hello there", ttft_ms=1000)
         error = await ask(client, "waits", "hello")
         assert client.types("waits") == ["accepted", "queued", "error"]
         assert client.events["waits"][1]["position"] == 1
@@ -147,10 +141,7 @@ async def test_too_many_in_flight_on_one_connection(make_settings: MakeSettings)
         open_chatd(make_settings(limits=limits)) as server,
         open_chat_client(server.ws_url) as client,
     ):
-        assert server.sim is not None
-        server.sim.set_timing(ttft_ms=300)
-        await client.chat("one", "hello there")
-        await client.wait_for("one", "accepted")
+        await start_chat(server, client, "one", "hello there", ttft_ms=300)
         error = await ask(client, "two", "hello")
         assert error["code"] == "overloaded"
         assert (await client.finish("one"))["type"] == "done"

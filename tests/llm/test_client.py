@@ -16,15 +16,8 @@ import orjson
 import pytest
 import trio
 
+from chatd import exceptions
 from chatd.config import LLMSettings, LLMTimeouts
-from chatd.exceptions import (
-    DeadlineExceeded,
-    UpstreamHTTPError,
-    UpstreamProtocolError,
-    UpstreamRefused,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
 from chatd.llm import ChatRequest, Completion, TextDelta, open_llm_client
 
 REQUEST = ChatRequest([{"role": "user", "content": "hi"}])
@@ -125,7 +118,7 @@ async def test_phase_deadlines(
 ) -> None:
     """Each phase's deadline fires at its exact virtual time and names the phase."""
     script = Script(steps)
-    with pytest.raises(UpstreamTimeout) as info:
+    with pytest.raises(exceptions.UpstreamTimeout) as info:
         await collect(sse(script))
     assert info.value.phase == phase
     assert trio.current_time() == pytest.approx(at)
@@ -137,14 +130,14 @@ async def test_a_busy_reader_is_not_the_llms_fault(autojump_clock: trio.abc.Cloc
     that does not blame the LLM (no UpstreamTimeout for the breaker to count)."""
     script = Script([text_chunk("a"), 0.1, text_chunk("b"), END])
     llm = LLMSettings(url="http://llm.test/v1", timeouts=TIMEOUTS, coalesce_ms=0)
-    with pytest.raises(DeadlineExceeded) as info:
+    with pytest.raises(exceptions.DeadlineExceeded) as info:
         async with (
             open_llm_client(llm, transport=httpx.MockTransport(sse(script))) as client,
             client.stream(REQUEST) as events,
         ):
             async for _event in events:
                 await trio.sleep(5)
-    assert not isinstance(info.value, UpstreamTimeout)
+    assert not isinstance(info.value, exceptions.UpstreamTimeout)
     assert "waited over 1 s for its reader" in str(info.value)
     assert trio.current_time() == pytest.approx(1.125)
 
@@ -156,7 +149,7 @@ async def test_headers_late_is_ttft(autojump_clock: trio.abc.Clock) -> None:
         await trio.sleep(100)
         raise AssertionError("unreachable")
 
-    with pytest.raises(UpstreamTimeout, match="ttft timeout after 2 s"):
+    with pytest.raises(exceptions.UpstreamTimeout, match="ttft timeout after 2 s"):
         await collect(handler)
     assert trio.current_time() == pytest.approx(2.0)
 
@@ -181,7 +174,7 @@ async def test_http_error_keeps_provider_body() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, content=body, headers={"content-type": "application/json"})
 
-    with pytest.raises(UpstreamHTTPError) as info:
+    with pytest.raises(exceptions.UpstreamHTTPError) as info:
         await collect(handler)
     assert info.value.status == 401
     assert info.value.body == body.decode()
@@ -197,7 +190,7 @@ async def test_refusal_is_unavailable_with_retry_after(status: int) -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, content=b"slow down", headers={"retry-after": "2"})
 
-    with pytest.raises(UpstreamRefused) as info:
+    with pytest.raises(exceptions.UpstreamRefused) as info:
         await collect(handler)
     assert info.value.retry_after_ms == 2000
     assert info.value.code == "upstream_unavailable"
@@ -212,10 +205,12 @@ async def test_connection_refused_is_unavailable() -> None:
     llm = LLMSettings(url=f"http://127.0.0.1:{port}/v1", timeouts=TIMEOUTS)
     with trio.fail_after(5):
         async with open_llm_client(llm) as client:
-            with pytest.raises(UpstreamUnavailable, match="cannot reach the LLM") as info:
+            with pytest.raises(
+                exceptions.UpstreamUnavailable, match="cannot reach the LLM"
+            ) as info:
                 async with client.stream(REQUEST) as events:
                     [event async for event in events]
-    assert not isinstance(info.value.__cause__, UpstreamUnavailable)
+    assert not isinstance(info.value.__cause__, exceptions.UpstreamUnavailable)
     assert isinstance(info.value.__cause__, httpx.ConnectError)
     assert str(port) not in info.value.message  # where the LLM is, only operators read
     assert info.value.detail is not None
@@ -233,7 +228,7 @@ async def test_broken_mid_stream_is_protocol_error() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Broken())
 
-    with pytest.raises(UpstreamProtocolError, match="broke mid-stream: peer closed"):
+    with pytest.raises(exceptions.UpstreamProtocolError, match="broke mid-stream: peer closed"):
         await collect(handler)
 
 
@@ -243,7 +238,7 @@ async def test_not_an_event_stream() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"<html>", headers={"content-type": "text/html"})
 
-    with pytest.raises(UpstreamProtocolError, match="content-type 'text/html'"):
+    with pytest.raises(exceptions.UpstreamProtocolError, match="content-type 'text/html'"):
         await collect(handler)
 
 
@@ -292,6 +287,6 @@ async def test_retry_after_forms(header: str, ms: int | None) -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503, content=b"busy", headers={"retry-after": header})
 
-    with pytest.raises(UpstreamRefused) as info:
+    with pytest.raises(exceptions.UpstreamRefused) as info:
         await collect(handler)
     assert info.value.retry_after_ms == ms

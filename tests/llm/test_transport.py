@@ -98,6 +98,12 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+async def get_in_turn(http: httpx.AsyncClient, url: str, times: int) -> list[bytes]:
+    """GET ``url`` ``times`` times, one after another (5 s at most in all); the bodies."""
+    with trio.fail_after(5):
+        return [(await http.get(url)).content for _ in range(times)]
+
+
 async def test_get_and_post_through_httpx(serve: Serve, client: httpx.AsyncClient) -> None:
     """A request's method, path, headers and body reach the server; the body comes back."""
     server = HTTPServer(b"pong", chunks=3)
@@ -118,9 +124,7 @@ async def test_one_connection_is_reused_and_kept_idle(serve: Serve) -> None:
     url = await serve(server)
     transport = TrioTransport()
     async with httpx.AsyncClient(transport=transport) as http:
-        with trio.fail_after(5):
-            for _ in range(5):
-                assert (await http.get(url)).content == b"hello"
+        assert await get_in_turn(http, url, 5) == [b"hello"] * 5
         (pool,) = transport.statistics().values()
         assert (pool.in_use, pool.idle) == (0, 1)
     assert server.connections == 1
@@ -218,9 +222,7 @@ async def test_connections_past_descriptor_1024(serve: Serve) -> None:
     filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
     try:
         async with httpx.AsyncClient(transport=TrioTransport()) as http:
-            with trio.fail_after(5):
-                for _ in range(3):
-                    assert (await http.get(url)).content == b"hello"
+            assert await get_in_turn(http, url, 3) == [b"hello"] * 3
     finally:
         for fd in filler:
             os.close(fd)
@@ -253,11 +255,8 @@ async def test_chunked_bodies_and_keep_alive(serve: Serve, reply: bytes, close: 
                     return
 
     url = await serve(chunked)
-    transport = TrioTransport()
-    async with httpx.AsyncClient(transport=transport) as http:
-        with trio.fail_after(5):
-            for _ in range(2):
-                assert (await http.get(url)).content == b"hello"
+    async with httpx.AsyncClient(transport=TrioTransport()) as http:
+        assert await get_in_turn(http, url, 2) == [b"hello"] * 2
     assert len(connections) == (2 if close else 1)
 
 
@@ -375,9 +374,7 @@ async def test_tls(nursery: trio.Nursery) -> None:
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
     async with httpx.AsyncClient(transport=TrioTransport(verify=client_ctx)) as http:
-        with trio.fail_after(5):
-            for _ in range(2):
-                assert (await http.get(f"https://localhost:{port}/")).content == b"secret"
+        assert await get_in_turn(http, f"https://localhost:{port}/", 2) == [b"secret"] * 2
     assert server.connections == 1
     async with httpx.AsyncClient(transport=TrioTransport()) as http:  # the system's CAs
         with trio.fail_after(5), pytest.raises(httpx.ConnectError):

@@ -43,6 +43,13 @@ async def spend(limiter: RateLimiter, client: str, chats: int) -> None:
         await limiter.check(client)
 
 
+async def spent_limiter(make_limiter: MakeLimiter) -> RateLimiter:
+    """A limiter of ``RATE`` on which client "a" has just spent its whole bucket."""
+    limiter = make_limiter(RATE)
+    await spend(limiter, "a", RATE)
+    return limiter
+
+
 async def refused_retry_after_ms(limiter: RateLimiter, client: str) -> int:
     """The next check for ``client`` is refused with a retry hint; the hint, in ms."""
     with pytest.raises(RateLimited) as refused:
@@ -55,15 +62,13 @@ async def test_a_minutes_worth_in_a_burst_then_refused(
     make_limiter: MakeLimiter, clock: Clock | None
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        limiter = make_limiter(RATE)
-        await spend(limiter, "a", RATE)
+        limiter = await spent_limiter(make_limiter)
         assert 0 < await refused_retry_after_ms(limiter, "a") <= REFILL_MS
 
 
 async def test_refills_after_retry_after(make_limiter: MakeLimiter, clock: Clock | None) -> None:
     with trio.fail_after(TIMEOUT):
-        limiter = make_limiter(RATE)
-        await spend(limiter, "a", RATE)
+        limiter = await spent_limiter(make_limiter)
         retry_after_ms = await refused_retry_after_ms(limiter, "a")
         await trio.sleep(retry_after_ms / 1000)
         await limiter.check("a")
@@ -75,8 +80,7 @@ async def test_clients_have_their_own_buckets(
     make_limiter: MakeLimiter, clock: Clock | None
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        limiter = make_limiter(RATE)
-        await spend(limiter, "a", RATE)
+        limiter = await spent_limiter(make_limiter)
         with pytest.raises(RateLimited):
             await limiter.check("a")
         await spend(limiter, "b", RATE)

@@ -34,6 +34,12 @@ def state(cb: CircuitBreaker) -> str:
     return cb.state
 
 
+def assert_stats(cb: CircuitBreaker, **expected: object) -> None:
+    """The named fields of the breaker's statistics, as of now, have these values."""
+    stats = cb.statistics()
+    assert {name: getattr(stats, name) for name in expected} == expected
+
+
 def succeed(cb: CircuitBreaker) -> None:
     with cb.attempt():
         pass
@@ -45,22 +51,31 @@ def fail(cb: CircuitBreaker, exc: BaseException | None = None) -> None:
         raise exc
 
 
+def record(cb: CircuitBreaker, outcomes: str) -> None:
+    """One call a letter, in order: ``s`` succeeds, ``f`` fails with an UpstreamError."""
+    calls = {"s": succeed, "f": fail}
+    for outcome in outcomes:
+        calls[outcome](cb)
+
+
+async def half_open_breaker(**settings: float) -> CircuitBreaker:
+    """A breaker opened by one failure (open_timeout_s 5), now just half-open."""
+    cb = breaker(failure_threshold=1, open_timeout_s=5, **settings)
+    fail(cb)
+    await trio.sleep(5)
+    return cb
+
+
 async def test_opens_after_exactly_threshold_consecutive_failures(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """N-1 failures and a success start the count again; N in a row open it."""
     cb = breaker(failure_threshold=3)
-    fail(cb)
-    fail(cb)
-    succeed(cb)
-    fail(cb)
-    fail(cb)
-    assert state(cb) == "closed"
-    assert cb.statistics().consecutive_failures == 2
+    record(cb, "ffsff")
+    assert_stats(cb, state="closed", consecutive_failures=2)
     await trio.sleep(4)
     fail(cb)
-    assert state(cb) == "open"
-    assert cb.statistics().opened_at == 4.0
+    assert_stats(cb, state="open", opened_at=4.0)
 
 
 async def test_open_fails_fast_with_the_remaining_open_time(
@@ -97,27 +112,21 @@ async def test_half_open_exactly_at_open_timeout(autojump_clock: trio.abc.Clock)
 
 async def test_probe_success_closes(autojump_clock: trio.abc.Clock) -> None:
     """One successful probe (half_open_max_calls 1) closes the breaker."""
-    cb = breaker(failure_threshold=1, open_timeout_s=5)
-    fail(cb)
-    await trio.sleep(5)
+    cb = await half_open_breaker()
     with cb.attempt() as probe:
         assert probe.probe
         await trio.sleep(2)
     assert state(cb) == "closed"
-    stats = cb.statistics()
-    assert (stats.opened_at, stats.consecutive_failures, stats.generation) == (None, 0, 3)
+    assert_stats(cb, opened_at=None, consecutive_failures=0, generation=3)
 
 
 async def test_probe_failure_reopens_with_a_fresh_timeout(autojump_clock: trio.abc.Clock) -> None:
     """A failed probe opens the breaker again for open_timeout_s from when it failed."""
-    cb = breaker(failure_threshold=1, open_timeout_s=5)
-    fail(cb)
-    await trio.sleep(5)
+    cb = await half_open_breaker()
     with pytest.raises(UpstreamError), cb.attempt():
         await trio.sleep(2)
         raise UpstreamError("still down")
-    assert state(cb) == "open"
-    assert cb.statistics().opened_at == 7.0
+    assert_stats(cb, state="open", opened_at=7.0)
     assert cb.retry_after_ms() == 5_000
     await trio.sleep_until(11.999)
     assert state(cb) == "open"
@@ -129,9 +138,7 @@ async def test_half_open_max_calls_limits_concurrent_probes(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """Only half_open_max_calls probes run at once; it closes when that many succeeded."""
-    cb = breaker(failure_threshold=1, open_timeout_s=5, half_open_max_calls=2)
-    fail(cb)
-    await trio.sleep(5)
+    cb = await half_open_breaker(half_open_max_calls=2)
 
     async def probe(seconds: float) -> None:
         with cb.attempt():
@@ -146,26 +153,20 @@ async def test_half_open_max_calls_limits_concurrent_probes(
             pass
         assert info.value.retry_after_ms == 1_000
         await trio.sleep(1)  # t = 6.5: the first probe succeeded at 6, one slot is free
-        assert state(cb) == "half_open"
-        assert cb.statistics().half_open_in_flight == 1
+        assert_stats(cb, state="half_open", half_open_in_flight=1)
     assert trio.current_time() == 8.0
-    assert state(cb) == "closed"
-    assert cb.statistics().rejections == 1
+    assert_stats(cb, state="closed", rejections=1)
 
 
 async def test_cancelled_probe_frees_its_slot_and_counts_neither_way(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """A probe cancelled by its caller leaves the breaker half-open with the slot free."""
-    cb = breaker(failure_threshold=1, open_timeout_s=5)
-    fail(cb)
-    await trio.sleep(5)
+    cb = await half_open_breaker()
     with trio.move_on_after(1), cb.attempt():
         await trio.sleep(10)
     assert trio.current_time() == 6.0
-    stats = cb.statistics()
-    assert (stats.state, stats.half_open_in_flight) == ("half_open", 0)
-    assert (stats.total_successes, stats.total_failures) == (0, 1)
+    assert_stats(cb, state="half_open", half_open_in_flight=0, total_successes=0, total_failures=1)
     succeed(cb)
     assert state(cb) == "closed"
 
@@ -186,8 +187,7 @@ async def test_cancellation_in_an_exception_group_counts_as_neither(
             seen.append(exc)
             raise
     assert isinstance(seen[0], BaseExceptionGroup)
-    assert state(cb) == "closed"
-    assert cb.statistics().total_failures == 0
+    assert_stats(cb, state="closed", total_failures=0)
 
 
 async def late_failure(cb: CircuitBreaker, seconds: float) -> None:
@@ -203,14 +203,17 @@ async def test_stale_failure_does_not_move_the_open_timer(autojump_clock: trio.a
     async with trio.open_nursery() as nursery:
         nursery.start_soon(late_failure, cb, 10)
         await trio.sleep(1)
-        fail(cb)
-        fail(cb)
+        record(cb, "ff")
         generation = cb.generation
     assert trio.current_time() == 10.0
-    stats = cb.statistics()
-    assert (stats.state, stats.opened_at, stats.generation) == ("open", 1.0, generation)
-    assert stats.retry_after_ms == 21_000
-    assert stats.total_failures == 3
+    assert_stats(
+        cb,
+        state="open",
+        opened_at=1.0,
+        generation=generation,
+        retry_after_ms=21_000,
+        total_failures=3,
+    )
 
 
 async def test_failure_begun_before_a_close_does_not_reopen(
@@ -226,8 +229,7 @@ async def test_failure_begun_before_a_close_does_not_reopen(
         succeed(cb)
         assert state(cb) == "closed"
     assert trio.current_time() == 20.0
-    assert state(cb) == "closed"
-    assert cb.statistics().consecutive_failures == 0
+    assert_stats(cb, state="closed", consecutive_failures=0)
 
 
 async def test_early_success_then_exception_is_not_a_failure(
@@ -238,8 +240,7 @@ async def test_early_success_then_exception_is_not_a_failure(
     with pytest.raises(UpstreamError), cb.attempt() as attempt:
         attempt.success()
         raise UpstreamError("stream broke after the first token")
-    stats = cb.statistics()
-    assert (stats.state, stats.total_successes, stats.total_failures) == ("closed", 1, 0)
+    assert_stats(cb, state="closed", total_successes=1, total_failures=0)
 
 
 async def test_early_failure_counts_even_if_the_block_ends_cleanly(
@@ -262,8 +263,7 @@ async def test_errors_that_are_not_the_dependency_count_neither_way(
     """Client errors, bugs, interrupts and another breaker being open leave the count alone."""
     cb = breaker(failure_threshold=1)
     fail(cb, exc)
-    stats = cb.statistics()
-    assert (stats.state, stats.total_failures, stats.total_successes) == ("closed", 0, 0)
+    assert_stats(cb, state="closed", total_failures=0, total_successes=0)
 
 
 @pytest.mark.parametrize(
@@ -290,9 +290,7 @@ def test_default_is_failure(exc: BaseException, counts: bool) -> None:
 async def test_ratio_opens_once_min_calls_is_reached(autojump_clock: trio.abc.Clock) -> None:
     """The ratio is not judged below min_calls; at min_calls it opens at exactly the ratio."""
     cb = ratio_breaker()
-    fail(cb)
-    fail(cb)
-    fail(cb)
+    record(cb, "fff")
     assert state(cb) == "closed"  # 3 of 3 failed, but fewer than min_calls
     succeed(cb)
     assert state(cb) == "closed"  # 3 of 4: only a failure can open it
@@ -303,9 +301,7 @@ async def test_ratio_opens_once_min_calls_is_reached(autojump_clock: trio.abc.Cl
 async def test_ratio_opens_at_exactly_the_ratio(autojump_clock: trio.abc.Clock) -> None:
     """2 failures in 4 calls is a ratio of 0.5 and opens a breaker set to 0.5."""
     cb = ratio_breaker()
-    succeed(cb)
-    fail(cb)
-    succeed(cb)
+    record(cb, "sfs")
     assert state(cb) == "closed"
     fail(cb)
     assert state(cb) == "open"
@@ -314,24 +310,19 @@ async def test_ratio_opens_at_exactly_the_ratio(autojump_clock: trio.abc.Clock) 
 async def test_old_calls_fall_out_of_the_window(autojump_clock: trio.abc.Clock) -> None:
     """A call stops counting window_s seconds after it ended."""
     cb = ratio_breaker()
-    fail(cb)
-    fail(cb)
-    fail(cb)
+    record(cb, "fff")
     await trio.sleep_until(9.999)
     assert cb.statistics().window_calls == 3
     await trio.sleep_until(10.0)
-    assert (cb.statistics().window_calls, cb.statistics().window_failures) == (0, 0)
+    assert_stats(cb, window_calls=0, window_failures=0)
     fail(cb)
-    assert state(cb) == "closed"
-    assert cb.statistics().window_calls == 1
+    assert_stats(cb, state="closed", window_calls=1)
 
 
 async def test_transitions_are_logged(autojump_clock: trio.abc.Clock) -> None:
     """Every transition logs one "breaker state" line with name, from, to and reason."""
-    cb = breaker(failure_threshold=1, open_timeout_s=5)
     with structlog.testing.capture_logs() as logs:
-        fail(cb)
-        await trio.sleep(5)
+        cb = await half_open_breaker()
         succeed(cb)
     assert [(e["event"], e["name"], e["from"], e["to"]) for e in logs] == [
         ("breaker state", "llm", "closed", "open"),
