@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from urllib.parse import quote
 
 import attrs
@@ -84,60 +84,35 @@ def _check_settings(settings: HTTPToolSettings) -> None:
 
 
 @attrs.frozen
-class HTTPTool:
-    """One configured HTTP endpoint as a tool; ``client`` is shared, not owned."""
+class HTTPTool(HTTPToolSettings):
+    """One configured HTTP endpoint as a tool: its ``[[tools.http]]`` entry, whose
+    ``name``, ``description``, ``parameters``, ``timeout_s``, ``time_bound`` and
+    ``user_bound`` are what the LLM and the pipeline read, and the ``client`` it
+    calls through (shared, not owned)."""
 
-    settings: HTTPToolSettings = attrs.field(validator=lambda _i, _a, v: _check_settings(v))
-    client: httpx.AsyncClient = attrs.field(eq=False, repr=False)
+    natural_answer: ClassVar[bool] = False  # an API's raw answer is for the LLM to word
+    client: httpx.AsyncClient = attrs.field(kw_only=True, eq=False, repr=False)
     _templated: frozenset[str] = attrs.field(init=False)
 
     @_templated.default
     def _templated_default(self) -> frozenset[str]:
-        return _placeholders(self.settings)
+        return _placeholders(self)
 
-    @property
-    def name(self) -> str:
-        """The name the LLM calls it by."""
-        return self.settings.name
+    def __attrs_post_init__(self) -> None:
+        _check_settings(self)
 
-    @property
-    def description(self) -> str:
-        """What it does, for the LLM."""
-        return self.settings.description
-
-    @property
-    def parameters(self) -> Mapping[str, Any]:
-        """The JSON schema of its arguments, from config."""
-        return self.settings.parameters
-
-    @property
-    def natural_answer(self) -> bool:
-        """Never: an API's raw answer is for the LLM to put in words."""
-        return False
-
-    @property
-    def time_bound(self) -> bool:
-        """As configured: whether the answer changes with time."""
-        return self.settings.time_bound
-
-    @property
-    def user_bound(self) -> bool:
-        """As configured: whether the answer depends on who asks."""
-        return self.settings.user_bound
-
-    @property
-    def timeout_s(self) -> float | None:
-        """The whole request's limit, from config."""
-        return self.settings.timeout_s
+    @classmethod
+    def of(cls, settings: HTTPToolSettings, client: httpx.AsyncClient) -> HTTPTool:
+        """The tool ``settings`` describes, calling through ``client``."""
+        return cls(**attrs.asdict(settings, recurse=False), client=client)
 
     async def execute(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
         """Make the request; the (truncated) response body is the content."""
-        settings = self.settings
-        headers = {key: _fill(value, arguments) for key, value in settings.headers.items()}
+        headers = {key: _fill(value, arguments) for key, value in self.headers.items()}
         rest = {key: value for key, value in arguments.items() if key not in self._templated}
-        sends_body = settings.method in ("POST", "PUT")
+        sends_body = self.method in ("POST", "PUT")
         try:
-            url = httpx.URL(_fill(settings.url, arguments))
+            url = httpx.URL(_fill(self.url, arguments))
         except httpx.InvalidURL as exc:
             raise ToolFailed(f"the URL is not valid: {exc}") from exc
         if rest and not sends_body:
@@ -145,23 +120,23 @@ class HTTPTool:
             url = url.copy_merge_params(_query(rest))
         host = url.host
         try:
-            with trio.move_on_after(settings.timeout_s) as deadline:
+            with trio.move_on_after(self.timeout_s) as deadline:
                 async with self.client.stream(
-                    settings.method,
+                    self.method,
                     url,
                     headers=headers,
                     json=rest if sends_body else None,
-                    timeout=settings.timeout_s,
+                    timeout=self.timeout_s,
                 ) as response:
                     text, truncated = await _read_text(response, MAX_CONTENT_CHARS)
         except httpx.TimeoutException as exc:
-            raise ToolFailed(f"{host} did not answer within {settings.timeout_s:g} s") from exc
+            raise ToolFailed(f"{host} did not answer within {self.timeout_s:g} s") from exc
         except httpx.ConnectError as exc:
             raise ToolFailed(f"could not connect to {host}: {_reason(exc)}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ToolFailed(f"the request to {host} failed: {_reason(exc)}") from exc
         if deadline.cancelled_caught:
-            raise ToolFailed(f"{host} did not answer within {settings.timeout_s:g} s")
+            raise ToolFailed(f"{host} did not answer within {self.timeout_s:g} s")
         if not response.is_success:
             snippet = " ".join(text[:_ERROR_BODY_CHARS].split())
             raise ToolFailed(
@@ -196,4 +171,4 @@ async def _read_text(response: httpx.Response, limit: int) -> tuple[str, bool]:
 
 def http_tools(settings: ToolsSettings, client: httpx.AsyncClient) -> list[HTTPTool]:
     """One :class:`HTTPTool` per ``[[tools.http]]`` entry, all sharing ``client``."""
-    return [HTTPTool(entry, client) for entry in settings.http]
+    return [HTTPTool.of(entry, client) for entry in settings.http]
