@@ -293,12 +293,8 @@ def main() -> None:
     verdicts = [slow_reader_verdict(slow, result["params"]), fairness_verdict(fair)]
     result["met"] = {"slow_readers": verdicts[0][0], "fairness": verdicts[1][0]}
     result["verdicts"] = [line for _met, line in verdicts]
-    md = markdown(result)
     output = args.output or (None if params.quick else RESULTS)
-    if output is None:
-        print(md)
-    else:
-        write_results(output, "abuse", result, md)
+    write_results(output, "abuse", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from loadgen.processes import start_sim
 from loadgen.script import ROOT
 from machine import describe_machine, machine_markdown, write_results
 
+RESULTS = Path(__file__).parent / "results"
 WATCHED = {
     "CancelScope.__enter__": "cancel scopes entered",
     "Runner.spawn_impl": "tasks started",
@@ -180,10 +181,7 @@ def main() -> None:
         chats = 50 if args.quick else args.chats
         counts = trio.run(measure, chats, sim.listening["url"], f"{tmp}/kb.sqlite3")
     result = {**counts, "machine": machine}
-    if args.quick:
-        print(markdown(result))
-    else:
-        write_results(Path(__file__).parent / "results", "request-cost", result, markdown(result))
+    write_results(None if args.quick else RESULTS, "request-cost", result, markdown(result))
 
 
 if __name__ == "__main__":

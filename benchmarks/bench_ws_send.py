@@ -24,6 +24,7 @@ from typing import Any
 
 from machine import describe_machine, machine_markdown, write_results
 
+RESULTS = Path(__file__).parent / "results"
 FRAME = b'{"type":"token","id":"r1","text":" word"}'
 VARIANTS = ("quart-trio", "hypercorn-asgi", "chatd")
 
@@ -183,10 +184,7 @@ def main() -> None:
             runs[variant].append(run_one(variant, args.messages))
     medians = {v: statistics.median(xs) for v, xs in runs.items()}
     result = {"messages": args.messages, "runs": runs, "median_us": medians, "machine": machine}
-    if args.quick:
-        print(markdown(result))
-    else:
-        write_results(Path(__file__).parent / "results", "ws-send", result, markdown(result))
+    write_results(None if args.quick else RESULTS, "ws-send", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -43,9 +43,12 @@ def machine_markdown(machine: dict[str, Any]) -> str:
     return "\n".join(f"- {key}: {value}" for key, value in machine.items())
 
 
-def write_results(directory: Path, name: str, result: dict[str, Any], md: str) -> None:
-    """Write ``name``.json and ``name``.md into ``directory`` and print the Markdown."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    (directory / f"{name}.md").write_text(md)
+def write_results(directory: Path | None, name: str, result: dict[str, Any], md: str) -> None:
+    """Write ``name``.json and ``name``.md into ``directory`` and print the Markdown; with
+    ``directory`` None (a quick run that keeps no files), only print it."""
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        (directory / f"{name}.json").write_text(data)
+        (directory / f"{name}.md").write_text(md)
     print(md)

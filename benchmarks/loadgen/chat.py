@@ -3,7 +3,8 @@
 :func:`ask` sends a ``chat`` frame and reads that request's events (other
 requests' are skipped) to its terminal one, noting what a benchmark counts
 (:func:`note_event`): frames, token frames, the first token's time, the path,
-the terminal event. :class:`Replies` sums replies. The virtual users of
+the terminal event. :class:`Replies` sums replies, :func:`sum_over_connections` those of
+every connection at once. The virtual users of
 :mod:`loadgen.users` read their own frames, as they may cancel or drop a
 request mid-answer, and note them with :func:`note_event` too.
 """
@@ -15,7 +16,7 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import orjson
@@ -31,7 +32,10 @@ __all__ = [
     "note_event",
     "on_every_connection",
     "open_connections",
+    "sum_over_connections",
 ]
+
+R = TypeVar("R", bound="Replies")
 
 
 def chat_frame(request_id: str, message: object) -> str:
@@ -62,6 +66,18 @@ async def on_every_connection(
         async with trio.open_nursery() as nursery:
             for index, ws in enumerate(sockets):
                 nursery.start_soon(worker, ws, index, *args)
+
+
+async def sum_over_connections(
+    sockets: Sequence[WebSocketConnection],
+    worker: Callable[..., Awaitable[None]],
+    *args: Any,
+    totals: R,
+) -> R:
+    """Run ``worker(ws, index, *args, totals)`` on every connection at once, each adding its
+    replies to ``totals``; return ``totals``."""
+    await on_every_connection(sockets, worker, *args, totals)
+    return totals
 
 
 class Seen(Protocol):

@@ -23,7 +23,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from loadgen import profiling
-from loadgen.chat import Replies, ask, on_every_connection, open_connections
+from loadgen.chat import Replies, ask, open_connections, sum_over_connections
 from loadgen.cpu import Usage
 from loadgen.observability_processes import Config, cpu_clock, read_from
 from loadgen.pipeline_questions import PATH_B, unique_chit_chat, unique_question
@@ -101,9 +101,9 @@ async def load_round(
     sockets: Sequence[WebSocketConnection], round_no: int, params: Params
 ) -> RoundTotals:
     """One round: every connection's questions, the connections side by side."""
-    totals = RoundTotals()
-    await on_every_connection(sockets, ask_questions, round_no, params, totals)
-    return totals
+    return await sum_over_connections(
+        sockets, ask_questions, round_no, params, totals=RoundTotals()
+    )
 
 
 @attrs.define

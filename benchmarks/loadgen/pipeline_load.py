@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 from trio_websocket import WebSocketConnection
 
-from loadgen.chat import Replies, ask, on_every_connection
+from loadgen.chat import Replies, ask, sum_over_connections
 from loadgen.pipeline_questions import unique_chit_chat
 from loadgen.pipeline_stats import summary_ms
 from loadgen.processes import Process
@@ -34,9 +34,7 @@ async def chat_worker(
 
 async def load_round(sockets: Sequence[WebSocketConnection], round_no: int, chats: int) -> Replies:
     """Every connection's ``chats`` requests, the connections side by side."""
-    totals = Replies()
-    await on_every_connection(sockets, chat_worker, round_no, chats, totals)
-    return totals
+    return await sum_over_connections(sockets, chat_worker, round_no, chats, totals=Replies())
 
 
 @attrs.define

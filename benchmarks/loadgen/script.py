@@ -2,7 +2,8 @@
 
 Its command line (:func:`script_parser`), which chatd it measured
 (:func:`provenance`), the record its results file opens and closes with
-(:class:`RunRecord`) and the tables of its report (:func:`markdown_table`).
+(:class:`RunRecord`), and its report's opening (:func:`report_opening`) and tables
+(:func:`markdown_table`).
 It imports no benchmark script, so ``bench_pipeline.py`` uses it too.
 """
 
@@ -20,7 +21,14 @@ from typing import Any
 import attrs
 from machine import describe_machine
 
-__all__ = ["RunRecord", "markdown_table", "provenance", "provenance_markdown", "script_parser"]
+__all__ = [
+    "RunRecord",
+    "markdown_table",
+    "provenance",
+    "provenance_markdown",
+    "report_opening",
+    "script_parser",
+]
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +79,15 @@ def provenance_markdown(source: Mapping[str, Any]) -> str:
         f"chatd from `{source['chatd_path']}`"
         + (f" at git {source['git_head']}" if source["git_head"] else "")
         + (f", with uncommitted changes to {', '.join(changed)}" if changed else "")
+    )
+
+
+def report_opening(title: str, result: Mapping[str, Any]) -> str:
+    """A report's heading, ``# title``, and the sentence its text opens with: the command,
+    the seconds it took and which chatd it measured ("`COMMAND` (N s); chatd from `PATH`….")."""
+    return (
+        f"# {title}\n\n`{result['command']}` ({result['elapsed_s']} s); "
+        f"{provenance_markdown(result['chatd'])}."
     )
 
 

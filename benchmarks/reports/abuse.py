@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loadgen.abuse_slow_readers import mb
-from loadgen.script import provenance_markdown
+from loadgen.script import report_opening
 from machine import machine_markdown
 
 __all__ = ["markdown", "per_token_reading", "round_robin_reading"]
@@ -110,10 +110,9 @@ def markdown(result: Mapping[str, Any]) -> str:
             "`chatd/server/connection.py`), less than `limits.max_answer_chars`. Watched for "
             f"the window only ({p['window_s']:g} s).\n\n{_slow_section(variant, p)}"
         )
+    title = "Abuse: slow readers flooding long answers; one key flooding another"
     return (
-        "# Abuse: slow readers flooding long answers; one key flooding another\n\n"
-        f"`{result['command']}` ({result['elapsed_s']} s); "
-        f"{provenance_markdown(result['chatd'])}. Everything runs on this one machine "
+        report_opening(title, result) + " Everything runs on this one machine "
         f"({result['machine']['nproc']} cores, shared with other people's work: load average "
         f"{result['machine']['loadavg_at_start']} at the start, {result['loadavg_at_end']} at "
         "the end): chatd, the simulated LLM and the clients share its cores.\n\n"

@@ -7,7 +7,7 @@ from typing import Any
 
 from loadgen import profiling
 from loadgen.observability_e2e import PATHS, PROFILE_AREAS
-from loadgen.script import provenance_markdown
+from loadgen.script import report_opening
 from machine import machine_markdown
 
 from reports.pipeline import rows
@@ -99,11 +99,11 @@ def markdown(result: Mapping[str, Any]) -> str:
     profiles = profiling.profile_section(
         result.get("profiles"), "### Profiles", lambda f: _profile_markdown(f, p)
     )
+    title = "Observability: chatd's CPU per request with logs on and off"
     return (
-        "# Observability: chatd's CPU per request with logs on and off\n\n"
-        f"`{result['command']}` ({result['elapsed_s']} s); {provenance_markdown(result['chatd'])}. "
-        "The machine is shared and noisy: compare configurations within this run, not absolute "
-        "times across runs.\n\n## Conclusion\n\n"
+        report_opening(title, result)
+        + " The machine is shared and noisy: compare configurations within this run, not "
+        "absolute times across runs.\n\n## Conclusion\n\n"
         + "".join(f"- {line}\n" for line in result["conclusions"])
         + "\n## 1. End to end\n\n"
         f"One simulated LLM (ttft {p['sim_ttft_ms']:g} ms, {p['sim_tokens_per_s']:g} tokens/s) "

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from loadgen import profiling
-from loadgen.script import provenance_markdown
+from loadgen.script import report_opening
 from machine import machine_markdown
 
 from chatd.llm.sim.completions import ARGUMENT_PIECE_CHARS
@@ -87,9 +87,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         load.get("profile"), "## Profile", lambda f: _profile_markdown(f, p)
     )
     return (
-        "# Pipeline: time to first token by path, server CPU per token\n\n"
-        f"`{result['command']}` ({result['elapsed_s']} s); {provenance_markdown(result['chatd'])}. "
-        "chatd and the simulated LLM each run in their own process, this client over "
+        report_opening("Pipeline: time to first token by path, server CPU per token", result)
+        + " chatd and the simulated LLM each run in their own process, this client over "
         "trio-websocket on loopback. Every question is asked once only (a unique prefix or tag), "
         "so no answer comes from chatd's answer cache or a shared flight; the run checks `cached` "
         "and `shared` are false. The machine is shared and noisy: compare ratios from one run, not "

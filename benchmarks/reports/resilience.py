@@ -8,7 +8,7 @@ from typing import Any
 
 from loadgen.resilience_breaker import TARGET_P99_MS
 from loadgen.resilience_storm import STORM_MESSAGE
-from loadgen.script import provenance_markdown
+from loadgen.script import report_opening
 from machine import machine_markdown
 
 __all__ = ["markdown"]
@@ -45,13 +45,11 @@ def markdown(result: Mapping[str, Any]) -> str:
                 f"| {w['machine_cores_busy']} |"
             )
     verdict_lines = "\n".join(f"- {line}" for line in result["verdicts"])
-    source = result["chatd"]
-    measured = provenance_markdown(source)
     ready = breaker["readyz_open"]["body"]
+    title = "Resilience: failing fast with the LLM down, a storm of identical questions"
     return (
-        "# Resilience: failing fast with the LLM down, a storm of identical questions\n\n"
-        f"`{result['command']}` ({result['elapsed_s']} s); {measured}. chatd and the "
-        "simulated LLM each run in their own process, this client (Python, "
+        report_opening(title, result)
+        + " chatd and the simulated LLM each run in their own process, this client (Python, "
         "trio-websocket) on loopback, all on one shared machine: client-measured times "
         "include the client's own CPU and scheduling.\n\n"
         f"## Verdicts\n\n{verdict_lines}\n\n"

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loadgen.scale_rounds import IDLE_S
-from loadgen.script import provenance_markdown
+from loadgen.script import report_opening
 from machine import machine_markdown
 
 __all__ = ["SCALE_HEADER", "markdown", "scale_rows"]
@@ -75,10 +75,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"({r['cpu_us_per_call_by_repeat']})"
         for r in o["rows"]
     )
-    return f"""\
-# Scale-out: 1 chatd process against 2 on Redis, and the cost of a Redis call
-
-`{result["command"]}` ({result["elapsed_s"]} s); {provenance_markdown(result["chatd"])}. \
+    title = "Scale-out: 1 chatd process against 2 on Redis, and the cost of a Redis call"
+    return f"""{report_opening(title, result)} \
 Everything runs on this one machine: Redis, the simulated LLM, chatd and this load generator \
 (Python, trio-websocket) share its {machine["nproc"]} cores. The machine is shared with other \
 engineers' test runs and is noisy (load average {machine["loadavg_at_start"]} at the start, \
