@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -39,6 +39,8 @@ from loadgen.verdicts import target_rows
 from machine import write_results
 
 RESULTS = Path(__file__).parent / "results"
+T = TypeVar("T")
+R = TypeVar("R")
 CANCELS = Scenario(
     "cancel-close",
     "chit-chat, every request cancelled 0.05-1 s after it was sent",
@@ -49,66 +51,63 @@ CANCELS = Scenario(
 SOAK_TTFT_MS, SOAK_TOKENS_PER_S = 5.0, 2000.0
 
 
-@attrs.frozen
-class Sizes:
-    """How big each section is; the defaults are the issue's numbers."""
-
-    streams: int = 1000
-    streams_duration_s: float = 30
-    streams_ramp_s: float = 10
-    floor_users: int = 200
-    floor_duration_s: float = 20
-    floor_rounds: int = 2
-    idle_connections: int = 2000
-    soak_checkpoints: tuple[int, ...] = (5_000, 50_000)
-    soak_users: int = 50
-    cancels: int = 1000
-    cancel_users: int = 50
-    storm_n: int = 1000
-    ttft_rounds: int = 30
-    log_connections: int = 50
-    log_chats: int = 6
-    log_rounds: int = 6
-
-
-FULL = Sizes()
-QUICK = Sizes(
-    streams=200, streams_duration_s=3, streams_ramp_s=1,
-    floor_duration_s=4, floor_rounds=1,
-    idle_connections=500,
-    soak_checkpoints=(200, 2_000),
-    cancels=100, cancel_users=20,
-    storm_n=200,
-    ttft_rounds=8,
-    log_connections=30, log_chats=3, log_rounds=2,
-)  # fmt: skip
+def size(full: T, quick: T) -> T:
+    """A size of ``full`` in the issue's run (the default) and ``quick`` in ``--quick``'s; a
+    plain default is the same in both."""
+    return attrs.field(default=full, metadata={"quick": quick})
 
 
 def _ttft_samples(_rig: Rig, records: Sequence[Record]) -> dict[str, Any]:
     return {"ttft_samples_ms": [round(r.ttft_s * 1000, 1) for r in records if r.ttft_s]}
 
 
+@attrs.frozen
+class Streams:
+    """``users`` streams sending for ``duration_s``, ramped up over the first ``ramp_s``."""
+
+    users: int = size(1000, quick=200)
+    duration_s: float = size(30, quick=3)
+    ramp_s: float = size(10, quick=1)
+
+
 def streams(sizes: Sizes, chatd_path: Path, progress: bool) -> dict[str, Any]:
     """1,000 concurrent chat streams at 300 ms ttft, 5 tokens/s: errors and TTFT overhead."""
-    plan = Plan(users=sizes.streams, duration_s=sizes.streams_duration_s,
-                ramp_s=sizes.streams_ramp_s, think_s=0.0, ttft_ms=300.0, tokens_per_s=5.0,
+    plan = Plan(users=sizes.streams.users, duration_s=sizes.streams.duration_s,
+                ramp_s=sizes.streams.ramp_s, think_s=0.0, ttft_ms=300.0, tokens_per_s=5.0,
                 progress=progress)  # fmt: skip
     result = run_scenario(SCENARIOS["chitchat"], plan, chatd_path, finish=_ttft_samples)
     return {"users": plan.users, "ttft_ms": plan.ttft_ms, "tokens_per_s_each": plan.tokens_per_s,
             **result}  # fmt: skip
 
 
+@attrs.frozen
+class Floor:
+    """``users`` streams for ``duration_s`` against each server in turn, ``rounds`` times."""
+
+    users: int = 200
+    duration_s: float = size(20, quick=4)
+    rounds: int = size(2, quick=1)
+
+
 def floor(sizes: Sizes, chatd_path: Path, progress: bool) -> dict[str, Any]:
     """200 streams of 40 tokens/s against chatd and the bare relay: CPU per token, capacity."""
-    plan = Plan(users=sizes.floor_users, duration_s=sizes.floor_duration_s, ramp_s=2.0,
+    plan = Plan(users=sizes.floor.users, duration_s=sizes.floor.duration_s, ramp_s=2.0,
                 think_s=0.0, progress=progress)  # fmt: skip
-    return floor_and_capacity(chatd_path, plan, sizes.floor_rounds)
+    return floor_and_capacity(chatd_path, plan, sizes.floor.rounds)
+
+
+@attrs.frozen
+class Cancels:
+    """``requests`` cancelled requests in all, from ``users`` users at once."""
+
+    requests: int = size(1000, quick=100)
+    users: int = size(50, quick=20)
 
 
 def cancels(sizes: Sizes, chatd_path: Path, progress: bool) -> dict[str, Any]:
     """Random cancels, each timed to chatd closing the upstream connection."""
-    plan = Plan(users=sizes.cancel_users, duration_s=600.0, ramp_s=1.0, think_s=0.1,
-                max_requests=sizes.cancels, progress=progress)  # fmt: skip
+    plan = Plan(users=sizes.cancels.users, duration_s=600.0, ramp_s=1.0, think_s=0.1,
+                max_requests=sizes.cancels.requests, progress=progress)  # fmt: skip
     result = run_scenario(CANCELS, plan, chatd_path, watch_closes=True, finish=cancel_to_close)
     del result["samples"]
     return {"users": plan.users, **result}
@@ -125,14 +124,60 @@ def idle(sizes: Sizes, chatd_path: Path, progress: bool) -> dict[str, Any]:
     return result
 
 
+@attrs.frozen
+class Soak:
+    """``users`` asking back to back; chatd's RSS read at each of ``checkpoints`` requests."""
+
+    checkpoints: tuple[int, ...] = size((5_000, 50_000), quick=(200, 2_000))
+    users: int = 50
+
+
 def soak(sizes: Sizes, chatd_path: Path, progress: bool) -> dict[str, Any]:
     """chatd's RSS after each of the checkpoints' request counts."""
     with rig_running("soak", chatd_path, SOAK_TTFT_MS, SOAK_TOKENS_PER_S) as rig:
         result = trio.run(
-            measure_soak, rig, SCENARIOS["mix"], sizes.soak_users, sizes.soak_checkpoints,
+            measure_soak, rig, SCENARIOS["mix"], sizes.soak.users, sizes.soak.checkpoints,
             SOAK_TTFT_MS, SOAK_TOKENS_PER_S, progress,
         )  # fmt: skip
     return {"ttft_ms": SOAK_TTFT_MS, "tokens_per_s": SOAK_TOKENS_PER_S, **result}
+
+
+@attrs.frozen
+class Logging:
+    """``connections`` × ``chats`` questions a round, ``rounds`` rounds per configuration."""
+
+    connections: int = size(50, quick=30)
+    chats: int = size(6, quick=3)
+    rounds: int = size(6, quick=2)
+
+
+@attrs.frozen
+class Sizes:
+    """How big each section is, in the order of :data:`SECTIONS` (see :func:`size`)."""
+
+    ttft_rounds: int = size(30, quick=8)
+    storm_n: int = size(1000, quick=200)
+    streams: Streams = Streams()
+    floor: Floor = Floor()
+    cancels: Cancels = Cancels()
+    idle_connections: int = size(2000, quick=500)
+    logging: Logging = Logging()
+    soak: Soak = Soak()
+
+
+def scaled_down(record: R) -> R:
+    """``record`` with each :func:`size` at its quick value, in nested records too."""
+    quick = {}
+    for field in attrs.fields(type(record)):
+        value = getattr(record, field.name)
+        quick[field.name] = (
+            scaled_down(value) if attrs.has(type(value)) else field.metadata.get("quick", value)
+        )
+    return attrs.evolve(record, **quick)
+
+
+FULL = Sizes()
+QUICK = scaled_down(FULL)
 
 
 # Every section in the order they run; each takes (sizes, chatd_path, progress).
@@ -144,7 +189,7 @@ SECTIONS: dict[str, Callable[[Sizes, Path, bool], dict[str, Any]]] = {
     "cancels": cancels,
     "idle": idle,
     "logging": lambda sizes, chatd_path, _: logging_on_off(
-        chatd_path, sizes.log_connections, sizes.log_chats, sizes.log_rounds
+        chatd_path, sizes.logging.connections, sizes.logging.chats, sizes.logging.rounds
     ),
     "soak": soak,
 }
@@ -154,9 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    size = parser.add_mutually_exclusive_group(required=True)
-    size.add_argument("--full", action="store_true", help="the issue's numbers (~12 min)")
-    size.add_argument("--quick", action="store_true", help="scaled down (< 2 min)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--full", action="store_true", help="the issue's numbers (~12 min)")
+    mode.add_argument("--quick", action="store_true", help="scaled down (< 2 min)")
     parser.add_argument("--only", action="append", choices=list(SECTIONS),
                         help="run this section only (repeat for several)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
