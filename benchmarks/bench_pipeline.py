@@ -36,7 +36,7 @@ from loadgen.pipeline_questions import (
     unique_chit_chat,
     unique_question,
 )
-from loadgen.pipeline_stats import percentile, summary_ms
+from loadgen.pipeline_stats import PIPELINE_FIGURES, latency_ms, percentile
 from loadgen.processes import Process, log_tails_on_failure, start_chatd, start_sim
 from loadgen.script import RunRecord, script_parser
 from machine import write_results
@@ -114,7 +114,7 @@ async def measure_ttft(
         _tool, router_ms = floor_ms(unique_question(0, question), ttft_ms, tokens_per_s)
         paths[kind] = {
             "message": unique_question(0, question),
-            "client": summary_ms(client[kind]),
+            "client": latency_ms(client[kind], PIPELINE_FIGURES),
             "server_p50_ms": round(statistics.median(server[kind]) * 1000, 1),
             "sim_floor_ms": round(router_ms + (0 if kind == PATH_B[0] else ttft_ms), 1),
             "samples_ms": [round(t * 1000, 1) for t in client[kind]],

@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> None:
         "eval_set": str(args.eval_set or "chatd/data/faq_eval.jsonl"),
         "eval_set_sha256": sha256(Path(args.eval_set or ROOT / "chatd/data/faq_eval.jsonl")),
         "kb_rank_sha256": sha256(ROOT / "chatd/stores/kb/rank.py"),
+        "faq_entries": len(faq),
         "git_head": subprocess.run(git, cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "counts": {
             s: {k: lex_j.counts[s][k] for k in ("phrasings", "off_topic")} for s in c.splits
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> None:
         "cases": case_dump(c, best, lex_j),
     }
     name = "semantic-quick" if args.quick else "semantic"
-    write_results(args.results_dir, name, result, markdown(result, args, len(faq)))
+    write_results(args.results_dir, name, result, markdown(result, args))
 
 
 def main() -> None:

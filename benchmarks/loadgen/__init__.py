@@ -10,7 +10,7 @@
 - :mod:`loadgen.cpu`: CPU over an interval, of each process and of the machine;
 - :mod:`loadgen.profiling`: py-spy attached to chatd, its stacks read back;
 - :mod:`loadgen.script`: a script's flags, chatd's provenance, the results' record;
-- :mod:`loadgen.summary`: percentiles and per-run figures (pure);
+- :mod:`loadgen.summary`: per-run figures, their latencies by :mod:`loadgen.pipeline_stats` (pure);
 - :mod:`loadgen.report`: the Markdown table (pure);
 - :mod:`loadgen.progress`: the progress bar on stderr.
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from loadgen.pipeline_stats import latency_ms
 from loadgen.rig import Rig
-from loadgen.summary import latency_ms
 from loadgen.users import Record
 
 __all__ = ["cancel_to_close", "match_closes", "read_closes"]
@@ -64,13 +64,13 @@ def cancel_to_close(rig: Rig, records: Sequence[Record]) -> dict[str, Any]:
         (r.message, r.abort_at) for r in records if r.action == "cancel" and r.abort_at is not None
     ]
     matched = match_closes(cancels, read_closes(rig.closewatch.log_path))
-    delays = matched.pop("delays_s")
+    delays_ms = [d * 1000 for d in matched.pop("delays_s")]
     return {
         "cancel_to_close": {
             "cancels": len(cancels),
-            "closes_matched": len(delays),
+            "closes_matched": len(delays_ms),
             **matched,
-            **latency_ms(delays),
-            "delays_ms": [round(d * 1000, 2) for d in delays],
+            **latency_ms(delays_ms, scale=1),
+            "delays_ms": [round(d, 2) for d in delays_ms],
         }
     }

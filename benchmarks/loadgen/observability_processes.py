@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import attrs
 import httpx
 
-from loadgen.processes import Process, clean_env
+from loadgen.processes import Process, clean_env, spawn_process
 
 __all__ = ["Config", "cpu_clock", "read_from", "spawn_chatd", "wait_listening"]
 
@@ -73,32 +71,19 @@ def cpu_clock(pid: int) -> int:
 def spawn_chatd(
     config: Config, llm_url: str, chatd_path: Path, workdir: Path, stack: contextlib.ExitStack
 ) -> Process:
-    """Start ``python -m chatd serve --port 0`` with ``config``'s settings; killed
-    when ``stack`` closes. :func:`wait_listening` finds where it listens."""
+    """Start ``python -m chatd serve --port 0`` with ``config``'s settings (see
+    :func:`~loadgen.processes.spawn_process`). :func:`wait_listening` finds where it listens."""
     kb = str(workdir / f"kb-{config.label}.sqlite3")
-    log_path = workdir / f"chatd-{config.label}.out"
-    with open(log_path, "wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "chatd", "serve", "--port", "0", "--llm-url", llm_url],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            env=clean_env(chatd_path, CHATD_KB_PATH=kb, **config.env),
-        )
-    process = Process(f"chatd-{config.label}", popen, log_path)
-    stack.callback(process.kill)
-    return process
+    env = clean_env(chatd_path, CHATD_KB_PATH=kb, **config.env)
+    args = ["serve", "--port", "0", "--llm-url", llm_url]
+    return spawn_process(f"chatd-{config.label}", args, workdir, env, stack)
 
 
 def wait_listening(process: Process, timeout_s: float = 30.0) -> None:
     """Wait until the process listens on one port and answers ``/healthz``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            raise RuntimeError(
-                f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}"
-            )
+        process.check_running()
         ports = listening_ports(process.pid)
         if len(ports) == 1:
             url = f"http://127.0.0.1:{ports.pop()}"

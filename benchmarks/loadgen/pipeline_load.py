@@ -17,7 +17,7 @@ from trio_websocket import WebSocketConnection
 
 from loadgen.chat import Replies, ask, sum_over_connections
 from loadgen.pipeline_questions import unique_chit_chat
-from loadgen.pipeline_stats import summary_ms
+from loadgen.pipeline_stats import PIPELINE_FIGURES, latency_ms
 from loadgen.processes import Process
 
 __all__ = ["Tally", "chat_worker", "load_round"]
@@ -67,7 +67,7 @@ class Tally:
 
         # The simulator alone: first token at ttft, then one every 1/rate.
         ideal_s = ttft_ms / 1000 + (t.tokens / max(1, t.answers) - 1) / tokens_per_s
-        durations = summary_ms(t.durations)
+        durations = latency_ms(t.durations, PIPELINE_FIGURES)
         return {
             "label": self.label,
             "token_merge_ms": self.merge_ms,

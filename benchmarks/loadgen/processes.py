@@ -1,10 +1,10 @@
 """chatd, the simulated LLM and helper scripts as subprocesses of a benchmark.
 
-:func:`start_process` starts one with its output in a log file and waits for
-its first JSON log line with a ``url`` (what it listens on); the process is
-killed when the caller's exit stack closes. Its CPU comes from
-/proc/PID/stat, its JSON log lines from the file, and the file's tail goes to
-stderr when a run fails (:func:`log_tails_on_failure`).
+:func:`spawn_process` starts one with its output in a log file, killed when
+the caller's exit stack closes; :func:`wait_for_url` waits for its first JSON
+log line with a ``url`` (what it listens on). Its CPU comes from /proc/PID/stat, its JSON log
+lines from the file, and the file's tail goes to stderr when a run fails
+(:func:`log_tails_on_failure`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ __all__ = [
     "log_tails_on_failure",
     "pid_cpu_seconds",
     "proc_stat",
+    "spawn_process",
     "start_chatd",
-    "start_process",
     "start_sim",
+    "wait_for_url",
 ]
 
 
@@ -95,6 +96,13 @@ class Process:
         except OSError:
             return "(no log)"
 
+    def check_running(self) -> None:
+        """Raise, with its log's tail, if it has exited."""
+        if self.popen.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}"
+            )
+
     def kill(self) -> None:
         """Kill it and reap it; harmless if it already exited."""
         if self.popen.poll() is None:
@@ -112,7 +120,7 @@ def clean_env(chatd_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_process(
+def spawn_process(
     name: str,
     args: Sequence[str],
     workdir: Path,
@@ -120,8 +128,9 @@ def start_process(
     stack: contextlib.ExitStack,
     script: Path | None = None,
 ) -> Process:
-    """Start ``python -m chatd ARGS`` (or ``python SCRIPT ARGS``), logging to a file (a
-    pipe left unread could fill and stall it), and wait for its JSON line with a ``url``."""
+    """Start ``python -m chatd ARGS`` (or ``python SCRIPT ARGS``) in ``workdir``, logging to
+    ``NAME.log`` there (a pipe left unread could fill and stall it); killed when ``stack``
+    closes."""
     log_path = workdir / f"{name}.log"
     program = [str(script)] if script is not None else ["-m", "chatd"]
     with open(log_path, "wb") as log:
@@ -135,16 +144,23 @@ def start_process(
         )
     process = Process(name, popen, log_path)
     stack.callback(process.kill)
-    deadline = time.monotonic() + 30
+    return process
+
+
+def wait_for_url(process: Process, timeout_s: float = 30.0) -> Process:
+    """Wait for the process's JSON log line with a ``url`` (what it listens on), kept as its
+    ``listening``; raise, with its log's tail, if it exits or prints none in ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for record in process.log_records():
             if "url" in record:
                 process.listening = record
                 return process
-        if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited with {popen.returncode}:\n{process.log_tail()}")
+        process.check_running()
         time.sleep(0.05)
-    raise RuntimeError(f"{name} printed no listening line in 30 s:\n{process.log_tail()}")
+    raise RuntimeError(
+        f"{process.name} printed no listening line in {timeout_s:g} s:\n{process.log_tail()}"
+    )
 
 
 def start_sim(
@@ -156,11 +172,11 @@ def start_sim(
     name: str = "sim",
     extra: Sequence[str] = (),
 ) -> Process:
-    """Start ``chatd sim-llm`` on a free port at the given timing, with ``extra`` arguments
-    (see :func:`start_process`)."""
+    """Start ``chatd sim-llm`` on a free port at the given timing, with ``extra`` arguments,
+    and wait for its URL (see :func:`spawn_process`, :func:`wait_for_url`)."""
     args = ["sim-llm", "--port", "0", "--ttft-ms", f"{ttft_ms:g}",
             "--tokens-per-s", f"{tokens_per_s:g}", *extra]  # fmt: skip
-    return start_process(name, args, workdir, clean_env(chatd_path), stack)
+    return wait_for_url(spawn_process(name, args, workdir, clean_env(chatd_path), stack))
 
 
 def start_chatd(
@@ -173,11 +189,12 @@ def start_chatd(
     extra: Sequence[str] = (),
 ) -> Process:
     """Start ``chatd serve`` on a free port against the LLM at ``llm_url``, with JSON logs,
-    a KB of its own, the settings ``env`` and ``extra`` arguments (see :func:`start_process`)."""
+    a KB of its own, the settings ``env`` and ``extra`` arguments, and wait for its URL (see
+    :func:`spawn_process`, :func:`wait_for_url`)."""
     kb = str(workdir / f"kb-{name}.sqlite3")
     settings = clean_env(chatd_path, CHATD_KB_PATH=kb, CHATD_LOG_FORMAT="json", **(env or {}))
     args = ["serve", "--port", "0", "--llm-url", llm_url, *extra]
-    return start_process(name, args, workdir, settings, stack)
+    return wait_for_url(spawn_process(name, args, workdir, settings, stack))
 
 
 @contextlib.contextmanager

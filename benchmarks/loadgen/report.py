@@ -37,7 +37,7 @@ KIND_HEADER = (
 
 
 def latencies(s: Mapping[str, Any]) -> str:
-    """p50 / p95 / p99 of a ``summary.latency_ms``, or – if it has no samples."""
+    """p50 / p95 / p99 of a ``pipeline_stats.latency_ms``, or – if it has no samples."""
     return f"{s['p50_ms']:g} / {s['p95_ms']:g} / {s['p99_ms']:g}" if s.get("n") else "–"
 
 

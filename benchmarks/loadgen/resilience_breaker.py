@@ -17,7 +17,8 @@ from trio_websocket import WebSocketConnection
 from loadgen.chat import Reply, ask
 from loadgen.cpu import Usage
 from loadgen.pipeline_questions import unique_chit_chat
-from loadgen.resilience_figures import latency_ms, usage_report
+from loadgen.pipeline_stats import LATENCY_FIGURES, latency_ms
+from loadgen.resilience_figures import usage_report
 from loadgen.rig import Rig
 
 __all__ = [
@@ -86,7 +87,7 @@ def error_report(
     unexpected = [event for event in events if kind.unexpected(event)]
     waits = [event["retry_after_ms"] for event in events if "retry_after_ms" in event]
     return {
-        **latency_ms(seconds),
+        **latency_ms(seconds, LATENCY_FIGURES, digits=3),
         "at_or_over_target": sum(t * 1000 >= TARGET_P99_MS for t in seconds),
         "codes": dict(collections.Counter(event.get("code", event["type"]) for event in events)),
         "unexpected": len(unexpected),

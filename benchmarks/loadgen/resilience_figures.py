@@ -1,34 +1,16 @@
-"""The figures both resilience measurements take: latency percentiles of seconds in ms, the
-CPU a :class:`~loadgen.cpu.Usage` counted as shares of the wall time, and the simulator's
-request count."""
+"""The figures both resilience measurements take: the CPU a :class:`~loadgen.cpu.Usage`
+counted as shares of the wall time, and the simulator's request count (their latencies are
+:func:`~loadgen.pipeline_stats.latency_ms`, every figure, to the µs)."""
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import httpx
 
-from loadgen.pipeline_stats import percentile
 from loadgen.rig import sim_stats
 
-__all__ = ["latency_ms", "sim_requests", "usage_report"]
-
-
-def latency_ms(values: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/p99.9/min/max/mean of seconds, in ms."""
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "p50_ms": round(statistics.median(values) * 1000, 3),
-        "p95_ms": round(percentile(values, 95) * 1000, 3),
-        "p99_ms": round(percentile(values, 99) * 1000, 3),
-        "p99_9_ms": round(percentile(values, 99.9) * 1000, 3),
-        "min_ms": round(min(values) * 1000, 3),
-        "max_ms": round(max(values) * 1000, 3),
-        "mean_ms": round(statistics.fmean(values) * 1000, 3),
-    }
+__all__ = ["sim_requests", "usage_report"]
 
 
 def usage_report(spent: Mapping[str, float]) -> dict[str, float]:

@@ -20,8 +20,9 @@ from trio_websocket import WebSocketConnection
 from loadgen.chat import chat_frame, open_connections
 from loadgen.cpu import Usage
 from loadgen.pipeline_questions import unique_chit_chat
+from loadgen.pipeline_stats import LATENCY_FIGURES, latency_ms
 from loadgen.processes import Process
-from loadgen.resilience_figures import latency_ms, sim_requests, usage_report
+from loadgen.resilience_figures import sim_requests, usage_report
 
 __all__ = ["STORM_MESSAGE", "Wave", "measure_storm", "storm_env", "storm_wave", "wave_result"]
 
@@ -89,6 +90,8 @@ def wave_result(wave: Wave, calls: int, usage: Mapping[str, float]) -> dict[str,
     errors = [event for event in wave.terminal.values() if event["type"] == "error"]
     answers = collections.Counter("".join(wave.texts[r]) for r in done_ids)
     server_ttft = [e["timings"]["ttft_ms"] for e in done if e["timings"].get("ttft_ms") is not None]
+    ttft = [t - wave.sent[r] for r, t in wave.first_token.items()]
+    total = [wave.ended[r] - wave.sent[r] for r in done_ids]
     per_chat = max(1, len(wave.sent))
     return {
         "chats": len(wave.sent),
@@ -106,8 +109,8 @@ def wave_result(wave: Wave, calls: int, usage: Mapping[str, float]) -> dict[str,
         "distinct_answers": len(answers),
         "answer_chars": len(next(iter(answers))) if answers else 0,
         "completion_tokens": sorted({e["usage"]["completion_tokens"] for e in done}),
-        "client_ttft": latency_ms([t - wave.sent[r] for r, t in wave.first_token.items()]),
-        "client_total": latency_ms([wave.ended[r] - wave.sent[r] for r in done_ids]),
+        "client_ttft": latency_ms(ttft, LATENCY_FIGURES, digits=3),
+        "client_total": latency_ms(total, LATENCY_FIGURES, digits=3),
         "server_ttft_p50_ms": statistics.median(server_ttft) if server_ttft else None,
         **usage,
     }

@@ -22,9 +22,10 @@ from loadgen.processes import (
     Process,
     clean_env,
     log_tails_on_failure,
+    spawn_process,
     start_chatd,
-    start_process,
     start_sim,
+    wait_for_url,
 )
 from loadgen.scenarios import Outage
 from loadgen.users import RunState
@@ -85,11 +86,12 @@ def rig_running(
         if watch_closes:
             target = ["--target", llm_url.removeprefix("http://").removesuffix("/v1")]
             script = BENCHMARKS / "loadgen" / "closewatch.py"
-            watcher = start_process("closewatch", target, workdir, env, stack, script)
+            watcher = wait_for_url(spawn_process("closewatch", target, workdir, env, stack, script))
             llm_url = watcher.listening["url"] + "/v1"
         if server == "relay":
             args = ["--port", "0", "--llm-url", llm_url]
-            process = start_process("relay", args, workdir, env, stack, BENCHMARKS / "relay.py")
+            relay = BENCHMARKS / "relay.py"
+            process = wait_for_url(spawn_process("relay", args, workdir, env, stack, relay))
         else:
             process = start_chatd("chatd", llm_url, workdir, chatd_path, stack, chatd_env or {})
         rig = Rig(sim, process, watcher)

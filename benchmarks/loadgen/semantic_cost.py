@@ -55,12 +55,18 @@ def hold_lock() -> None:
             return
 
 
-LOAD_PROBE = r"""
-import json, os, sys, time
+NO_NETWORK = r"""
+import sys
 def _no_network(event, args):
     if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname"):
         raise OSError(f"network refused by the benchmark ({event})")
 sys.addaudithook(_no_network)
+"""
+"""What every probe starts with (:func:`run_probe`): from there on its process refuses the
+network."""
+
+LOAD_PROBE = r"""
+import json, os, time
 def rss_kib():
     with open("/proc/self/status") as f:
         for line in f:
@@ -87,11 +93,7 @@ print(json.dumps(out))
 """
 
 WORDLLAMA_DEFAULT_PROBE = r"""
-import sys, tempfile
-def _no_network(event, args):
-    if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname"):
-        raise OSError(f"network refused by the benchmark ({event})")
-sys.addaudithook(_no_network)
+import tempfile
 import logging
 logging.disable(logging.CRITICAL)
 from wordllama import WordLlama
@@ -104,6 +106,12 @@ with tempfile.TemporaryDirectory() as empty_cache:
 """
 
 
+def run_probe(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh Python that refuses the network, its output captured."""
+    command = [sys.executable, "-c", NO_NETWORK + code]
+    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
+
+
 def load_cost(model: Model, runs: int) -> dict[str, Any]:
     """Import and load ``model`` in ``runs`` fresh processes that refuse the network: the
     times, and the resident memory each step adds (chatd's and numpy's: the first run's)."""
@@ -111,9 +119,7 @@ def load_cost(model: Model, runs: int) -> dict[str, Any]:
     code += f"QUERY = {model.query!r}\n" + LOAD_PROBE
     results = []
     for _ in range(runs):
-        proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
-        )
+        proc = run_probe(code, cwd=ROOT)
         if proc.returncode != 0:
             return {"offline_load": False, "error": proc.stderr.strip().splitlines()[-1:]}
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -141,8 +147,7 @@ def load_cost(model: Model, runs: int) -> dict[str, Any]:
 
 def wordllama_default_load() -> str:
     """What ``WordLlama.load()`` with its defaults does offline, with an empty cache."""
-    probe = [sys.executable, "-c", WORDLLAMA_DEFAULT_PROBE]
-    proc = subprocess.run(probe, capture_output=True, text=True, check=False)
+    proc = run_probe(WORDLLAMA_DEFAULT_PROBE)
     return (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1][:300]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadgen.summary import latency_ms, outage_phases, sim_floor_ms, summarise
+from loadgen.pipeline_stats import LATENCY_FIGURES, PIPELINE_FIGURES, latency_ms
+from loadgen.summary import outage_phases, sim_floor_ms, summarise
 from loadgen.users import Record
 
 
@@ -27,6 +28,17 @@ def test_latency_is_nearest_rank_in_ms() -> None:
 
 def test_latency_of_nothing_is_empty() -> None:
     assert latency_ms([]) == {"n": 0}
+
+
+def test_latency_figures_come_in_the_order_asked_to_the_digits_asked() -> None:
+    seconds = [0.0012345, 0.0023456, 0.0034567]
+    summary = latency_ms(seconds, PIPELINE_FIGURES)
+    assert summary == {"n": 3, "p50_ms": 2.3, "p95_ms": 3.5, "min_ms": 1.2, "max_ms": 3.5}
+    every = latency_ms(seconds, LATENCY_FIGURES, digits=3)
+    assert list(every) == ["n", *(f"{name}_ms" for name in LATENCY_FIGURES)]
+    assert list(LATENCY_FIGURES) == ["p50", "p95", "p99", "p99_9", "min", "max", "mean"]
+    assert every["mean_ms"] == 2.346
+    assert latency_ms([12.34, 56.78], scale=1)["p50_ms"] == 34.6
 
 
 def test_floor_is_one_ttft_for_direct_and_path_b() -> None:
