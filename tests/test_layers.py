@@ -34,30 +34,30 @@ LAYERS = {
 """The part of ``chatd`` a module is in (its first name under ``chatd``), and its layer."""
 
 
-def modules() -> dict[str, Path]:
+def modules(root: Path, base: Path) -> dict[str, Path]:
+    """The modules under ``root`` by their dotted names, as imported from ``base``."""
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(base).with_suffix("").parts)
         found[name.removesuffix(".__init__")] = path
     return found
 
 
-MODULES = modules()
+MODULES = modules(PACKAGE, PACKAGE.parent)
 
 
-def imports(path: Path) -> Iterator[str]:
-    """The chatd modules ``path`` imports (``from pkg import module`` names the
+def imports(path: Path, known: Mapping[str, Path] = MODULES) -> Iterator[str]:
+    """The ``known`` modules ``path`` imports (``from pkg import module`` names the
     module), wherever the import is: in a function or under TYPE_CHECKING too."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            yield from (a.name for a in node.names if a.name.startswith("chatd"))
+            yield from (a.name for a in node.names if a.name in known)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if not node.module.startswith("chatd"):
-                continue
-            submodules = [f"{node.module}.{a.name}" for a in node.names]
-            named = [m for m in submodules if m in MODULES]
-            yield from named if len(named) == len(submodules) else [node.module]
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                name = submodule if submodule in known else node.module
+                if name in known:
+                    yield name
 
 
 def part(module: str) -> str:

@@ -63,11 +63,13 @@ async def ask(client: ChatClient, request_id: str, message: str, **fields: Any) 
 async def start_chat(
     chatd: Chatd, client: ChatClient, request_id: str, message: str, **timing: float
 ) -> None:
-    """Set the simulated LLM's ``timing``, send a chat and wait until it is accepted."""
+    """Set the simulated LLM's ``timing``, send a chat and wait (10 s at most) until it
+    is accepted."""
     assert chatd.sim is not None
     chatd.sim.set_timing(**timing)
-    await client.chat(request_id, message)
-    await client.wait_for(request_id, "accepted")
+    with trio.fail_after(10):
+        await client.chat(request_id, message)
+        await client.wait_for(request_id, "accepted")
 
 
 CHAT_ANSWER_FIELDS = frozenset(
