@@ -95,7 +95,7 @@ def run_slow_readers(params: Params, workdir: Path, word: str, tail_s: float) ->
     rules = workdir / f"slow-{word}.json"
     rules.write_bytes(orjson.dumps(long_answer_rules(params.answer_tokens, word)))
     timing = (params.long_ttft_ms, params.long_tokens_per_s)
-    with running_rig(f"slow-{word}", workdir, timing, ["--rules", str(rules)]) as rig:
+    with running_rig(f"slow-{word}", timing, ["--rules", str(rules)]) as rig:
         result = trio.run(
             functools.partial(
                 measure_slow_readers,
@@ -141,34 +141,34 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
             stdout=subprocess.PIPE,
             env=clean_env(ROOT),
         )
-        assert worker.stdin is not None and worker.stdout is not None
-        buffer = bytearray()
-        try:
-            with trio.fail_after(30):
-                await read_line(worker.stdout, buffer)  # its connections are open
-                ramp0 = time.perf_counter()
-                while True:
-                    metrics = await rig.metrics(http)
-                    if (
-                        metrics.get(LLM_STREAMS_IN_USE, 0) >= share
-                        and metrics.get("chatd_queue_depth", 0) > 0
-                    ):
-                        break
-                    await trio.sleep(0.1)
-                ramp_s = round(time.perf_counter() - ramp0, 2)
-                await trio.sleep(1.0)
-            phases["loaded"] = await b_phase(rig, ws, http, "loaded", **b_load)
-        finally:
-            await worker.stdin.aclose()
+        try:  # from here on, every way out ends the worker
+            assert worker.stdin is not None and worker.stdout is not None
+            buffer = bytearray()
             try:
+                with trio.fail_after(30):
+                    await read_line(worker.stdout, buffer)  # its connections are open
+                    ramp0 = time.perf_counter()
+                    while True:
+                        metrics = await rig.metrics(http)
+                        if (
+                            metrics.get(LLM_STREAMS_IN_USE, 0) >= share
+                            and metrics.get("chatd_queue_depth", 0) > 0
+                        ):
+                            break
+                        await trio.sleep(0.1)
+                    ramp_s = round(time.perf_counter() - ramp0, 2)
+                    await trio.sleep(1.0)
+                phases["loaded"] = await b_phase(rig, ws, http, "loaded", **b_load)
+            finally:  # tell it to stop (its stdin closed), and read its summary
+                await worker.stdin.aclose()
                 with trio.fail_after(30):
                     flood = orjson.loads(await read_line(worker.stdout, buffer))
                     await worker.wait()
-            finally:  # stuck, or never told: it must not go on flooding
-                if worker.returncode is None:
-                    worker.kill()
-                    with trio.move_on_after(5, shield=True):
-                        await worker.wait()
+        finally:  # stuck, never told, or interrupted: it must not go on flooding
+            if worker.returncode is None:
+                worker.kill()
+                with trio.move_on_after(5, shield=True):
+                    await worker.wait()
         idle_after_s = await rig.until_idle(http, 30, upstream=False)
         if not params.quick:
             phases["unloaded-after"] = await b_phase(rig, ws, http, "unloaded-after", **b_load)
@@ -187,7 +187,7 @@ async def measure_fairness(rig: Rig, params: Params, key_a: str, key_b: str) -> 
     }
 
 
-def run_fairness(params: Params, workdir: Path) -> dict[str, Any]:
+def run_fairness(params: Params) -> dict[str, Any]:
     key_a, key_b, operator = (secrets.token_urlsafe(24) for _ in range(3))
     env = {
         "CHATD_SERVER_API_KEYS": orjson.dumps([key_a, key_b]).decode(),
@@ -196,7 +196,7 @@ def run_fairness(params: Params, workdir: Path) -> dict[str, Any]:
         "CHATD_LIMITS_MAX_QUEUE": str(params.max_queue),
     }
     timing = (params.fair_ttft_ms, params.fair_tokens_per_s)
-    with running_rig("fair", workdir, timing, chatd_env=env, operator_key=operator) as rig:
+    with running_rig("fair", timing, chatd_env=env, operator_key=operator) as rig:
         return trio.run(measure_fairness, rig, params, key_a, key_b)
 
 
@@ -283,7 +283,7 @@ def main() -> None:
         variant = None
         if params.variant_word is not None:
             variant = run_slow_readers(params, Path(tmp), params.variant_word, 0.0)
-        fair = run_fairness(params, Path(tmp))
+    fair = run_fairness(params)
     result = record.result(
         "abuse: slow-reader flood of long answers; fairness under one key's flood",
         params,

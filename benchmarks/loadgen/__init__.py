@@ -14,7 +14,10 @@
 - :mod:`loadgen.report`: the Markdown table (pure);
 - :mod:`loadgen.progress`: the progress bar on stderr.
 
-It imports chatd only for the simulator's rules (to know its timing floor) and
-``bench_pipeline.py`` for its questions and statistics; it talks to chatd over
-the wire. The ``bench_*.py`` scripts use its parts too.
+It talks to chatd over the wire. The ``bench_*.py`` scripts use its parts too, and
+``loadgen/NAME_*.py`` holds the parts one scenario measures with (the end-to-end
+questions and percentiles are :mod:`loadgen.pipeline_questions` and
+:mod:`loadgen.pipeline_stats`). No module here imports a scenario; some import chatd's
+own code where they need it (the simulator's rules, the knowledge base, logging, Redis,
+a WebSocket helper).
 """

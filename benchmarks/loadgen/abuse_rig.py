@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 
 import attrs
 import httpx
@@ -15,7 +14,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 import loadgen.rig
-from loadgen.processes import log_tails_on_failure, start_chatd, start_sim
+from loadgen.rig import rig_running, sim_stats
 from loadgen.script import ROOT
 
 __all__ = [
@@ -67,11 +66,6 @@ class Rig(loadgen.rig.Rig):
     def chatd_port(self) -> int:
         return int(self.server_url.rsplit(":", 1)[1])
 
-    async def sim_stats(self, http: httpx.AsyncClient) -> dict[str, int]:
-        response = await http.get(self.sim_control + "/_sim/stats")
-        response.raise_for_status()
-        return dict(response.json())
-
     async def metrics(self, http: httpx.AsyncClient) -> dict[str, float]:
         url = self.server_url + "/metrics"
         headers = {"authorization": f"Bearer {self.operator_key}"} if self.operator_key else {}
@@ -81,7 +75,7 @@ class Rig(loadgen.rig.Rig):
 
     async def busy(self, http: httpx.AsyncClient, upstream: bool) -> bool:
         """A request under way in chatd, or (with ``upstream``) an answer open upstream."""
-        if upstream and (await self.sim_stats(http))["active"]:
+        if upstream and (await sim_stats(http, self.sim_control))["active"]:
             return True
         return in_flight(await self.metrics(http)) > 0
 
@@ -97,19 +91,13 @@ class Rig(loadgen.rig.Rig):
 @contextlib.contextmanager
 def running_rig(
     label: str,
-    workdir: Path,
     timing: tuple[float, float],
     sim_args: Sequence[str] = (),
     chatd_env: Mapping[str, str] | None = None,
     operator_key: str | None = None,
 ) -> Iterator[Rig]:
     """``chatd sim-llm`` (at ``timing``: ttft ms, tokens/s; with ``sim_args``) and ``chatd
-    serve`` on free ports, each its own process, for the block; their log tails if it fails."""
-    with contextlib.ExitStack() as stack:
-        sim = start_sim(workdir, ROOT, *timing, stack, f"{label}-sim", sim_args)
-        chatd = start_chatd(
-            f"{label}-chatd", str(sim.listening["url"]), workdir, ROOT, stack, chatd_env
-        )
-        rig = Rig(sim, chatd, operator_key=operator_key)
-        with log_tails_on_failure(rig.processes):
-            yield rig
+    serve`` on free ports, each its own process, for the block (:func:`loadgen.rig.rig_running`,
+    in a temporary directory named for ``label``); their log tails if it fails."""
+    with rig_running(label, ROOT, *timing, chatd_env, sim_args=sim_args) as rig:
+        yield Rig(rig.sim, rig.server, operator_key=operator_key)

@@ -21,6 +21,7 @@ from wsproto.events import AcceptConnection, RejectConnection, Request, TextMess
 from loadgen.abuse_rig import CHAT_TIMEOUT_S, Rig, in_flight, metric_sum
 from loadgen.chat import ask, chat_frame
 from loadgen.cpu import Usage
+from loadgen.rig import sim_reset, sim_stats
 
 __all__ = [
     "WARM_UP",
@@ -29,7 +30,7 @@ __all__ = [
     "mb",
     "measure_slow_readers",
     "open_slow_reader",
-    "read_tcp_queues",
+    "read_tcp_tables",
     "snapshot",
     "tcp_queues",
 ]
@@ -79,13 +80,14 @@ def tcp_queues(tables: Iterable[str], port: int) -> dict[str, int]:
     return totals
 
 
-def read_tcp_queues(port: int) -> dict[str, int]:
-    """:func:`tcp_queues` for this machine now."""
+def read_tcp_tables() -> list[str]:
+    """The text of this machine's ``/proc/net/tcp`` and ``tcp6`` now (those it has), for
+    :func:`tcp_queues`."""
     tables = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             tables.append(Path(name).read_text())
-    return tcp_queues(tables, port)
+    return tables
 
 
 def mb(kib: float) -> float:
@@ -97,32 +99,39 @@ async def open_slow_reader(port: int, chats: Sequence[str]) -> trio.SocketStream
     """A WebSocket that sends ``chats`` (frames) after its handshake and never reads again."""
     host = "127.0.0.1"
     stream = await trio.open_tcp_stream(host, port)
-    ws = WSConnection(ConnectionType.CLIENT)
-    await stream.send_all(ws.send(Request(host=f"{host}:{port}", target="/v1/ws")))
-    with trio.fail_after(10):
-        accepted = False
-        while not accepted:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise RuntimeError("chatd closed the slow reader's handshake")
-            ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, RejectConnection):
-                    raise RuntimeError(f"chatd refused the slow reader: {event.status_code}")
-                accepted = accepted or isinstance(event, AcceptConnection)
-    await stream.send_all(b"".join(ws.send(TextMessage(data=chat)) for chat in chats))
+    try:
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host=f"{host}:{port}", target="/v1/ws")))
+        with trio.fail_after(10):
+            accepted = False
+            while not accepted:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise RuntimeError("chatd closed the slow reader's handshake")
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, RejectConnection):
+                        raise RuntimeError(f"chatd refused the slow reader: {event.status_code}")
+                    accepted = accepted or isinstance(event, AcceptConnection)
+        await stream.send_all(b"".join(ws.send(TextMessage(data=chat)) for chat in chats))
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
     return stream
 
 
 async def snapshot(rig: Rig, http: httpx.AsyncClient, t0: float) -> dict[str, Any]:
     """chatd's RSS and requests, the simulator's counters, the bytes held in sockets."""
     metrics = await rig.metrics(http)
+    t_s, rss_kib = round(time.perf_counter() - t0, 1), rig.server.rss_kib()
+    sim = await sim_stats(http, rig.sim_control)
+    tables = read_tcp_tables()
     return {
-        "t_s": round(time.perf_counter() - t0, 1),
-        "rss_kib": rig.server.rss_kib(),
-        "sim": await rig.sim_stats(http),
-        "upstream": read_tcp_queues(rig.sim_port),
-        "downstream": read_tcp_queues(rig.chatd_port),
+        "t_s": t_s,
+        "rss_kib": rss_kib,
+        "sim": sim,
+        "upstream": tcp_queues(tables, rig.sim_port),
+        "downstream": tcp_queues(tables, rig.chatd_port),
         "requests_in_flight": in_flight(metrics),
         "connections": int(metrics.get("chatd_active_connections", 0)),
         "reaps": metric_sum(metrics, "chatd_janitor_reaps_total"),
@@ -145,7 +154,7 @@ async def measure_slow_readers(
         async with open_websocket_url(rig.ws_url) as ws:
             warm = await ask(ws, "warm", WARM_UP, timeout_s=CHAT_TIMEOUT_S)
             assert warm.terminal["type"] == "done", warm
-        (await http.post(rig.sim_control + "/_sim/reset")).raise_for_status()
+        await sim_reset(http, rig.sim_control)
         await trio.sleep(1.0)
         baseline = []
         for _ in range(5):
@@ -157,30 +166,26 @@ async def measure_slow_readers(
         usage.start()
 
         t0 = time.perf_counter()
-        readers = []
-        for s in range(sockets):
-            first = s * chats_per_socket
-            chats = [
-                chat_frame(f"long-{s}-{k}", long_question(first + k))
-                for k in range(chats_per_socket)
-            ]
-            readers.append(await open_slow_reader(rig.chatd_port, chats))
-        samples = []
-        while True:
-            samples.append(await snapshot(rig, http, t0))
-            # On the sample's own time, stamped mid-snapshot: under load a snapshot
-            # takes seconds, and the window's end must have a sample at or after it.
-            if samples[-1]["t_s"] >= window_s + tail_s - 0.05:
-                break
-            await trio.sleep_until(
-                trio.current_time() + sample_s - (time.perf_counter() - t0) % sample_s
-            )
-        spent = usage.stop()
-        watched_s = time.perf_counter() - t0
-
-        for reader in readers:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await reader.aclose()
+        async with contextlib.AsyncExitStack() as readers:  # closed on every way out
+            for s in range(sockets):
+                first = s * chats_per_socket
+                chats = [
+                    chat_frame(f"long-{s}-{k}", long_question(first + k))
+                    for k in range(chats_per_socket)
+                ]
+                await readers.enter_async_context(await open_slow_reader(rig.chatd_port, chats))
+            samples = []
+            while True:
+                samples.append(await snapshot(rig, http, t0))
+                # On the sample's own time, stamped mid-snapshot: under load a snapshot
+                # takes seconds, and the window's end must have a sample at or after it.
+                if samples[-1]["t_s"] >= window_s + tail_s - 0.05:
+                    break
+                await trio.sleep_until(
+                    trio.current_time() + sample_s - (time.perf_counter() - t0) % sample_s
+                )
+            spent = usage.stop()
+            watched_s = time.perf_counter() - t0
         settled_s = await rig.until_idle(http, 15, upstream=True)
         after = await snapshot(rig, http, t0)
         await trio.sleep(2.0)

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 import attrs
 
-__all__ = ["Usage", "machine_cpu_seconds", "machine_delta"]
+__all__ = ["SPENT_KEYS", "Usage", "busy_shares", "machine_cpu_seconds", "machine_delta"]
+
+SPENT_KEYS = (
+    "wall_s",
+    "chatd_cpu_s",
+    "sim_cpu_s",
+    "client_cpu_s",
+    "machine_busy_s",
+    "machine_stolen_s",
+)
+"""The keys of :meth:`Usage.stop`'s seconds (what :func:`busy_shares` takes)."""
 
 
 def machine_cpu_seconds() -> tuple[float, float]:
@@ -33,7 +44,7 @@ def machine_delta(before: tuple[float, float]) -> tuple[float, float]:
 
 
 class HasCpu(Protocol):
-    """A process whose CPU time can be read (``bench_pipeline.Process`` and the like)."""
+    """A process whose CPU time can be read (:class:`loadgen.processes.Process` and the like)."""
 
     def cpu_seconds(self) -> float: ...
 
@@ -67,3 +78,17 @@ class Usage:
             "machine_busy_s": busy,
             "machine_stolen_s": stolen,
         }
+
+
+def busy_shares(spent: Mapping[str, float]) -> dict[str, float]:
+    """:meth:`Usage.stop`'s seconds (or their sums) as shares of the wall time: chatd's, the
+    simulator's and this client's CPU busy (3 places), the machine's cores busy and stolen
+    (2 places)."""
+    wall = max(spent["wall_s"], 1e-9)
+    return {
+        "chatd_cpu_busy": round(spent["chatd_cpu_s"] / wall, 3),
+        "sim_cpu_busy": round(spent["sim_cpu_s"] / wall, 3),
+        "client_cpu_busy": round(spent["client_cpu_s"] / wall, 3),
+        "machine_cores_busy": round(spent["machine_busy_s"] / wall, 2),
+        "machine_cores_stolen": round(spent["machine_stolen_s"] / wall, 2),
+    }

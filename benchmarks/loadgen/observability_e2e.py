@@ -24,7 +24,7 @@ from trio_websocket import WebSocketConnection
 
 from loadgen import profiling
 from loadgen.chat import Replies, ask, open_connections, sum_over_connections
-from loadgen.cpu import Usage
+from loadgen.cpu import SPENT_KEYS, Usage, busy_shares
 from loadgen.observability_processes import Config, cpu_clock, read_from
 from loadgen.pipeline_questions import PATH_B, unique_chit_chat, unique_question
 from loadgen.pipeline_stats import percentile
@@ -270,11 +270,7 @@ def summarise(m: Measured) -> dict[str, Any]:
         "log_lines_per_request": round(total("log_lines") / requests, 2),
         "wall_s": round(wall, 3),
         "requests_per_s": round(requests / wall, 1),
-        "chatd_cpu_busy": round(total("chatd_cpu_s") / wall, 3),
-        "sim_cpu_busy": round(total("sim_cpu_s") / wall, 3),
-        "client_cpu_busy": round(total("client_cpu_s") / wall, 3),
-        "machine_cores_busy": round(total("machine_busy_s") / wall, 2),
-        "machine_cores_stolen": round(total("machine_stolen_s") / wall, 2),
+        **busy_shares({key: total(key) for key in SPENT_KEYS}),
         "completion_tokens_per_request": round(total("completion_tokens") / requests, 1),
         "frames_per_request": round(total("frames") / requests, 2),
         "token_frames_per_request": round(total("token_frames") / requests, 2),

@@ -16,6 +16,7 @@ import attrs
 from trio_websocket import WebSocketConnection
 
 from loadgen.chat import Replies, ask, sum_over_connections
+from loadgen.cpu import busy_shares
 from loadgen.pipeline_questions import unique_chit_chat
 from loadgen.pipeline_stats import PIPELINE_FIGURES, latency_ms
 from loadgen.processes import Process
@@ -68,6 +69,7 @@ class Tally:
         # The simulator alone: first token at ttft, then one every 1/rate.
         ideal_s = ttft_ms / 1000 + (t.tokens / max(1, t.answers) - 1) / tokens_per_s
         durations = latency_ms(t.durations, PIPELINE_FIGURES)
+        shares = busy_shares(spent)  # chatd's first, the others in their place further on
         return {
             "label": self.label,
             "token_merge_ms": self.merge_ms,
@@ -86,16 +88,13 @@ class Tally:
             "demanded_tokens_per_s": round(self.connections * tokens_per_s),
             "achieved_tokens_per_s": round(t.tokens / wall),
             "chatd_cpu_s": round(spent["chatd_cpu_s"], 3),
-            "chatd_cpu_busy": round(spent["chatd_cpu_s"] / wall, 3),
+            "chatd_cpu_busy": shares.pop("chatd_cpu_busy"),
             "chatd_us_per_sim_token": chatd_cpu_per(t.tokens),
             "chatd_us_per_token_frame": chatd_cpu_per(t.token_frames),
             "chatd_us_per_frame": chatd_cpu_per(t.frames),
             "chatd_ms_per_chat": chatd_cpu_per(t.answers, 1e3, 3),
             "chatd_us_per_sim_token_by_round": self.per_token_us,
-            "sim_cpu_busy": round(spent["sim_cpu_s"] / wall, 3),
-            "client_cpu_busy": round(spent["client_cpu_s"] / wall, 3),
-            "machine_cores_busy": round(spent["machine_busy_s"] / wall, 2),
-            "machine_cores_stolen": round(spent["machine_stolen_s"] / wall, 2),
+            **shares,
             "chat_duration_p50_ms": durations["p50_ms"],
             "chat_duration_p95_ms": durations["p95_ms"],
             "chat_duration_ideal_ms": round(ideal_s * 1000, 1),

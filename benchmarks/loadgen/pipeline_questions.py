@@ -3,7 +3,7 @@
 Path B's and Path A's questions, the chit-chat the simulator answers directly, and the
 prefixes and tags that make every question new to chatd, so no answer comes from its answer
 cache or a shared flight; and the simulator's own floor for each (:func:`floor_ms`).
-``bench_pipeline.py`` keeps these importable for the other scenarios.
+``bench_pipeline.py`` and the other scenarios' ``loadgen`` modules import them from here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Nearest-rank percentiles, and the summary in ms of a list of durations.
 
-The other scenarios import :func:`percentile` through ``bench_pipeline.py``, where it began.
+The scenarios and the other ``loadgen`` modules import :func:`percentile` from here.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import httpx
 
+from loadgen.cpu import busy_shares
 from loadgen.rig import sim_stats
 
 __all__ = ["sim_requests", "usage_report"]
@@ -15,15 +16,7 @@ __all__ = ["sim_requests", "usage_report"]
 
 def usage_report(spent: Mapping[str, float]) -> dict[str, float]:
     """:meth:`Usage.stop`'s seconds rounded, each process's busy share and the machine's cores."""
-    wall = max(spent["wall_s"], 1e-9)
-    return {
-        **{key: round(value, 3) for key, value in spent.items()},
-        "chatd_cpu_busy": round(spent["chatd_cpu_s"] / wall, 3),
-        "sim_cpu_busy": round(spent["sim_cpu_s"] / wall, 3),
-        "client_cpu_busy": round(spent["client_cpu_s"] / wall, 3),
-        "machine_cores_busy": round(spent["machine_busy_s"] / wall, 2),
-        "machine_cores_stolen": round(spent["machine_stolen_s"] / wall, 2),
-    }
+    return {**{key: round(value, 3) for key, value in spent.items()}, **busy_shares(spent)}
 
 
 async def sim_requests(sim: httpx.AsyncClient) -> int:

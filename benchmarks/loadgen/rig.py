@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +30,15 @@ from loadgen.processes import (
 from loadgen.scenarios import Outage
 from loadgen.users import RunState
 
-__all__ = ["Rig", "rig_running", "run_outage", "sample_forever", "set_fault", "sim_stats"]
+__all__ = [
+    "Rig",
+    "rig_running",
+    "run_outage",
+    "sample_forever",
+    "set_fault",
+    "sim_reset",
+    "sim_stats",
+]
 
 BENCHMARKS = Path(__file__).resolve().parent.parent
 Server = Literal["chatd", "relay"]
@@ -73,15 +81,17 @@ def rig_running(
     chatd_env: Mapping[str, str] | None = None,
     server: Server = "chatd",
     watch_closes: bool = False,
+    sim_args: Sequence[str] = (),
 ) -> Iterator[Rig]:
-    """``chatd sim-llm`` and ``chatd serve`` (or the relay) against it in a temporary
-    directory for the block; their logs' tails on stderr if it fails, all killed after it."""
+    """``chatd sim-llm`` (with ``sim_args``) and ``chatd serve`` (or the relay) against it in
+    a temporary directory for the block; their logs' tails on stderr if it fails, all killed
+    after it."""
     with (
         tempfile.TemporaryDirectory(prefix=f"load-{name}-") as tmp,
         contextlib.ExitStack() as stack,
     ):
         workdir, env = Path(tmp), clean_env(chatd_path)
-        sim = start_sim(workdir, chatd_path, ttft_ms, tokens_per_s, stack)
+        sim = start_sim(workdir, chatd_path, ttft_ms, tokens_per_s, stack, extra=sim_args)
         llm_url, watcher = sim.listening["url"], None
         if watch_closes:
             target = ["--target", llm_url.removeprefix("http://").removesuffix("/v1")]
@@ -99,11 +109,18 @@ def rig_running(
             yield rig
 
 
-async def sim_stats(http: httpx.AsyncClient) -> dict[str, int]:
-    """The simulator's counters (``GET /_sim/stats``)."""
-    response = await http.get("/_sim/stats")
+async def sim_stats(http: httpx.AsyncClient, sim_control: str = "") -> dict[str, int]:
+    """The simulator's counters (``GET /_sim/stats``); ``sim_control`` is its base URL
+    (:attr:`Rig.sim_control`) when ``http`` has none."""
+    response = await http.get(sim_control + "/_sim/stats")
     response.raise_for_status()
     return dict(response.json())
+
+
+async def sim_reset(http: httpx.AsyncClient, sim_control: str = "") -> None:
+    """Zero the simulator's counters (``POST /_sim/reset``); ``sim_control`` as for
+    :func:`sim_stats`."""
+    (await http.post(sim_control + "/_sim/reset")).raise_for_status()
 
 
 async def set_fault(http: httpx.AsyncClient, **fault: Any) -> None:

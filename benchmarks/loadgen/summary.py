@@ -23,7 +23,8 @@ __all__ = ["outage_phases", "sim_floor_ms", "summarise"]
 
 def sim_floor_ms(kind: str, message: str, ttft_ms: float, tokens_per_s: float) -> float:
     """The simulator's earliest first answer token for ``message`` of ``kind``: its ttft, and
-    for Path A the router call's tool-call chunks (``bench_pipeline.floor_ms``) then a ttft."""
+    for Path A the router call's tool-call chunks (:func:`~loadgen.pipeline_questions.floor_ms`)
+    then a ttft."""
     k = KINDS[kind]
     if k.sim_calls == 1:
         return ttft_ms

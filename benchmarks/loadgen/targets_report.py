@@ -124,6 +124,9 @@ SECTIONS: dict[str, tuple[str, str, *tuple[Table, ...]]] = {
             _servers,
         ),
     ),
+    # measure_storm lives in loadgen/resilience_storm.py; the paragraph says
+    # `bench_resilience.measure_storm` (bench_resilience.py imports it, and comparisons.py
+    # takes it from there) as the committed targets.md does.
     "storm": (
         "Identical questions: flights and cache on against off",
         "{n} identical chats sent at once over {connections} connections, then the same again "
